@@ -1,0 +1,286 @@
+//! Loading and saving weights: Hugging Face model directories (`config.json` with
+//! `model.safetensors`, a sharded `model.safetensors.index.json`, or
+//! `pytorch_model.bin`), and single `.safetensors`, `.pt`/`.bin` and `.ot` files.
+//!
+//! Loading is strict: every variable of the model must be in the file with the right
+//! shape, checked before anything is copied, so a failed load changes nothing. Keys
+//! the model has no place for are reported, as `transformers` does. Saving writes the
+//! Hugging Face layout (GPT-2's Conv1D weights transposed back), so `transformers`
+//! reads what tchlab writes, and every file is written atomically.
+//!
+//! Not here: training state (optimizer moments, schedule, RNG), which the trainer's
+//! checkpoints add on top of these files.
+
+mod pickle;
+pub mod safetensors;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Tensor};
+
+use crate::embedding::Pooling;
+use crate::error::{Error, Result};
+use crate::models::bert::{self, BertHeads};
+use crate::models::{gpt, Model, ModelConfig, Network};
+use crate::tokenize::Tokenizer;
+
+/// What a load did besides filling the model.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadReport {
+    /// The weight files read.
+    pub files: Vec<PathBuf>,
+    /// Number of model variables filled from the files.
+    pub loaded: usize,
+    /// Model variables the files do not hold (left as initialised; only in a partial load).
+    pub missing: Vec<String>,
+    /// Tensors in the files the model has no place for.
+    pub unexpected: Vec<String>,
+}
+
+/// A model read from a checkpoint, with what came beside it.
+pub struct Loaded {
+    /// The model, its weights filled.
+    pub model: Model,
+    /// The tokenizer from `tokenizer.json`, when the directory has one.
+    pub tokenizer: Option<Tokenizer>,
+    /// Sentence-embedding pooling from sentence-transformers' files, when present.
+    pub pooling: Option<Pooling>,
+    /// What was read, what was missing, what was left over.
+    pub report: LoadReport,
+}
+
+/// Loads a Hugging Face model directory, or a single weights file with its
+/// `config.json` beside it, onto `device`.
+pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
+    let path = path.as_ref();
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let (dir, files) = if meta.is_dir() {
+        (path.to_path_buf(), weight_files(path)?)
+    } else {
+        (path.parent().unwrap_or(Path::new(".")).to_path_buf(), vec![path.to_path_buf()])
+    };
+    let config_path = dir.join("config.json");
+    if !config_path.exists() {
+        let message = if meta.is_dir() {
+            "no config.json here: a Hugging Face model directory holds config.json and model.safetensors (or pytorch_model.bin)"
+        } else {
+            "no config.json beside this file, so its architecture is unknown; put the model's config.json next to it, or build a model and load the weights into it"
+        };
+        return Err(Error::format(path, message));
+    }
+    let config = ModelConfig::from_file(&config_path)?;
+    let tensors = read_files(&files)?;
+    let model = match &config {
+        ModelConfig::Gpt(c) => Model::gpt(c, device)?,
+        ModelConfig::Bert(c) => Model::bert(c, bert_heads(&tensors), device)?,
+    };
+    let mut report = assign(&model, tensors, path, true)?;
+    report.files = files;
+    let tokenizer = match dir.join("tokenizer.json") {
+        p if p.exists() => Some(Tokenizer::from_model_dir(&dir, config.max_positions())?),
+        _ => None,
+    };
+    let pooling = Pooling::from_model_dir(&dir)?;
+    Ok(Loaded { model, tokenizer, pooling, report })
+}
+
+/// Loads the weights in `path` (a model directory or a weights file) into an existing
+/// model. With `strict`, every model variable must be in the file; otherwise missing
+/// ones keep their values and are listed. On error the model is unchanged.
+pub fn load_weights(model: &Model, path: impl AsRef<Path>, strict: bool) -> Result<LoadReport> {
+    let path = path.as_ref();
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let files = if meta.is_dir() { weight_files(path)? } else { vec![path.to_path_buf()] };
+    let mut report = assign(model, read_files(&files)?, path, strict)?;
+    report.files = files;
+    Ok(report)
+}
+
+/// Finds the weight files of a Hugging Face model directory, in the order
+/// `transformers` prefers them.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    for name in ["model.safetensors", "pytorch_model.bin"] {
+        if dir.join(name).is_file() {
+            return Ok(vec![dir.join(name)]);
+        }
+    }
+    for name in ["model.safetensors.index.json", "pytorch_model.bin.index.json"] {
+        let index = dir.join(name);
+        if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&index, format!("not valid JSON: {e}")))?;
+            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::format(&index, "no `weight_map` object"))?;
+            let mut shards: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            shards.sort();
+            shards.dedup();
+            return shards
+                .into_iter()
+                .map(|s| {
+                    let shard = dir.join(&s);
+                    if shard.is_file() {
+                        Ok(shard)
+                    } else {
+                        Err(Error::format(&index, format!("names shard {s}, which is not in {}", dir.display())))
+                    }
+                })
+                .collect();
+        }
+    }
+    Err(Error::format(dir, "no weights here: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"))
+}
+
+/// Every tensor of one weights file, by the file's own names, on the CPU.
+pub fn read_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    match ext {
+        "safetensors" => safetensors::read(path),
+        "bin" | "pt" | "pth" => pickle::read_torch_zip(path),
+        // tch's own format (`VarStore::save`, `Tensor::save_multi`), read by libtorch.
+        "ot" => {
+            if !path.is_file() {
+                return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+            }
+            Tensor::load_multi(path).map_err(|e| Error::format(path, format!("not a readable .ot file: {e}")))
+        }
+        _ => Err(Error::format(path, "unknown weights format: tchlab reads .safetensors, .bin/.pt/.pth (torch.save of a state dict) and .ot files")),
+    }
+}
+
+fn read_files(files: &[PathBuf]) -> Result<Vec<(String, Tensor)>> {
+    let mut all = vec![];
+    for f in files {
+        all.extend(read_file(f)?);
+    }
+    Ok(all)
+}
+
+/// Which BERT heads the checkpoint's tensors provide.
+fn bert_heads(tensors: &[(String, Tensor)]) -> BertHeads {
+    let var = |name: &str| tensors.iter().find(|(k, _)| bert::hf_to_var(k).as_deref() == Some(name)).map(|(_, t)| t);
+    let pooler = var("pooler.dense.weight").is_some();
+    let classes = var("classifier.weight").map(|w| w.size()[0]);
+    BertHeads { pooler, classes: classes.filter(|_| pooler) }
+}
+
+/// The model variable a checkpoint key fills, and whether the tensor is stored
+/// transposed (GPT-2's Conv1D). `None` for keys that hold no parameter.
+fn var_for_key(network: &Network, key: &str) -> Option<(String, bool)> {
+    match network {
+        Network::Gpt(_) => gpt::hf_to_var(key),
+        Network::Bert(_) => bert::hf_to_var(key).map(|v| (v, false)),
+    }
+}
+
+/// Copies checkpoint tensors into the model's variables after checking every name and
+/// shape; on error nothing has been copied.
+fn assign(model: &Model, tensors: Vec<(String, Tensor)>, origin: &Path, strict: bool) -> Result<LoadReport> {
+    let vars = model.vars.variables();
+    let mut plan = vec![];
+    let mut filled = HashSet::new();
+    let mut unexpected = vec![];
+    for (key, tensor) in tensors {
+        let Some((var_name, transposed)) = var_for_key(&model.network, &key) else { continue };
+        let Some(var) = vars.get(&var_name) else {
+            unexpected.push(key);
+            continue;
+        };
+        let found = tensor.size();
+        let expected = if transposed { var.size().into_iter().rev().collect() } else { var.size() };
+        if found != expected {
+            return Err(Error::ShapeMismatch { path: origin.to_path_buf(), name: key, expected, found });
+        }
+        let tensor = if transposed { tensor.f_t_copy()? } else { tensor };
+        plan.push((var.shallow_clone(), tensor));
+        filled.insert(var_name);
+    }
+    let mut missing: Vec<String> = vars.keys().filter(|k| !filled.contains(*k)).cloned().collect();
+    missing.sort();
+    if strict && !missing.is_empty() {
+        let shown = missing.iter().take(5).map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ");
+        let more = if missing.len() > 5 { format!(" and {} more", missing.len() - 5) } else { String::new() };
+        let hint = if filled.is_empty() { " None of the model's tensors are there: are these weights for another architecture?" } else { "" };
+        return Err(Error::format(origin, format!("missing {} of the model's {} tensors: {shown}{more}.{hint}", missing.len(), vars.len())));
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (var, tensor) in &plan {
+            var.shallow_clone().f_copy_(tensor)?;
+        }
+        Ok(())
+    })?;
+    unexpected.sort();
+    Ok(LoadReport { files: vec![], loaded: plan.len(), missing, unexpected })
+}
+
+/// The model's weights under Hugging Face names and layouts, as `save_pretrained` writes them.
+pub fn hf_state_dict(model: &Model) -> Result<Vec<(String, Tensor)>> {
+    model
+        .named_tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let (key, transposed) = match &model.network {
+                Network::Gpt(_) => gpt::var_to_hf(&name),
+                Network::Bert(b) => (bert::var_to_hf(&name, b.heads()), false),
+            };
+            let t = t.detach();
+            Ok((key, if transposed { t.f_t_copy()? } else { t }))
+        })
+        .collect()
+}
+
+/// The `config.json` `transformers` needs to read the model back.
+pub fn hf_config(model: &Model) -> serde_json::Value {
+    let (mut json, architecture) = match &model.network {
+        Network::Gpt(g) => (serde_json::to_value(g.config()).expect("config serializes"), "GPT2LMHeadModel"),
+        Network::Bert(b) => {
+            let arch = if b.heads().classes.is_some() { "BertForSequenceClassification" } else { "BertModel" };
+            (serde_json::to_value(b.config()).expect("config serializes"), arch)
+        }
+    };
+    json["model_type"] = model.config().model_type().into();
+    json["architectures"] = serde_json::json!([architecture]);
+    json
+}
+
+/// Saves `model` (and its tokenizer) as a Hugging Face model directory: `config.json`,
+/// `model.safetensors`, `tokenizer.json`. Each file is replaced atomically.
+pub fn save_hf(model: &Model, tokenizer: Option<&Tokenizer>, dir: impl AsRef<Path>) -> Result<()> {
+    let dir = dir.as_ref();
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let config = serde_json::to_vec_pretty(&hf_config(model)).expect("JSON");
+    atomic_write(&dir.join("config.json"), |w| w.write_all(&config))?;
+    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::write(&dir.join("model.safetensors"), &hf_state_dict(model)?, &metadata)?;
+    if let Some(t) = tokenizer {
+        t.save(&dir.join("tokenizer.json"))?;
+    }
+    Ok(())
+}
+
+/// Writes a file so that it is either entirely the old content or entirely the new:
+/// the bytes go to a temporary file in the same directory, which is flushed to disk
+/// and then renamed over `path`.
+pub fn atomic_write(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file name", path.display())))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        write(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)?;
+        // The rename itself is durable only once the directory is synced.
+        File::open(dir)?.sync_all()
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}

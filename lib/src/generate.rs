@@ -1,0 +1,102 @@
+//! Text generation with a GPT model: greedy at temperature 0, otherwise sampling with
+//! temperature, top-k and top-p (nucleus). Each token runs the model once, on the new
+//! position only, thanks to the key/value cache.
+//!
+//! Mirrors `transformers`' `GenerationMixin` for these options: greedy decoding gives
+//! the same ids as `generate(do_sample=False)`.
+
+use tch::{Kind, Tensor};
+
+use crate::error::{invalid, Result};
+use crate::models::gpt::KvCache;
+use crate::models::{ForwardOptions, Model, Network};
+
+/// How to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// The most tokens to add.
+    pub max_new_tokens: usize,
+    /// 0 for greedy; otherwise logits are divided by it before sampling.
+    pub temperature: f64,
+    /// Sample only among the `k` most likely tokens.
+    pub top_k: Option<i64>,
+    /// Sample only among the most likely tokens whose probabilities add up to `p`.
+    pub top_p: Option<f64>,
+    /// Seed for sampling; `None` continues libtorch's generator.
+    pub seed: Option<u64>,
+    /// Stop after this token.
+    pub eos_token_id: Option<i64>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_new_tokens: 32, temperature: 0.0, top_k: None, top_p: None, seed: None, eos_token_id: None }
+    }
+}
+
+/// Continues `prompt` and returns the new ids (ending with the EOS token when it was
+/// produced). Stops early when the model's context is full.
+pub fn generate(model: &Model, prompt: &[i64], opts: &GenerateOptions) -> Result<Vec<i64>> {
+    let Network::Gpt(gpt) = &model.network else {
+        return invalid!("generation needs a decoder (GPT family); this model is {}", model.config().model_type());
+    };
+    if prompt.is_empty() {
+        return invalid!("generation needs a prompt of at least one token");
+    }
+    if !(opts.temperature >= 0.0 && opts.temperature.is_finite()) {
+        return invalid!("--temperature must be a finite number ≥ 0, got {}", opts.temperature);
+    }
+    if let Some(p) = opts.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+        return invalid!("--top-p must be in (0, 1], got {p}");
+    }
+    if let Some(k) = opts.top_k.filter(|&k| k < 1) {
+        return invalid!("--top-k must be at least 1, got {k}");
+    }
+    if let Some(seed) = opts.seed {
+        tch::manual_seed(seed as i64);
+    }
+    let n_positions = gpt.config().n_positions as usize;
+    let device = model.device();
+    let mut cache = KvCache::default();
+    let mut input = Tensor::from_slice(prompt).unsqueeze(0).to_device(device);
+    let mut out = vec![];
+    tch::no_grad(|| -> Result<()> {
+        while out.len() < opts.max_new_tokens && prompt.len() + out.len() < n_positions + usize::from(out.is_empty()) {
+            if cache.len() as usize + input.size()[1] as usize > n_positions {
+                break;
+            }
+            let logits = gpt.forward(&input, &ForwardOptions::default(), Some(&mut cache))?.logits;
+            let last = logits.select(1, -1).to_kind(Kind::Float); // (1, V)
+            let next = pick(&last, opts);
+            out.push(next);
+            if Some(next) == opts.eos_token_id {
+                break;
+            }
+            input = Tensor::from_slice(&[next]).unsqueeze(0).to_device(device);
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Chooses the next id from `logits: (1, V)`.
+fn pick(logits: &Tensor, opts: &GenerateOptions) -> i64 {
+    if opts.temperature == 0.0 {
+        return logits.argmax(-1, false).int64_value(&[0]);
+    }
+    let mut logits = logits / opts.temperature;
+    let vocab = logits.size()[1];
+    if let Some(k) = opts.top_k.filter(|&k| k < vocab) {
+        let kth = logits.topk(k, -1, true, true).0.select(1, k - 1).unsqueeze(-1); // (1, 1)
+        logits = logits.masked_fill(&logits.lt_tensor(&kth), f64::NEG_INFINITY);
+    }
+    if let Some(p) = opts.top_p.filter(|&p| p < 1.0) {
+        let (sorted, order) = logits.sort(-1, true);
+        let cumulative = sorted.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
+        // Drop a token when the ones before it already reach p; the first always stays.
+        let drop_sorted = (cumulative - sorted.softmax(-1, Kind::Float)).gt(p);
+        let drop = drop_sorted.scatter(-1, &order, &drop_sorted);
+        logits = logits.masked_fill(&drop, f64::NEG_INFINITY);
+    }
+    logits.softmax(-1, Kind::Float).multinomial(1, false).int64_value(&[0, 0])
+}

@@ -1,0 +1,25 @@
+//! tchlab: a libtorch transformer library for interactive labs.
+//!
+//! - [`models`]: the GPT-2 and BERT families, configured from `config.json`, with
+//!   attention capture.
+//! - [`checkpoint`]: Hugging Face directories and single weight files in and out,
+//!   strict and atomic.
+//! - [`tokenize`]: `tokenizer.json`, character-level, trained BPE.
+//! - [`embedding`]: sentence embeddings as sentence-transformers computes them.
+//! - [`generate`]: greedy and sampled generation with a key/value cache.
+//! - [`data`] and [`train`]: data sets, losses and optimisers.
+//!
+//! The library knows nothing of Jupyter or terminals: front ends drive it.
+
+#![deny(missing_docs)]
+
+pub mod checkpoint;
+pub mod data;
+pub mod embedding;
+pub mod error;
+pub mod generate;
+pub mod models;
+pub mod tokenize;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,294 @@
+//! The BERT family: a bidirectional encoder with word, position and token-type
+//! embeddings, post-LayerNorm blocks, an optional pooler and an optional
+//! sequence-classification head.
+//!
+//! Paper: Devlin et al., "BERT: Pre-training of Deep Bidirectional Transformers for
+//! Language Understanding" (2018). Mirrors `transformers/models/bert/modeling_bert.py`
+//! (`BertModel`, `BertForSequenceClassification`) and candle's `bert.rs`. Variables
+//! are named after `BertModel`'s checkpoint keys (`encoder.layer.0.attention.self.query.weight`);
+//! [`hf_to_var`] strips the `bert.` prefix task heads add and renames TF-era
+//! `gamma`/`beta`.
+//!
+//! ```no_run
+//! # fn main() -> tchlab::Result<()> {
+//! let loaded = tchlab::checkpoint::load("path/to/all-MiniLM-L6-v2", tch::Device::Cpu)?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use super::attention::{attend, Mask};
+use super::{Activation, ForwardOptions};
+use crate::error::{invalid, Result};
+
+/// `config.json` of a BERT checkpoint, with the keys `transformers` writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    /// Number of token ids.
+    pub vocab_size: i64,
+    /// Width of the hidden states.
+    pub hidden_size: i64,
+    /// Number of encoder layers.
+    pub num_hidden_layers: i64,
+    /// Attention heads per layer.
+    pub num_attention_heads: i64,
+    /// Width of the feed-forward layer.
+    pub intermediate_size: i64,
+    /// Feed-forward activation (`gelu`, `gelu_new`, `relu`).
+    #[serde(default = "default_activation")]
+    pub hidden_act: String,
+    /// Dropout on embeddings and residual branches.
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    /// Dropout on the attention probabilities.
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    /// Number of learned positions: the longest input.
+    #[serde(default = "default_positions")]
+    pub max_position_embeddings: i64,
+    /// Number of token types (segments).
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: i64,
+    /// LayerNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// Padding token id.
+    #[serde(default)]
+    pub pad_token_id: i64,
+    /// Class names by index, for a sequence-classification head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id2label: Option<BTreeMap<String, String>>,
+}
+
+fn default_activation() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_positions() -> i64 {
+    512
+}
+fn default_type_vocab() -> i64 {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+impl BertConfig {
+    /// Checks the numbers fit together; the message names the offending keys.
+    pub fn validate(&self) -> Result<()> {
+        let keys = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ];
+        for (key, value) in keys {
+            if value <= 0 {
+                return invalid!("`{key}` must be positive, got {value}");
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return invalid!("`hidden_size` ({}) must be a multiple of `num_attention_heads` ({})", self.hidden_size, self.num_attention_heads);
+        }
+        Activation::parse(&self.hidden_act)?;
+        Ok(())
+    }
+
+    /// Class names in index order, when the config names classes.
+    pub fn labels(&self) -> Option<Vec<String>> {
+        let map = self.id2label.as_ref()?;
+        let mut labels: Vec<(i64, &String)> = map.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v))).collect();
+        labels.sort();
+        Some(labels.into_iter().map(|(_, v)| v.clone()).collect())
+    }
+}
+
+/// Which optional parts a BERT model has besides the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BertHeads {
+    /// The pooler (`tanh(dense(h[CLS]))`).
+    pub pooler: bool,
+    /// A sequence-classification head over the pooled output, with this many classes.
+    pub classes: Option<i64>,
+}
+
+/// The output of a forward pass.
+pub struct BertOutput {
+    /// Final hidden states `(B, T, H)`.
+    pub hidden: Tensor,
+    /// Pooled `[CLS]` state `(B, H)`, when the model has a pooler.
+    pub pooled: Option<Tensor>,
+    /// Class logits `(B, classes)`, when the model has a classification head.
+    pub logits: Option<Tensor>,
+    /// Attention probabilities per layer, `(B, nh, T, T)` each, when asked for.
+    pub attentions: Option<Vec<Tensor>>,
+}
+
+struct Embeddings {
+    word_embeddings: nn::Embedding,
+    position_embeddings: nn::Embedding,
+    token_type_embeddings: nn::Embedding,
+    layer_norm: nn::LayerNorm,
+}
+
+struct Layer {
+    query: nn::Linear,
+    key: nn::Linear,
+    value: nn::Linear,
+    attention_output: nn::Linear,
+    attention_norm: nn::LayerNorm,
+    intermediate: nn::Linear,
+    output: nn::Linear,
+    output_norm: nn::LayerNorm,
+}
+
+/// A BERT encoder (`BertModel`, or `BertForSequenceClassification` with a head).
+pub struct Bert {
+    config: BertConfig,
+    heads: BertHeads,
+    activation: Activation,
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    pooler: Option<nn::Linear>,
+    classifier: Option<nn::Linear>,
+}
+
+impl Bert {
+    /// Builds the model's variables under `p` with BERT's initialisation.
+    pub fn new(p: &nn::Path, config: &BertConfig, heads: BertHeads) -> Result<Self> {
+        config.validate()?;
+        if heads.classes.is_some() && !heads.pooler {
+            return invalid!("a BERT classification head needs the pooler");
+        }
+        let h = config.hidden_size;
+        let norm = |p: nn::Path| nn::layer_norm(p, vec![h], nn::LayerNormConfig { eps: config.layer_norm_eps, ..Default::default() });
+        let linear = |p: nn::Path, i, o| nn::linear(p, i, o, linear_init());
+        let embedding = |p: nn::Path, n| nn::embedding(p, n, h, nn::EmbeddingConfig { ws_init: normal_init(), ..Default::default() });
+        let e = &(p / "embeddings");
+        let embeddings = Embeddings {
+            word_embeddings: embedding(e / "word_embeddings", config.vocab_size),
+            position_embeddings: embedding(e / "position_embeddings", config.max_position_embeddings),
+            token_type_embeddings: embedding(e / "token_type_embeddings", config.type_vocab_size),
+            layer_norm: norm(e / "LayerNorm"),
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let l = &(p / "encoder" / "layer" / i);
+                let (attention, s) = (&(l / "attention"), &(l / "attention" / "self"));
+                Layer {
+                    query: linear(s / "query", h, h),
+                    key: linear(s / "key", h, h),
+                    value: linear(s / "value", h, h),
+                    attention_output: linear(attention / "output" / "dense", h, h),
+                    attention_norm: norm(attention / "output" / "LayerNorm"),
+                    intermediate: linear(l / "intermediate" / "dense", h, config.intermediate_size),
+                    output: linear(l / "output" / "dense", config.intermediate_size, h),
+                    output_norm: norm(l / "output" / "LayerNorm"),
+                }
+            })
+            .collect();
+        Ok(Bert {
+            config: config.clone(),
+            heads,
+            activation: Activation::parse(&config.hidden_act)?,
+            embeddings,
+            layers,
+            pooler: heads.pooler.then(|| linear(p / "pooler" / "dense", h, h)),
+            classifier: heads.classes.map(|n| linear(p / "classifier", h, n)),
+        })
+    }
+
+    /// The configuration the model was built with.
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// The optional parts this model has.
+    pub fn heads(&self) -> BertHeads {
+        self.heads
+    }
+
+    /// Encodes `ids: (B, T)`; `attention_mask: (B, T)` is 1 for real tokens and 0 for
+    /// padding (all ones when absent). Token types are all 0.
+    pub fn forward(&self, ids: &Tensor, attention_mask: Option<&Tensor>, opts: &ForwardOptions) -> Result<BertOutput> {
+        let (b, t) = match ids.size().as_slice() {
+            &[b, t] => (b, t),
+            shape => return invalid!("BERT input ids must be (batch, time), got shape {shape:?}"),
+        };
+        if t > self.config.max_position_embeddings {
+            return invalid!(
+                "{t} tokens are more than the model's {} positions; truncate the input (tokenizers truncate to the model's maximum length)",
+                self.config.max_position_embeddings
+            );
+        }
+        let (nh, dropout) = (self.config.num_attention_heads, if opts.train { self.config.hidden_dropout_prob } else { 0.0 });
+        let attn_dropout = if opts.train { self.config.attention_probs_dropout_prob } else { 0.0 };
+        let e = &self.embeddings;
+        let positions = Tensor::arange(t, (Kind::Int64, ids.device()));
+        let types = ids.zeros_like();
+        let x = e.word_embeddings.forward(ids) + e.position_embeddings.forward(&positions) + e.token_type_embeddings.forward(&types);
+        let mut x = e.layer_norm.forward(&x).dropout(dropout, opts.train); // (B, T, H)
+        // 0 where a key may be attended to, the dtype's minimum where it is padding.
+        let additive = attention_mask.map(|m| (m.to_kind(x.kind()).ones_like() - m.to_kind(x.kind())).view([b, 1, 1, t]) * f64::from(f32::MIN));
+        let mask = additive.as_ref().map_or(Mask::Full, Mask::Additive);
+        let mut attentions = opts.capture_attention.then(Vec::new);
+        for layer in &self.layers {
+            let h = self.config.hidden_size;
+            let heads = |z: Tensor| z.view([b, t, nh, h / nh]).transpose(1, 2); // (B, nh, T, hs)
+            let (q, k, v) = (heads(layer.query.forward(&x)), heads(layer.key.forward(&x)), heads(layer.value.forward(&x)));
+            let (y, probs) = attend(&q, &k, &v, mask, attn_dropout, opts.capture_attention);
+            let y = y.transpose(1, 2).contiguous().view([b, t, h]); // (B, T, H)
+            let y = layer.attention_norm.forward(&(layer.attention_output.forward(&y).dropout(dropout, opts.train) + &x));
+            let f = layer.output.forward(&self.activation.apply(&layer.intermediate.forward(&y)));
+            x = layer.output_norm.forward(&(f.dropout(dropout, opts.train) + &y));
+            if let (Some(all), Some(p)) = (attentions.as_mut(), probs) {
+                all.push(p);
+            }
+        }
+        let pooled = self.pooler.as_ref().map(|d| d.forward(&x.select(1, 0)).tanh()); // (B, H)
+        let logits = match (&self.classifier, &pooled) {
+            (Some(c), Some(p)) => Some(c.forward(&p.dropout(dropout, opts.train))),
+            _ => None,
+        };
+        Ok(BertOutput { hidden: x, pooled, logits, attentions })
+    }
+}
+
+/// Maps a Hugging Face BERT checkpoint key to this model's variable name, or `None`
+/// for keys that hold no parameter of ours (position-id buffers).
+pub fn hf_to_var(key: &str) -> Option<String> {
+    let key = key.strip_prefix("bert.").unwrap_or(key);
+    if key.ends_with("position_ids") {
+        return None;
+    }
+    // TensorFlow-era checkpoints name LayerNorm parameters gamma and beta.
+    let key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias");
+    Some(key)
+}
+
+/// The Hugging Face key for one of this model's variables: `BertForSequenceClassification`
+/// keeps the encoder under `bert.`; a bare `BertModel` has no prefix.
+pub fn var_to_hf(var: &str, heads: BertHeads) -> String {
+    match heads.classes {
+        Some(_) if !var.starts_with("classifier.") => format!("bert.{var}"),
+        _ => var.to_string(),
+    }
+}
+
+fn normal_init() -> nn::Init {
+    nn::Init::Randn { mean: 0.0, stdev: 0.02 }
+}
+
+fn linear_init() -> nn::LinearConfig {
+    nn::LinearConfig { ws_init: normal_init(), bs_init: Some(nn::Init::Const(0.0)), bias: true }
+}

@@ -1,0 +1,323 @@
+//! The GPT-2 family: a decoder-only transformer with learned positions, pre-LayerNorm
+//! blocks, causal self-attention, a GELU MLP and an LM head tied to the token
+//! embedding.
+//!
+//! Paper: Radford et al., "Language Models are Unsupervised Multitask Learners" (2019).
+//! Mirrors `transformers/models/gpt2/modeling_gpt2.py` (`GPT2LMHeadModel`) and
+//! nanoGPT's `model.py`. Variables are named after the Hugging Face checkpoint keys
+//! (`transformer.h.0.attn.c_attn.weight`), so loading needs no rename table; the one
+//! difference, Conv1D's transposed weights, is handled in [`hf_to_var`].
+//!
+//! ```no_run
+//! use tchlab::models::gpt::{Gpt, GptConfig};
+//! let config = GptConfig::tiny(64, 32);
+//! let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+//! let gpt = Gpt::new(&vs.root(), &config).unwrap();
+//! let ids = tch::Tensor::from_slice(&[1i64, 2, 3]).unsqueeze(0);
+//! let logits = gpt.forward(&ids, &Default::default(), None).unwrap().logits; // (1, 3, 64)
+//! ```
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use super::attention::{attend, Mask};
+use super::{Activation, ForwardOptions};
+use crate::error::{invalid, Result};
+
+/// `config.json` of a GPT-2 checkpoint, with the keys `transformers` writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GptConfig {
+    /// Number of token ids.
+    pub vocab_size: i64,
+    /// Context length: the number of learned positions.
+    #[serde(default = "default_n_positions")]
+    pub n_positions: i64,
+    /// Width of the residual stream.
+    pub n_embd: i64,
+    /// Number of blocks.
+    pub n_layer: i64,
+    /// Attention heads per block.
+    pub n_head: i64,
+    /// Width of the MLP's hidden layer; 4 × `n_embd` when absent.
+    #[serde(default)]
+    pub n_inner: Option<i64>,
+    /// MLP activation (`gelu_new`, `gelu`, `relu`, ...).
+    #[serde(default = "default_activation")]
+    pub activation_function: String,
+    /// Dropout on each residual branch.
+    #[serde(default = "default_dropout")]
+    pub resid_pdrop: f64,
+    /// Dropout after the embeddings.
+    #[serde(default = "default_dropout")]
+    pub embd_pdrop: f64,
+    /// Dropout on the attention probabilities.
+    #[serde(default = "default_dropout")]
+    pub attn_pdrop: f64,
+    /// LayerNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    /// Beginning-of-sequence token id.
+    #[serde(default)]
+    pub bos_token_id: Option<i64>,
+    /// End-of-sequence token id: generation stops there.
+    #[serde(default)]
+    pub eos_token_id: Option<i64>,
+}
+
+fn default_n_positions() -> i64 {
+    1024
+}
+fn default_activation() -> String {
+    "gelu_new".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+
+impl GptConfig {
+    /// A small configuration for experiments: 2 layers, 2 heads, width 64, no dropout.
+    pub fn tiny(vocab_size: i64, n_positions: i64) -> Self {
+        GptConfig {
+            vocab_size,
+            n_positions,
+            n_embd: 64,
+            n_layer: 2,
+            n_head: 2,
+            n_inner: None,
+            activation_function: default_activation(),
+            resid_pdrop: 0.0,
+            embd_pdrop: 0.0,
+            attn_pdrop: 0.0,
+            layer_norm_epsilon: default_eps(),
+            bos_token_id: None,
+            eos_token_id: None,
+        }
+    }
+
+    /// Checks the numbers fit together; the message names the offending keys.
+    pub fn validate(&self) -> Result<()> {
+        for (key, value) in [("vocab_size", self.vocab_size), ("n_positions", self.n_positions), ("n_embd", self.n_embd), ("n_layer", self.n_layer), ("n_head", self.n_head)] {
+            if value <= 0 {
+                return invalid!("`{key}` must be positive, got {value}");
+            }
+        }
+        if self.n_embd % self.n_head != 0 {
+            return invalid!("`n_embd` ({}) must be a multiple of `n_head` ({})", self.n_embd, self.n_head);
+        }
+        Activation::parse(&self.activation_function)?;
+        Ok(())
+    }
+
+    fn n_inner(&self) -> i64 {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+}
+
+/// The output of a forward pass.
+pub struct GptOutput {
+    /// Next-token logits `(B, T, vocab)`.
+    pub logits: Tensor,
+    /// Attention probabilities per layer, `(B, nh, T, T_total)` each, when asked for.
+    pub attentions: Option<Vec<Tensor>>,
+}
+
+/// Keys and values of earlier positions, so that generation runs each token once.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>, // per layer: (B, nh, T_past, hs) keys and values
+}
+
+impl KvCache {
+    /// Number of positions already cached.
+    pub fn len(&self) -> i64 {
+        self.layers.first().map_or(0, |(k, _)| k.size()[2])
+    }
+
+    /// True before the first forward pass.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct Attention {
+    c_attn: nn::Linear,
+    c_proj: nn::Linear,
+    n_head: i64,
+    dropout: f64,
+}
+
+impl Attention {
+    fn new(p: &nn::Path, c: &GptConfig) -> Self {
+        let d = c.n_embd;
+        Attention {
+            c_attn: nn::linear(p / "c_attn", d, 3 * d, linear_init()),
+            // Residual projections start smaller, as GPT-2's paper prescribes.
+            c_proj: nn::linear(p / "c_proj", d, d, residual_init(c)),
+            n_head: c.n_head,
+            dropout: c.attn_pdrop,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, cache: Option<&mut (Tensor, Tensor)>, opts: &ForwardOptions) -> (Tensor, Option<Tensor>) {
+        let (b, t, d) = x.size3().expect("(B, T, C) input");
+        let heads = |z: Tensor| z.view([b, t, self.n_head, d / self.n_head]).transpose(1, 2); // (B, nh, T, hs)
+        let qkv = self.c_attn.forward(x).split(d, 2);
+        let (q, mut k, mut v) = (heads(qkv[0].shallow_clone()), heads(qkv[1].shallow_clone()), heads(qkv[2].shallow_clone()));
+        if let Some((past_k, past_v)) = cache {
+            if past_k.numel() > 0 {
+                k = Tensor::cat(&[&*past_k, &k], 2);
+                v = Tensor::cat(&[&*past_v, &v], 2);
+            }
+            *past_k = k.shallow_clone();
+            *past_v = v.shallow_clone();
+        }
+        let dropout = if opts.train { self.dropout } else { 0.0 };
+        let (y, probs) = attend(&q, &k, &v, Mask::Causal, dropout, opts.capture_attention);
+        let y = y.transpose(1, 2).contiguous().view([b, t, d]); // (B, T, C)
+        (self.c_proj.forward(&y), probs)
+    }
+}
+
+struct Mlp {
+    c_fc: nn::Linear,
+    c_proj: nn::Linear,
+    activation: Activation,
+}
+
+struct Block {
+    ln_1: nn::LayerNorm,
+    attn: Attention,
+    ln_2: nn::LayerNorm,
+    mlp: Mlp,
+    resid_pdrop: f64,
+}
+
+impl Block {
+    fn new(p: &nn::Path, c: &GptConfig) -> Result<Self> {
+        let ln = |name: &str| nn::layer_norm(p / name, vec![c.n_embd], nn::LayerNormConfig { eps: c.layer_norm_epsilon, ..Default::default() });
+        let mlp = &(p / "mlp");
+        Ok(Block {
+            ln_1: ln("ln_1"),
+            attn: Attention::new(&(p / "attn"), c),
+            ln_2: ln("ln_2"),
+            mlp: Mlp {
+                c_fc: nn::linear(mlp / "c_fc", c.n_embd, c.n_inner(), linear_init()),
+                c_proj: nn::linear(mlp / "c_proj", c.n_inner(), c.n_embd, residual_init(c)),
+                activation: Activation::parse(&c.activation_function)?,
+            },
+            resid_pdrop: c.resid_pdrop,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cache: Option<&mut (Tensor, Tensor)>, opts: &ForwardOptions) -> (Tensor, Option<Tensor>) {
+        let (a, probs) = self.attn.forward(&self.ln_1.forward(x), cache, opts);
+        let x = x + a.dropout(self.resid_pdrop, opts.train);
+        let h = self.mlp.activation.apply(&self.mlp.c_fc.forward(&self.ln_2.forward(&x)));
+        let x = &x + self.mlp.c_proj.forward(&h).dropout(self.resid_pdrop, opts.train);
+        (x, probs)
+    }
+}
+
+/// A GPT-2 language model (`GPT2LMHeadModel`).
+pub struct Gpt {
+    config: GptConfig,
+    wte: nn::Embedding,
+    wpe: nn::Embedding,
+    h: Vec<Block>,
+    ln_f: nn::LayerNorm,
+}
+
+impl Gpt {
+    /// Builds the model's variables under `p` with GPT-2's initialisation.
+    pub fn new(p: &nn::Path, config: &GptConfig) -> Result<Self> {
+        config.validate()?;
+        let t = &(p / "transformer");
+        let embedding = nn::EmbeddingConfig { ws_init: normal_init(), ..Default::default() };
+        let h = (0..config.n_layer).map(|i| Block::new(&(t / "h" / i), config)).collect::<Result<_>>()?;
+        Ok(Gpt {
+            config: config.clone(),
+            wte: nn::embedding(t / "wte", config.vocab_size, config.n_embd, embedding),
+            wpe: nn::embedding(t / "wpe", config.n_positions, config.n_embd, embedding),
+            h,
+            ln_f: nn::layer_norm(t / "ln_f", vec![config.n_embd], nn::LayerNormConfig { eps: config.layer_norm_epsilon, ..Default::default() }),
+        })
+    }
+
+    /// The configuration the model was built with.
+    pub fn config(&self) -> &GptConfig {
+        &self.config
+    }
+
+    /// Logits for `ids: (B, T)`. With a cache, `ids` are the positions after those cached,
+    /// and the cache grows by `T`.
+    pub fn forward(&self, ids: &Tensor, opts: &ForwardOptions, mut cache: Option<&mut KvCache>) -> Result<GptOutput> {
+        let (_, t) = match ids.size().as_slice() {
+            &[b, t] => (b, t),
+            shape => return invalid!("GPT input ids must be (batch, time), got shape {shape:?}"),
+        };
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if past + t > self.config.n_positions {
+            return invalid!(
+                "{} tokens do not fit the model's context of {} positions; shorten the input or build a model with a larger `n_positions`",
+                past + t,
+                self.config.n_positions
+            );
+        }
+        if let Some(cache) = cache.as_deref_mut() {
+            if cache.layers.is_empty() {
+                cache.layers = (0..self.h.len()).map(|_| (Tensor::new(), Tensor::new())).collect();
+            }
+        }
+        let positions = Tensor::arange_start(past, past + t, (tch::Kind::Int64, ids.device()));
+        let mut x = (self.wte.forward(ids) + self.wpe.forward(&positions)).dropout(self.config.embd_pdrop, opts.train); // (B, T, C)
+        let mut attentions = opts.capture_attention.then(Vec::new);
+        for (i, block) in self.h.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let (y, probs) = block.forward(&x, layer_cache, opts);
+            x = y;
+            if let (Some(all), Some(p)) = (attentions.as_mut(), probs) {
+                all.push(p);
+            }
+        }
+        let x = self.ln_f.forward(&x);
+        // The LM head shares the token embedding's weights (weight tying).
+        let logits = x.linear::<Tensor>(&self.wte.ws, None); // (B, T, vocab)
+        Ok(GptOutput { logits, attentions })
+    }
+}
+
+/// Maps a Hugging Face GPT-2 checkpoint key to this model's variable name, or `None`
+/// for keys that hold no parameter (causal-mask buffers, the tied LM head). The flag
+/// says the tensor is a Conv1D weight, stored `(in, out)` where we store `(out, in)`.
+pub fn hf_to_var(key: &str) -> Option<(String, bool)> {
+    // Checkpoints from the original release have no `transformer.` prefix.
+    let key = key.strip_prefix("transformer.").unwrap_or(key);
+    if key == "lm_head.weight" || key.ends_with(".attn.bias") || key.ends_with(".attn.masked_bias") {
+        return None;
+    }
+    let conv1d = [".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight"].iter().any(|s| key.ends_with(s));
+    Some((format!("transformer.{key}"), conv1d))
+}
+
+/// The Hugging Face key and Conv1D flag for one of this model's variables.
+pub fn var_to_hf(var: &str) -> (String, bool) {
+    let conv1d = hf_to_var(var).is_some_and(|(_, c)| c);
+    (var.to_string(), conv1d)
+}
+
+fn normal_init() -> nn::Init {
+    nn::Init::Randn { mean: 0.0, stdev: 0.02 }
+}
+
+fn linear_init() -> nn::LinearConfig {
+    nn::LinearConfig { ws_init: normal_init(), bs_init: Some(nn::Init::Const(0.0)), bias: true }
+}
+
+fn residual_init(c: &GptConfig) -> nn::LinearConfig {
+    let stdev = 0.02 / (2.0 * c.n_layer as f64).sqrt();
+    nn::LinearConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev }, ..linear_init() }
+}

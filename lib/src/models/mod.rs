@@ -1,0 +1,192 @@
+//! Model families and what they share: the configuration read from `config.json`,
+//! a model that owns its variables, forward options, activations.
+//!
+//! One file per family ([`gpt`], [`bert`]), each readable top to bottom. This module
+//! does not load weights (that is [`crate::checkpoint`]) or train (that is [`crate::train`]).
+
+pub mod attention;
+pub mod bert;
+pub mod gpt;
+
+use std::path::Path;
+
+use serde_json::Value;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{invalid, Error, Result};
+
+/// Options of a forward pass.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardOptions {
+    /// Training mode: dropout is active.
+    pub train: bool,
+    /// Return every layer's attention probabilities.
+    pub capture_attention: bool,
+}
+
+/// A feed-forward activation, by its Hugging Face name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// GELU with the erf (`gelu`).
+    Gelu,
+    /// GELU's tanh approximation (`gelu_new`, `gelu_pytorch_tanh`), GPT-2's.
+    GeluTanh,
+    /// `relu`.
+    Relu,
+}
+
+impl Activation {
+    /// Reads a `hidden_act` / `activation_function` value.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "gelu" => Ok(Activation::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+            "relu" => Ok(Activation::Relu),
+            other => invalid!("unknown activation `{other}`; tchlab knows gelu, gelu_new, gelu_pytorch_tanh and relu"),
+        }
+    }
+
+    /// Applies the activation elementwise.
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Gelu => x.gelu("none"),
+            Activation::GeluTanh => x.gelu("tanh"),
+            Activation::Relu => x.relu(),
+        }
+    }
+}
+
+/// A model family's configuration, as `config.json` states it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    /// `model_type: "gpt2"`.
+    Gpt(gpt::GptConfig),
+    /// `model_type: "bert"`.
+    Bert(bert::BertConfig),
+}
+
+impl ModelConfig {
+    /// Reads `config.json`; the error names the file and what is wrong.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
+        Self::from_json(&json).map_err(|e| match e {
+            Error::Invalid(message) => Error::format(path, message),
+            other => other,
+        })
+    }
+
+    /// Reads a parsed `config.json`.
+    pub fn from_json(json: &Value) -> Result<Self> {
+        let model_type = json.get("model_type").and_then(Value::as_str).unwrap_or("");
+        let config = match model_type {
+            "gpt2" => ModelConfig::Gpt(serde_json::from_value(json.clone()).map_err(|e| Error::Invalid(format!("GPT-2 config: {e}")))?),
+            "bert" => ModelConfig::Bert(serde_json::from_value(json.clone()).map_err(|e| Error::Invalid(format!("BERT config: {e}")))?),
+            "" => return invalid!("no `model_type`; tchlab reads model_type \"gpt2\" and \"bert\""),
+            other => return invalid!("unknown model_type \"{other}\"; tchlab knows \"gpt2\" (GPT-2 family) and \"bert\" (BERT family)"),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the numbers fit together.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            ModelConfig::Gpt(c) => c.validate(),
+            ModelConfig::Bert(c) => c.validate(),
+        }
+    }
+
+    /// The family's name, as `model_type` spells it.
+    pub fn model_type(&self) -> &'static str {
+        match self {
+            ModelConfig::Gpt(_) => "gpt2",
+            ModelConfig::Bert(_) => "bert",
+        }
+    }
+
+    /// The longest input the model takes.
+    pub fn max_positions(&self) -> i64 {
+        match self {
+            ModelConfig::Gpt(c) => c.n_positions,
+            ModelConfig::Bert(c) => c.max_position_embeddings,
+        }
+    }
+
+    /// Number of token ids.
+    pub fn vocab_size(&self) -> i64 {
+        match self {
+            ModelConfig::Gpt(c) => c.vocab_size,
+            ModelConfig::Bert(c) => c.vocab_size,
+        }
+    }
+}
+
+/// The network of one family.
+pub enum Network {
+    /// A GPT-2 language model.
+    Gpt(gpt::Gpt),
+    /// A BERT encoder.
+    Bert(bert::Bert),
+}
+
+/// A model with the variables it owns.
+pub struct Model {
+    /// Every parameter, named after the checkpoint keys.
+    pub vars: VarStore,
+    /// The network whose forward pass reads `vars`.
+    pub network: Network,
+}
+
+impl Model {
+    /// A freshly initialised GPT-2 model on `device`.
+    pub fn gpt(config: &gpt::GptConfig, device: Device) -> Result<Self> {
+        let vars = VarStore::new(device);
+        let network = Network::Gpt(gpt::Gpt::new(&vars.root(), config)?);
+        Ok(Model { vars, network })
+    }
+
+    /// A freshly initialised BERT model on `device`.
+    pub fn bert(config: &bert::BertConfig, heads: bert::BertHeads, device: Device) -> Result<Self> {
+        let vars = VarStore::new(device);
+        let network = Network::Bert(bert::Bert::new(&vars.root(), config, heads)?);
+        Ok(Model { vars, network })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> ModelConfig {
+        match &self.network {
+            Network::Gpt(m) => ModelConfig::Gpt(m.config().clone()),
+            Network::Bert(m) => ModelConfig::Bert(m.config().clone()),
+        }
+    }
+
+    /// The device the variables live on.
+    pub fn device(&self) -> Device {
+        self.vars.device()
+    }
+
+    /// Number of parameters.
+    pub fn num_parameters(&self) -> i64 {
+        self.vars.trainable_variables().iter().map(Tensor::numel).sum::<usize>() as i64
+    }
+
+    /// Every variable by name, sorted by name.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut all: Vec<_> = self.vars.variables().into_iter().collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Converts every floating-point variable to `kind` (f32, bf16, f16).
+    pub fn set_kind(&mut self, kind: Kind) {
+        match kind {
+            Kind::BFloat16 => self.vars.bfloat16(),
+            Kind::Half => self.vars.half(),
+            Kind::Double => self.vars.double(),
+            _ => self.vars.float(),
+        }
+    }
+}

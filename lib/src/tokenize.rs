@@ -1,0 +1,241 @@
+//! Tokenizers: any Hugging Face `tokenizer.json` (WordPiece, BPE, byte-level BPE,
+//! Unigram) through the `tokenizers` crate, a character-level tokenizer for small
+//! experiments, and byte-level BPE trained from a text file.
+//!
+//! Inputs longer than the model accepts are truncated, as the checkpoint's files say:
+//! sentence-transformers' `max_seq_length` wins over `tokenizer_config.json`'s
+//! `model_max_length`, and neither may exceed the model's positions.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, TruncationParams};
+
+use crate::error::{invalid, Error, Result};
+
+/// The end-of-text token trained BPE tokenizers reserve, as GPT-2's does.
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+
+/// A tokenizer with its truncation length.
+#[derive(Clone)]
+pub struct Tokenizer {
+    backend: Backend,
+    max_length: Option<usize>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Hf(Box<tokenizers::Tokenizer>),
+    Char(CharVocab),
+}
+
+/// One id per distinct character of a text, in sorted order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct CharVocab {
+    chars: Vec<char>,
+    #[serde(skip)]
+    ids: BTreeMap<char, u32>,
+}
+
+/// The file form of a character-level tokenizer (tchlab's own `tokenizer.json` variant).
+#[derive(Serialize, Deserialize)]
+struct CharFile {
+    tchlab_char_tokenizer: u32,
+    chars: Vec<char>,
+}
+
+impl CharVocab {
+    fn new(chars: Vec<char>) -> Self {
+        let ids = chars.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
+        CharVocab { chars, ids }
+    }
+}
+
+impl Tokenizer {
+    /// Reads a `tokenizer.json` (Hugging Face's, or tchlab's character-level one).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        if let Ok(file) = serde_json::from_str::<CharFile>(&text) {
+            return Ok(Tokenizer { backend: Backend::Char(CharVocab::new(file.chars)), max_length: None });
+        }
+        let mut hf: tokenizers::Tokenizer = text.parse().map_err(|e| Error::format(path, format!("not a tokenizer.json that the tokenizers library reads: {e}")))?;
+        // Padding and truncation are applied per call here, not by settings in the file.
+        hf.with_padding(None);
+        hf.with_truncation(None).map_err(|e| Error::format(path, e.to_string()))?;
+        Ok(Tokenizer { backend: Backend::Hf(Box::new(hf)), max_length: None })
+    }
+
+    /// Reads a model directory's `tokenizer.json` and the truncation length its
+    /// other files give, bounded by `max_positions`.
+    pub fn from_model_dir(dir: &Path, max_positions: i64) -> Result<Self> {
+        let mut tokenizer = Self::from_file(dir.join("tokenizer.json"))?;
+        let read_number = |file: &str, key: &str| -> Option<usize> {
+            let text = std::fs::read_to_string(dir.join(file)).ok()?;
+            let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+            json.get(key)?.as_u64().map(|n| n as usize)
+        };
+        let length = read_number("sentence_bert_config.json", "max_seq_length").or_else(|| read_number("tokenizer_config.json", "model_max_length"));
+        let limit = max_positions.max(1) as usize;
+        tokenizer.set_max_length(Some(length.map_or(limit, |n| n.min(limit))))?;
+        Ok(tokenizer)
+    }
+
+    /// A character-level tokenizer over the characters of `text`.
+    pub fn char_level(text: &str) -> Result<Self> {
+        let mut chars: Vec<char> = text.chars().collect();
+        chars.sort_unstable();
+        chars.dedup();
+        if chars.is_empty() {
+            return invalid!("cannot build a character tokenizer from empty text");
+        }
+        Ok(Tokenizer { backend: Backend::Char(CharVocab::new(chars)), max_length: None })
+    }
+
+    /// Trains a byte-level BPE tokenizer (GPT-2's kind) of `vocab_size` ids on a text file.
+    pub fn train_bpe(path: impl AsRef<Path>, vocab_size: usize) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+        }
+        let alphabet = ByteLevel::alphabet();
+        if vocab_size <= alphabet.len() {
+            return invalid!("a byte-level BPE vocabulary needs more than {} ids (one per byte); got --vocab {vocab_size}", alphabet.len());
+        }
+        let trainer = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .show_progress(false)
+            .initial_alphabet(alphabet.into_iter().collect())
+            .special_tokens(vec![AddedToken::from(END_OF_TEXT, true)])
+            .build();
+        let mut hf = tokenizers::Tokenizer::new(BPE::default());
+        hf.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+        hf.with_decoder(Some(ByteLevel::default()));
+        hf.train_from_files(&mut TrainerWrapper::BpeTrainer(trainer), vec![path.to_string_lossy().into_owned()])
+            .map_err(|e| Error::format(path, format!("BPE training failed: {e}")))?;
+        Ok(Tokenizer { backend: Backend::Hf(Box::new(hf)), max_length: None })
+    }
+
+    /// The truncation length, if any.
+    pub fn max_length(&self) -> Option<usize> {
+        self.max_length
+    }
+
+    /// Sets the truncation length (`None`: no truncation).
+    pub fn set_max_length(&mut self, max_length: Option<usize>) -> Result<()> {
+        if max_length == Some(0) {
+            return invalid!("the maximum length must be at least 1 token");
+        }
+        if let Backend::Hf(t) = &mut self.backend {
+            let params = max_length.map(|max_length| TruncationParams { max_length, ..Default::default() });
+            t.with_truncation(params).map_err(|e| Error::Invalid(e.to_string()))?;
+        }
+        self.max_length = max_length;
+        Ok(())
+    }
+
+    /// Number of ids, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        match &self.backend {
+            Backend::Hf(t) => t.get_vocab_size(true),
+            Backend::Char(v) => v.chars.len(),
+        }
+    }
+
+    /// The id of a token, if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<i64> {
+        match &self.backend {
+            Backend::Hf(t) => t.token_to_id(token).map(i64::from),
+            Backend::Char(v) => {
+                let mut chars = token.chars();
+                match (chars.next(), chars.next()) {
+                    (Some(c), None) => v.ids.get(&c).map(|&i| i64::from(i)),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Token ids of `text`, with the special tokens the tokenizer adds (`[CLS]`, `[SEP]`),
+    /// truncated to the maximum length.
+    pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
+        Ok(self.encode_tokens(text)?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// `(id, token)` pairs of `text`, as [`Tokenizer::encode`] gives the ids.
+    pub fn encode_tokens(&self, text: &str) -> Result<Vec<(i64, String)>> {
+        match &self.backend {
+            Backend::Hf(t) => {
+                let encoding = t.encode(text, true).map_err(|e| Error::Invalid(format!("tokenizing {text:?}: {e}")))?;
+                Ok(encoding.get_ids().iter().zip(encoding.get_tokens()).map(|(&id, tok)| (i64::from(id), tok.clone())).collect())
+            }
+            Backend::Char(v) => {
+                let mut out = Vec::with_capacity(text.len());
+                for c in text.chars() {
+                    let Some(&id) = v.ids.get(&c) else {
+                        return invalid!("the character {c:?} is not in this character tokenizer's vocabulary of {} characters", v.chars.len());
+                    };
+                    out.push((i64::from(id), c.to_string()));
+                }
+                out.truncate(self.max_length.unwrap_or(usize::MAX));
+                Ok(out)
+            }
+        }
+    }
+
+    /// The text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[i64]) -> Result<String> {
+        match &self.backend {
+            Backend::Hf(t) => {
+                let ids: Vec<u32> = ids.iter().map(|&i| u32::try_from(i).unwrap_or(u32::MAX)).collect();
+                t.decode(&ids, true).map_err(|e| Error::Invalid(format!("decoding: {e}")))
+            }
+            Backend::Char(v) => ids
+                .iter()
+                .map(|&i| v.chars.get(i as usize).copied().ok_or_else(|| Error::Invalid(format!("id {i} is outside this character tokenizer's {} ids", v.chars.len()))))
+                .collect(),
+        }
+    }
+
+    /// Writes the tokenizer as `tokenizer.json`, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = match &self.backend {
+            Backend::Hf(t) => t.to_string(true).map_err(|e| Error::Invalid(format!("serializing the tokenizer: {e}")))?,
+            Backend::Char(v) => serde_json::to_string_pretty(&CharFile { tchlab_char_tokenizer: 1, chars: v.chars.clone() }).expect("JSON"),
+        };
+        crate::checkpoint::atomic_write(path, |w| std::io::Write::write_all(w, json.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn char_level_round_trips_and_rejects_unknown_characters() {
+        let t = Tokenizer::char_level("hello world").unwrap();
+        assert_eq!(t.vocab_size(), 8);
+        let ids = t.encode("hello").unwrap();
+        assert_eq!(t.decode(&ids).unwrap(), "hello");
+        let err = t.encode("hex").unwrap_err().to_string();
+        assert!(err.contains("'x'"), "{err}");
+    }
+
+    #[test]
+    fn char_level_truncates_and_saves() {
+        let mut t = Tokenizer::char_level("abc").unwrap();
+        t.set_max_length(Some(2)).unwrap();
+        assert_eq!(t.encode("cba").unwrap(), vec![2, 1]);
+        let dir = std::env::temp_dir().join(format!("tchlab-char-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        t.save(&dir.join("tokenizer.json")).unwrap();
+        let back = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+        assert_eq!(back.encode("abc").unwrap(), vec![0, 1, 2]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
