@@ -9,5 +9,5 @@ use tch::{Kind, Reduction, Tensor};
 /// over positions; targets of -100 are ignored, as in PyTorch.
 pub fn lm_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
     let v = logits.size()[2];
-    logits.view([-1, v]).to_kind(Kind::Float).cross_entropy_loss::<Tensor>(&targets.view([-1]), None, Reduction::Mean, -100, 0.0)
+    logits.reshape([-1, v]).to_kind(Kind::Float).cross_entropy_loss::<Tensor>(&targets.reshape([-1]), None, Reduction::Mean, -100, 0.0)
 }
