@@ -57,11 +57,7 @@ pub struct Loaded {
 pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
     let path = path.as_ref();
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    let (dir, files) = if meta.is_dir() {
-        (path.to_path_buf(), weight_files(path)?)
-    } else {
-        (path.parent().unwrap_or(Path::new(".")).to_path_buf(), vec![path.to_path_buf()])
-    };
+    let dir = if meta.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
     let config_path = dir.join("config.json");
     if !config_path.exists() {
         let message = if meta.is_dir() {
@@ -72,6 +68,7 @@ pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
         return Err(Error::format(path, message));
     }
     let config = ModelConfig::from_file(&config_path)?;
+    let files = if meta.is_dir() { weight_files(path)? } else { vec![path.to_path_buf()] };
     let tensors = read_files(&files)?;
     let model = match &config {
         ModelConfig::Gpt(c) => Model::gpt(c, device)?,
@@ -234,10 +231,17 @@ pub fn hf_state_dict(model: &Model) -> Result<Vec<(String, Tensor)>> {
 pub fn hf_config(model: &Model) -> serde_json::Value {
     let (mut json, architecture) = match &model.network {
         Network::Gpt(g) => (serde_json::to_value(g.config()).expect("config serializes"), "GPT2LMHeadModel"),
-        Network::Bert(b) => {
-            let arch = if b.heads().classes.is_some() { "BertForSequenceClassification" } else { "BertModel" };
-            (serde_json::to_value(b.config()).expect("config serializes"), arch)
-        }
+        Network::Bert(b) => match b.heads().classes {
+            Some(n) => {
+                let mut json = serde_json::to_value(b.config()).expect("config serializes");
+                // transformers sizes the classifier from the label names.
+                if b.config().labels().is_none_or(|l| l.len() as i64 != n) {
+                    json["id2label"] = (0..n).map(|i| (i.to_string(), serde_json::Value::from(format!("LABEL_{i}")))).collect::<serde_json::Map<_, _>>().into();
+                }
+                (json, "BertForSequenceClassification")
+            }
+            None => (serde_json::to_value(b.config()).expect("config serializes"), "BertModel"),
+        },
     };
     json["model_type"] = model.config().model_type().into();
     json["architectures"] = serde_json::json!([architecture]);

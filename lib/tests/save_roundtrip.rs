@@ -1,0 +1,84 @@
+//! What tchlab saves, `transformers` reads: a GPT-2 and a BERT classifier saved with
+//! `save_hf` load with `from_pretrained` and give the same outputs.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use tch::{Device, Kind, Tensor};
+use tchlab::checkpoint::{self, safetensors};
+use tchlab::models::bert::{BertConfig, BertHeads};
+use tchlab::models::{ForwardOptions, Model, Network};
+
+/// Runs `script` in the reference Python with the model directory as argv[1].
+fn python_agrees(script: &str, dir: &std::path::Path) {
+    let out = Command::new(common::python()).arg("-c").arg(script).arg(dir).env("HF_HUB_OFFLINE", "1").output().unwrap();
+    assert!(out.status.success(), "transformers disagrees:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn saved_gpt_loads_in_transformers_with_the_same_logits() {
+    let dir = common::scratch("save-gpt");
+    let loaded = checkpoint::load(common::fixtures().join("gpt-b"), Device::Cpu).unwrap();
+    let Network::Gpt(gpt) = &loaded.model.network else { panic!("GPT") };
+    // Change the weights, so the test shows that what we hold is what we save.
+    let _ = tch::no_grad(|| loaded.model.vars.variables()["transformer.h.0.attn.c_attn.weight"].shallow_clone().g_mul_scalar_(1.5));
+    checkpoint::save_hf(&loaded.model, None, &dir).unwrap();
+    let ids = Tensor::from_slice(&[5i64, 17, 3, 99, 120, 7]).unsqueeze(0);
+    let logits = tch::no_grad(|| gpt.forward(&ids, &ForwardOptions::default(), None).unwrap().logits);
+    safetensors::write(&dir.join("ours.safetensors"), &[("ids".into(), ids), ("logits".into(), logits)], &BTreeMap::new()).unwrap();
+    python_agrees(
+        r#"
+import sys, torch
+from safetensors.torch import load_file
+from transformers import GPT2LMHeadModel
+d = sys.argv[1]
+ours = load_file(d + "/ours.safetensors")
+model = GPT2LMHeadModel.from_pretrained(d).eval()
+with torch.no_grad():
+    theirs = model(ours["ids"]).logits
+diff = (theirs - ours["logits"]).abs().max().item()
+assert diff < 1e-4, f"max difference {diff}"
+"#,
+        &dir,
+    );
+}
+
+#[test]
+fn saved_bert_classifier_loads_in_transformers_with_the_same_logits() {
+    let dir = common::scratch("save-bert");
+    tch::manual_seed(5);
+    let config: BertConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": 50, "hidden_size": 24, "num_hidden_layers": 2, "num_attention_heads": 3, "intermediate_size": 40, "max_position_embeddings": 16
+    }))
+    .unwrap();
+    let model = Model::bert(&config, BertHeads { pooler: true, classes: Some(3) }, Device::Cpu).unwrap();
+    let Network::Bert(bert) = &model.network else { panic!("BERT") };
+    checkpoint::save_hf(&model, None, &dir).unwrap();
+    let ids = Tensor::from_slice(&[2i64, 9, 33, 4, 0, 0]).view([2, 3]);
+    let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 0, 0]).view([2, 3]);
+    let logits = tch::no_grad(|| bert.forward(&ids, Some(&mask), &ForwardOptions::default()).unwrap().logits.unwrap());
+    assert_eq!(logits.size(), vec![2, 3]);
+    let tensors = [("ids".into(), ids), ("mask".into(), mask), ("logits".into(), logits.to_kind(Kind::Float))];
+    safetensors::write(&dir.join("ours.safetensors"), &tensors, &BTreeMap::new()).unwrap();
+    python_agrees(
+        r#"
+import sys, torch
+from safetensors.torch import load_file
+from transformers import BertForSequenceClassification
+d = sys.argv[1]
+ours = load_file(d + "/ours.safetensors")
+model = BertForSequenceClassification.from_pretrained(d).eval()
+with torch.no_grad():
+    theirs = model(input_ids=ours["ids"], attention_mask=ours["mask"]).logits
+diff = (theirs - ours["logits"]).abs().max().item()
+assert diff < 1e-4, f"max difference {diff}"
+"#,
+        &dir,
+    );
+    // And tchlab reads its own save back, with the head.
+    let back = checkpoint::load(&dir, Device::Cpu).unwrap();
+    let Network::Bert(b) = &back.model.network else { panic!("BERT") };
+    assert_eq!(b.heads(), BertHeads { pooler: true, classes: Some(3) });
+}
