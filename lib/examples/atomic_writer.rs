@@ -16,7 +16,8 @@ fn main() -> tchlab::Result<()> {
     let (mib, value): (i64, f64) = (mib.parse().expect("MEBIBYTES is a number"), value.parse().expect("VALUE is a number"));
     // Several tensors, so the write is a sequence of chunks like a real model's.
     let per_tensor = mib * (1 << 20) / 4 / 8;
-    let tensors: Vec<(String, tch::Tensor)> = (0..8).map(|i| (format!("w{i}"), tch::Tensor::full([per_tensor], value, (tch::Kind::Float, tch::Device::Cpu)))).collect();
+    let tensors: Vec<(String, tch::Tensor)> =
+        (0..8).map(|i| (format!("w{i}"), tch::Tensor::full([per_tensor], value, (tch::Kind::Float, tch::Device::Cpu)))).collect();
     println!("writing");
     std::io::stdout().flush().expect("stdout");
     tchlab::checkpoint::safetensors::write(std::path::Path::new(path), &tensors, &BTreeMap::new())

@@ -47,7 +47,8 @@ impl Pooling {
     pub fn from_model_dir(dir: &Path) -> Result<Option<Self>> {
         let modules_path = dir.join("modules.json");
         let Ok(text) = std::fs::read_to_string(&modules_path) else { return Ok(None) };
-        let modules: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| Error::format(&modules_path, format!("not a JSON list of modules: {e}")))?;
+        let modules: Vec<serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| Error::format(&modules_path, format!("not a JSON list of modules: {e}")))?;
         let of_type = |suffix: &str| modules.iter().find(|m| m["type"].as_str().is_some_and(|t| t.ends_with(suffix)));
         let Some(pooling) = of_type(".Pooling") else { return Ok(None) };
         let config_path = dir.join(pooling["path"].as_str().unwrap_or("")).join("config.json");

@@ -63,7 +63,8 @@ impl Tokenizer {
         if let Ok(file) = serde_json::from_str::<CharFile>(&text) {
             return Ok(Tokenizer { backend: Backend::Char(CharVocab::new(file.chars)), max_length: None });
         }
-        let mut hf: tokenizers::Tokenizer = text.parse().map_err(|e| Error::format(path, format!("not a tokenizer.json that the tokenizers library reads: {e}")))?;
+        let mut hf: tokenizers::Tokenizer =
+            text.parse().map_err(|e| Error::format(path, format!("not a tokenizer.json that the tokenizers library reads: {e}")))?;
         // Padding and truncation are applied per call here, not by settings in the file.
         hf.with_padding(None);
         hf.with_truncation(None).map_err(|e| Error::format(path, e.to_string()))?;
@@ -197,7 +198,12 @@ impl Tokenizer {
             }
             Backend::Char(v) => ids
                 .iter()
-                .map(|&i| v.chars.get(i as usize).copied().ok_or_else(|| Error::Invalid(format!("id {i} is outside this character tokenizer's {} ids", v.chars.len()))))
+                .map(|&i| {
+                    v.chars
+                        .get(i as usize)
+                        .copied()
+                        .ok_or_else(|| Error::Invalid(format!("id {i} is outside this character tokenizer's {} ids", v.chars.len())))
+                })
                 .collect(),
         }
     }

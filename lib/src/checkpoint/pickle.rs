@@ -135,12 +135,12 @@ impl<'a> Machine<'a> {
         loop {
             let op = self.u8()?;
             match op {
-                0x80 => drop(self.u8()?),                // PROTO
-                0x95 => drop(self.u64()?),               // FRAME
-                b'.' => return self.pop(),               // STOP
+                0x80 => drop(self.u8()?),                  // PROTO
+                0x95 => drop(self.u64()?),                 // FRAME
+                b'.' => return self.pop(),                 // STOP
                 b'(' => self.marks.push(self.stack.len()), // MARK
-                b'0' => drop(self.pop()?),               // POP
-                b'1' => drop(self.pop_mark()?),          // POP_MARK
+                b'0' => drop(self.pop()?),                 // POP
+                b'1' => drop(self.pop_mark()?),            // POP_MARK
                 b'2' => {
                     let top = self.top()?.clone(); // DUP
                     self.stack.push(top);
@@ -291,7 +291,9 @@ impl<'a> Machine<'a> {
                     let pid = self.pop()?; // BINPERSID: ('storage', StorageType, key, location, numel)
                     let storage = match pid {
                         Value::Tuple(t) => match t.as_slice() {
-                            [Value::Str(tag), Value::Global(Global::Storage(kind)), Value::Str(key), ..] if tag == "storage" => Value::Storage { kind: *kind, key: key.clone() },
+                            [Value::Str(tag), Value::Global(Global::Storage(kind)), Value::Str(key), ..] if tag == "storage" => {
+                                Value::Storage { kind: *kind, key: key.clone() }
+                            }
                             _ => return Err(format!("unsupported persistent id {t:?}")),
                         },
                         other => return Err(format!("unsupported persistent id {other:?}")),
@@ -309,7 +311,9 @@ fn call(callable: Value, args: Value) -> Step<Value> {
     let Value::Tuple(args) = args else { return Err("REDUCE without an argument tuple".into()) };
     let ints = |v: &Value| -> Step<Vec<i64>> {
         match v {
-            Value::Tuple(items) => items.iter().map(|i| if let Value::Int(n) = i { Ok(*n) } else { Err("a tensor size is not an integer".to_string()) }).collect(),
+            Value::Tuple(items) => {
+                items.iter().map(|i| if let Value::Int(n) = i { Ok(*n) } else { Err("a tensor size is not an integer".to_string()) }).collect()
+            }
             _ => Err("a tensor size is not a tuple".into()),
         }
     };
@@ -363,7 +367,8 @@ pub fn read_torch_zip(path: &Path) -> Result<Vec<(String, Tensor)>> {
         }
         let flat = &storages[&r.storage];
         let extent: i64 = r.offset + r.size.iter().zip(&r.stride).map(|(n, s)| (n - 1).max(0) * s).sum::<i64>() + 1;
-        if r.offset < 0 || r.size.len() != r.stride.len() || r.stride.iter().any(|&s| s < 0) || (r.size.iter().all(|&n| n > 0) && extent > flat.numel() as i64) {
+        if r.offset < 0 || r.size.len() != r.stride.len() || r.stride.iter().any(|&s| s < 0) || (r.size.iter().all(|&n| n > 0) && extent > flat.numel() as i64)
+        {
             return Err(Error::format(path, format!("tensor `{name}` reaches past the end of its storage")));
         }
         tensors.push((name, flat.f_as_strided(&r.size, &r.stride, r.offset)?.f_contiguous()?));

@@ -56,7 +56,8 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let st = SafeTensors::deserialize(&map).map_err(|e| Error::format(path, format!("not a valid safetensors file ({e}); it may be truncated or corrupt")))?;
     let mut tensors = vec![];
     for (name, view) in st.iter() {
-        let kind = kind_of(view.dtype()).ok_or_else(|| Error::format(path, format!("tensor `{name}` has dtype {:?}, which tchlab does not read", view.dtype())))?;
+        let kind =
+            kind_of(view.dtype()).ok_or_else(|| Error::format(path, format!("tensor `{name}` has dtype {:?}, which tchlab does not read", view.dtype())))?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         tensors.push((name.to_string(), Tensor::f_from_data_size(view.data(), &shape, kind)?));
     }
@@ -73,7 +74,8 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<Stri
     let mut offset = 0usize;
     let mut cpu = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
-        let dtype = dtype_name(tensor.kind()).ok_or_else(|| Error::Invalid(format!("tensor `{name}` has kind {:?}, which safetensors cannot store", tensor.kind())))?;
+        let dtype =
+            dtype_name(tensor.kind()).ok_or_else(|| Error::Invalid(format!("tensor `{name}` has kind {:?}, which safetensors cannot store", tensor.kind())))?;
         let t = tensor.f_to_device(Device::Cpu)?.f_contiguous()?;
         let bytes = t.numel() * tensor.kind().elt_size_in_bytes();
         header.insert(name.clone(), serde_json::json!({ "dtype": dtype, "shape": t.size(), "data_offsets": [offset, offset + bytes] }));

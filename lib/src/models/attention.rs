@@ -23,14 +23,7 @@ pub enum Mask<'a> {
 /// `softmax(q k^T / sqrt(hs) + mask) v` for `q: (B, nh, tq, hs)`, `k, v: (B, nh, tk, hs)`.
 /// Returns the output `(B, nh, tq, hs)` and, when `capture`, the probabilities
 /// `(B, nh, tq, tk)` before dropout.
-pub fn attend(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Mask,
-    dropout: f64,
-    capture: bool,
-) -> (Tensor, Option<Tensor>) {
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask, dropout: f64, capture: bool) -> (Tensor, Option<Tensor>) {
     let (tq, tk) = (q.size()[2], k.size()[2]);
     if !capture {
         let y = match mask {

@@ -238,7 +238,7 @@ impl Bert {
         let types = ids.zeros_like();
         let x = e.word_embeddings.forward(ids) + e.position_embeddings.forward(&positions) + e.token_type_embeddings.forward(&types);
         let mut x = e.layer_norm.forward(&x).dropout(dropout, opts.train); // (B, T, H)
-        // 0 where a key may be attended to, the dtype's minimum where it is padding.
+                                                                           // 0 where a key may be attended to, the dtype's minimum where it is padding.
         let additive = attention_mask.map(|m| (m.to_kind(x.kind()).ones_like() - m.to_kind(x.kind())).view([b, 1, 1, t]) * f64::from(f32::MIN));
         let mask = additive.as_ref().map_or(Mask::Full, Mask::Additive);
         let mut attentions = opts.capture_attention.then(Vec::new);

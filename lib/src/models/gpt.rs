@@ -100,7 +100,9 @@ impl GptConfig {
 
     /// Checks the numbers fit together; the message names the offending keys.
     pub fn validate(&self) -> Result<()> {
-        for (key, value) in [("vocab_size", self.vocab_size), ("n_positions", self.n_positions), ("n_embd", self.n_embd), ("n_layer", self.n_layer), ("n_head", self.n_head)] {
+        for (key, value) in
+            [("vocab_size", self.vocab_size), ("n_positions", self.n_positions), ("n_embd", self.n_embd), ("n_layer", self.n_layer), ("n_head", self.n_head)]
+        {
             if value <= 0 {
                 return invalid!("`{key}` must be positive, got {value}");
             }

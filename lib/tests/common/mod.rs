@@ -10,7 +10,8 @@ use tch::{Kind, Tensor};
 /// The fixtures made by `python/make_fixtures.py` (`make test` makes them and sets
 /// TCHLAB_FIXTURES).
 pub fn fixtures() -> PathBuf {
-    let dir = std::env::var_os("TCHLAB_FIXTURES").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/fixtures")));
+    let dir =
+        std::env::var_os("TCHLAB_FIXTURES").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/fixtures")));
     assert!(dir.join("READY").exists(), "no reference fixtures in {}: run `make test` (it runs python/make_fixtures.py first)", dir.display());
     dir
 }

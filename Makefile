@@ -1,0 +1,65 @@
+# tchlab — `make demo` and `make test` are the two commands to know.
+#
+# The Python environment lives outside the clone, in $(VENV), shared by every clone
+# on the machine: PyTorch $(TORCH_VERSION) from PyPI (it carries libtorch, which tch
+# builds and links against) and the reference tools the tests compare with
+# (python/requirements.txt). It is made when missing and updated when the
+# requirements change. Set LIBTORCH=/path/to/libtorch to build against your own
+# libtorch instead; the tests still use the environment's Python.
+
+SHELL := /bin/bash
+TORCH_VERSION := 2.11.0
+CACHE_HOME ?= $(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME),$(HOME)/.cache)
+VENV ?= $(CACHE_HOME)/tchlab/torch-$(TORCH_VERSION)
+PYTHON := $(VENV)/bin/python
+REQUIREMENTS := python/requirements.txt
+VENV_READY := $(VENV)/.tchlab-ready-$(shell cksum < $(REQUIREMENTS) | cut -d' ' -f1)
+FIXTURES := $(CURDIR)/target/fixtures
+
+ifeq ($(LIBTORCH),)
+CARGO_ENV := VIRTUAL_ENV=$(VENV) PATH="$(VENV)/bin:$$PATH" LIBTORCH_USE_PYTORCH=1
+else
+CARGO_ENV := LIBTORCH=$(LIBTORCH)
+endif
+TEST_ENV := TCHLAB_FIXTURES=$(FIXTURES) TCHLAB_PYTHON=$(PYTHON) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+.PHONY: all build demo test test-gpu venv fixtures fmt clean
+
+all: build
+
+venv: $(VENV_READY)
+
+$(VENV_READY): $(REQUIREMENTS)
+	@echo "== Python environment in $(VENV): PyTorch $(TORCH_VERSION) (about 2.7 GB to download, 4.6 GB installed) and test tools; once per machine"
+	@test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) -r $(REQUIREMENTS)
+	@rm -f $(VENV)/.tchlab-ready-* && touch $@
+
+build: venv
+	$(CARGO_ENV) cargo build --release --workspace --bins --examples
+
+demo: build
+	./target/release/examples/demo
+
+fixtures: $(FIXTURES)/READY
+
+$(FIXTURES)/READY: python/make_fixtures.py $(VENV_READY)
+	$(PYTHON) python/make_fixtures.py $(FIXTURES)
+
+test: venv fixtures
+	$(CARGO_ENV) $(TEST_ENV) cargo test --release --workspace
+	@$(MAKE) --no-print-directory test-gpu
+
+# GPU tests are #[ignore]d so that a machine without a GPU reports them as skipped.
+test-gpu:
+	@if nvidia-smi -L >/dev/null 2>&1; then \
+		$(CARGO_ENV) $(TEST_ENV) cargo test --release -p tchlab --test gpu -- --ignored; \
+	else \
+		echo "SKIPPED: the GPU tests in lib/tests/gpu.rs (no NVIDIA GPU on this machine)"; \
+	fi
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
