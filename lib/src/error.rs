@@ -39,6 +39,15 @@ pub enum Error {
     /// An argument is out of range or inconsistent.
     #[error("{0}")]
     Invalid(String),
+    /// A loss or gradient was NaN or infinite; the step was not taken.
+    #[error("{0}")]
+    NonFinite(String),
+    /// A cancel request stopped the work at a step boundary.
+    #[error("interrupted after step {step}; the model, optimizer and history are as they were after that step")]
+    Interrupted {
+        /// The last step completed.
+        step: i64,
+    },
     /// libtorch raised an error (its C++ exception, as text).
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

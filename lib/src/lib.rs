@@ -19,6 +19,7 @@ pub mod embedding;
 pub mod error;
 pub mod generate;
 pub mod models;
+pub mod suggest;
 pub mod tokenize;
 pub mod train;
 

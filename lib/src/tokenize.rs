@@ -189,6 +189,23 @@ impl Tokenizer {
         }
     }
 
+    /// Token ids of a whole corpus: no special tokens, no truncation.
+    pub fn encode_corpus(&self, text: &str) -> Result<Vec<i64>> {
+        match &self.backend {
+            Backend::Hf(t) => {
+                let mut t = t.clone();
+                t.with_truncation(None).map_err(|e| Error::Invalid(e.to_string()))?;
+                let encoding = t.encode(text, false).map_err(|e| Error::Invalid(format!("tokenizing the corpus: {e}")))?;
+                Ok(encoding.get_ids().iter().map(|&i| i64::from(i)).collect())
+            }
+            Backend::Char(_) => {
+                let mut untruncated = self.clone();
+                untruncated.max_length = None;
+                untruncated.encode(text)
+            }
+        }
+    }
+
     /// The text of `ids`, special tokens left out.
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
         match &self.backend {

@@ -18,7 +18,8 @@ fn cuda_is_available() {
 #[ignore = "needs a CUDA GPU"]
 fn a_tiny_gpt_trains_on_cuda_in_bf16() {
     let device = Device::Cuda(0);
-    let mut task = Synth::new(Task::Reverse, 6, 10, 0).unwrap();
+    let task = Synth::new(Task::Reverse, 6, 10).unwrap();
+    let mut rng = tchlab::data::Rng::new(0);
     let tokenizer = task.tokenizer();
     let mut model = Model::gpt(&GptConfig::tiny(tokenizer.vocab_size() as i64, task.example_len() as i64), device).unwrap();
     model.set_kind(Kind::BFloat16);
@@ -26,7 +27,7 @@ fn a_tiny_gpt_trains_on_cuda_in_bf16() {
     let mut opt = optim::Optimizer::new(&model.vars, optim::Method::adamw(), 3e-3, 0.0).unwrap();
     let mut losses = vec![];
     for _ in 0..150 {
-        let (x, y) = task.batch(64, &tokenizer).unwrap();
+        let (x, y) = task.batch(64, &tokenizer, &mut rng).unwrap();
         let logits = gpt.forward(&x.to_device(device), &ForwardOptions { train: true, ..Default::default() }, None).unwrap().logits;
         assert_eq!(logits.kind(), Kind::BFloat16);
         let loss = lm_loss(&logits, &y.to_device(device));

@@ -1,10 +1,23 @@
-//! Data sets for training. So far: synthetic sequence tasks, generated from a seed.
+//! Data sets for training: language-model corpora from text files, text
+//! classification from CSV or JSONL, and synthetic sequence tasks. Every random choice
+//! comes from an [`Rng`] the trainer owns, so a data set plus a generator state (the
+//! data cursor) always yields the same batches.
 
+pub mod classify;
 pub mod synth;
+pub mod text;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::error::{invalid, Result};
+use crate::tokenize::Tokenizer;
 
 /// A small, fast, seedable generator (SplitMix64), so data are the same on every
 /// machine for a given seed, independent of libtorch's generators.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rng(u64);
 
 impl Rng {
@@ -26,5 +39,148 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         // Multiply-shift: unbiased enough for data generation, and branch-free.
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+/// How a data set was made: enough to make it again (checkpoints store this).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DataSpec {
+    /// A synthetic task.
+    Synth {
+        /// copy, reverse, sort or add.
+        task: String,
+        /// Symbols per input.
+        length: usize,
+        /// Distinct symbols.
+        symbols: usize,
+    },
+    /// A language-model corpus.
+    Text {
+        /// The text file.
+        path: PathBuf,
+        /// Fraction held out for validation.
+        val_fraction: f64,
+    },
+    /// Labelled texts.
+    Classify {
+        /// The CSV or JSONL file.
+        path: PathBuf,
+        /// The field holding the text.
+        text_field: String,
+        /// The field holding the label.
+        label_field: String,
+        /// Fraction held out for validation.
+        val_fraction: f64,
+        /// Seed of the split.
+        seed: u64,
+    },
+}
+
+/// A data set ready to give batches.
+pub enum Dataset {
+    /// A synthetic task, with its fixed validation examples.
+    Synth {
+        /// The task.
+        task: synth::Synth,
+        /// Validation batches, drawn once from a fixed seed.
+        val: Vec<(Tensor, Tensor)>,
+    },
+    /// A language-model corpus.
+    Text(text::TextCorpus),
+    /// Labelled texts.
+    Classify(classify::Classification),
+}
+
+/// One batch of training or validation data.
+pub struct Batch {
+    /// Token ids `(B, T)`.
+    pub inputs: Tensor,
+    /// Next-token ids `(B, T)` (-100 where ignored) for language models; class ids `(B)`
+    /// for classifiers.
+    pub targets: Tensor,
+    /// Attention mask `(B, T)` for padded classification batches.
+    pub mask: Option<Tensor>,
+}
+
+impl Batch {
+    /// Number of input tokens, for throughput.
+    pub fn tokens(&self) -> i64 {
+        match &self.mask {
+            Some(m) => m.sum(tch::Kind::Int64).int64_value(&[]),
+            None => self.inputs.numel() as i64,
+        }
+    }
+}
+
+/// Validation examples drawn for a synthetic task.
+const SYNTH_VAL_EXAMPLES: usize = 256;
+/// Seed of synthetic validation examples: fixed, so every run is judged on the same ones.
+const SYNTH_VAL_SEED: u64 = 0x5EED_0F_DA7A;
+
+impl Dataset {
+    /// Makes the data set `spec` describes, tokenised with `tokenizer`.
+    pub fn from_spec(spec: &DataSpec, tokenizer: &Tokenizer, pad_id: i64) -> Result<Self> {
+        Ok(match spec {
+            DataSpec::Synth { task, length, symbols } => {
+                let task = synth::Synth::new(synth::Task::parse(task)?, *length, *symbols)?;
+                let mut rng = Rng::new(SYNTH_VAL_SEED);
+                let val = (0..SYNTH_VAL_EXAMPLES / 64).map(|_| task.batch(64, tokenizer, &mut rng)).collect::<Result<_>>()?;
+                Dataset::Synth { task, val }
+            }
+            DataSpec::Text { path, val_fraction } => Dataset::Text(text::TextCorpus::from_file(path, tokenizer, *val_fraction)?),
+            DataSpec::Classify { path, text_field, label_field, val_fraction, seed } => {
+                Dataset::Classify(classify::Classification::from_file(path, text_field, label_field, tokenizer, pad_id, *val_fraction, *seed)?)
+            }
+        })
+    }
+
+    /// True for classification data.
+    pub fn is_classification(&self) -> bool {
+        matches!(self, Dataset::Classify(_))
+    }
+
+    /// A training batch of `batch` examples; language-model windows are `ctx` long.
+    pub fn train_batch(&self, batch: usize, ctx: usize, tokenizer: &Tokenizer, rng: &mut Rng) -> Result<Batch> {
+        if batch == 0 {
+            return invalid!("the batch size must be at least 1");
+        }
+        Ok(match self {
+            Dataset::Synth { task, .. } => {
+                let (inputs, targets) = task.batch(batch, tokenizer, rng)?;
+                Batch { inputs, targets, mask: None }
+            }
+            Dataset::Text(corpus) => {
+                let (inputs, targets) = corpus.batch(batch, ctx, rng)?;
+                Batch { inputs, targets, mask: None }
+            }
+            Dataset::Classify(data) => {
+                let (inputs, mask, targets) = data.batch(batch, rng)?;
+                Batch { inputs, targets, mask: Some(mask) }
+            }
+        })
+    }
+
+    /// The validation batches, always the same ones, at most `max_batches`.
+    pub fn val_batches(&self, batch: usize, ctx: usize, max_batches: usize) -> Vec<Batch> {
+        match self {
+            Dataset::Synth { val, .. } => {
+                val.iter().take(max_batches).map(|(x, y)| Batch { inputs: x.shallow_clone(), targets: y.shallow_clone(), mask: None }).collect()
+            }
+            Dataset::Text(corpus) => {
+                corpus.val_batches(batch, ctx, max_batches).into_iter().map(|(inputs, targets)| Batch { inputs, targets, mask: None }).collect()
+            }
+            Dataset::Classify(data) => {
+                data.val_batches(batch).into_iter().take(max_batches).map(|(inputs, mask, targets)| Batch { inputs, targets, mask: Some(mask) }).collect()
+            }
+        }
+    }
+
+    /// The length of a synthetic example, which fixes the context it needs.
+    pub fn example_len(&self) -> Option<usize> {
+        match self {
+            Dataset::Synth { task, .. } => Some(task.example_len()),
+            _ => None,
+        }
     }
 }

@@ -35,8 +35,9 @@ impl Task {
     }
 }
 
-/// A synthetic task with its sizes and its own generator.
-#[derive(Debug, Clone)]
+/// A synthetic task with its sizes. Examples are drawn from a generator the caller
+/// owns, so that the data cursor is part of the training state.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Synth {
     /// The task.
     pub task: Task,
@@ -44,14 +45,13 @@ pub struct Synth {
     pub length: usize,
     /// How many distinct symbols inputs use (10 for `add`).
     pub symbols: usize,
-    rng: Rng,
 }
 
 const ALPHABET: &str = "0123456789abcdefghijklmnopqrstuvwxyz";
 
 impl Synth {
-    /// A task over `symbols` symbols (at most 36) with inputs of `length`, seeded.
-    pub fn new(task: Task, length: usize, symbols: usize, seed: u64) -> Result<Self> {
+    /// A task over `symbols` symbols (at most 36) with inputs of `length`.
+    pub fn new(task: Task, length: usize, symbols: usize) -> Result<Self> {
         let symbols = if task == Task::Add { 10 } else { symbols };
         if !(2..=ALPHABET.len()).contains(&symbols) {
             return invalid!("--symbols must be between 2 and {}, got {symbols}", ALPHABET.len());
@@ -59,7 +59,7 @@ impl Synth {
         if length == 0 || length > 64 {
             return invalid!("--length must be between 1 and 64, got {length}");
         }
-        Ok(Synth { task, length, symbols, rng: Rng::new(seed) })
+        Ok(Synth { task, length, symbols })
     }
 
     /// The text every example is written in: the symbols, `+` and `=`.
@@ -81,8 +81,8 @@ impl Synth {
     }
 
     /// One example: the prompt (ending in `=`) and its answer.
-    pub fn example(&mut self) -> (String, String) {
-        let mut symbols = |n: usize| -> Vec<u8> { (0..n).map(|_| ALPHABET.as_bytes()[self.rng.below(self.symbols as u64) as usize]).collect() };
+    pub fn example(&self, rng: &mut Rng) -> (String, String) {
+        let mut symbols = |n: usize| -> Vec<u8> { (0..n).map(|_| ALPHABET.as_bytes()[rng.below(self.symbols as u64) as usize]).collect() };
         let text = |b: &[u8]| String::from_utf8(b.to_vec()).expect("ASCII");
         match self.task {
             Task::Add => {
@@ -107,11 +107,11 @@ impl Synth {
     /// A batch of `batch` examples as next-token training pairs `(inputs, targets)`,
     /// both `(batch, example_len - 1)`; targets on the prompt are -100 (ignored), so
     /// only the answer is learnt.
-    pub fn batch(&mut self, batch: usize, tokenizer: &Tokenizer) -> Result<(Tensor, Tensor)> {
+    pub fn batch(&self, batch: usize, tokenizer: &Tokenizer, rng: &mut Rng) -> Result<(Tensor, Tensor)> {
         let t = self.example_len() - 1;
         let (mut inputs, mut targets) = (Vec::with_capacity(batch * t), Vec::with_capacity(batch * t));
         for _ in 0..batch {
-            let (prompt, answer) = self.example();
+            let (prompt, answer) = self.example(rng);
             let ids = tokenizer.encode(&format!("{prompt}{answer}"))?;
             inputs.extend_from_slice(&ids[..t]);
             let answer_from = prompt.len() - 1;
@@ -128,16 +128,17 @@ mod tests {
 
     #[test]
     fn examples_are_correct_and_seeded() {
-        let mut a = Synth::new(Task::Reverse, 5, 10, 7).unwrap();
-        let mut b = Synth::new(Task::Reverse, 5, 10, 7).unwrap();
+        let task = Synth::new(Task::Reverse, 5, 10).unwrap();
+        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
         for _ in 0..20 {
-            let (p, ans) = a.example();
-            assert_eq!(b.example(), (p.clone(), ans.clone()));
+            let (p, ans) = task.example(&mut a);
+            assert_eq!(task.example(&mut b), (p.clone(), ans.clone()));
             assert_eq!(p.trim_end_matches('=').chars().rev().collect::<String>(), ans);
         }
-        let mut add = Synth::new(Task::Add, 3, 10, 1).unwrap();
+        let add = Synth::new(Task::Add, 3, 10).unwrap();
+        let mut rng = Rng::new(1);
         for _ in 0..20 {
-            let (p, ans) = add.example();
+            let (p, ans) = add.example(&mut rng);
             let (x, y) = p.trim_end_matches('=').split_once('+').unwrap();
             assert_eq!(x.parse::<u32>().unwrap() + y.parse::<u32>().unwrap(), ans.parse::<u32>().unwrap());
             assert_eq!(p.len() + ans.len(), add.example_len());
@@ -146,9 +147,9 @@ mod tests {
 
     #[test]
     fn batch_masks_the_prompt() {
-        let mut s = Synth::new(Task::Sort, 4, 6, 3).unwrap();
+        let s = Synth::new(Task::Sort, 4, 6).unwrap();
         let tok = s.tokenizer();
-        let (x, y) = s.batch(2, &tok).unwrap();
+        let (x, y) = s.batch(2, &tok, &mut Rng::new(3)).unwrap();
         assert_eq!(x.size(), vec![2, 8]);
         let row: Vec<i64> = Vec::try_from(y.get(0)).unwrap();
         // "abcd=" then four answer characters: the answer's first one is predicted at position 4.
@@ -158,7 +159,7 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_refused() {
-        assert!(Synth::new(Task::Copy, 0, 10, 0).unwrap_err().to_string().contains("--length"));
+        assert!(Synth::new(Task::Copy, 0, 10).unwrap_err().to_string().contains("--length"));
         assert!(Task::parse("revers").unwrap_err().to_string().contains("reverse"));
     }
 }

@@ -1,7 +1,16 @@
-//! Training: losses and optimisers. The step-by-step trainer (schedules,
-//! accumulation, precision, NaN guard, history, snapshots) builds on these.
+//! Training: the step-by-step [`Trainer`], its hyperparameters, optimisers, history,
+//! timeline (snapshots, rewind, fork) and checkpoints that resume exactly.
 
+pub mod history;
+pub mod hparams;
 pub mod optim;
+mod resume;
+pub mod timeline;
+mod trainer;
+
+pub use history::{Change, EvalMetrics, History, StepRecord};
+pub use hparams::{HParams, OptimizerKind, Precision, Schedule};
+pub use trainer::{Halt, Stop, TrainReport, Trainer, MAIN_BRANCH};
 
 use tch::{Kind, Reduction, Tensor};
 

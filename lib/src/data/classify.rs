@@ -1,0 +1,118 @@
+//! Text classification data from CSV (with a header) or JSONL: a text field and a
+//! label field per record, the label vocabulary sorted, a seeded train/validation split.
+
+use std::path::{Path, PathBuf};
+
+use tch::Tensor;
+
+use super::Rng;
+use crate::embedding::pad_batch;
+use crate::error::{invalid, Error, Result};
+use crate::tokenize::Tokenizer;
+
+/// Labelled texts.
+pub struct Classification {
+    /// The file they came from.
+    pub path: PathBuf,
+    /// Class names; a label's id is its index.
+    pub labels: Vec<String>,
+    train: Vec<(Vec<i64>, i64)>,
+    val: Vec<(Vec<i64>, i64)>,
+    pad_id: i64,
+}
+
+impl Classification {
+    /// Reads `path` (`.csv` or `.jsonl`), taking `text_field` and `label_field` from each
+    /// record, tokenising the texts; `val_fraction` of the records (shuffled with
+    /// `seed`) are for validation.
+    pub fn from_file(path: &Path, text_field: &str, label_field: &str, tokenizer: &Tokenizer, pad_id: i64, val_fraction: f64, seed: u64) -> Result<Self> {
+        if !(0.0..1.0).contains(&val_fraction) {
+            return invalid!("--val must be a fraction in [0, 1), got {val_fraction}");
+        }
+        let records = match path.extension().and_then(|e| e.to_str()) {
+            Some("csv") => read_csv(path, text_field, label_field)?,
+            Some("jsonl") | Some("json") => read_jsonl(path, text_field, label_field)?,
+            _ => return Err(Error::format(path, "classification data must be .csv (with a header row) or .jsonl")),
+        };
+        if records.is_empty() {
+            return Err(Error::format(path, "no records"));
+        }
+        let mut labels: Vec<String> = records.iter().map(|(_, l)| l.clone()).collect();
+        labels.sort();
+        labels.dedup();
+        let mut examples = records
+            .iter()
+            .map(|(text, label)| Ok((tokenizer.encode(text)?, labels.binary_search(label).expect("label is in the vocabulary") as i64)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut rng = Rng::new(seed);
+        for i in (1..examples.len()).rev() {
+            examples.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        let n_val = (examples.len() as f64 * val_fraction).round() as usize;
+        let val = examples.split_off(examples.len() - n_val);
+        Ok(Classification { path: path.to_path_buf(), labels, train: examples, val, pad_id })
+    }
+
+    /// Number of training and validation examples.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.train.len(), self.val.len())
+    }
+
+    /// A random training batch: padded ids `(B, T)`, attention mask `(B, T)`, labels `(B)`.
+    pub fn batch(&self, batch: usize, rng: &mut Rng) -> Result<(Tensor, Tensor, Tensor)> {
+        if self.train.is_empty() {
+            return invalid!("{}: no training examples left after the validation split", self.path.display());
+        }
+        let picked: Vec<&(Vec<i64>, i64)> = (0..batch).map(|_| &self.train[rng.below(self.train.len() as u64) as usize]).collect();
+        Ok(self.collate(&picked))
+    }
+
+    /// The validation set in order, in batches of `batch`.
+    pub fn val_batches(&self, batch: usize) -> Vec<(Tensor, Tensor, Tensor)> {
+        self.val.iter().collect::<Vec<_>>().chunks(batch).map(|c| self.collate(c)).collect()
+    }
+
+    fn collate(&self, examples: &[&(Vec<i64>, i64)]) -> (Tensor, Tensor, Tensor) {
+        let ids: Vec<Vec<i64>> = examples.iter().map(|(ids, _)| ids.clone()).collect();
+        let (ids, mask) = pad_batch(&ids, self.pad_id);
+        let labels: Vec<i64> = examples.iter().map(|(_, l)| *l).collect();
+        (ids, mask, Tensor::from_slice(&labels))
+    }
+}
+
+fn read_csv(path: &Path, text_field: &str, label_field: &str) -> Result<Vec<(String, String)>> {
+    let mut reader = csv::Reader::from_path(path).map_err(|e| Error::format(path, e.to_string()))?;
+    let headers = reader.headers().map_err(|e| Error::format(path, e.to_string()))?.clone();
+    let column = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| Error::format(path, format!("no column `{name}`; the header has {}", headers.iter().collect::<Vec<_>>().join(", "))))
+    };
+    let (t, l) = (column(text_field)?, column(label_field)?);
+    reader
+        .records()
+        .enumerate()
+        .map(|(i, r)| {
+            let r = r.map_err(|e| Error::format(path, format!("record {}: {e}", i + 1)))?;
+            Ok((r.get(t).unwrap_or("").to_string(), r.get(l).unwrap_or("").to_string()))
+        })
+        .collect()
+}
+
+fn read_jsonl(path: &Path, text_field: &str, label_field: &str) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut out = vec![];
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let record: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))?;
+        let field = |name: &str| -> Result<String> {
+            match &record[name] {
+                serde_json::Value::String(s) => Ok(s.clone()),
+                serde_json::Value::Null => Err(Error::format(path, format!("line {}: no field `{name}`", i + 1))),
+                other => Ok(other.to_string()),
+            }
+        };
+        out.push((field(text_field)?, field(label_field)?));
+    }
+    Ok(out)
+}

@@ -1,0 +1,549 @@
+//! The step-by-step trainer: one optimiser step at a time, inspectable and
+//! changeable between steps, with a NaN guard, evaluation, a history, snapshots,
+//! branches and cancellation.
+//!
+//! Determinism: the data cursor is an [`Rng`] owned here, and libtorch's generator
+//! (dropout) is re-seeded from `(seed, step)` before every step, so the RNG state that
+//! matters is `(seed, rng, step)`: three numbers a checkpoint stores. Resuming from a
+//! checkpoint therefore gives bit-identical losses on the same machine. libtorch has
+//! one generator per process, so this holds while one trainer steps at a time, as
+//! front ends run one command at a time.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tch::{Kind, Tensor};
+
+use super::history::{Change, EvalMetrics, History, StepRecord};
+use super::hparams::{HParams, OptimizerKind, Precision};
+use super::optim::{Method, Optimizer};
+use super::timeline::{Snapshot, Timeline};
+use crate::data::{Batch, DataSpec, Dataset, Rng};
+use crate::error::{invalid, Error, Result};
+use crate::models::{ForwardOptions, Model, Network};
+use crate::tokenize::Tokenizer;
+
+/// The branch a trainer starts on.
+pub const MAIN_BRANCH: &str = "main";
+
+/// When a call to [`Trainer::train`] stops, at the latest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stop {
+    /// After this many steps.
+    Steps(u64),
+    /// After the step that ends past this much time.
+    Time(Duration),
+}
+
+/// Why training stopped before its goal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Halt {
+    /// A cancel request, honoured at a step boundary.
+    Interrupted,
+    /// A NaN or infinite loss or gradient; the message says which.
+    NonFinite(String),
+}
+
+/// What a call to [`Trainer::train`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainReport {
+    /// Steps completed by this call.
+    pub steps: u64,
+    /// Set when training stopped early.
+    pub halted: Option<Halt>,
+}
+
+/// A model, its data and everything needed to train it one step at a time.
+pub struct Trainer {
+    pub(super) model: Model,
+    pub(super) tokenizer: Tokenizer,
+    pub(super) data: Dataset,
+    pub(super) data_spec: DataSpec,
+    pub(super) hp: HParams,
+    pub(super) opt: Optimizer,
+    pub(super) step: i64,
+    pub(super) seed: u64,
+    pub(super) rng: Rng,
+    pub(super) history: History,
+    pub(super) branch: String,
+    pub(super) timeline: Timeline,
+    pub(super) loss_scale: f64,
+    pub(super) good_scaled_steps: i64,
+    pub(super) trained_seconds: f64,
+    cancel: Arc<AtomicBool>,
+}
+
+/// f16 loss scaling starts here and doubles after this many steps without overflow.
+const INITIAL_LOSS_SCALE: f64 = 65536.0;
+const LOSS_SCALE_GROWTH_INTERVAL: i64 = 2000;
+
+impl Trainer {
+    /// A trainer for `model` on the data `spec` describes, tokenised with `tokenizer`.
+    /// The model and the data must fit: a GPT trains on text or synthetic tasks, a BERT
+    /// classifier on classification data with as many classes as its head.
+    pub fn new(model: Model, tokenizer: Tokenizer, spec: DataSpec, hp: HParams, seed: u64) -> Result<Self> {
+        let pad_id = match &model.network {
+            Network::Bert(b) => b.config().pad_token_id,
+            Network::Gpt(_) => 0,
+        };
+        let data = Dataset::from_spec(&spec, &tokenizer, pad_id)?;
+        check_fit(&model, &tokenizer, &data, &hp)?;
+        let opt = Optimizer::new(&model.vars, method(&hp), hp.lr, hp.weight_decay)?;
+        let mut trainer = Trainer {
+            timeline: Timeline::default(),
+            branch: MAIN_BRANCH.into(),
+            history: History::default(),
+            rng: Rng::new(seed),
+            step: 0,
+            loss_scale: INITIAL_LOSS_SCALE,
+            good_scaled_steps: 0,
+            trained_seconds: 0.0,
+            cancel: Arc::new(AtomicBool::new(false)),
+            model,
+            tokenizer,
+            data,
+            data_spec: spec,
+            hp: HParams { precision: Precision::F32, ..hp.clone() },
+            opt,
+            seed,
+        };
+        if hp.precision != Precision::F32 {
+            trainer.apply_precision(hp.precision)?;
+            trainer.hp.precision = hp.precision;
+        }
+        Ok(trainer)
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The model, for changes made outside training (they are not recorded).
+    pub fn model_mut(&mut self) -> &mut Model {
+        &mut self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The data set.
+    pub fn data(&self) -> &Dataset {
+        &self.data
+    }
+
+    /// How the data set was made.
+    pub fn data_spec(&self) -> &DataSpec {
+        &self.data_spec
+    }
+
+    /// The hyperparameters in force.
+    pub fn hparams(&self) -> &HParams {
+        &self.hp
+    }
+
+    /// Steps taken on this branch.
+    pub fn step_count(&self) -> i64 {
+        self.step
+    }
+
+    /// This branch's history.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// The current branch's name.
+    pub fn branch(&self) -> &str {
+        &self.branch
+    }
+
+    /// The seed everything random derives from.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Snapshots and branches.
+    pub fn timeline(&self) -> &Timeline {
+        &self.timeline
+    }
+
+    /// A flag that, once set (from any thread), stops training at the next step
+    /// boundary. The trainer clears it when it stops because of it.
+    pub fn cancel_handle(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    /// Sets a hyperparameter from its text form, records the change, and applies what
+    /// it implies (a new optimiser, a cast to another precision). A bad value changes
+    /// nothing.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let mut hp = self.hp.clone();
+        hp.set(key, value)?;
+        if hp == self.hp {
+            return Ok(());
+        }
+        check_fit(&self.model, &self.tokenizer, &self.data, &hp)?;
+        if hp.precision != self.hp.precision {
+            self.apply_precision(hp.precision)?;
+        }
+        if hp.optimizer != self.hp.optimizer {
+            // Moments of one optimiser mean nothing to another: start it fresh.
+            self.opt.reset(method(&hp));
+        }
+        let from = self.hp.get(key).unwrap_or_default();
+        self.hp = hp;
+        self.opt.method = method(&self.hp);
+        self.opt.weight_decay = self.hp.weight_decay;
+        let to = self.hp.get(key).unwrap_or_default();
+        self.history.changes.push(Change { step: self.step, key: key.to_string(), from, to });
+        Ok(())
+    }
+
+    fn apply_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::F16 && self.model.device() == tch::Device::Cpu {
+            return invalid!("precision=f16 needs CUDA (loss scaling on the GPU); on the CPU use precision=bf16");
+        }
+        if precision == Precision::F32 {
+            self.model.set_kind(Kind::Float);
+            self.opt.use_masters(false)?;
+        } else {
+            self.opt.use_masters(true)?;
+            self.model.set_kind(precision.kind());
+        }
+        self.loss_scale = INITIAL_LOSS_SCALE;
+        self.good_scaled_steps = 0;
+        Ok(())
+    }
+
+    /// Runs one optimiser step over `accum` micro-batches. On a NaN or infinite loss or
+    /// gradient, or a cancel request, nothing changes (weights, optimiser, data cursor,
+    /// history) and the error says what happened.
+    pub fn step(&mut self) -> Result<StepRecord> {
+        let started = Instant::now();
+        let rng_before = self.rng.clone();
+        let result = self.try_step(started);
+        if result.is_err() {
+            self.opt.zero_grad();
+            self.rng = rng_before;
+        }
+        result
+    }
+
+    fn try_step(&mut self, started: Instant) -> Result<StepRecord> {
+        let next = self.step + 1;
+        let lr = self.hp.lr_at(next);
+        tch::manual_seed(step_seed(self.seed, next));
+        let scale = if self.hp.precision == Precision::F16 { self.loss_scale } else { 1.0 };
+        self.opt.zero_grad();
+        let (mut loss_sum, mut tokens) = (0.0, 0i64);
+        for _ in 0..self.hp.accum {
+            if self.cancel.swap(false, Ordering::SeqCst) {
+                return Err(Error::Interrupted { step: self.step });
+            }
+            let batch = self.data.train_batch(self.hp.batch, self.ctx(), &self.tokenizer, &mut self.rng)?;
+            tokens += batch.tokens();
+            let loss = self.loss(&batch, true)?;
+            (&loss * (scale / self.hp.accum as f64)).backward();
+            loss_sum += loss.double_value(&[]);
+        }
+        let loss = loss_sum / self.hp.accum as f64;
+        if !loss.is_finite() {
+            return Err(Error::NonFinite(format!(
+                "the training loss is {loss} at step {next}; the step was not taken and the weights are unchanged. Lower the learning rate (`%set lr=...`) or rewind to a snapshot"
+            )));
+        }
+        if scale != 1.0 {
+            self.opt.scale_grads(1.0 / scale)?;
+        }
+        let grad_norm = self.opt.grad_norm();
+        if !grad_norm.is_finite() {
+            if self.hp.precision == Precision::F16 {
+                // An f16 overflow: halve the scale and try again, as torch.amp.GradScaler does.
+                self.loss_scale /= 2.0;
+                self.good_scaled_steps = 0;
+                return Err(Error::NonFinite(format!(
+                    "f16 gradients overflowed at step {next}; the loss scale is now {}, and the step was skipped",
+                    self.loss_scale
+                )));
+            }
+            let names = self.opt.non_finite_grads();
+            return Err(Error::NonFinite(format!(
+                "the gradient of {} is not finite at step {next}; the step was not taken and the weights are unchanged. Lower the learning rate or set clip",
+                names.iter().take(3).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if self.hp.clip > 0.0 && grad_norm > self.hp.clip {
+            self.opt.scale_grads(self.hp.clip / (grad_norm + 1e-6))?;
+        }
+        self.opt.lr = lr;
+        self.opt.step()?;
+        self.step = next;
+        if self.hp.precision == Precision::F16 {
+            self.good_scaled_steps += 1;
+            if self.good_scaled_steps % LOSS_SCALE_GROWTH_INTERVAL == 0 {
+                self.loss_scale *= 2.0;
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        self.trained_seconds += seconds;
+        let val = if self.hp.eval_every > 0 && next % self.hp.eval_every == 0 { Some(self.evaluate()?) } else { None };
+        let record = StepRecord { step: next, loss, lr, grad_norm, tokens_per_s: tokens as f64 / seconds.max(1e-9), wall_time: self.trained_seconds, val };
+        self.history.steps.push(record.clone());
+        if self.hp.snapshot_every > 0 && next % self.hp.snapshot_every == 0 {
+            self.auto_snapshot();
+        }
+        Ok(record)
+    }
+
+    /// Trains until `stop`, a cancel request, or a NaN; `on_step` sees every step.
+    /// Steps already taken are kept whatever stops the run.
+    pub fn train(&mut self, stop: Stop, on_step: &mut dyn FnMut(&StepRecord)) -> Result<TrainReport> {
+        let started = Instant::now();
+        let mut steps = 0u64;
+        loop {
+            let done = match stop {
+                Stop::Steps(n) => steps >= n,
+                Stop::Time(limit) => started.elapsed() >= limit,
+            };
+            if done {
+                return Ok(TrainReport { steps, halted: None });
+            }
+            match self.step() {
+                Ok(record) => {
+                    steps += 1;
+                    on_step(&record);
+                }
+                Err(Error::Interrupted { .. }) => return Ok(TrainReport { steps, halted: Some(Halt::Interrupted) }),
+                Err(Error::NonFinite(message)) if self.hp.precision != Precision::F16 => {
+                    return Ok(TrainReport { steps, halted: Some(Halt::NonFinite(message)) })
+                }
+                Err(Error::NonFinite(_)) => {} // f16 overflow: the scale is lower, go on
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    /// Validation metrics on the data set's fixed validation batches, in eval mode.
+    pub fn evaluate(&self) -> Result<EvalMetrics> {
+        let batches = self.data.val_batches(self.hp.batch, self.ctx(), self.hp.eval_batches);
+        if batches.is_empty() {
+            return invalid!("no validation data: load data with a validation fraction (`--val 0.1`)");
+        }
+        tch::no_grad(|| match &self.data {
+            Dataset::Classify(data) => {
+                let n = data.labels.len();
+                let mut confusion = vec![vec![0u64; n]; n];
+                let (mut loss_sum, mut count) = (0.0, 0i64);
+                for batch in &batches {
+                    let logits = self.logits(batch, false)?;
+                    let targets = batch.targets.to_device(logits.device());
+                    let size = targets.size()[0];
+                    loss_sum += logits.to_kind(Kind::Float).cross_entropy_for_logits(&targets).double_value(&[]) * size as f64;
+                    count += size;
+                    let predicted: Vec<i64> = Vec::try_from(logits.argmax(-1, false).to_device(tch::Device::Cpu))?;
+                    let actual: Vec<i64> = Vec::try_from(targets.to_device(tch::Device::Cpu))?;
+                    for (t, p) in actual.into_iter().zip(predicted) {
+                        confusion[t as usize][p as usize] += 1;
+                    }
+                }
+                Ok(EvalMetrics::classification(loss_sum / count as f64, confusion, data.labels.clone()))
+            }
+            _ => {
+                let (mut loss_sum, mut count) = (0.0, 0i64);
+                for batch in &batches {
+                    let targets = batch.targets.to_device(self.model.device());
+                    let n = targets.ne(-100).sum(Kind::Int64).int64_value(&[]);
+                    loss_sum += self.loss(batch, false)?.double_value(&[]) * n as f64;
+                    count += n;
+                }
+                let loss = loss_sum / count.max(1) as f64;
+                Ok(EvalMetrics { loss, perplexity: Some(loss.exp()), ..Default::default() })
+            }
+        })
+    }
+
+    /// Language-model window length: `ctx`, or the model's context.
+    fn ctx(&self) -> usize {
+        let model_ctx = self.model.config().max_positions() as usize;
+        if self.hp.ctx == 0 {
+            model_ctx
+        } else {
+            self.hp.ctx.min(model_ctx)
+        }
+    }
+
+    fn logits(&self, batch: &Batch, train: bool) -> Result<Tensor> {
+        let device = self.model.device();
+        let opts = ForwardOptions { train, capture_attention: false };
+        let inputs = batch.inputs.to_device(device);
+        match &self.model.network {
+            Network::Gpt(gpt) => Ok(gpt.forward(&inputs, &opts, None)?.logits),
+            Network::Bert(bert) => {
+                let mask = batch.mask.as_ref().map(|m| m.to_device(device));
+                bert.forward(&inputs, mask.as_ref(), &opts)?.logits.ok_or_else(|| Error::Invalid("this BERT model has no classification head".into()))
+            }
+        }
+    }
+
+    /// The batch's mean loss.
+    fn loss(&self, batch: &Batch, train: bool) -> Result<Tensor> {
+        let logits = self.logits(batch, train)?;
+        let targets = batch.targets.to_device(logits.device());
+        Ok(match &self.model.network {
+            Network::Gpt(_) => super::lm_loss(&logits, &targets),
+            Network::Bert(_) => logits.to_kind(Kind::Float).cross_entropy_for_logits(&targets),
+        })
+    }
+
+    // ---- the timeline: snapshots, rewind, fork ----
+
+    /// Everything a rewind restores, copied.
+    fn capture(&self, name: &str, auto: bool) -> Snapshot {
+        let weights: Vec<(String, Tensor)> = self.model.named_tensors().into_iter().map(|(n, t)| (n, t.detach().copy())).collect();
+        Snapshot {
+            name: name.to_string(),
+            branch: self.branch.clone(),
+            step: self.step,
+            auto,
+            weights,
+            optimizer: self.opt.state_tensors(),
+            optimizer_steps: self.opt.steps,
+            rng: self.rng.clone(),
+            hp: self.hp.clone(),
+            history: self.history.clone(),
+            loss_scale: self.loss_scale,
+            trained_seconds: self.trained_seconds,
+        }
+    }
+
+    /// Keeps the current state in memory under `name` (replacing a snapshot of that
+    /// name). Named snapshots are never dropped to save memory.
+    pub fn snapshot(&mut self, name: &str) -> Result<&Snapshot> {
+        if name.is_empty() || name.parse::<i64>().is_ok() {
+            return invalid!("a snapshot name must not be empty or a number (numbers name steps): got `{name}`");
+        }
+        let snapshot = self.capture(name, false);
+        Ok(self.timeline.insert(snapshot))
+    }
+
+    fn auto_snapshot(&mut self) {
+        let snapshot = self.capture(&format!("step-{}", self.step), true);
+        self.timeline.insert_auto(snapshot, self.hp.snapshot_budget_mb << 20);
+    }
+
+    /// Goes back to a snapshot, by name or by step (the latest snapshot of that step on
+    /// this branch): weights, optimiser, data cursor, hyperparameters and history.
+    pub fn rewind(&mut self, target: &str) -> Result<()> {
+        let snapshot = self.timeline.find(target, &self.branch)?.clone_shallow();
+        self.restore(&snapshot)
+    }
+
+    /// Starts branch `name` from the snapshot `from` (or from the current state), with
+    /// hyperparameter `changes`. The branch left behind keeps its history for
+    /// comparison. Nothing changes if any part is invalid.
+    pub fn fork(&mut self, name: &str, from: Option<&str>, changes: &[(String, String)]) -> Result<()> {
+        if name.is_empty() || name == self.branch || self.timeline.branches.contains_key(name) {
+            return invalid!("a branch named `{name}` exists already; `%runs` lists the branches");
+        }
+        let mut check = self.hp.clone();
+        for (k, v) in changes {
+            check.set(k, v)?;
+        }
+        check_fit(&self.model, &self.tokenizer, &self.data, &check)?;
+        let start = match from {
+            Some(target) => self.timeline.find(target, &self.branch)?.clone_shallow(),
+            None => self.capture("fork", false),
+        };
+        self.timeline.branches.insert(self.branch.clone(), self.history.clone());
+        self.restore(&start)?;
+        self.branch = name.to_string();
+        for (k, v) in changes {
+            self.set(k, v)?;
+        }
+        Ok(())
+    }
+
+    /// Every branch's history, the current one last.
+    pub fn runs(&self) -> Vec<(&str, &History)> {
+        let mut runs: Vec<(&str, &History)> = self.timeline.branches.iter().filter(|(n, _)| **n != self.branch).map(|(n, h)| (n.as_str(), h)).collect();
+        runs.push((&self.branch, &self.history));
+        runs
+    }
+
+    fn restore(&mut self, s: &Snapshot) -> Result<()> {
+        if s.hp.precision != self.hp.precision {
+            self.apply_precision(s.hp.precision)?;
+        }
+        let vars = self.model.vars.variables();
+        tch::no_grad(|| -> Result<()> {
+            for (name, saved) in &s.weights {
+                vars[name].shallow_clone().f_copy_(saved)?;
+            }
+            Ok(())
+        })?;
+        self.opt.load_state_tensors(&s.optimizer, s.optimizer_steps)?;
+        self.opt.method = method(&s.hp);
+        self.opt.weight_decay = s.hp.weight_decay;
+        self.hp = s.hp.clone();
+        self.step = s.step;
+        self.rng = s.rng.clone();
+        self.history = s.history.clone();
+        self.loss_scale = s.loss_scale;
+        self.trained_seconds = s.trained_seconds;
+        Ok(())
+    }
+}
+
+/// libtorch's seed for step `step`: a mix of the run's seed and the step.
+fn step_seed(seed: u64, step: i64) -> i64 {
+    let mut rng = Rng::new(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    (rng.next_u64() >> 1) as i64
+}
+
+pub(super) fn method(hp: &HParams) -> Method {
+    match hp.optimizer {
+        OptimizerKind::AdamW => Method::AdamW { beta1: hp.beta1, beta2: hp.beta2, eps: hp.eps },
+        OptimizerKind::Sgd => Method::Sgd { momentum: hp.momentum },
+    }
+}
+
+/// Checks that the model, its tokenizer, the data and the hyperparameters go together.
+pub(super) fn check_fit(model: &Model, tokenizer: &Tokenizer, data: &Dataset, hp: &HParams) -> Result<()> {
+    let config = model.config();
+    if tokenizer.vocab_size() as i64 > config.vocab_size() {
+        return invalid!(
+            "the tokenizer has {} ids but the model's vocabulary only {}; build the model with --vocab {}",
+            tokenizer.vocab_size(),
+            config.vocab_size(),
+            tokenizer.vocab_size()
+        );
+    }
+    match (&model.network, data) {
+        (Network::Gpt(g), Dataset::Synth { .. }) => {
+            let needed = data.example_len().unwrap_or(0) as i64 - 1;
+            if needed > g.config().n_positions {
+                return invalid!(
+                    "synthetic examples need a context of {needed} tokens but the model has {}; build it with --ctx {needed}",
+                    g.config().n_positions
+                );
+            }
+        }
+        (Network::Gpt(_), Dataset::Text(_)) => {}
+        (Network::Bert(b), Dataset::Classify(c)) => match b.heads().classes {
+            Some(n) if n as usize == c.labels.len() => {}
+            Some(n) => return invalid!("the classifier has {n} classes but the data has {} labels ({})", c.labels.len(), c.labels.join(", ")),
+            None => return invalid!("this BERT model has no classification head; load it as a classifier with --classes {}", c.labels.len()),
+        },
+        (Network::Gpt(_), Dataset::Classify(_)) => {
+            return invalid!("classification data needs an encoder with a classification head (BERT family); this model is a GPT")
+        }
+        (Network::Bert(_), _) => return invalid!("a BERT model trains on classification data (`%data classify ...`), not on language-model data"),
+    }
+    if hp.precision == Precision::F16 && model.device() == tch::Device::Cpu {
+        return invalid!("precision=f16 needs CUDA (loss scaling on the GPU); on the CPU use precision=bf16");
+    }
+    Ok(())
+}
