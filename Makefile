@@ -23,7 +23,7 @@ CARGO_ENV := LIBTORCH=$(LIBTORCH)
 endif
 TEST_ENV := TCHLAB_FIXTURES=$(FIXTURES) TCHLAB_PYTHON=$(PYTHON) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: all build demo test test-gpu venv fixtures fmt clean
+.PHONY: all build demo test test-gpu bench venv fixtures fmt clean
 
 all: build
 
@@ -57,6 +57,10 @@ test-gpu:
 	else \
 		echo "SKIPPED: the GPU tests in lib/tests/gpu.rs (no NVIDIA GPU on this machine)"; \
 	fi
+
+# Speed against the peers, side by side in one run (not a test: numbers, not verdicts).
+bench: build
+	$(TEST_ENV) $(PYTHON) python/bench.py
 
 fmt:
 	cargo fmt --all

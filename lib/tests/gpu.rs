@@ -2,10 +2,10 @@
 //! `nvidia-smi` finds one and reports them skipped, by name, where it does not.
 
 use tch::{Device, Kind};
-use tchlab::data::synth::{Synth, Task};
+use tchlab::data::DataSpec;
 use tchlab::models::gpt::GptConfig;
-use tchlab::models::{ForwardOptions, Model, Network};
-use tchlab::train::{lm_loss, optim};
+use tchlab::models::Model;
+use tchlab::train::{HParams, Stop, Trainer};
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -14,27 +14,29 @@ fn cuda_is_available() {
     assert!(tch::Cuda::device_count() >= 1);
 }
 
+/// A tiny GPT on the reverse task, trained on `cuda:0` at `precision`; returns the
+/// first and last losses.
+fn train_on_cuda(precision: &str) -> (f64, f64) {
+    let task = tchlab::data::synth::Synth::new(tchlab::data::synth::Task::Reverse, 6, 10).unwrap();
+    let tokenizer = task.tokenizer();
+    let model = Model::gpt(&GptConfig::tiny(tokenizer.vocab_size() as i64, task.example_len() as i64), Device::Cuda(0)).unwrap();
+    let spec = DataSpec::Synth { task: "reverse".into(), length: 6, symbols: 10 };
+    let mut trainer = Trainer::new(model, tokenizer, spec, HParams { lr: 3e-3, batch: 64, ..Default::default() }, 0).unwrap();
+    trainer.set("precision", precision).unwrap();
+    let kind = trainer.model().named_tensors()[0].1.kind();
+    assert_eq!(kind, trainer.hparams().precision.kind());
+    let mut losses = vec![];
+    let report = trainer.train(Stop::Steps(150), &mut |s| losses.push(s.loss)).unwrap();
+    assert_eq!(report.halted, None);
+    (losses[0], *losses.last().unwrap())
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn a_tiny_gpt_trains_on_cuda_in_bf16() {
-    let device = Device::Cuda(0);
-    let task = Synth::new(Task::Reverse, 6, 10).unwrap();
-    let mut rng = tchlab::data::Rng::new(0);
-    let tokenizer = task.tokenizer();
-    let mut model = Model::gpt(&GptConfig::tiny(tokenizer.vocab_size() as i64, task.example_len() as i64), device).unwrap();
-    model.set_kind(Kind::BFloat16);
-    let Network::Gpt(gpt) = &model.network else { unreachable!() };
-    let mut opt = optim::Optimizer::new(&model.vars, optim::Method::adamw(), 3e-3, 0.0).unwrap();
-    let mut losses = vec![];
-    for _ in 0..150 {
-        let (x, y) = task.batch(64, &tokenizer, &mut rng).unwrap();
-        let logits = gpt.forward(&x.to_device(device), &ForwardOptions { train: true, ..Default::default() }, None).unwrap().logits;
-        assert_eq!(logits.kind(), Kind::BFloat16);
-        let loss = lm_loss(&logits, &y.to_device(device));
-        opt.zero_grad();
-        loss.backward();
-        opt.step().unwrap();
-        losses.push(loss.double_value(&[]));
+fn a_tiny_gpt_trains_on_cuda_in_f32_bf16_and_f16() {
+    for precision in ["f32", "bf16", "f16"] {
+        let (first, last) = train_on_cuda(precision);
+        assert!(last < first / 4.0, "{precision}: loss fell from {first} to {last}");
     }
-    assert!(losses[149] < losses[0] / 4.0, "loss fell from {} to {}", losses[0], losses[149]);
+    assert_eq!(tch::Tensor::zeros([1], (Kind::Float, Device::Cuda(0))).device(), Device::Cuda(0));
 }
