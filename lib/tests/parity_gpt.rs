@@ -86,6 +86,37 @@ fn kv_cache_gives_the_same_logits_as_a_full_pass() {
     assert_close(&Tensor::cat(&[first, rest], 1), &full, 1e-5, "cached logits");
 }
 
+/// Compares every weight in Hugging Face layout with `updated.NAME` in `file`, relative
+/// to the reference's largest magnitude.
+fn assert_updated_like(model: &tchlab::models::Model, file: &std::path::Path) {
+    let updated = checkpoint::hf_state_dict(model).unwrap();
+    assert_eq!(updated.len(), 2 + 2 + 2 * 12, "every GPT-2 parameter is compared: wte, wpe, ln_f and 12 per block");
+    for (name, ours) in updated {
+        let theirs = fixture_tensor(file, &format!("updated.{name}"));
+        let scale = theirs.abs().max().double_value(&[]).max(1e-12);
+        let relative = common::max_abs_diff(&ours, &theirs) / scale;
+        assert!(relative < 1e-5, "{name}: relative difference {relative:e}");
+    }
+}
+
+#[test]
+fn two_sgd_steps_with_momentum_match_pytorch() {
+    let loaded = checkpoint::load(fixtures().join("gpt-a"), Device::Cpu).unwrap();
+    let Network::Gpt(gpt) = &loaded.model.network else { panic!("GPT") };
+    let file = fixtures().join("sgd_steps.safetensors");
+    let ids = fixture_tensor(&file, "input_ids");
+    let t = ids.size()[1];
+    let mut opt = Optimizer::new(&loaded.model.vars, Method::Sgd { momentum: 0.9 }, 0.1, 0.01).unwrap();
+    for _ in 0..2 {
+        let logits = gpt.forward(&ids, &ForwardOptions { train: true, ..Default::default() }, None).unwrap().logits;
+        let loss = tchlab::train::lm_loss(&logits.narrow(1, 0, t - 1), &ids.narrow(1, 1, t - 1));
+        opt.zero_grad();
+        loss.backward();
+        opt.step().unwrap();
+    }
+    assert_updated_like(&loaded.model, &file);
+}
+
 #[test]
 fn one_adamw_step_matches_pytorch() {
     let loaded = checkpoint::load(fixtures().join("gpt-a"), Device::Cpu).unwrap();
