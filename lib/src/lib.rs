@@ -7,7 +7,8 @@
 //! - [`tokenize`]: `tokenizer.json`, character-level, trained BPE.
 //! - [`embedding`]: sentence embeddings as sentence-transformers computes them.
 //! - [`generate`]: greedy and sampled generation with a key/value cache.
-//! - [`data`] and [`train`]: data sets, losses and optimisers.
+//! - [`data`] and [`train`]: data sets and the step-by-step trainer.
+//! - [`plot`]: training curves and attention maps as PNG and SVG.
 //!
 //! The library knows nothing of Jupyter or terminals: front ends drive it.
 
@@ -19,6 +20,7 @@ pub mod embedding;
 pub mod error;
 pub mod generate;
 pub mod models;
+pub mod plot;
 pub mod suggest;
 pub mod tokenize;
 pub mod train;

@@ -83,12 +83,24 @@ impl Trainer {
     /// The model and the data must fit: a GPT trains on text or synthetic tasks, a BERT
     /// classifier on classification data with as many classes as its head.
     pub fn new(model: Model, tokenizer: Tokenizer, spec: DataSpec, hp: HParams, seed: u64) -> Result<Self> {
+        let data = Self::prepare(&model, &tokenizer, &spec, &hp)?;
+        Self::assemble(model, tokenizer, data, spec, hp, seed)
+    }
+
+    /// Makes the data set and checks that everything fits, without taking the model:
+    /// a caller that must not lose the model on error calls this, then [`Trainer::assemble`].
+    pub fn prepare(model: &Model, tokenizer: &Tokenizer, spec: &DataSpec, hp: &HParams) -> Result<Dataset> {
         let pad_id = match &model.network {
             Network::Bert(b) => b.config().pad_token_id,
             Network::Gpt(_) => 0,
         };
-        let data = Dataset::from_spec(&spec, &tokenizer, pad_id)?;
-        check_fit(&model, &tokenizer, &data, &hp)?;
+        let data = Dataset::from_spec(spec, tokenizer, pad_id)?;
+        check_fit(model, tokenizer, &data, hp)?;
+        Ok(data)
+    }
+
+    /// A trainer from parts [`Trainer::prepare`] accepted.
+    pub fn assemble(model: Model, tokenizer: Tokenizer, data: Dataset, spec: DataSpec, hp: HParams, seed: u64) -> Result<Self> {
         let opt = Optimizer::new(&model.vars, method(&hp), hp.lr, hp.weight_decay)?;
         let mut trainer = Trainer {
             timeline: Timeline::default(),
@@ -174,6 +186,26 @@ impl Trainer {
     /// boundary. The trainer clears it when it stops because of it.
     pub fn cancel_handle(&self) -> Arc<AtomicBool> {
         self.cancel.clone()
+    }
+
+    /// Uses `flag` as the cancel flag (a front end's interrupt flag, shared by all it runs).
+    pub fn set_cancel_handle(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = flag;
+    }
+
+    /// Swaps in another data set (and the tokenizer it is read with); the model,
+    /// optimiser and history stay. Nothing changes if they do not fit.
+    pub fn replace_data(&mut self, tokenizer: Tokenizer, spec: DataSpec) -> Result<()> {
+        let data = Self::prepare(&self.model, &tokenizer, &spec, &self.hp)?;
+        self.tokenizer = tokenizer;
+        self.data = data;
+        self.data_spec = spec;
+        Ok(())
+    }
+
+    /// The model and tokenizer, training state dropped.
+    pub fn into_parts(self) -> (Model, Tokenizer) {
+        (self.model, self.tokenizer)
     }
 
     /// Sets a hyperparameter from its text form, records the change, and applies what
