@@ -23,7 +23,7 @@ CARGO_ENV := LIBTORCH=$(LIBTORCH)
 endif
 TEST_ENV := TCHLAB_FIXTURES=$(FIXTURES) TCHLAB_PYTHON=$(PYTHON) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: all build demo test test-gpu bench venv fixtures fmt clean
+.PHONY: all build demo test test-gpu bench readme venv fixtures fmt clean
 
 all: build
 
@@ -61,6 +61,12 @@ test-gpu:
 # Speed against the peers, side by side in one run (not a test: numbers, not verdicts).
 bench: build
 	$(TEST_ENV) $(PYTHON) python/bench.py
+
+# Regenerates the README's command reference from the command table.
+readme: build
+	./target/release/examples/command_reference > target/commands.md
+	python3 -c "import re,sys; r=open('README.md').read(); t=open('target/commands.md').read(); \
+	  open('README.md','w').write(re.sub(r'(<!-- commands:start -->\n).*?(<!-- commands:end -->)', lambda m: m.group(1)+t+m.group(2), r, flags=re.S))"
 
 fmt:
 	cargo fmt --all

@@ -38,10 +38,10 @@ fn main() -> tchlab::Result<()> {
     let params = model.num_parameters();
     let hp = HParams { lr: 1e-3, batch, clip: 1.0, weight_decay: 0.01, ..Default::default() };
     let mut trainer = Trainer::new(model, tokenizer, DataSpec::Text { path: path.clone(), val_fraction: 0.0 }, hp, 0)?;
-    trainer.train(Stop::Steps(WARMUP_STEPS), &mut |_| {})?;
+    trainer.train(Stop::Steps(WARMUP_STEPS), &mut |_, _| {})?;
     let started = Instant::now();
     let mut last_loss = 0.0;
-    trainer.train(Stop::Steps(steps as u64), &mut |s| last_loss = s.loss)?;
+    trainer.train(Stop::Steps(steps as u64), &mut |s, _| last_loss = s.loss)?;
     let seconds = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&path);
     println!(

@@ -20,7 +20,7 @@ fn main() -> tchlab::Result<()> {
     let spec = DataSpec::Synth { task: "reverse".into(), length: 6, symbols: 10 };
     let hp = HParams { lr: 3e-3, batch: 64, warmup: 20, eval_every: 100, ..Default::default() };
     let mut trainer = Trainer::new(model, tokenizer.clone(), spec, hp, 0)?;
-    trainer.train(Stop::Steps(300), &mut |s| {
+    trainer.train(Stop::Steps(300), &mut |s, _| {
         if s.step % 25 == 0 || s.step == 1 {
             let val = s.val.as_ref().map(|v| format!("  val loss {:.4}", v.loss)).unwrap_or_default();
             println!("step {:>3}  loss {:.4}  lr {:.2e}  {:>8.0} tok/s{val}", s.step, s.loss, s.lr, s.tokens_per_s);

@@ -9,6 +9,7 @@
 //! - [`generate`]: greedy and sampled generation with a key/value cache.
 //! - [`data`] and [`train`]: data sets and the step-by-step trainer.
 //! - [`plot`]: training curves and attention maps as PNG and SVG.
+//! - [`session`]: the command language (`%train 200`, `%plot loss`) that front ends drive.
 //!
 //! The library knows nothing of Jupyter or terminals: front ends drive it.
 
@@ -21,6 +22,7 @@ pub mod error;
 pub mod generate;
 pub mod models;
 pub mod plot;
+pub mod session;
 pub mod suggest;
 pub mod tokenize;
 pub mod train;

@@ -37,6 +37,8 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// Drawn as markers rather than a line (validation points).
     pub markers: bool,
+    /// Drawn pale and left out of the legend (raw values behind a smoothed line).
+    pub faint: bool,
 }
 
 /// What a line chart shows.
@@ -227,6 +229,9 @@ impl Drawing for LineDrawing<'_> {
                 if legend {
                     drawn.label(format!("{} (val)", s.name)).legend(move |(x, y)| Circle::new((x + 8, y), 3, base.filled()));
                 }
+            } else if s.faint {
+                let style = ShapeStyle { color: base.mix(0.25), filled: false, stroke_width: px(1.0) };
+                c.draw_series(LineSeries::new(s.points.iter().copied(), style)).map_err(|e| e.to_string())?;
             } else {
                 let style = ShapeStyle { color: base.to_rgba(), filled: false, stroke_width: px(1.5) };
                 let drawn = c.draw_series(LineSeries::new(s.points.iter().copied(), style)).map_err(|e| e.to_string())?;
@@ -379,8 +384,14 @@ mod tests {
             y_label: "loss".into(),
             log_y: true,
             series: vec![
-                Series { name: "main".into(), points: points.clone(), markers: false },
-                Series { name: "fork".into(), points: thin(&points, 50), markers: true },
+                Series { name: "main".into(), points: points.clone(), markers: false, faint: true },
+                Series {
+                    name: "main".into(),
+                    points: ema(&points.iter().map(|p| p.1).collect::<Vec<_>>(), 0.9).into_iter().enumerate().map(|(i, y)| (i as f64 + 1.0, y)).collect(),
+                    markers: false,
+                    faint: false,
+                },
+                Series { name: "fork".into(), points: thin(&points, 50), markers: true, faint: false },
             ],
         };
         let f = line_chart(&chart).unwrap();

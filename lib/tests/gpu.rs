@@ -26,7 +26,7 @@ fn train_on_cuda(precision: &str) -> (f64, f64) {
     let kind = trainer.model().named_tensors()[0].1.kind();
     assert_eq!(kind, trainer.hparams().precision.kind());
     let mut losses = vec![];
-    let report = trainer.train(Stop::Steps(150), &mut |s| losses.push(s.loss)).unwrap();
+    let report = trainer.train(Stop::Steps(150), &mut |s, _| losses.push(s.loss)).unwrap();
     assert_eq!(report.halted, None);
     (losses[0], *losses.last().unwrap())
 }

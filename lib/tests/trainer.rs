@@ -42,7 +42,7 @@ fn small_hp() -> HParams {
 
 fn losses(t: &mut Trainer, n: u64) -> Vec<f64> {
     let mut out = vec![];
-    let report = t.train(Stop::Steps(n), &mut |s| out.push(s.loss)).unwrap();
+    let report = t.train(Stop::Steps(n), &mut |s, _| out.push(s.loss)).unwrap();
     assert_eq!(report.halted, None);
     out
 }
@@ -131,7 +131,7 @@ fn a_nan_loss_stops_the_step_and_changes_nothing() {
         assert!(x.view_dtype(Kind::Int).equal(&y.view_dtype(Kind::Int)), "{name} changed");
     }
     // The guard inside train() reports the same and keeps the steps taken.
-    let report = t.train(Stop::Steps(5), &mut |_| {}).unwrap();
+    let report = t.train(Stop::Steps(5), &mut |_, _| {}).unwrap();
     assert!(matches!(report.halted, Some(Halt::NonFinite(_))));
     // Recover: rewind and lower the learning rate.
     t.rewind("start").unwrap();
@@ -218,7 +218,7 @@ fn a_cancel_request_stops_training_at_a_step_boundary() {
         std::thread::sleep(Duration::from_millis(300));
         cancel.store(true, Ordering::SeqCst);
     });
-    let report = t.train(Stop::Steps(1_000_000), &mut |_| {}).unwrap();
+    let report = t.train(Stop::Steps(1_000_000), &mut |_, _| {}).unwrap();
     stopper.join().unwrap();
     assert_eq!(report.halted, Some(Halt::Interrupted));
     assert!(report.steps > 0 && report.steps < 1_000_000);
@@ -267,7 +267,7 @@ fn a_language_model_trains_on_a_text_corpus_and_reports_perplexity() {
     let mut t = Trainer::new(model, tokenizer, spec, HParams { lr: 3e-3, batch: 16, eval_every: 30, ..Default::default() }, 0).unwrap();
     let before = t.evaluate().unwrap();
     let mut last = None;
-    t.train(Stop::Steps(60), &mut |s| last = s.val.clone()).unwrap();
+    t.train(Stop::Steps(60), &mut |s, _| last = s.val.clone()).unwrap();
     let after = last.expect("evaluated at step 60");
     assert!((after.perplexity.unwrap() - after.loss.exp()).abs() < 1e-9);
     assert!(after.loss < before.loss / 2.0, "validation loss {} -> {}", before.loss, after.loss);
@@ -312,7 +312,7 @@ fn a_classifier_trains_on_csv_and_jsonl_with_accuracy_f1_and_confusion() {
         tch::manual_seed(0);
         let spec = DataSpec::Classify { path: dir.join(file), text_field: text_field.into(), label_field: label_field.into(), val_fraction: 0.25, seed: 0 };
         let mut t = Trainer::new(tiny_bert(3, 6), tokenizer.clone(), spec, HParams { lr: 2e-3, batch: 16, ..Default::default() }, 0).unwrap();
-        t.train(Stop::Steps(80), &mut |_| {}).unwrap();
+        t.train(Stop::Steps(80), &mut |_, _| {}).unwrap();
         let m = t.evaluate().unwrap();
         assert_eq!(m.labels.as_deref().unwrap(), ["blue", "green", "red"]);
         let confusion = m.confusion.unwrap();

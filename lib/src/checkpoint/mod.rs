@@ -84,6 +84,28 @@ pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
     Ok(Loaded { model, tokenizer, pooling, report })
 }
 
+/// Loads a BERT checkpoint with a new classification head of `classes` classes, for
+/// fine-tuning: the encoder (and pooler, when the checkpoint has one) come from the
+/// file, the head starts freshly initialised.
+pub fn load_classifier(path: impl AsRef<Path>, device: Device, classes: i64) -> Result<Loaded> {
+    let path = path.as_ref();
+    let mut loaded = load(path, device)?;
+    let ModelConfig::Bert(config) = loaded.model.config() else {
+        return Err(Error::format(path, "a classification head goes on a BERT encoder; this checkpoint is a GPT"));
+    };
+    let model = Model::bert(&config, BertHeads { pooler: true, classes: Some(classes) }, device)?;
+    let mut report = load_weights(&model, path, false)?;
+    report.missing.retain(|name| !name.starts_with("classifier."));
+    let unexpected_missing: Vec<&String> = report.missing.iter().filter(|n| !n.starts_with("pooler.")).collect();
+    if !unexpected_missing.is_empty() {
+        return Err(Error::format(path, format!("the encoder is incomplete: missing {unexpected_missing:?}")));
+    }
+    report.missing = vec!["classifier.weight".into(), "classifier.bias".into()];
+    loaded.model = model;
+    loaded.report = report;
+    Ok(loaded)
+}
+
 /// Loads the weights in `path` (a model directory or a weights file) into an existing
 /// model. With `strict`, every model variable must be in the file; otherwise missing
 /// ones keep their values and are listed. On error the model is unchanged.

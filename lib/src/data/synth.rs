@@ -112,7 +112,15 @@ impl Synth {
         let (mut inputs, mut targets) = (Vec::with_capacity(batch * t), Vec::with_capacity(batch * t));
         for _ in 0..batch {
             let (prompt, answer) = self.example(rng);
-            let ids = tokenizer.encode(&format!("{prompt}{answer}"))?;
+            // The whole example is data, so no truncation to the model's input length.
+            let ids = tokenizer.encode_corpus(&format!("{prompt}{answer}"))?;
+            if ids.len() != t + 1 {
+                return invalid!(
+                    "this tokenizer reads a {}-character example as {} tokens; synthetic tasks need one token per character (their own tokenizer)",
+                    t + 1,
+                    ids.len()
+                );
+            }
             inputs.extend_from_slice(&ids[..t]);
             let answer_from = prompt.len() - 1;
             targets.extend((1..=t).map(|i| if i - 1 >= answer_from { ids[i] } else { -100 }));

@@ -102,6 +102,15 @@ impl Optimizer {
         self.steps = 0;
     }
 
+    /// Moves the moments and master weights to `device` (after the model has moved).
+    pub fn to_device(&mut self, device: tch::Device) {
+        for p in &mut self.params {
+            p.exp_avg = p.exp_avg.to_device(device);
+            p.exp_avg_sq = p.exp_avg_sq.to_device(device);
+            p.master = p.master.as_ref().map(|m| m.to_device(device));
+        }
+    }
+
     /// Clears every gradient.
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {

@@ -193,6 +193,21 @@ impl Trainer {
         self.cancel = flag;
     }
 
+    /// Moves the model and the optimiser's state to `device`.
+    pub fn to_device(&mut self, device: tch::Device) -> Result<()> {
+        if self.hp.precision == Precision::F16 && device == tch::Device::Cpu {
+            return invalid!("precision=f16 needs CUDA; `%set precision=bf16` before moving to the CPU");
+        }
+        self.model.vars.set_device(device);
+        self.opt.to_device(device);
+        Ok(())
+    }
+
+    /// Checks that `hp` would fit this model and data (what [`Trainer::set`] checks).
+    pub fn check_hparams(&self, hp: &HParams) -> Result<()> {
+        check_fit(&self.model, &self.tokenizer, &self.data, hp)
+    }
+
     /// Swaps in another data set (and the tokenizer it is read with); the model,
     /// optimiser and history stay. Nothing changes if they do not fit.
     pub fn replace_data(&mut self, tokenizer: Tokenizer, spec: DataSpec) -> Result<()> {
@@ -330,9 +345,9 @@ impl Trainer {
         Ok(record)
     }
 
-    /// Trains until `stop`, a cancel request, or a NaN; `on_step` sees every step.
-    /// Steps already taken are kept whatever stops the run.
-    pub fn train(&mut self, stop: Stop, on_step: &mut dyn FnMut(&StepRecord)) -> Result<TrainReport> {
+    /// Trains until `stop`, a cancel request, or a NaN; `on_step` sees every step and
+    /// the history so far. Steps already taken are kept whatever stops the run.
+    pub fn train(&mut self, stop: Stop, on_step: &mut dyn FnMut(&StepRecord, &History)) -> Result<TrainReport> {
         let started = Instant::now();
         let mut steps = 0u64;
         loop {
@@ -346,7 +361,7 @@ impl Trainer {
             match self.step() {
                 Ok(record) => {
                     steps += 1;
-                    on_step(&record);
+                    on_step(&record, &self.history);
                 }
                 Err(Error::Interrupted { .. }) => return Ok(TrainReport { steps, halted: Some(Halt::Interrupted) }),
                 Err(Error::NonFinite(message)) if self.hp.precision != Precision::F16 => {

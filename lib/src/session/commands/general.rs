@@ -1,0 +1,291 @@
+//! Help, environment and timing commands.
+
+use std::time::Instant;
+
+use serde_json::json;
+use tch::Device;
+
+use super::{flag, opt_pos, option, pos, rest, Command, COMMANDS};
+use crate::session::output::{Bundle, CellError, Table};
+use crate::session::parse::{split_cell, Args, Cell, Invocation};
+use crate::session::{Ctx, Session};
+
+pub const HELP: Command = Command {
+    name: "help",
+    summary: "list the commands, or explain one",
+    args: &[opt_pos("command", "a command's name").commands()],
+    details: "`CMD?` shows the same help as `%help CMD`.",
+    example: "%help train",
+    json: "",
+    run: help,
+};
+
+fn help(_: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    if let Some(name) = args.get("command") {
+        let name = name.trim_start_matches('%');
+        let command = super::find(name)
+            .ok_or_else(|| args.usage_error(format!("no command %{name}{}", crate::suggest::did_you_mean(name, COMMANDS.iter().map(|c| c.name)))))?;
+        ctx.out(command.help());
+        return Ok(());
+    }
+    let mut table = Table::new(["command", "what it does"]);
+    for c in COMMANDS {
+        table.row([format!("%{}", c.name), c.summary.to_string()]);
+    }
+    ctx.display(Bundle::text(format!("{}\n\n`%help CMD` or `CMD?` explains one.", table.to_text())).html(table.to_html()));
+    Ok(())
+}
+
+pub const ECHO: Command =
+    Command { name: "echo", summary: "print text", args: &[rest("text", "what to print")], details: "", example: "%echo hello, class", json: "", run: echo };
+
+fn echo(_: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    ctx.out(args.rest().join(" "));
+    Ok(())
+}
+
+pub const STATUS: Command = Command {
+    name: "status",
+    summary: "what is loaded: model, tokenizer, data, step, device, memory",
+    args: &[],
+    details: "",
+    example: "%status",
+    json: r#"{"step", "device", "model", "parameters", "precision", "tokenizer_vocab", "data", "branch", "snapshots", "snapshot_memory_mb", "threads", "source"}"#,
+    run: status,
+};
+
+fn status(s: &mut Session, _: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let model = s.model();
+    let trainer = s.trainer.as_ref();
+    let value = json!({
+        "step": trainer.map_or(0, |t| t.step_count()),
+        "device": device_name(s.device),
+        "model": model.map(|m| m.config().model_type()),
+        "parameters": model.map(|m| m.num_parameters()),
+        "precision": s.hparams().precision,
+        "tokenizer_vocab": s.tokenizer().map(|t| t.vocab_size()),
+        "data": s.data.as_ref().map(|d| serde_json::to_value(d).expect("serializes")),
+        "branch": trainer.map(|t| t.branch().to_string()),
+        "snapshots": trainer.map_or(0, |t| t.timeline().snapshots().len()),
+        "snapshot_memory_mb": trainer.map_or(0.0, |t| t.timeline().bytes() as f64 / (1 << 20) as f64),
+        "threads": tch::get_num_threads(),
+        "source": s.model_source,
+    });
+    let mut table = Table::new(["", ""]);
+    for (k, v) in value.as_object().expect("object") {
+        let text = match v {
+            serde_json::Value::Null => "—".to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        table.row([k.clone(), text]);
+    }
+    ctx.result(table.bundle(value));
+    Ok(())
+}
+
+/// `cpu`, `cuda:0`.
+pub(crate) fn device_name(d: Device) -> String {
+    match d {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        Device::Mps => "mps".into(),
+        Device::Vulkan => "vulkan".into(),
+        Device::Cpu => "cpu".into(),
+    }
+}
+
+pub const DEVICE: Command = Command {
+    name: "device",
+    summary: "show or choose the device: auto, cpu, cuda, cuda:N",
+    args: &[opt_pos("device", "auto | cpu | cuda | cuda:N")],
+    details: "The model, optimiser state and later work move to the device. `auto` picks CUDA when available.",
+    example: "%device cpu",
+    json: r#"{"device", "cuda_available", "cuda_devices"}"#,
+    run: device,
+};
+
+fn device(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    if let Some(name) = args.get("device") {
+        let device = match name {
+            "auto" => Device::cuda_if_available(),
+            "cpu" => Device::Cpu,
+            "cuda" => Device::Cuda(0),
+            other => match other.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
+                Some(i) => Device::Cuda(i),
+                None => return Err(args.usage_error(format!("unknown device `{other}`"))),
+            },
+        };
+        if let Device::Cuda(i) = device {
+            if !tch::Cuda::is_available() || i as i64 >= tch::Cuda::device_count() {
+                return Err(args.usage_error(format!("{} is not available: this machine has {} CUDA devices", device_name(device), tch::Cuda::device_count())));
+            }
+        }
+        if let Some(t) = s.trainer.as_mut() {
+            t.to_device(device)?;
+        }
+        if let Some(m) = s.model.as_mut() {
+            m.vars.set_device(device);
+        }
+        s.device = device;
+    }
+    let value = json!({ "device": device_name(s.device), "cuda_available": tch::Cuda::is_available(), "cuda_devices": tch::Cuda::device_count() });
+    ctx.result(Bundle::text(format!("device: {}", device_name(s.device))).json(value));
+    Ok(())
+}
+
+pub const PRECISION: Command = Command {
+    name: "precision",
+    summary: "weights' precision: f32, bf16 (CPU and CUDA) or f16 (CUDA, loss scaling)",
+    args: &[pos("precision", "f32 | bf16 | f16").choices(&["f32", "bf16", "f16"])],
+    details: "The same as `%set precision=...`; low precision keeps float32 master weights in the optimiser.",
+    example: "%precision bf16",
+    json: r#"{"precision"}"#,
+    run: precision,
+};
+
+fn precision(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let value = args.get("precision").expect("required");
+    super::training::set_hparams(s, &[("precision".to_string(), value.to_string())])?;
+    ctx.result(Bundle::text(format!("precision: {value}")).json(json!({ "precision": value })));
+    Ok(())
+}
+
+pub const SEED: Command = Command {
+    name: "seed",
+    summary: "seed the random generators for new models and trainers",
+    args: &[pos("n", "a whole number")],
+    details: "Runs with the same seed, data and commands give the same numbers.",
+    example: "%seed 42",
+    json: "",
+    run: seed,
+};
+
+fn seed(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let n: u64 = args.parse_as("n")?.expect("required");
+    s.seed = n;
+    tch::manual_seed(n as i64);
+    ctx.out(format!("seed: {n}"));
+    Ok(())
+}
+
+pub const THREADS: Command = Command {
+    name: "threads",
+    summary: "show or set the number of CPU threads libtorch uses",
+    args: &[opt_pos("n", "threads")],
+    details: "",
+    example: "%threads 2",
+    json: r#"{"threads"}"#,
+    run: threads,
+};
+
+fn threads(_: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    if let Some(n) = args.parse_as::<i32>("n")? {
+        if n < 1 {
+            return Err(args.usage_error("at least 1 thread"));
+        }
+        tch::set_num_threads(n);
+    }
+    let n = tch::get_num_threads();
+    ctx.result(Bundle::text(format!("threads: {n}")).json(json!({ "threads": n })));
+    Ok(())
+}
+
+pub const TIME: Command = Command {
+    name: "time",
+    summary: "run a command once and show how long it took (CUDA-synchronised)",
+    args: &[rest("command", "the command line to time").commands().optional()],
+    details: "As a cell command, `%%time` times the whole cell body.",
+    example: "%time %step 10",
+    json: r#"{"seconds"}"#,
+    run: time,
+};
+
+/// Runs the command line in `words` (or the cell `body`) and returns its seconds.
+fn run_timed(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<f64, CellError> {
+    let invocations = match (&args.body, args.rest()) {
+        (Some(body), _) => match split_cell(body)? {
+            Cell::Commands(list) => list,
+            Cell::Rust(_) => return Err(args.usage_error("only commands can be timed for now")),
+        },
+        (None, []) => return Err(args.usage_error("what should be timed? give a command")),
+        (None, words) => {
+            let line = words.join(" ");
+            match split_cell(&line)? {
+                Cell::Commands(list) => list,
+                Cell::Rust(_) => return Err(args.usage_error(format!("`{line}` is not a command"))),
+            }
+        }
+    };
+    if invocations.iter().any(|i: &Invocation| i.name == "time" || i.name == "timeit") {
+        return Err(args.usage_error("timing a timing command is not supported"));
+    }
+    let started = Instant::now();
+    for inv in &invocations {
+        s.run_invocation(inv, ctx)?;
+    }
+    if let Device::Cuda(i) = s.device {
+        // Kernels run asynchronously: wait for them, or the time is only the launch.
+        tch::Cuda::synchronize(i as i64);
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn time(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let seconds = run_timed(s, args, ctx)?;
+    ctx.out(format!("time: {}", format_seconds(seconds)));
+    Ok(())
+}
+
+/// `12.3 ms`, `1.52 s`, `850 µs`.
+pub(crate) fn format_seconds(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.2} s")
+    } else if s >= 1e-3 {
+        format!("{:.1} ms", s * 1e3)
+    } else {
+        format!("{:.0} µs", s * 1e6)
+    }
+}
+
+pub const TIMEIT: Command = Command {
+    name: "timeit",
+    summary: "time a command over many runs: mean and spread per run",
+    args: &[
+        option("runs", "N", "how many timed runs (default 5)"),
+        flag("quiet", "hide the command's own output"),
+        rest("command", "the command line to time").commands().optional(),
+    ],
+    details: "The first run is a warm-up and is not counted.",
+    example: "%timeit --runs 10 %generate \"12\" --max-tokens 8",
+    json: r#"{"mean_s", "std_s", "runs"}"#,
+    run: timeit,
+};
+
+fn timeit(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let runs: usize = args.parse_as("runs")?.unwrap_or(5);
+    if runs == 0 {
+        return Err(args.usage_error("--runs must be at least 1"));
+    }
+    let timed_run = |s: &mut Session, ctx: &mut Ctx| {
+        if args.flag("quiet") {
+            let mut discard = |_: crate::session::output::Output| {};
+            run_timed(s, args, &mut Ctx { sink: &mut discard })
+        } else {
+            run_timed(s, args, ctx)
+        }
+    };
+    timed_run(s, ctx)?; // warm-up
+    let times = (0..runs).map(|_| timed_run(s, ctx)).collect::<Result<Vec<f64>, _>>()?;
+    let mean = times.iter().sum::<f64>() / runs as f64;
+    let std = (times.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / runs as f64).sqrt();
+    let text = format!("{} ± {} per run (mean ± std. dev. of {runs} runs)", format_seconds(mean), format_seconds(std));
+    ctx.result(Bundle::text(text).json(json!({ "mean_s": mean, "std_s": std, "runs": runs })));
+    Ok(())
+}
+
+pub const CLEAR: Command = Command { name: "clear", summary: "clear the cell's output", args: &[], details: "", example: "%clear", json: "", run: clear };
+
+fn clear(_: &mut Session, _: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    ctx.clear(false);
+    Ok(())
+}

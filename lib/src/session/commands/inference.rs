@@ -1,0 +1,203 @@
+//! Generation, attention maps, embeddings, similarity and prediction.
+
+use serde_json::json;
+use tch::{Kind, Tensor};
+
+use super::{option, pos, rest, Command};
+use crate::embedding::{embed, pad_batch};
+use crate::generate::{generate as run_generation, GenerateOptions};
+use crate::models::{ForwardOptions, Network};
+use crate::plot::{attention_grid, attention_map};
+use crate::session::output::{Bundle, CellError, Table};
+use crate::session::parse::Args;
+use crate::session::{Ctx, Session};
+
+pub const GENERATE: Command = Command {
+    name: "generate",
+    summary: "continue a prompt with the GPT model; temperature 0 is greedy",
+    args: &[
+        pos("prompt", "the text to continue (quote it)"),
+        option("max-tokens", "N", "the most tokens to add (default 32)"),
+        option("temperature", "T", "0 for greedy (default), higher for more varied text"),
+        option("top-k", "K", "sample among the K likeliest tokens"),
+        option("top-p", "P", "sample among the likeliest tokens totalling P"),
+        option("seed", "S", "seed for sampling"),
+    ],
+    details: "Stops at the end-of-text token or after --max-tokens.",
+    example: "%generate \"314159=\" --max-tokens 6",
+    json: r#"{"prompt_ids", "generated_ids", "text"}"#,
+    run: generate,
+};
+
+fn generate(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let prompt = args.get("prompt").expect("required");
+    let tokenizer = s.tokenizer_or_err()?;
+    let model = s.model_or_err()?;
+    let eos = match &model.network {
+        Network::Gpt(g) => g.config().eos_token_id.or_else(|| tokenizer.token_id(crate::tokenize::END_OF_TEXT)),
+        Network::Bert(_) => None,
+    };
+    let opts = GenerateOptions {
+        max_new_tokens: args.parse_as("max-tokens")?.unwrap_or(32),
+        temperature: args.parse_as("temperature")?.unwrap_or(0.0),
+        top_k: args.parse_as("top-k")?,
+        top_p: args.parse_as("top-p")?,
+        seed: args.parse_as("seed")?,
+        eos_token_id: eos,
+    };
+    let prompt_ids = tokenizer.encode(prompt)?;
+    let generated = run_generation(model, &prompt_ids, &opts)?;
+    let text = tokenizer.decode(&generated)?;
+    ctx.result(Bundle::text(format!("{prompt}{text}")).json(json!({ "prompt_ids": prompt_ids, "generated_ids": generated, "text": text })));
+    Ok(())
+}
+
+pub const ATTENTION: Command = Command {
+    name: "attention",
+    summary: "attention heatmaps for a text: one head with token labels, or a layers × heads grid",
+    args: &[pos("text", "the text (quote it)"), option("layer", "L", "one layer (with --head: one map)"), option("head", "H", "one head")],
+    details: "Rows are queries, columns keys; each row sums to one. Without --layer and --head, every head of every layer.",
+    example: "%attention \"the cat sat on the mat\" --layer 0 --head 1",
+    json: r#"{"tokens", "layers", "heads", "attention": [[row...]] (one head) }"#,
+    run: attention,
+};
+
+fn attention(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let text = args.get("text").expect("required");
+    let tokenizer = s.tokenizer_or_err()?;
+    let model = s.model_or_err()?;
+    let pairs = tokenizer.encode_tokens(text)?;
+    if pairs.is_empty() {
+        return Err(args.usage_error("the text has no tokens"));
+    }
+    let ids = Tensor::from_slice(&pairs.iter().map(|(i, _)| *i).collect::<Vec<_>>()).unsqueeze(0).to_device(model.device());
+    let tokens: Vec<String> = pairs.iter().map(|(_, t)| t.clone()).collect();
+    let opts = ForwardOptions { train: false, capture_attention: true };
+    let attentions = tch::no_grad(|| -> crate::Result<Vec<Tensor>> {
+        Ok(match &model.network {
+            Network::Gpt(g) => g.forward(&ids, &opts, None)?.attentions,
+            Network::Bert(b) => b.forward(&ids, None, &opts)?.attentions,
+        }
+        .expect("capture was asked for"))
+    })?;
+    let (layers, heads) = (attentions.len() as i64, attentions[0].size()[1]);
+    let to_rows = |t: &Tensor| -> Vec<Vec<f64>> { Vec::<Vec<f64>>::try_from(t.to_kind(Kind::Double).to_device(tch::Device::Cpu)).expect("2-D") };
+    let check = |name: &str, limit: i64| -> Result<Option<i64>, CellError> {
+        match args.parse_as::<i64>(name)? {
+            Some(v) if !(0..limit).contains(&v) => Err(args.usage_error(format!("--{name} must be in 0..{}, got {v}", limit - 1))),
+            v => Ok(v),
+        }
+    };
+    let (layer, head) = (check("layer", layers)?, check("head", heads)?);
+    match (layer, head) {
+        (Some(l), Some(h)) => {
+            let rows = to_rows(&attentions[l as usize].get(0).get(h));
+            let figure = attention_map(&rows, &tokens, &format!("layer {l}, head {h}"))?;
+            ctx.display(Bundle::text(format!("<figure: attention, layer {l}, head {h}, {} tokens>", tokens.len())).figure(&figure));
+            ctx.result(Bundle::text(format!("tokens: {tokens:?}")).json(json!({ "tokens": tokens, "layer": l, "head": h, "attention": rows })));
+        }
+        _ => {
+            let chosen: Vec<i64> = layer.map_or_else(|| (0..layers).collect(), |l| vec![l]);
+            let maps: Vec<Vec<Vec<Vec<f64>>>> = chosen
+                .iter()
+                .map(|&l| (0..heads).filter(|h| head.is_none_or(|x| x == *h)).map(|h| to_rows(&attentions[l as usize].get(0).get(h))).collect())
+                .collect();
+            let figure = attention_grid(&maps, &format!("attention: {} layer(s) × {} head(s), {} tokens", maps.len(), maps[0].len(), tokens.len()))?;
+            ctx.display(Bundle::text(format!("<figure: attention grid, {} layers × {} heads>", maps.len(), maps[0].len())).figure(&figure));
+            ctx.result(Bundle::text(format!("tokens: {tokens:?}")).json(json!({ "tokens": tokens, "layers": layers, "heads": heads })));
+        }
+    }
+    Ok(())
+}
+
+fn embeddings(s: &Session, texts: &[String]) -> Result<Tensor, CellError> {
+    let model = s.model_or_err()?;
+    let tokenizer = s.tokenizer_or_err()?;
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    Ok(embed(model, tokenizer, s.pooling.unwrap_or_default(), &texts)?)
+}
+
+pub const EMBED: Command = Command {
+    name: "embed",
+    summary: "sentence embeddings from the encoder, pooled as the checkpoint says",
+    args: &[rest("texts", "one or more texts (quote each)")],
+    details: "Pooling and normalisation follow the checkpoint's sentence-transformers files (mean pooling, normalised, when it has none).",
+    example: "%embed \"the cat sat\" \"a dog ran\"",
+    json: r#"{"texts", "embeddings"}"#,
+    run: embed_command,
+};
+
+fn embed_command(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let e = embeddings(s, args.rest())?;
+    let rows: Vec<Vec<f64>> = Vec::try_from(e.to_kind(Kind::Double).to_device(tch::Device::Cpu)).expect("2-D");
+    let preview: Vec<String> = args
+        .rest()
+        .iter()
+        .zip(&rows)
+        .map(|(t, r)| format!("{t:?}: [{}, ...] ({} dims)", r.iter().take(4).map(|v| format!("{v:.4}")).collect::<Vec<_>>().join(", "), r.len()))
+        .collect();
+    ctx.result(Bundle::text(preview.join("\n")).json(json!({ "texts": args.rest(), "embeddings": rows })));
+    Ok(())
+}
+
+pub const SIMILARITY: Command = Command {
+    name: "similarity",
+    summary: "cosine similarity between the embeddings of texts",
+    args: &[rest("texts", "two or more texts (quote each)")],
+    details: "",
+    example: "%similarity \"the cat sat\" \"a cat was sitting\" \"stock prices fell\"",
+    json: r#"{"texts", "matrix"}"#,
+    run: similarity,
+};
+
+fn similarity(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    if args.rest().len() < 2 {
+        return Err(args.usage_error("give at least two texts to compare"));
+    }
+    let e = embeddings(s, args.rest())?.to_kind(Kind::Double);
+    let unit = &e / e.norm_scalaropt_dim(2.0, [-1].as_slice(), true).clamp_min(1e-12);
+    let matrix: Vec<Vec<f64>> = Vec::try_from(unit.matmul(&unit.transpose(0, 1)).to_device(tch::Device::Cpu)).expect("2-D");
+    let labels: Vec<String> = (1..=matrix.len()).map(|i| i.to_string()).collect();
+    let mut table = Table::new(std::iter::once("text".to_string()).chain(labels.iter().cloned()));
+    for (i, row) in matrix.iter().enumerate() {
+        table.row(std::iter::once(format!("{} {:?}", i + 1, args.rest()[i])).chain(row.iter().map(|v| format!("{v:.3}"))));
+    }
+    ctx.result(table.bundle(json!({ "texts": args.rest(), "matrix": matrix })));
+    Ok(())
+}
+
+pub const PREDICT: Command = Command {
+    name: "predict",
+    summary: "classify a text with the classifier: the label and every class's probability",
+    args: &[pos("text", "the text (quote it)")],
+    details: "",
+    example: "%predict \"what a wonderful film\"",
+    json: r#"{"label", "probabilities": {label: p}}"#,
+    run: predict,
+};
+
+fn predict(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let text = args.get("text").expect("required");
+    let model = s.model_or_err()?;
+    let Network::Bert(bert) = &model.network else { return Err(args.usage_error("%predict needs a classifier (a BERT model with a classification head)")) };
+    let Some(classes) = bert.heads().classes else {
+        return Err(args.usage_error("this BERT model has no classification head: `%load PATH --classes N` adds one"));
+    };
+    let labels: Vec<String> = match s.trainer.as_ref().map(|t| t.data()) {
+        Some(crate::data::Dataset::Classify(c)) => c.labels.clone(),
+        _ => bert.config().labels().filter(|l| l.len() as i64 == classes).unwrap_or_else(|| (0..classes).map(|i| format!("LABEL_{i}")).collect()),
+    };
+    let ids = s.tokenizer_or_err()?.encode(text)?;
+    let (ids, mask) = pad_batch(&[ids], bert.config().pad_token_id);
+    let device = model.device();
+    let out = tch::no_grad(|| bert.forward(&ids.to_device(device), Some(&mask.to_device(device)), &ForwardOptions::default()))?;
+    let probs: Vec<f64> = Vec::try_from(out.logits.expect("a classification head").softmax(-1, Kind::Double).get(0).to_device(tch::Device::Cpu)).expect("1-D");
+    let best = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+    let mut table = Table::new(["label", "probability"]);
+    for (l, p) in labels.iter().zip(&probs) {
+        table.row([l.clone(), format!("{p:.4}")]);
+    }
+    let value = json!({ "label": labels[best], "probabilities": labels.iter().cloned().zip(probs.iter().map(|p| json!(p))).collect::<serde_json::Map<String, serde_json::Value>>() });
+    ctx.result(Bundle::text(format!("{}\n\n{}", labels[best], table.to_text())).html(table.to_html()).json(value));
+    Ok(())
+}

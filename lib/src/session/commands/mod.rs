@@ -1,0 +1,254 @@
+//! The command table: one declaration per command — name, arguments, help, example,
+//! the JSON it returns, and its handler — from which parsing, `%help`, `CMD?`,
+//! completion and the README's reference are all generated.
+//!
+//! Handlers live beside their kin: [`general`] (help, environment, timing),
+//! [`model`] (models, checkpoints, tokenizers), [`training`] (data, hyperparameters,
+//! training, the timeline, plots) and [`inference`] (generation, attention,
+//! embeddings, prediction).
+
+mod general;
+mod inference;
+mod model;
+mod training;
+
+use super::output::CellError;
+use super::parse::Args;
+use super::{Ctx, Session};
+
+/// How an argument is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgKind {
+    /// A word in its place.
+    Positional,
+    /// All remaining words.
+    Rest,
+    /// `--name VALUE`; the string is the value's placeholder.
+    Option(&'static str),
+    /// `--name`.
+    Flag,
+    /// `key=value` pairs.
+    Pairs,
+}
+
+/// What completion offers for an argument's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Complete {
+    /// Nothing in particular.
+    Nothing,
+    /// Files and directories.
+    Path,
+    /// Hyperparameter names.
+    HParam,
+    /// Command names.
+    Command,
+}
+
+/// One argument of a command.
+#[derive(Debug, Clone, Copy)]
+pub struct Arg {
+    /// Its name (options without `--`).
+    pub name: &'static str,
+    /// How it is written.
+    pub kind: ArgKind,
+    /// Whether it must be given (positional and rest arguments).
+    pub required: bool,
+    /// The values a positional argument may take.
+    pub choices: Option<&'static [&'static str]>,
+    /// Values completion offers without requiring them (the other values being paths, say).
+    pub suggest: &'static [&'static str],
+    /// What completion offers.
+    pub complete: Complete,
+    /// One line of help.
+    pub help: &'static str,
+}
+
+const fn arg(name: &'static str, kind: ArgKind, required: bool, help: &'static str) -> Arg {
+    Arg { name, kind, required, choices: None, suggest: &[], complete: Complete::Nothing, help }
+}
+
+/// A required positional argument.
+pub const fn pos(name: &'static str, help: &'static str) -> Arg {
+    arg(name, ArgKind::Positional, true, help)
+}
+
+/// An optional positional argument.
+pub const fn opt_pos(name: &'static str, help: &'static str) -> Arg {
+    arg(name, ArgKind::Positional, false, help)
+}
+
+/// All remaining words (at least one).
+pub const fn rest(name: &'static str, help: &'static str) -> Arg {
+    arg(name, ArgKind::Rest, true, help)
+}
+
+/// An option with a value.
+pub const fn option(name: &'static str, value: &'static str, help: &'static str) -> Arg {
+    arg(name, ArgKind::Option(value), false, help)
+}
+
+/// A flag.
+pub const fn flag(name: &'static str, help: &'static str) -> Arg {
+    arg(name, ArgKind::Flag, false, help)
+}
+
+/// `key=value` pairs.
+pub const fn pairs(help: &'static str) -> Arg {
+    arg("k=v", ArgKind::Pairs, false, help)
+}
+
+impl Arg {
+    /// Restricts a positional argument to these values.
+    pub const fn choices(self, choices: &'static [&'static str]) -> Arg {
+        Arg { choices: Some(choices), ..self }
+    }
+
+    /// Offers these values in completion, without requiring them.
+    pub const fn suggest(self, values: &'static [&'static str]) -> Arg {
+        Arg { suggest: values, ..self }
+    }
+
+    /// Completes with file paths.
+    pub const fn path(self) -> Arg {
+        Arg { complete: Complete::Path, ..self }
+    }
+
+    /// Completes with hyperparameter names.
+    pub const fn hparams(self) -> Arg {
+        Arg { complete: Complete::HParam, ..self }
+    }
+
+    /// Completes with command names.
+    pub const fn commands(self) -> Arg {
+        Arg { complete: Complete::Command, ..self }
+    }
+
+    /// Not required.
+    pub const fn optional(self) -> Arg {
+        Arg { required: false, ..self }
+    }
+}
+
+/// What runs a command.
+pub type Handler = fn(&mut Session, &Args, &mut Ctx) -> Result<(), CellError>;
+
+/// One command.
+pub struct Command {
+    /// Its name, without `%`.
+    pub name: &'static str,
+    /// One line: what it does.
+    pub summary: &'static str,
+    /// Its arguments, in usage order.
+    pub args: &'static [Arg],
+    /// More help, when there is more to say.
+    pub details: &'static str,
+    /// An example invocation.
+    pub example: &'static str,
+    /// The `application/json` result's shape, when it returns data.
+    pub json: &'static str,
+    /// The handler.
+    pub run: Handler,
+}
+
+impl Command {
+    /// The usage line, e.g. `%generate PROMPT [--max-tokens N] ...`.
+    pub fn usage(&self) -> String {
+        let mut out = format!("%{}", self.name);
+        for a in self.args {
+            let part = match a.kind {
+                ArgKind::Positional => {
+                    let name = a.choices.map_or_else(|| a.name.to_uppercase(), |c| c.join("|"));
+                    if a.required {
+                        name
+                    } else {
+                        format!("[{name}]")
+                    }
+                }
+                ArgKind::Rest if a.required => format!("{}...", a.name.to_uppercase()),
+                ArgKind::Rest => format!("[{}...]", a.name.to_uppercase()),
+                ArgKind::Option(value) => format!("[--{} {value}]", a.name),
+                ArgKind::Flag => format!("[--{}]", a.name),
+                ArgKind::Pairs => "[k=v ...]".to_string(),
+            };
+            out.push(' ');
+            out.push_str(&part);
+        }
+        out
+    }
+
+    /// The full help text: usage, summary, arguments, details, example, JSON shape.
+    pub fn help(&self) -> String {
+        let mut out = format!("{}\n\n{}\n", self.usage(), self.summary);
+        if !self.args.is_empty() {
+            out.push('\n');
+            for a in self.args {
+                let name = match a.kind {
+                    ArgKind::Option(v) => format!("--{} {v}", a.name),
+                    ArgKind::Flag => format!("--{}", a.name),
+                    ArgKind::Pairs => "k=v".into(),
+                    _ => a.name.to_uppercase(),
+                };
+                out.push_str(&format!("  {name:<22} {}\n", a.help));
+            }
+        }
+        if !self.details.is_empty() {
+            out.push_str(&format!("\n{}\n", self.details));
+        }
+        out.push_str(&format!("\nexample: {}\n", self.example));
+        if !self.json.is_empty() {
+            out.push_str(&format!("returns application/json: {}\n", self.json));
+        }
+        out
+    }
+}
+
+/// Every command, in the order `%help` lists them.
+pub static COMMANDS: &[Command] = &[
+    general::HELP,
+    general::ECHO,
+    general::STATUS,
+    general::DEVICE,
+    general::PRECISION,
+    general::SEED,
+    general::THREADS,
+    model::MODEL,
+    model::LOAD,
+    model::SAVE,
+    model::TOKENIZER,
+    model::TOKENIZE,
+    model::WEIGHTS,
+    training::DATA,
+    training::SET,
+    training::HPARAMS,
+    training::STEP,
+    training::TRAIN,
+    training::EVAL,
+    training::SNAPSHOT,
+    training::REWIND,
+    training::FORK,
+    training::RUNS,
+    training::PLOT,
+    training::HISTORY,
+    inference::GENERATE,
+    inference::ATTENTION,
+    inference::EMBED,
+    inference::SIMILARITY,
+    inference::PREDICT,
+    general::TIME,
+    general::TIMEIT,
+    general::CLEAR,
+];
+
+/// The command named `name`.
+pub fn find(name: &str) -> Option<&'static Command> {
+    COMMANDS.iter().find(|c| c.name == name)
+}
+
+/// The command reference in Markdown, as the README shows it.
+pub fn reference_markdown() -> String {
+    let mut out = String::from("| command | what it does |\n| --- | --- |\n");
+    for c in COMMANDS {
+        out.push_str(&format!("| `{}` | {} |\n", c.usage().replace('|', "\\|"), c.summary));
+    }
+    out
+}

@@ -1,0 +1,381 @@
+//! Models, checkpoints and tokenizers.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{json, Value};
+use tch::Kind;
+
+use super::{flag, opt_pos, option, pos, rest, Command};
+use crate::checkpoint;
+use crate::data::DataSpec;
+use crate::models::bert::{BertConfig, BertHeads};
+use crate::models::gpt::GptConfig;
+use crate::models::Model;
+use crate::session::output::{Bundle, CellError, Table};
+use crate::session::parse::Args;
+use crate::session::{Ctx, Session};
+use crate::tokenize::Tokenizer;
+use crate::train::Trainer;
+
+pub const MODEL: Command = Command {
+    name: "model",
+    summary: "build a new GPT or BERT model, or show the current one",
+    args: &[
+        opt_pos("family", "gpt | bert").choices(&["gpt", "bert"]),
+        option("layers", "N", "blocks (default 2)"),
+        option("heads", "N", "attention heads (default 4)"),
+        option("dim", "N", "width (default 64)"),
+        option("ctx", "N", "context length (default: what the data needs, else 128)"),
+        option("vocab", "N", "vocabulary size (default: the tokenizer's)"),
+        option("dropout", "P", "dropout probability (default 0)"),
+        option("classes", "N", "BERT: a classification head (default: the data's labels)"),
+    ],
+    details: "Without arguments, a summary: modules, parameters, dtype, device, memory.",
+    example: "%model gpt --layers 2 --heads 4 --dim 64",
+    json: r#"{"model_type", "parameters", "dtype", "device", "memory_mb", "config", "modules": [{"name", "parameters"}]}"#,
+    run: model,
+};
+
+fn model(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let Some(family) = args.get("family") else {
+        return summary(s, ctx);
+    };
+    let number = |name: &str, default: i64| -> Result<i64, CellError> {
+        let v = args.parse_as::<i64>(name)?.unwrap_or(default);
+        if v < 1 {
+            return Err(args.usage_error(format!("--{name} must be at least 1, got {v}")));
+        }
+        Ok(v)
+    };
+    let vocab = match (args.parse_as::<i64>("vocab")?, s.tokenizer()) {
+        (Some(v), _) => v,
+        (None, Some(t)) => t.vocab_size() as i64,
+        (None, None) => return Err(args.usage_error("no tokenizer to size the vocabulary: give --vocab N, or load data or a tokenizer first")),
+    };
+    let needed_ctx = match &s.data {
+        Some(DataSpec::Synth { task, length, symbols }) => {
+            crate::data::synth::Synth::new(crate::data::synth::Task::parse(task)?, *length, *symbols)?.example_len() as i64 - 1
+        }
+        _ => 128,
+    };
+    let (layers, heads, dim, ctx_len) = (number("layers", 2)?, number("heads", 4)?, number("dim", 64)?, number("ctx", needed_ctx)?);
+    let dropout: f64 = args.parse_as("dropout")?.unwrap_or(0.0);
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(args.usage_error(format!("--dropout must be in [0, 1), got {dropout}")));
+    }
+    tch::manual_seed(s.seed as i64);
+    let built = match family {
+        "gpt" => {
+            let config = GptConfig {
+                n_layer: layers,
+                n_head: heads,
+                n_embd: dim,
+                resid_pdrop: dropout,
+                embd_pdrop: dropout,
+                attn_pdrop: dropout,
+                ..GptConfig::tiny(vocab, ctx_len)
+            };
+            Model::gpt(&config, s.device)
+        }
+        _ => {
+            let classes = match (args.parse_as::<i64>("classes")?, &s.data) {
+                (Some(n), _) => Some(n),
+                (None, Some(DataSpec::Classify { .. })) => s.trainer.as_ref().and_then(|t| match t.data() {
+                    crate::data::Dataset::Classify(c) => Some(c.labels.len() as i64),
+                    _ => None,
+                }),
+                _ => None,
+            };
+            let config: BertConfig = serde_json::from_value(json!({
+                "vocab_size": vocab, "hidden_size": dim, "num_hidden_layers": layers, "num_attention_heads": heads,
+                "intermediate_size": 4 * dim, "max_position_embeddings": ctx_len,
+                "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout,
+            }))
+            .map_err(|e| args.usage_error(e.to_string()))?;
+            Model::bert(&config, BertHeads { pooler: true, classes }, s.device)
+        }
+    };
+    let built = built.map_err(|e| args.usage_error(e.to_string()))?;
+    s.install_model(built, None, None, format!("%model {family}"), ctx)?;
+    summary(s, ctx)
+}
+
+fn summary(s: &Session, ctx: &mut Ctx) -> Result<(), CellError> {
+    let model = s.model_or_err()?;
+    let mut groups: BTreeMap<String, i64> = BTreeMap::new();
+    let mut order: Vec<String> = vec![];
+    for (name, t) in model.named_tensors() {
+        let parts: Vec<&str> = name.trim_start_matches("transformer.").split('.').collect();
+        let key = match parts.as_slice() {
+            [a, b, c, ..] if b.parse::<u32>().is_err() && c.parse::<u32>().is_ok() => format!("{a}.{b}.{c}"),
+            [a, b, ..] if b.parse::<u32>().is_ok() => format!("{a}.{b}"),
+            [a, ..] => a.to_string(),
+            [] => name.clone(),
+        };
+        if !groups.contains_key(&key) {
+            order.push(key.clone());
+        }
+        *groups.entry(key).or_default() += t.numel() as i64;
+    }
+    let tensors = model.named_tensors();
+    let kind = tensors.first().map_or(Kind::Float, |(_, t)| t.kind());
+    let bytes: usize = tensors.iter().map(|(_, t)| t.numel() * t.kind().elt_size_in_bytes()).sum();
+    let mut table = Table::new(["module", "parameters"]);
+    for k in &order {
+        table.row([k.clone(), groups[k].to_string()]);
+    }
+    let total = model.num_parameters();
+    table.row(["total".to_string(), total.to_string()]);
+    let config = crate::checkpoint::hf_config(model);
+    let head = format!(
+        "{} model: {} parameters, {:?}, {}, {:.1} MiB",
+        model.config().model_type(),
+        group_digits(total),
+        kind,
+        super::general::device_name(model.device()),
+        bytes as f64 / (1 << 20) as f64
+    );
+    let value = json!({
+        "model_type": model.config().model_type(),
+        "parameters": total,
+        "dtype": format!("{kind:?}"),
+        "device": super::general::device_name(model.device()),
+        "memory_mb": bytes as f64 / (1 << 20) as f64,
+        "config": config,
+        "modules": order.iter().map(|k| json!({"name": k, "parameters": groups[k]})).collect::<Vec<_>>(),
+    });
+    ctx.result(Bundle::text(format!("{head}\n{}", table.to_text())).html(format!("<p>{head}</p>{}", table.to_html())).json(value));
+    Ok(())
+}
+
+/// `1,234,567`.
+pub(crate) fn group_digits(n: i64) -> String {
+    let s = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+pub const LOAD: Command = Command {
+    name: "load",
+    summary: "load a Hugging Face model directory, a weights file, or a tchlab training checkpoint",
+    args: &[pos("path", "directory or file").path(), option("classes", "N", "load a BERT encoder with a new N-class classification head")],
+    details: "A directory saved by `%save` resumes training exactly (optimiser, schedule, data cursor, history). \
+              Missing and unexpected tensors are reported; a shape mismatch is an error naming the tensor.",
+    example: "%load ~/models/all-MiniLM-L6-v2",
+    json: r#"{"path", "model_type", "parameters", "loaded", "missing", "unexpected", "resumed_step"}"#,
+    run: load,
+};
+
+fn load(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let path = expand_home(args.get("path").expect("required"));
+    if path.join("trainer.json").is_file() {
+        let mut trainer = Trainer::load(&path, s.device)?;
+        trainer.set_cancel_handle(s.cancel.clone());
+        let step = trainer.step_count();
+        s.data = Some(trainer.data_spec().clone());
+        s.hp = trainer.hparams().clone();
+        s.model = None;
+        s.tokenizer = None;
+        s.model_source = Some(path.display().to_string());
+        let model = trainer.model();
+        let value = json!({ "path": path, "model_type": model.config().model_type(), "parameters": model.num_parameters(), "resumed_step": step });
+        s.trainer = Some(trainer);
+        ctx.result(Bundle::text(format!("resumed training checkpoint {} at step {step}", path.display())).json(value));
+        return Ok(());
+    }
+    let classes: Option<i64> = args.parse_as("classes")?;
+    let loaded = match classes {
+        None => checkpoint::load(&path, s.device)?,
+        Some(n) if n >= 2 => checkpoint::load_classifier(&path, s.device, n)?,
+        Some(n) => return Err(args.usage_error(format!("--classes must be at least 2, got {n}"))),
+    };
+    let report = loaded.report.clone();
+    let model_type = loaded.model.config().model_type();
+    let parameters = loaded.model.num_parameters();
+    s.install_model(loaded.model, loaded.tokenizer, loaded.pooling, path.display().to_string(), ctx)?;
+    let mut text = format!("loaded {} ({model_type}, {} parameters): {} tensors", path.display(), group_digits(parameters), report.loaded);
+    if !report.missing.is_empty() {
+        text.push_str(&format!("\nnewly initialised (not in the checkpoint): {}", report.missing.join(", ")));
+    }
+    if !report.unexpected.is_empty() {
+        text.push_str(&format!("\nunused (no place in this model): {}", report.unexpected.join(", ")));
+    }
+    let value = json!({ "path": path, "model_type": model_type, "parameters": parameters, "loaded": report.loaded, "missing": report.missing, "unexpected": report.unexpected });
+    ctx.result(Bundle::text(text).json(value));
+    Ok(())
+}
+
+pub(crate) fn expand_home(path: &str) -> std::path::PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => Path::new(&home).join(rest),
+        _ => path.into(),
+    }
+}
+
+pub const SAVE: Command = Command {
+    name: "save",
+    summary: "save the model; with training state, a checkpoint that resumes exactly",
+    args: &[pos("path", "directory").path(), flag("hf", "only the Hugging Face files (config, weights, tokenizer)")],
+    details: "The directory always holds config.json, model.safetensors and tokenizer.json, which `transformers` reads. \
+              While training, it also holds the optimiser and trainer state. Saves are atomic.",
+    example: "%save runs/reverse",
+    json: r#"{"path", "step", "resumable"}"#,
+    run: save,
+};
+
+fn save(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let path = expand_home(args.get("path").expect("required"));
+    let resumable = s.trainer.is_some() && !args.flag("hf");
+    match (&s.trainer, args.flag("hf")) {
+        (Some(t), false) => t.save(&path)?,
+        _ => checkpoint::save_hf(s.model_or_err()?, s.tokenizer(), &path)?,
+    }
+    let step = s.trainer.as_ref().map_or(0, Trainer::step_count);
+    let what = if resumable { format!("training checkpoint at step {step} (resumes exactly with %load)") } else { "model (Hugging Face format)".into() };
+    ctx.result(Bundle::text(format!("saved {what} to {}", path.display())).json(json!({ "path": path, "step": step, "resumable": resumable })));
+    Ok(())
+}
+
+pub const TOKENIZER: Command = Command {
+    name: "tokenizer",
+    summary: "load a tokenizer.json, or build a character or BPE tokenizer from a text file",
+    args: &[
+        pos("source", "PATH (tokenizer.json or its directory) | char | bpe").path(),
+        opt_pos("file", "the text file for char and bpe").path(),
+        option("vocab", "N", "BPE vocabulary size"),
+    ],
+    details: "With a model loaded, the tokenizer's vocabulary must fit the model's.",
+    example: "%tokenizer bpe corpus.txt --vocab 512",
+    json: r#"{"kind", "vocab"}"#,
+    run: tokenizer,
+};
+
+fn tokenizer(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let source = args.get("source").expect("required");
+    let file = || args.get("file").map(expand_home).ok_or_else(|| args.usage_error(format!("`%tokenizer {source}` needs a text FILE")));
+    let (tokenizer, kind) = match source {
+        "char" => {
+            let path = file()?;
+            let text = std::fs::read_to_string(&path).map_err(|e| crate::Error::io(&path, e))?;
+            (Tokenizer::char_level(&text)?, "char")
+        }
+        "bpe" => {
+            let vocab: usize = args.parse_as("vocab")?.ok_or_else(|| args.usage_error("BPE needs --vocab N"))?;
+            (Tokenizer::train_bpe(file()?, vocab)?, "bpe")
+        }
+        path => {
+            let path = expand_home(path);
+            let file = if path.is_dir() { path.join("tokenizer.json") } else { path };
+            (Tokenizer::from_file(file)?, "tokenizer.json")
+        }
+    };
+    let vocab = tokenizer.vocab_size();
+    if let Some(m) = s.model() {
+        if vocab as i64 > m.config().vocab_size() {
+            return Err(args.usage_error(format!(
+                "this tokenizer has {vocab} ids but the model's vocabulary only {}; build a new model with `%model gpt` after this",
+                m.config().vocab_size()
+            )));
+        }
+    }
+    match (s.trainer.as_mut(), s.data.clone()) {
+        (Some(t), Some(spec)) => t.replace_data(tokenizer, spec)?,
+        _ => s.tokenizer = Some(tokenizer),
+    }
+    ctx.result(Bundle::text(format!("tokenizer: {kind}, {vocab} ids")).json(json!({ "kind": kind, "vocab": vocab })));
+    Ok(())
+}
+
+pub const TOKENIZE: Command = Command {
+    name: "tokenize",
+    summary: "show the tokens and ids of a text",
+    args: &[rest("text", "the text (quote it to keep spaces exact)")],
+    details: "",
+    example: "%tokenize \"the cat sat\"",
+    json: r#"{"tokens", "ids"}"#,
+    run: tokenize,
+};
+
+fn tokenize(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let text = args.rest().join(" ");
+    let pairs = s.tokenizer_or_err()?.encode_tokens(&text)?;
+    let mut table = Table::new(["#", "token", "id"]);
+    for (i, (id, token)) in pairs.iter().enumerate() {
+        table.row([i.to_string(), format!("{token:?}"), id.to_string()]);
+    }
+    let value = json!({ "tokens": pairs.iter().map(|(_, t)| t).collect::<Vec<_>>(), "ids": pairs.iter().map(|(i, _)| i).collect::<Vec<_>>() });
+    ctx.result(table.bundle(value));
+    Ok(())
+}
+
+pub const WEIGHTS: Command = Command {
+    name: "weights",
+    summary: "statistics of the weights: shape, dtype, mean, std, min, max, norm",
+    args: &[opt_pos("pattern", "part of a name, or a glob with *")],
+    details: "",
+    example: "%weights attn.c_attn",
+    json: r#"[{"name", "shape", "dtype", "mean", "std", "min", "max", "norm"}]"#,
+    run: weights,
+};
+
+fn weights(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let pattern = args.get("pattern").unwrap_or("");
+    let model = s.model_or_err()?;
+    let mut table = Table::new(["name", "shape", "dtype", "mean", "std", "min", "max", "norm"]);
+    let mut rows: Vec<Value> = vec![];
+    for (name, t) in model.named_tensors().into_iter().filter(|(n, _)| matches_pattern(n, pattern)) {
+        let f = t.detach().to_kind(Kind::Double);
+        let stat = |v: tch::Tensor| v.double_value(&[]);
+        let (mean, std, min, max, norm) = (stat(f.mean(Kind::Double)), stat(f.std(true)), stat(f.min()), stat(f.max()), stat(f.norm()));
+        let fmt = |v: f64| format!("{v:.4}");
+        table.row([name.clone(), format!("{:?}", t.size()), format!("{:?}", t.kind()), fmt(mean), fmt(std), fmt(min), fmt(max), fmt(norm)]);
+        rows.push(
+            json!({ "name": name, "shape": t.size(), "dtype": format!("{:?}", t.kind()), "mean": mean, "std": std, "min": min, "max": max, "norm": norm }),
+        );
+    }
+    if rows.is_empty() {
+        return Err(args.usage_error(format!("no weight matches `{pattern}`; `%weights` lists them all")));
+    }
+    ctx.result(table.bundle(Value::Array(rows)));
+    Ok(())
+}
+
+/// A substring, or a glob where `*` matches anything.
+fn matches_pattern(name: &str, pattern: &str) -> bool {
+    if !pattern.contains('*') {
+        return name.contains(pattern);
+    }
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let mut rest = name;
+    for (i, part) in parts.iter().enumerate() {
+        match rest.find(part) {
+            Some(at) if i > 0 || at == 0 || pattern.starts_with('*') => rest = &rest[at + part.len()..],
+            _ => return false,
+        }
+    }
+    pattern.ends_with('*') || rest.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_substrings_and_globs() {
+        assert!(matches_pattern("transformer.h.0.attn.c_attn.weight", "c_attn"));
+        assert!(matches_pattern("transformer.h.0.attn.c_attn.weight", "*.h.0.*weight"));
+        assert!(!matches_pattern("transformer.h.1.attn.c_attn.weight", "*.h.0.*"));
+        assert_eq!(group_digits(1234567), "1,234,567");
+    }
+}

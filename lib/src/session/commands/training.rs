@@ -1,0 +1,581 @@
+//! Data, hyperparameters, training, the timeline, plots and the training history.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{flag, opt_pos, option, pairs, pos, Command};
+use crate::data::DataSpec;
+use crate::plot::{ema, line_chart, LineChart, Series};
+use crate::session::output::{escape_html, Bundle, CellError, Table};
+use crate::session::parse::Args;
+use crate::session::{Ctx, Session};
+use crate::tokenize::Tokenizer;
+use crate::train::{EvalMetrics, Halt, History, StepRecord, Stop, Trainer};
+
+use super::model::expand_home;
+
+pub const DATA: Command = Command {
+    name: "data",
+    summary: "choose the data: a synthetic task, a text corpus, or labelled texts",
+    args: &[
+        pos("kind", "synth | text | classify").choices(&["synth", "text", "classify"]),
+        pos("source", "synth: copy | reverse | sort | add; text, classify: a file").path().suggest(&["copy", "reverse", "sort", "add"]),
+        option("length", "N", "synth: symbols per input (default 6)"),
+        option("symbols", "N", "synth: distinct symbols (default 10)"),
+        option("val", "F", "text, classify: validation fraction (default 0.1)"),
+        option("text", "FIELD", "classify: the text column or field (default text)"),
+        option("label", "FIELD", "classify: the label column or field (default label)"),
+    ],
+    details: "A text corpus without a tokenizer gets a character tokenizer built from it. Classification files are CSV with a header, or JSONL.",
+    example: "%data synth reverse --length 6",
+    json: r#"{"kind", "train", "val", "vocab"}"#,
+    run: data,
+};
+
+fn data(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let source = args.get("source").expect("required");
+    let val: f64 = args.parse_as("val")?.unwrap_or(0.1);
+    let (spec, tokenizer) = match args.get("kind").expect("required") {
+        "synth" => {
+            let task = crate::data::synth::Task::parse(source)?;
+            let (length, symbols) = (args.parse_as("length")?.unwrap_or(6), args.parse_as("symbols")?.unwrap_or(10));
+            let synth = crate::data::synth::Synth::new(task, length, symbols)?;
+            (DataSpec::Synth { task: source.to_string(), length, symbols }, synth.tokenizer())
+        }
+        "text" => {
+            let path = expand_home(source);
+            let tokenizer = match s.tokenizer() {
+                Some(t) => t.clone(),
+                None => {
+                    let text = std::fs::read_to_string(&path).map_err(|e| crate::Error::io(&path, e))?;
+                    ctx.note(format!("no tokenizer yet: using a character tokenizer built from {}", path.display()));
+                    Tokenizer::char_level(&text)?
+                }
+            };
+            (DataSpec::Text { path, val_fraction: val }, tokenizer)
+        }
+        _ => {
+            let spec = DataSpec::Classify {
+                path: expand_home(source),
+                text_field: args.get("text").unwrap_or("text").to_string(),
+                label_field: args.get("label").unwrap_or("label").to_string(),
+                val_fraction: val,
+                seed: s.seed,
+            };
+            (spec, s.tokenizer_or_err()?.clone())
+        }
+    };
+    s.install_data(tokenizer, spec)?;
+    let vocab = s.tokenizer().map(Tokenizer::vocab_size);
+    let (text, value) = match s.trainer.as_ref().map(Trainer::data) {
+        Some(crate::data::Dataset::Text(c)) => {
+            let (train, val) = c.sizes();
+            (format!("text corpus: {train} training tokens, {val} validation tokens"), json!({ "kind": "text", "train": train, "val": val, "vocab": vocab }))
+        }
+        Some(crate::data::Dataset::Classify(c)) => {
+            let (train, val) = c.sizes();
+            (
+                format!("{train} training and {val} validation examples; labels: {}", c.labels.join(", ")),
+                json!({ "kind": "classify", "train": train, "val": val, "labels": c.labels, "vocab": vocab }),
+            )
+        }
+        _ => {
+            let example = match &s.data {
+                Some(DataSpec::Synth { task, length, symbols }) => {
+                    let synth = crate::data::synth::Synth::new(crate::data::synth::Task::parse(task)?, *length, *symbols)?;
+                    let (p, a) = synth.example(&mut crate::data::Rng::new(s.seed));
+                    format!("; an example: {p}{a}")
+                }
+                _ => String::new(),
+            };
+            let next = if s.model().is_none() { " — now `%model gpt` builds a model for it" } else { "" };
+            (format!("data ready{example}{next}"), json!({ "kind": args.get("kind"), "train": Value::Null, "val": Value::Null, "vocab": vocab }))
+        }
+    };
+    ctx.result(Bundle::text(text).json(value));
+    Ok(())
+}
+
+pub const SET: Command = Command {
+    name: "set",
+    summary: "set hyperparameters (lr, batch, warmup, schedule, weight_decay, clip, ...)",
+    args: &[pairs("hyperparameters").hparams()],
+    details: "Changes apply from the next step and are recorded in the history. All are checked before any is applied.",
+    example: "%set lr=3e-3 batch=64 schedule=cosine warmup=20",
+    json: r#"{name: value}"#,
+    run: set,
+};
+
+/// Applies `pairs` to the session's (and trainer's) hyperparameters: all or none.
+pub(crate) fn set_hparams(s: &mut Session, pairs: &[(String, String)]) -> Result<(), CellError> {
+    let mut hp = s.hparams().clone();
+    for (k, v) in pairs {
+        hp.set(k, v)?;
+    }
+    if let Some(t) = s.trainer.as_mut() {
+        t.check_hparams(&hp)?;
+        for (k, v) in pairs {
+            t.set(k, v)?;
+        }
+    }
+    s.hp = hp;
+    Ok(())
+}
+
+fn set(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    if args.pairs.is_empty() {
+        return Err(args.usage_error("nothing to set: give key=value pairs (`%hparams` lists the keys)"));
+    }
+    set_hparams(s, &args.pairs)?;
+    let hp = s.hparams();
+    let value: serde_json::Map<String, Value> = args.pairs.iter().map(|(k, _)| (k.clone(), json!(hp.get(k)))).collect();
+    let text = args.pairs.iter().map(|(k, _)| format!("{k}={}", hp.get(k).unwrap_or_default())).collect::<Vec<_>>().join(" ");
+    ctx.result(Bundle::text(text).json(Value::Object(value)));
+    Ok(())
+}
+
+pub const HPARAMS: Command = Command {
+    name: "hparams",
+    summary: "show every hyperparameter, its value and meaning",
+    args: &[],
+    details: "",
+    example: "%hparams",
+    json: r#"{name: value}"#,
+    run: hparams,
+};
+
+fn hparams(s: &mut Session, _: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let hp = s.hparams();
+    let mut table = Table::new(["name", "value", "meaning"]);
+    for (k, meaning) in crate::train::hparams::KEYS {
+        table.row([k.to_string(), hp.get(k).unwrap_or_default(), meaning.to_string()]);
+    }
+    ctx.result(table.bundle(serde_json::to_value(hp).expect("serializes")));
+    Ok(())
+}
+
+fn step_line(r: &StepRecord) -> String {
+    let val = r.val.as_ref().map(|v| format!("  val loss {:.4}", v.loss)).unwrap_or_default();
+    format!("step {:>5}  loss {:.4}  lr {:.2e}  grad-norm {:.3}  {:>9.0} tok/s{val}", r.step, r.loss, r.lr, r.grad_norm, r.tokens_per_s)
+}
+
+fn record_bundle(r: &StepRecord, extra: Value) -> Bundle {
+    let mut value = serde_json::to_value(r).expect("serializes");
+    if let (Value::Object(v), Value::Object(e)) = (&mut value, extra) {
+        v.extend(e);
+    }
+    Bundle::text(step_line(r)).json(value)
+}
+
+pub const STEP: Command = Command {
+    name: "step",
+    summary: "take N optimiser steps (default 1), printing each",
+    args: &[opt_pos("n", "steps")],
+    details: "",
+    example: "%step 5",
+    json: r#"{"step", "loss", "lr", "grad_norm", "tokens_per_s", "wall_time", "val"?}"#,
+    run: step,
+};
+
+fn step(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let n: u64 = args.parse_as("n")?.unwrap_or(1);
+    let trainer = s.trainer_or_err()?;
+    let mut last = None;
+    for _ in 0..n {
+        let record = trainer.step()?;
+        ctx.out(step_line(&record));
+        last = Some(record);
+    }
+    if let Some(r) = last {
+        ctx.result(record_bundle(&r, json!({})));
+    }
+    Ok(())
+}
+
+pub const TRAIN: Command = Command {
+    name: "train",
+    summary: "train N steps, or for a time, with live progress and a growing loss plot",
+    args: &[opt_pos("n", "steps"), option("time", "DUR", "train for a duration: 30s, 2m, 1h")],
+    details: "Interrupting stops at the next step boundary; the model, optimiser and history stay consistent.",
+    example: "%train 200",
+    json: r#"{"step", "loss", "lr", "grad_norm", "tokens_per_s", "wall_time", "val"?, "steps"}"#,
+    run: train,
+};
+
+/// `500ms`, `30s`, `2m`, `1h`.
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number.parse().ok().filter(|n: &f64| *n >= 0.0 && n.is_finite())?;
+    let seconds = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(seconds))
+}
+
+/// Live display throttling: a few updates a second at most.
+const UPDATE_EVERY: Duration = Duration::from_millis(250);
+
+/// The live display of a training run: a progress bar, the latest metrics, the ETA,
+/// and the loss plot so far.
+fn progress(branch: &str, history: &History, stop: Stop, started: Instant, done: u64, last: Option<&StepRecord>, finished: bool) -> Bundle {
+    let elapsed = started.elapsed().as_secs_f64();
+    let (fraction, goal) = match stop {
+        Stop::Steps(n) => (done as f64 / n.max(1) as f64, format!("{done}/{n}")),
+        Stop::Time(d) => (elapsed / d.as_secs_f64().max(1e-9), format!("{done} steps, {elapsed:.0}/{:.0} s", d.as_secs_f64())),
+    };
+    let fraction = fraction.clamp(0.0, 1.0);
+    let eta = if finished || fraction <= 0.0 { String::new() } else { format!("  ETA {}", super::general::format_seconds(elapsed / fraction - elapsed)) };
+    let bar: String = (0..30).map(|i| if (i as f64) < fraction * 30.0 { '█' } else { '░' }).collect();
+    let metrics = last.map(|r| format!("  loss {:.4}  lr {:.2e}  {:.0} tok/s", r.loss, r.lr, r.tokens_per_s)).unwrap_or_default();
+    let status = format!("{goal}{metrics}{eta}");
+    let html = format!("<div><progress value='{fraction:.3}' max='1' style='width:24em'></progress> <code>{}</code></div>", escape_html(&status));
+    let bundle = Bundle::text(format!("{bar} {status}")).html(html);
+    match loss_figure(&[(branch, history)], 0.9, false) {
+        Ok(figure) => bundle.figure(&figure),
+        Err(_) => bundle,
+    }
+}
+
+fn train(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let stop = match (args.parse_as::<u64>("n")?, args.get("time")) {
+        (Some(n), None) => Stop::Steps(n),
+        (None, Some(t)) => Stop::Time(parse_duration(t).ok_or_else(|| args.usage_error(format!("--time expects a duration like 30s, 2m or 1h, got `{t}`")))?),
+        (None, None) => return Err(args.usage_error("how long? give a number of steps or --time DUR")),
+        (Some(_), Some(_)) => return Err(args.usage_error("give either a number of steps or --time, not both")),
+    };
+    let trainer = s.trainer_or_err()?;
+    let (first_step, branch) = (trainer.step_count(), trainer.branch().to_string());
+    let started = Instant::now();
+    let id = ctx.live(progress(&branch, trainer.history(), stop, started, 0, None, false));
+    let mut last_update = Instant::now();
+    let mut last: Option<StepRecord> = None;
+    let mut done = 0u64;
+    let report = trainer.train(stop, &mut |record, history| {
+        done += 1;
+        last = Some(record.clone());
+        if last_update.elapsed() >= UPDATE_EVERY {
+            ctx.update(&id, progress(&branch, history, stop, started, done, Some(record), false));
+            last_update = Instant::now();
+        }
+    });
+    // The final state stays in the output.
+    ctx.update(&id, progress(&branch, trainer.history(), stop, started, done, last.as_ref(), true));
+    let report = report?;
+    match report.halted {
+        Some(Halt::Interrupted) => Err(CellError {
+            name: "KeyboardInterrupt".into(),
+            message: format!(
+                "interrupted after step {} ({} of this %train's steps); the model, optimizer and history are as they were after that step",
+                trainer.step_count(),
+                trainer.step_count() - first_step
+            ),
+        }),
+        Some(Halt::NonFinite(message)) => Err(CellError { name: "NonFiniteError".into(), message }),
+        None => {
+            if let Some(r) = last {
+                ctx.result(record_bundle(&r, json!({ "steps": report.steps })));
+            }
+            Ok(())
+        }
+    }
+}
+
+pub const EVAL: Command = Command {
+    name: "eval",
+    summary: "evaluate on the validation data: loss and perplexity, or accuracy, macro-F1 and a confusion matrix",
+    args: &[],
+    details: "",
+    example: "%eval",
+    json: r#"{"loss", "perplexity"?, "accuracy"?, "macro_f1"?, "confusion"?, "labels"?}"#,
+    run: eval,
+};
+
+fn eval(s: &mut Session, _: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let metrics = s.trainer_or_err()?.evaluate()?;
+    let mut table = Table::new(["metric", "value"]);
+    table.row(["loss".to_string(), format!("{:.4}", metrics.loss)]);
+    for (name, v) in [("perplexity", metrics.perplexity), ("accuracy", metrics.accuracy), ("macro_f1", metrics.macro_f1)] {
+        if let Some(v) = v {
+            table.row([name.to_string(), format!("{v:.4}")]);
+        }
+    }
+    let mut bundle = table.bundle(serde_json::to_value(&metrics).expect("serializes"));
+    if let (Some(confusion), Some(labels)) = (&metrics.confusion, &metrics.labels) {
+        let mut c = Table::new(std::iter::once("true \\ predicted".to_string()).chain(labels.iter().cloned()));
+        for (label, row) in labels.iter().zip(confusion) {
+            c.row(std::iter::once(label.clone()).chain(row.iter().map(u64::to_string)));
+        }
+        bundle = Bundle::text(format!("{}\n\n{}", table.to_text(), c.to_text()))
+            .html(format!("{}<p>confusion matrix</p>{}", table.to_html(), c.to_html()))
+            .json(serde_json::to_value(&metrics).expect("serializes"));
+    }
+    ctx.result(bundle);
+    Ok(())
+}
+
+pub const SNAPSHOT: Command = Command {
+    name: "snapshot",
+    summary: "keep the training state in memory under a name, to rewind to or fork from",
+    args: &[opt_pos("name", "a name (default snapshot-STEP)")],
+    details: "`%set snapshot_every=N` takes automatic ones within `snapshot_budget_mb`.",
+    example: "%snapshot before-warmup",
+    json: r#"{"name", "step", "memory_mb"}"#,
+    run: snapshot,
+};
+
+fn snapshot(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let trainer = s.trainer_or_err()?;
+    let name = args.get("name").map_or_else(|| format!("snapshot-{}", trainer.step_count()), str::to_string);
+    let snap = trainer.snapshot(&name)?;
+    let (step, mb) = (snap.step, snap.bytes() as f64 / (1 << 20) as f64);
+    let total = trainer.timeline().bytes() as f64 / (1 << 20) as f64;
+    ctx.result(
+        Bundle::text(format!("snapshot {name} at step {step} ({mb:.1} MiB; {total:.1} MiB in all)"))
+            .json(json!({ "name": name, "step": step, "memory_mb": mb })),
+    );
+    Ok(())
+}
+
+pub const REWIND: Command = Command {
+    name: "rewind",
+    summary: "go back to a snapshot (by name, or by step): weights, optimiser, data cursor, history",
+    args: &[pos("target", "a snapshot's name or step")],
+    details: "",
+    example: "%rewind before-warmup",
+    json: r#"{"step", "branch"}"#,
+    run: rewind,
+};
+
+fn rewind(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let trainer = s.trainer_or_err()?;
+    trainer.rewind(args.get("target").expect("required"))?;
+    let (step, branch) = (trainer.step_count(), trainer.branch().to_string());
+    s.hp = s.hparams().clone();
+    ctx.result(Bundle::text(format!("rewound to step {step} on {branch}")).json(json!({ "step": step, "branch": branch })));
+    Ok(())
+}
+
+pub const FORK: Command = Command {
+    name: "fork",
+    summary: "start a new branch from a snapshot (or from now) with changed hyperparameters",
+    args: &[
+        pos("name", "the new branch"),
+        option("from", "SNAPSHOT", "where it starts (default: the current state)"),
+        pairs("hyperparameters for the branch").hparams(),
+    ],
+    details: "The branch left behind keeps its history: `%runs` lists branches, `%plot loss --runs a,b` compares them.",
+    example: "%fork high-lr --from before-warmup lr=1e-2",
+    json: r#"{"branch", "step", "changes"}"#,
+    run: fork,
+};
+
+fn fork(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let trainer = s.trainer_or_err()?;
+    let name = args.get("name").expect("required");
+    trainer.fork(name, args.get("from"), &args.pairs)?;
+    let step = trainer.step_count();
+    s.hp = s.hparams().clone();
+    let changes = args.pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+    ctx.result(
+        Bundle::text(format!("branch {name} from step {step}{}", if changes.is_empty() { String::new() } else { format!(" with {changes}") }))
+            .json(json!({ "branch": name, "step": step, "changes": changes })),
+    );
+    Ok(())
+}
+
+pub const RUNS: Command = Command {
+    name: "runs",
+    summary: "the branches of training with their steps, losses and changes",
+    args: &[],
+    details: "",
+    example: "%runs",
+    json: r#"[{"branch", "steps", "loss", "best_val_loss", "changes", "current"}]"#,
+    run: runs,
+};
+
+fn runs(s: &mut Session, _: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let trainer = s.trainer_or_err()?;
+    let current = trainer.branch().to_string();
+    let mut table = Table::new(["branch", "steps", "loss", "best val loss", "changes"]);
+    let mut rows = vec![];
+    for (name, h) in trainer.runs() {
+        let loss = h.steps.last().map(|r| r.loss);
+        let best = h.steps.iter().filter_map(|r| r.val.as_ref().map(|v| v.loss)).fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.min(v))));
+        let changes = h.changes.iter().map(|c| format!("{}={}@{}", c.key, c.to, c.step)).collect::<Vec<_>>().join(" ");
+        let marker = if name == current { " *" } else { "" };
+        table.row([
+            format!("{name}{marker}"),
+            h.steps.len().to_string(),
+            loss.map_or("—".into(), |l| format!("{l:.4}")),
+            best.map_or("—".into(), |l| format!("{l:.4}")),
+            changes.clone(),
+        ]);
+        rows.push(json!({ "branch": name, "steps": h.steps.len(), "loss": loss, "best_val_loss": best, "changes": changes, "current": name == current }));
+    }
+    ctx.result(table.bundle(Value::Array(rows)));
+    Ok(())
+}
+
+pub const PLOT: Command = Command {
+    name: "plot",
+    summary: "plot loss, learning rate, gradient norm or validation loss; several runs overlaid",
+    args: &[
+        pos("metric", "loss | lr | grad-norm | val").choices(&["loss", "lr", "grad-norm", "val"]),
+        option("smooth", "A", "EMA smoothing factor in [0, 1) for the loss (default 0.9; 0: raw only)"),
+        option("runs", "A,B", "branches to overlay (default: the current one; `all` for every one)"),
+        flag("log", "logarithmic y axis"),
+        option("save", "PATH", "also write the figure to a .png or .svg file"),
+    ],
+    details: "The loss plot shows the raw loss faintly, its debiased exponential moving average, and validation points.",
+    example: "%plot loss --runs all --log",
+    json: "",
+    run: plot,
+};
+
+/// The loss figure of `runs`: raw (faint), smoothed, validation points.
+fn loss_figure(runs: &[(&str, &History)], smooth: f64, log_y: bool) -> crate::Result<crate::plot::Figure> {
+    let mut series = vec![];
+    for (name, h) in runs {
+        let raw: Vec<(f64, f64)> = h.steps.iter().map(|r| (r.step as f64, r.loss)).collect();
+        if smooth > 0.0 {
+            let ys: Vec<f64> = raw.iter().map(|p| p.1).collect();
+            series.push(Series { name: name.to_string(), points: raw.clone(), markers: false, faint: true });
+            series.push(Series {
+                name: name.to_string(),
+                points: raw.iter().zip(ema(&ys, smooth)).map(|((x, _), y)| (*x, y)).collect(),
+                markers: false,
+                faint: false,
+            });
+        } else {
+            series.push(Series { name: name.to_string(), points: raw, markers: false, faint: false });
+        }
+        let val: Vec<(f64, f64)> = h.steps.iter().filter_map(|r| r.val.as_ref().map(|v| (r.step as f64, v.loss))).collect();
+        if !val.is_empty() {
+            series.push(Series { name: name.to_string(), points: val, markers: true, faint: false });
+        }
+    }
+    line_chart(&LineChart { title: "training loss".into(), x_label: "step".into(), y_label: "loss".into(), log_y, series })
+}
+
+fn plot(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let metric = args.get("metric").expect("required");
+    let smooth: f64 = args.parse_as("smooth")?.unwrap_or(0.9);
+    if !(0.0..1.0).contains(&smooth) {
+        return Err(args.usage_error(format!("--smooth must be in [0, 1), got {smooth}")));
+    }
+    let trainer = s.trainer_or_err()?;
+    let all = trainer.runs();
+    let runs: Vec<(&str, &History)> = match args.get("runs") {
+        None => vec![*all.last().expect("the current branch")],
+        Some("all") => all.clone(),
+        Some(list) => {
+            list.split(',')
+                .map(|name| {
+                    all.iter().find(|(n, _)| *n == name.trim()).copied().ok_or_else(|| {
+                        args.usage_error(format!("no branch `{name}`; there are: {}", all.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")))
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        }
+    };
+    let log_y = args.flag("log");
+    let pick = |f: fn(&StepRecord) -> Option<f64>| -> Vec<Series> {
+        runs.iter()
+            .map(|(name, h)| Series {
+                name: name.to_string(),
+                points: h.steps.iter().filter_map(|r| f(r).map(|y| (r.step as f64, y))).collect(),
+                markers: false,
+                faint: false,
+            })
+            .collect()
+    };
+    let (figure, what) = match metric {
+        "loss" => (loss_figure(&runs, smooth, log_y)?, "training loss"),
+        "lr" => (
+            line_chart(&LineChart { title: "learning rate".into(), x_label: "step".into(), y_label: "lr".into(), log_y, series: pick(|r| Some(r.lr)) })?,
+            "learning rate",
+        ),
+        "grad-norm" => (
+            line_chart(&LineChart {
+                title: "gradient norm".into(),
+                x_label: "step".into(),
+                y_label: "norm".into(),
+                log_y,
+                series: pick(|r| Some(r.grad_norm)),
+            })?,
+            "gradient norm",
+        ),
+        _ => {
+            let mut series = pick(|r: &StepRecord| r.val.as_ref().map(|v: &EvalMetrics| v.loss));
+            series.iter_mut().for_each(|s| s.markers = s.points.len() < 2);
+            if series.iter().all(|s| s.points.is_empty()) {
+                return Err(args.usage_error("no validation points yet: `%set eval_every=N` evaluates while training"));
+            }
+            (line_chart(&LineChart { title: "validation loss".into(), x_label: "step".into(), y_label: "loss".into(), log_y, series })?, "validation loss")
+        }
+    };
+    if let Some(path) = args.get("save") {
+        let path = expand_home(path);
+        let bytes = if path.extension().is_some_and(|e| e == "svg") { figure.svg.clone().into_bytes() } else { figure.png.clone() };
+        crate::checkpoint::atomic_write(&path, |w| std::io::Write::write_all(w, &bytes))?;
+    }
+    let steps: usize = runs.iter().map(|(_, h)| h.steps.len()).max().unwrap_or(0);
+    ctx.display(Bundle::text(format!("<figure: {what}, {} run(s), {steps} steps>", runs.len())).figure(&figure));
+    Ok(())
+}
+
+pub const HISTORY: Command = Command {
+    name: "history",
+    summary: "the last training steps as a table, or the whole history exported to .jsonl or .csv",
+    args: &[option("last", "N", "how many steps to show (default 10)"), option("export", "PATH", "write the history to PATH (.jsonl or .csv)")],
+    details: "",
+    example: "%history --export runs/reverse.csv",
+    json: r#"[{"step", "loss", "lr", "grad_norm", "tokens_per_s", "wall_time", "val"?}]"#,
+    run: history,
+};
+
+fn history(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let last: usize = args.parse_as("last")?.unwrap_or(10);
+    let trainer = s.trainer_or_err()?;
+    let h = trainer.history();
+    if let Some(path) = args.get("export") {
+        let path = expand_home(path);
+        h.export(&path)?;
+        ctx.out(format!("wrote {} steps and {} changes to {}", h.steps.len(), h.changes.len(), path.display()));
+    }
+    let shown = &h.steps[h.steps.len().saturating_sub(last)..];
+    let mut table = Table::new(["step", "loss", "lr", "grad-norm", "tok/s", "val loss"]);
+    for r in shown {
+        table.row([
+            r.step.to_string(),
+            format!("{:.4}", r.loss),
+            format!("{:.2e}", r.lr),
+            format!("{:.3}", r.grad_norm),
+            format!("{:.0}", r.tokens_per_s),
+            r.val.as_ref().map_or(String::new(), |v| format!("{:.4}", v.loss)),
+        ]);
+    }
+    ctx.result(table.bundle(serde_json::to_value(shown).expect("serializes")));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("5 parsecs"), None);
+    }
+}

@@ -1,0 +1,361 @@
+//! The session engine: the command language over the library, independent of any
+//! front end. A front end hands a cell's text to [`Session::run_cell`] with a sink
+//! for [`Output`] events, and calls [`Session::complete`] and [`Session::inspect`]
+//! for completion and help. Everything a command does goes through the library;
+//! everything it shows goes through the sink.
+//!
+//! State: the device, seed and hyperparameters; a tokenizer, a model and a data set,
+//! and — once model and data are both there — a [`Trainer`] that owns all three.
+//! Commands either finish or change nothing.
+
+pub mod commands;
+pub mod output;
+pub mod parse;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tch::Device;
+
+use crate::data::DataSpec;
+use crate::embedding::Pooling;
+use crate::models::Model;
+use crate::suggest::did_you_mean;
+use crate::tokenize::Tokenizer;
+use crate::train::{HParams, Trainer};
+use commands::{ArgKind, Complete, COMMANDS};
+use output::{Bundle, CellError, Output, Stream};
+use parse::{split_cell, Args, Cell, Invocation};
+
+/// An interactive session: what is loaded, and the commands that act on it.
+pub struct Session {
+    device: Device,
+    seed: u64,
+    hp: HParams,
+    tokenizer: Option<Tokenizer>,
+    model: Option<Model>,
+    data: Option<DataSpec>,
+    trainer: Option<Trainer>,
+    pooling: Option<Pooling>,
+    model_source: Option<String>,
+    cancel: Arc<AtomicBool>,
+    inputs: Vec<String>,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Where a command's output goes, with helpers for each kind of event.
+pub struct Ctx<'a> {
+    sink: &'a mut dyn FnMut(Output),
+}
+
+static DISPLAY_IDS: AtomicU64 = AtomicU64::new(1);
+
+impl Ctx<'_> {
+    /// Text on stdout (a newline is added).
+    pub fn out(&mut self, text: impl Into<String>) {
+        (self.sink)(Output::Stream { stream: Stream::Stdout, text: text.into() + "\n" });
+    }
+
+    /// A note on stderr (a newline is added).
+    pub fn note(&mut self, text: impl Into<String>) {
+        (self.sink)(Output::Stream { stream: Stream::Stderr, text: text.into() + "\n" });
+    }
+
+    /// A display that will not change.
+    pub fn display(&mut self, bundle: Bundle) {
+        (self.sink)(Output::Display { id: None, bundle });
+    }
+
+    /// A display that later [`Ctx::update`]s replace; returns its id.
+    pub fn live(&mut self, bundle: Bundle) -> String {
+        let id = format!("tchlab-{}", DISPLAY_IDS.fetch_add(1, Ordering::Relaxed));
+        (self.sink)(Output::Display { id: Some(id.clone()), bundle });
+        id
+    }
+
+    /// Replaces a live display.
+    pub fn update(&mut self, id: &str, bundle: Bundle) {
+        (self.sink)(Output::Update { id: id.to_string(), bundle });
+    }
+
+    /// The command's result.
+    pub fn result(&mut self, bundle: Bundle) {
+        (self.sink)(Output::Result(bundle));
+    }
+
+    /// Help for a pager.
+    pub fn page(&mut self, text: String) {
+        (self.sink)(Output::Page(text));
+    }
+
+    /// Clears the output.
+    pub fn clear(&mut self, wait: bool) {
+        (self.sink)(Output::Clear { wait });
+    }
+}
+
+/// Completion candidates replacing `code[start..end]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completions {
+    /// Start of the replaced text (byte offset).
+    pub start: usize,
+    /// End of the replaced text (the cursor).
+    pub end: usize,
+    /// Candidates, sorted.
+    pub matches: Vec<String>,
+}
+
+fn no_model() -> CellError {
+    CellError { name: "UsageError".into(), message: "no model yet: build one with `%model gpt` (after `%data ...`) or load one with `%load PATH`".into() }
+}
+
+impl Session {
+    /// An empty session on the best device available (CUDA if present).
+    pub fn new() -> Self {
+        Session {
+            device: Device::cuda_if_available(),
+            seed: 0,
+            hp: HParams::default(),
+            tokenizer: None,
+            model: None,
+            data: None,
+            trainer: None,
+            pooling: None,
+            model_source: None,
+            cancel: Arc::new(AtomicBool::new(false)),
+            inputs: vec![],
+        }
+    }
+
+    /// A flag that interrupts a running command at its next step boundary when set
+    /// (the kernel's interrupt, the REPL's Ctrl-C).
+    pub fn cancel_handle(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    /// Runs a cell: each command line in order, stopping at the first error.
+    pub fn run_cell(&mut self, cell: &str, sink: &mut dyn FnMut(Output)) -> Result<(), CellError> {
+        self.cancel.store(false, Ordering::SeqCst);
+        if !cell.trim().is_empty() {
+            self.inputs.push(cell.to_string());
+        }
+        let mut ctx = Ctx { sink };
+        match split_cell(cell)? {
+            Cell::Rust(_) => Err(CellError {
+                name: "UsageError".into(),
+                message: "this cell is Rust code, and Rust cells are not available yet; commands start with `%` (`%help` lists them)".into(),
+            }),
+            Cell::Commands(invocations) => {
+                for inv in invocations {
+                    self.run_invocation(&inv, &mut ctx)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn run_invocation(&mut self, inv: &Invocation, ctx: &mut Ctx) -> Result<(), CellError> {
+        let Some(command) = commands::find(&inv.name) else {
+            let close = did_you_mean(&inv.name, COMMANDS.iter().map(|c| c.name)).replace("mean ", "mean %").replace(", ", ", %");
+            return Err(CellError { name: "UsageError".into(), message: format!("unknown command %{}{close}; `%help` lists them all", inv.name) });
+        };
+        if inv.help {
+            ctx.page(command.help());
+            return Ok(());
+        }
+        let args = Args::parse(command, &inv.words, inv.body.clone())?;
+        (command.run)(self, &args, ctx)
+    }
+
+    /// Completion candidates at byte offset `cursor` of `code`.
+    pub fn complete(&self, code: &str, cursor: usize) -> Completions {
+        let cursor = cursor.min(code.len());
+        let before = &code[..cursor];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = &before[line_start..];
+        let word_start = line.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+        let word = &line[word_start..];
+        let start = line_start + word_start;
+        let mut matches: Vec<String> = vec![];
+        let trimmed = line.trim_start();
+        if word_start == 0 || !trimmed.contains(char::is_whitespace) {
+            if word.starts_with('%') || word.is_empty() {
+                let bare = word.trim_start_matches('%');
+                matches = COMMANDS.iter().filter(|c| c.name.starts_with(bare)).map(|c| format!("%{}", c.name)).collect();
+            }
+        } else if let Some(command) = commands::find(trimmed.trim_start_matches('%').split_whitespace().next().unwrap_or("").trim_end_matches('?')) {
+            if let Some(option) = word.strip_prefix("--") {
+                matches = command
+                    .args
+                    .iter()
+                    .filter(|a| matches!(a.kind, ArgKind::Option(_) | ArgKind::Flag) && a.name.starts_with(option))
+                    .map(|a| format!("--{}", a.name))
+                    .collect();
+            } else {
+                let typed: Vec<&str> = line[..word_start].split_whitespace().skip(1).collect();
+                let candidates = positional_at(command, &typed).into_iter().chain(command.args.iter().filter(|a| a.kind == ArgKind::Pairs));
+                for a in candidates {
+                    let values = a.choices.unwrap_or(&[]).iter().chain(a.suggest);
+                    matches.extend(values.filter(|c| c.starts_with(word)).map(|c| c.to_string()));
+                    match a.complete {
+                        Complete::HParam => {
+                            matches.extend(crate::train::hparams::KEYS.iter().filter(|(k, _)| k.starts_with(word)).map(|(k, _)| format!("{k}=")))
+                        }
+                        Complete::Command => {
+                            matches.extend(COMMANDS.iter().filter(|c| format!("%{}", c.name).starts_with(word)).map(|c| format!("%{}", c.name)))
+                        }
+                        Complete::Path if !word.is_empty() => matches.extend(complete_path(word)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        matches.sort();
+        matches.dedup();
+        Completions { start, end: cursor, matches }
+    }
+
+    /// Help for the command on the line at `cursor`, if any.
+    pub fn inspect(&self, code: &str, cursor: usize) -> Option<String> {
+        let cursor = cursor.min(code.len());
+        let line_start = code[..cursor].rfind('\n').map_or(0, |i| i + 1);
+        let line = code[line_start..].lines().next().unwrap_or("");
+        let name = line.trim_start().trim_start_matches('%').split_whitespace().next()?.trim_end_matches('?');
+        commands::find(name).map(commands::Command::help)
+    }
+
+    /// The cells run so far, oldest first.
+    pub fn inputs(&self) -> &[String] {
+        &self.inputs
+    }
+
+    // ---- state, for the handlers ----
+
+    fn hparams(&self) -> &HParams {
+        self.trainer.as_ref().map_or(&self.hp, Trainer::hparams)
+    }
+
+    fn model(&self) -> Option<&Model> {
+        self.trainer.as_ref().map(Trainer::model).or(self.model.as_ref())
+    }
+
+    fn model_or_err(&self) -> Result<&Model, CellError> {
+        self.model().ok_or_else(no_model)
+    }
+
+    fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.trainer.as_ref().map(Trainer::tokenizer).or(self.tokenizer.as_ref())
+    }
+
+    fn tokenizer_or_err(&self) -> Result<&Tokenizer, CellError> {
+        self.tokenizer()
+            .ok_or_else(|| CellError { name: "UsageError".into(), message: "no tokenizer yet: `%load` a model directory, or `%tokenizer char FILE`".into() })
+    }
+
+    fn trainer_or_err(&mut self) -> Result<&mut Trainer, CellError> {
+        if self.trainer.is_none() {
+            let message = match (self.model().is_some(), self.data.is_some()) {
+                (false, false) => "nothing to train yet: choose data (`%data synth reverse`) and build a model (`%model gpt`)",
+                (false, true) => "the data is ready but there is no model: `%model gpt` builds one sized for it",
+                (true, _) => "the model has no data to train on: `%data synth reverse`, `%data text FILE` or `%data classify FILE`",
+            };
+            return Err(CellError { name: "UsageError".into(), message: message.into() });
+        }
+        Ok(self.trainer.as_mut().expect("checked"))
+    }
+
+    /// Takes a new model (with its tokenizer): it replaces the old one and any
+    /// trainer. With data loaded, a trainer is made; data that does not fit the new
+    /// model is dropped, with a note saying why.
+    fn install_model(
+        &mut self,
+        mut model: Model,
+        tokenizer: Option<Tokenizer>,
+        pooling: Option<Pooling>,
+        source: String,
+        ctx: &mut Ctx,
+    ) -> Result<(), CellError> {
+        let tokenizer = tokenizer.or_else(|| self.tokenizer().cloned());
+        self.trainer = None;
+        self.model = None;
+        self.pooling = pooling;
+        self.model_source = Some(source);
+        if let (Some(spec), Some(tok)) = (self.data.clone(), tokenizer.clone()) {
+            match Trainer::prepare(&model, &tok, &spec, &self.hp) {
+                Ok(data) => {
+                    let mut trainer = Trainer::assemble(model, tok, data, spec, self.hp.clone(), self.seed)?;
+                    trainer.set_cancel_handle(self.cancel.clone());
+                    self.trainer = Some(trainer);
+                    self.tokenizer = None;
+                    return Ok(());
+                }
+                Err(e) => {
+                    ctx.note(format!("the data set was dropped: {e}"));
+                    self.data = None;
+                }
+            }
+        }
+        model.vars.set_device(self.device);
+        self.model = Some(model);
+        self.tokenizer = tokenizer;
+        Ok(())
+    }
+
+    /// Takes a new data set (read with `tokenizer`). With a model, the trainer is made
+    /// or given the data; if they do not fit, nothing changes.
+    fn install_data(&mut self, tokenizer: Tokenizer, spec: DataSpec) -> Result<(), CellError> {
+        if let Some(trainer) = self.trainer.as_mut() {
+            trainer.replace_data(tokenizer, spec.clone())?;
+        } else if let Some(model) = self.model.as_ref() {
+            let data = Trainer::prepare(model, &tokenizer, &spec, &self.hp)?;
+            let model = self.model.take().expect("checked");
+            let mut trainer = Trainer::assemble(model, tokenizer, data, spec.clone(), self.hp.clone(), self.seed)?;
+            trainer.set_cancel_handle(self.cancel.clone());
+            self.trainer = Some(trainer);
+            self.tokenizer = None;
+        } else {
+            self.tokenizer = Some(tokenizer);
+        }
+        self.data = Some(spec);
+        Ok(())
+    }
+}
+
+/// The positional argument the next word fills, given the words typed after the command.
+fn positional_at(command: &commands::Command, typed: &[&str]) -> Option<&'static commands::Arg> {
+    let mut index = 0;
+    let mut words = typed.iter();
+    while let Some(w) = words.next() {
+        if let Some(name) = w.strip_prefix("--") {
+            if command.args.iter().any(|a| a.name == name && matches!(a.kind, ArgKind::Option(_))) {
+                words.next();
+            }
+        } else if !w.contains('=') {
+            index += 1;
+        }
+    }
+    let positionals: Vec<&'static commands::Arg> = command.args.iter().filter(|a| matches!(a.kind, ArgKind::Positional | ArgKind::Rest)).collect();
+    positionals.get(index).copied().or_else(|| positionals.last().copied().filter(|a| a.kind == ArgKind::Rest))
+}
+
+fn complete_path(word: &str) -> Vec<String> {
+    let (dir, prefix) = match word.rfind('/') {
+        Some(i) => (&word[..=i], &word[i + 1..]),
+        None => ("", word),
+    };
+    let Ok(entries) = std::fs::read_dir(if dir.is_empty() { Path::new(".") } else { Path::new(dir) }) else { return vec![] };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let slash = if e.path().is_dir() { "/" } else { "" };
+            (name.starts_with(prefix) && !name.starts_with('.')).then(|| format!("{dir}{name}{slash}"))
+        })
+        .collect()
+}

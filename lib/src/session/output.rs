@@ -1,0 +1,220 @@
+//! What commands emit: text on stdout or stderr, displays (MIME bundles), updates of
+//! an earlier display by id, the command's result, and requests to clear the output.
+//! Front ends map these to Jupyter messages or to the terminal; the session never
+//! prints.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::plot::Figure;
+
+/// Which text stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Normal output.
+    Stdout,
+    /// Notes and warnings.
+    Stderr,
+}
+
+/// One piece of data in several representations, keyed by MIME type: `text/plain`
+/// always; `text/html` for tables; `application/json` for data; `image/png` (base64)
+/// and `image/svg+xml` for figures.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Bundle(pub BTreeMap<String, Value>);
+
+impl Bundle {
+    /// A bundle with its `text/plain` form.
+    pub fn text(text: impl Into<String>) -> Self {
+        let mut b = Bundle::default();
+        b.0.insert("text/plain".into(), Value::String(text.into()));
+        b
+    }
+
+    /// Adds the `application/json` form.
+    pub fn json(mut self, value: Value) -> Self {
+        self.0.insert("application/json".into(), value);
+        self
+    }
+
+    /// Adds the `text/html` form.
+    pub fn html(mut self, html: impl Into<String>) -> Self {
+        self.0.insert("text/html".into(), Value::String(html.into()));
+        self
+    }
+
+    /// Adds a figure as `image/png` (base64) and `image/svg+xml`.
+    pub fn figure(mut self, figure: &Figure) -> Self {
+        self.0.insert("image/png".into(), Value::String(base64::encode(&figure.png)));
+        self.0.insert("image/svg+xml".into(), Value::String(figure.svg.clone()));
+        self
+    }
+
+    /// The `text/plain` form.
+    pub fn plain(&self) -> &str {
+        self.0.get("text/plain").and_then(Value::as_str).unwrap_or("")
+    }
+
+    /// The `application/json` form, if any.
+    pub fn data(&self) -> Option<&Value> {
+        self.0.get("application/json")
+    }
+
+    /// The PNG bytes of a figure, if any.
+    pub fn png(&self) -> Option<Vec<u8>> {
+        base64::decode(self.0.get("image/png")?.as_str()?).ok()
+    }
+}
+
+/// One event of a command's output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Text on a stream.
+    Stream {
+        /// stdout or stderr.
+        stream: Stream,
+        /// The text, newlines included.
+        text: String,
+    },
+    /// A display (a plot, a table, live progress); `id` lets later updates replace it.
+    Display {
+        /// Set for displays that will be updated.
+        id: Option<String>,
+        /// What to show.
+        bundle: Bundle,
+    },
+    /// Replaces the display with this id.
+    Update {
+        /// The display's id.
+        id: String,
+        /// What to show now.
+        bundle: Bundle,
+    },
+    /// The command's result, the cell's value (Jupyter's `execute_result`).
+    Result(Bundle),
+    /// Help text for a pager (Jupyter's `payload` for `CMD?`).
+    Page(String),
+    /// Clears the cell's output.
+    Clear {
+        /// Wait for the next output before clearing.
+        wait: bool,
+    },
+}
+
+/// A failed cell: a short name (as Python's exception names) and a message that says
+/// what to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellError {
+    /// `UsageError`, `FileError`, `ShapeError`, `NonFiniteError`, `KeyboardInterrupt`, `TchlabError`.
+    pub name: String,
+    /// The message, usage line included where it helps.
+    pub message: String,
+}
+
+impl std::fmt::Display for CellError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.name, self.message)
+    }
+}
+
+impl From<crate::Error> for CellError {
+    fn from(e: crate::Error) -> Self {
+        use crate::Error;
+        let name = match &e {
+            Error::Io { .. } | Error::Format { .. } => "FileError",
+            Error::ShapeMismatch { .. } => "ShapeError",
+            Error::NonFinite(_) => "NonFiniteError",
+            Error::Interrupted { .. } => "KeyboardInterrupt",
+            Error::Invalid(_) => "UsageError",
+            Error::Torch(_) => "TchlabError",
+        };
+        CellError { name: name.into(), message: e.to_string() }
+    }
+}
+
+/// A table rendered as aligned text and as HTML.
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column headers.
+    pub fn new<S: Into<String>>(headers: impl IntoIterator<Item = S>) -> Self {
+        Table { headers: headers.into_iter().map(Into::into).collect(), rows: vec![] }
+    }
+
+    /// Adds a row.
+    pub fn row<S: Into<String>>(&mut self, cells: impl IntoIterator<Item = S>) {
+        self.rows.push(cells.into_iter().map(Into::into).collect());
+    }
+
+    /// Aligned columns; numbers right-aligned.
+    pub fn to_text(&self) -> String {
+        let n = self.headers.len();
+        let width = |i: usize| self.rows.iter().map(|r| r.get(i).map_or(0, |c| c.chars().count())).chain([self.headers[i].chars().count()]).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..n).map(width).collect();
+        let numeric = |s: &str| s.parse::<f64>().is_ok();
+        let line = |cells: &[String]| {
+            let parts: Vec<String> = (0..n)
+                .map(|i| {
+                    let c = cells.get(i).map_or("", String::as_str);
+                    if numeric(c) {
+                        format!("{c:>w$}", w = widths[i])
+                    } else {
+                        format!("{c:<w$}", w = widths[i])
+                    }
+                })
+                .collect();
+            parts.join("  ").trim_end().to_string()
+        };
+        let mut out = line(&self.headers);
+        out.push('\n');
+        out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+        for r in &self.rows {
+            out.push('\n');
+            out.push_str(&line(r));
+        }
+        out
+    }
+
+    /// An HTML table.
+    pub fn to_html(&self) -> String {
+        let cell = |tag: &str, c: &str| format!("<{tag}>{}</{tag}>", escape_html(c));
+        let mut out = String::from("<table><thead><tr>");
+        out.extend(self.headers.iter().map(|h| cell("th", h)));
+        out.push_str("</tr></thead><tbody>");
+        for r in &self.rows {
+            out.push_str("<tr>");
+            out.extend(r.iter().map(|c| cell("td", c)));
+            out.push_str("</tr>");
+        }
+        out.push_str("</tbody></table>");
+        out
+    }
+
+    /// A bundle with both forms and the given JSON.
+    pub fn bundle(&self, json: Value) -> Bundle {
+        Bundle::text(self.to_text()).html(self.to_html()).json(json)
+    }
+}
+
+/// Escapes text for HTML.
+pub fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_escape() {
+        let mut t = Table::new(["name", "value"]);
+        t.row(["lr", "0.001"]);
+        t.row(["<b>", "12"]);
+        assert_eq!(t.to_text(), "name  value\n----  -----\nlr    0.001\n<b>      12");
+        assert!(t.to_html().contains("<td>&lt;b&gt;</td>"));
+    }
+}

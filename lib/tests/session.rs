@@ -1,0 +1,287 @@
+//! The session engine through its public API only: the text a notebook sends, the
+//! events and JSON that come back, and state left unchanged by every failure.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::Value;
+use tchlab::session::output::{Bundle, CellError, Output};
+use tchlab::session::Session;
+
+/// Runs a cell, returning its outputs and its result.
+fn run(s: &mut Session, cell: &str) -> (Vec<Output>, Result<(), CellError>) {
+    let mut outputs = vec![];
+    let result = s.run_cell(cell, &mut |o| outputs.push(o));
+    (outputs, result)
+}
+
+/// Runs a cell that must succeed and returns its result's JSON (`Null` when it has none).
+fn ok(s: &mut Session, cell: &str) -> Value {
+    let (outputs, result) = run(s, cell);
+    if let Err(e) = result {
+        panic!("{cell}: {e}");
+    }
+    result_json(&outputs)
+}
+
+fn result_json(outputs: &[Output]) -> Value {
+    outputs.iter().rev().find_map(|o| if let Output::Result(b) = o { b.data().cloned() } else { None }).unwrap_or(Value::Null)
+}
+
+fn fail(s: &mut Session, cell: &str) -> CellError {
+    match run(s, cell).1 {
+        Ok(()) => panic!("{cell} should fail"),
+        Err(e) => e,
+    }
+}
+
+/// Every figure's PNG decodes, at twice the size of its SVG.
+fn figures(outputs: &[Output]) -> Vec<(u32, u32)> {
+    let bundles: Vec<&Bundle> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Display { bundle, .. } | Output::Update { bundle, .. } | Output::Result(bundle) => Some(bundle),
+            _ => None,
+        })
+        .collect();
+    bundles
+        .iter()
+        .filter_map(|b| b.png())
+        .map(|png| {
+            let reader = png::Decoder::new(std::io::Cursor::new(png)).read_info().expect("a PNG");
+            (reader.info().width, reader.info().height)
+        })
+        .collect()
+}
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    // libtorch's random generator is one per process: sessions that must reproduce
+    // numbers take turns, as one front end runs one command at a time.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn reverse_session() -> Session {
+    let mut s = Session::new();
+    ok(&mut s, "%device cpu\n%seed 0\n%data synth reverse --length 5\n%model gpt --layers 2 --heads 2 --dim 32\n%set lr=3e-3 batch=32 eval_every=20");
+    s
+}
+
+#[test]
+fn a_scripted_session_trains_plots_explores_and_generates() {
+    let _serial = serial();
+    let dir = common::scratch("session");
+    let mut s = reverse_session();
+    assert_eq!(ok(&mut s, "%step 3")["step"], 3);
+    ok(&mut s, "%snapshot early");
+
+    let (outputs, result) = run(&mut s, "%train 40");
+    result.unwrap();
+    let Output::Display { id: Some(id), .. } = &outputs[0] else { panic!("a live display first: {:?}", outputs[0]) };
+    let updates: Vec<&Bundle> =
+        outputs.iter().filter_map(|o| if let Output::Update { id: u, bundle } = o { (u == id).then_some(bundle) } else { None }).collect();
+    assert!(!updates.is_empty(), "the display is updated");
+    assert!(updates.last().unwrap().plain().contains("40/40"), "the final state stays: {}", updates.last().unwrap().plain());
+    let last = result_json(&outputs);
+    assert_eq!((last["step"].as_i64(), last["steps"].as_i64()), (Some(43), Some(40)));
+    assert!(last["loss"].as_f64().unwrap() < 2.0);
+    assert!(figures(&outputs).iter().all(|&size| size == (1600, 800)), "live loss plots at 2x");
+
+    let (outputs, result) = run(&mut s, "%plot loss --log");
+    result.unwrap();
+    assert_eq!(figures(&outputs), vec![(1600, 800)]);
+
+    let (outputs, result) = run(&mut s, "%attention \"01234=\" --layer 1 --head 0");
+    result.unwrap();
+    let json = result_json(&outputs);
+    assert_eq!(json["tokens"].as_array().unwrap().len(), 6);
+    let rows = json["attention"].as_array().unwrap();
+    assert!(rows.iter().all(|r| (r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum::<f64>() - 1.0).abs() < 1e-4));
+    let (w, h) = figures(&outputs)[0];
+    assert!(w > 100 && h > 100 && w % 2 == 0);
+    let (outputs, result) = run(&mut s, "%attention \"01234=\"");
+    result.unwrap();
+    let (w, h) = figures(&outputs)[0];
+    assert!(w > 100 && h > 100, "a grid of 2 layers by 2 heads: {w}x{h}");
+
+    let forked = ok(&mut s, "%fork hot --from early lr=1e-2");
+    assert_eq!((forked["branch"].as_str(), forked["step"].as_i64()), (Some("hot"), Some(3)));
+    ok(&mut s, "%train 10");
+    let runs = ok(&mut s, "%runs");
+    let runs: Vec<(&str, i64)> = runs.as_array().unwrap().iter().map(|r| (r["branch"].as_str().unwrap(), r["steps"].as_i64().unwrap())).collect();
+    assert_eq!(runs, vec![("main", 43), ("hot", 13)]);
+    let (outputs, result) = run(&mut s, "%plot loss --runs main,hot");
+    result.unwrap();
+    assert_eq!(figures(&outputs).len(), 1);
+    assert_eq!(ok(&mut s, "%hparams")["lr"], 0.01);
+
+    let generated = ok(&mut s, "%generate \"01234=\" --max-tokens 5");
+    assert_eq!(generated["prompt_ids"].as_array().unwrap().len(), 6);
+    assert!(generated["generated_ids"].as_array().unwrap().len() <= 5);
+    assert!(generated["text"].is_string());
+    let metrics = ok(&mut s, "%eval");
+    assert!((metrics["perplexity"].as_f64().unwrap() - metrics["loss"].as_f64().unwrap().exp()).abs() < 1e-6);
+    let status = ok(&mut s, "%status");
+    assert_eq!((status["step"].as_i64(), status["device"].as_str(), status["model"].as_str()), (Some(13), Some("cpu"), Some("gpt2")));
+    assert_eq!(ok(&mut s, "%history --last 3").as_array().unwrap().len(), 3);
+
+    assert_eq!(ok(&mut s, "%rewind early")["step"], 3);
+    ok(&mut s, "%step 10");
+    let path = dir.join("run");
+    assert_eq!(ok(&mut s, &format!("%save {}", path.display()))["resumable"], true);
+    let mut resumed = Session::new();
+    assert_eq!(ok(&mut resumed, &format!("%device cpu\n%load {}", path.display()))["resumed_step"], 13);
+    assert_eq!(ok(&mut resumed, "%status")["branch"], "hot");
+}
+
+/// State a failing command must leave as it was.
+fn snapshot_state(s: &mut Session) -> (Value, Value, Value) {
+    (ok(s, "%status"), ok(s, "%hparams"), ok(s, "%weights"))
+}
+
+#[test]
+fn every_failure_says_what_to_do_and_changes_nothing() {
+    let _serial = serial();
+    let mut s = reverse_session();
+    ok(&mut s, "%step 2");
+    let before = snapshot_state(&mut s);
+    let cases: &[(&str, &str, &str)] = &[
+        ("%set lr=fast", "UsageError", "lr=fast"),
+        ("%set lr=1 batch=0", "UsageError", "batch=0"),
+        ("%set learning_rate=1", "UsageError", "unknown hyperparameter"),
+        ("%trian 5", "UsageError", "did you mean %train"),
+        ("%generate", "UsageError", "usage: %generate PROMPT"),
+        ("%generate \"01\" --temprature 1", "UsageError", "did you mean --temperature"),
+        ("%generate \"01\" --max-tokens many", "UsageError", "--max-tokens expects"),
+        ("%load /nonexistent/model", "FileError", "/nonexistent/model"),
+        ("%data text /nonexistent/corpus.txt", "FileError", "corpus.txt"),
+        ("%data synth revers", "UsageError", "reverse"),
+        ("%rewind nowhere", "UsageError", "no snapshot"),
+        ("%plot bogus", "UsageError", "loss, lr, grad-norm, val"),
+        ("%plot val", "UsageError", "eval_every"),
+        ("%attention \"xyz\"", "UsageError", "not in this character tokenizer"),
+        ("%predict \"01\"", "UsageError", "classifier"),
+        ("%embed \"01\"", "UsageError", "encoder"),
+        ("%precision f16", "UsageError", "needs CUDA"),
+        ("%train", "UsageError", "how long"),
+        ("%train 5 --time 2s", "UsageError", "not both"),
+        ("%device cuda:7", "UsageError", "not available"),
+        ("%fork main", "UsageError", "exists already"),
+        ("%step 1 2", "UsageError", "unexpected `2`"),
+        ("%tokenize \"\u{1F600}\"", "UsageError", "not in this character tokenizer"),
+        ("let x = 1;", "UsageError", "Rust"),
+    ];
+    for (cell, name, fragment) in cases {
+        let e = fail(&mut s, cell);
+        assert_eq!(&e.name, name, "{cell}: {e}");
+        assert!(e.message.contains(fragment), "{cell}: `{}` does not mention `{fragment}`", e.message);
+    }
+    let after = snapshot_state(&mut s);
+    assert_eq!(before, after, "a failed command changed the session");
+
+    // Several commands in a cell run in order and stop at the first error.
+    let (outputs, result) = run(&mut s, "%echo one\n%bogus\n%echo two");
+    assert!(result.is_err());
+    let text: String = outputs.iter().filter_map(|o| if let Output::Stream { text, .. } = o { Some(text.as_str()) } else { None }).collect();
+    assert_eq!(text, "one\n");
+}
+
+#[test]
+fn help_completion_and_inspection_come_from_the_command_table() {
+    let mut s = Session::new();
+    let (outputs, result) = run(&mut s, "%help");
+    result.unwrap();
+    let Output::Display { bundle, .. } = &outputs[0] else { panic!() };
+    for c in tchlab::session::commands::COMMANDS {
+        assert!(bundle.plain().contains(&format!("%{}", c.name)), "%help lists %{}", c.name);
+    }
+    let (outputs, _) = run(&mut s, "%train?");
+    assert!(matches!(&outputs[0], Output::Page(text) if text.starts_with("%train [N] [--time DUR]") && text.contains("example: %train 200")));
+    let (outputs, _) = run(&mut s, "%help generate");
+    assert!(matches!(&outputs[0], Output::Stream { text, .. } if text.contains("--top-p P")));
+
+    let complete = |code: &str| s.complete(code, code.len()).matches;
+    assert_eq!(complete("%tr"), vec!["%train"]);
+    assert!(complete("%").len() == tchlab::session::commands::COMMANDS.len());
+    assert_eq!(complete("%set l"), vec!["lr="]);
+    assert_eq!(complete("%plot --s"), vec!["--save", "--smooth"]);
+    assert_eq!(complete("%data synth re"), vec!["reverse"]);
+    assert_eq!(complete("%plot l"), vec!["loss", "lr"]);
+    assert_eq!(complete("%plot loss --runs a --l"), vec!["--log"]);
+    assert!(complete("%generate \"x\" ").is_empty(), "nothing to suggest for free text");
+    let c = s.complete("%echo a\n%ste", 12);
+    assert_eq!((c.start, c.matches), (8, vec!["%step".to_string()]));
+    let dir = common::scratch("complete");
+    std::fs::write(dir.join("corpus.txt"), "x").unwrap();
+    assert_eq!(complete(&format!("%data text {}/cor", dir.display())), vec![format!("{}/corpus.txt", dir.display())]);
+    assert!(s.inspect("%generate \"x\"", 3).unwrap().contains("--temperature T"));
+    assert_eq!(s.inspect("hello", 2), None);
+}
+
+#[test]
+fn the_readme_reference_is_the_command_table() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start = readme.find("<!-- commands:start -->\n").expect("README has the reference markers") + "<!-- commands:start -->\n".len();
+    let end = readme.find("<!-- commands:end -->").unwrap();
+    let expected = tchlab::session::commands::reference_markdown();
+    assert!(readme[start..end] == expected, "README's command reference has drifted from the command table; replace it with:\n{expected}");
+}
+
+#[test]
+fn an_interrupt_stops_training_at_a_step_boundary_and_keeps_state() {
+    let _serial = serial();
+    let mut s = reverse_session();
+    let cancel = s.cancel_handle();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        cancel.store(true, Ordering::SeqCst);
+    });
+    let e = fail(&mut s, "%train 1000000");
+    stopper.join().unwrap();
+    assert_eq!(e.name, "KeyboardInterrupt");
+    assert!(e.message.contains("interrupted after step"), "{e}");
+    let status = ok(&mut s, "%status");
+    let history = ok(&mut s, "%history --last 1000000");
+    assert_eq!(status["step"].as_u64().unwrap() as usize, history.as_array().unwrap().len());
+    assert!(ok(&mut s, "%step")["loss"].is_number(), "training goes on");
+}
+
+#[test]
+fn an_encoder_embeds_compares_attends_and_classifies() {
+    let _serial = serial();
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(common::fixtures().join("minilm.json")).unwrap()).unwrap();
+    let minilm = json["model_dir"].as_str().unwrap();
+    let mut s = Session::new();
+    ok(&mut s, &format!("%device cpu\n%load {minilm}"));
+    let e = ok(&mut s, "%embed \"the cat sat\" \"a dog ran\"");
+    assert_eq!(e["embeddings"].as_array().unwrap().len(), 2);
+    assert_eq!(e["embeddings"][0].as_array().unwrap().len(), 384);
+    let m = ok(&mut s, "%similarity \"the cat sat on the mat\" \"a cat was sitting on a mat\" \"stock prices fell sharply\"");
+    let m: Vec<Vec<f64>> = serde_json::from_value(m["matrix"].clone()).unwrap();
+    assert!((m[0][0] - 1.0).abs() < 1e-6);
+    assert!(m[0][1] > m[0][2] + 0.3, "paraphrases are closer than unrelated text: {m:?}");
+    let (outputs, result) = run(&mut s, "%attention \"the cat sat\" --layer 5 --head 11");
+    result.unwrap();
+    assert_eq!(result_json(&outputs)["tokens"], serde_json::json!(["[CLS]", "the", "cat", "sat", "[SEP]"]));
+    assert_eq!(fail(&mut s, "%attention \"x\" --layer 6").message.lines().next().unwrap(), "--layer must be in 0..5, got 6");
+
+    let dir = common::scratch("session-classify");
+    let mut csv = String::from("text,label\n");
+    for i in 0..24 {
+        let (text, label) =
+            if i % 2 == 0 { (format!("what a wonderful film, number {i}"), "pos") } else { (format!("a dreadful boring film, number {i}"), "neg") };
+        csv.push_str(&format!("\"{text}\",{label}\n"));
+    }
+    std::fs::write(dir.join("reviews.csv"), csv).unwrap();
+    ok(&mut s, &format!("%load {minilm} --classes 2"));
+    let data = ok(&mut s, &format!("%data classify {}/reviews.csv --val 0.25", dir.display()));
+    assert_eq!(data["labels"], serde_json::json!(["neg", "pos"]));
+    ok(&mut s, "%set batch=8 lr=5e-5\n%train 4");
+    let metrics = ok(&mut s, "%eval");
+    assert_eq!(metrics["confusion"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|v| v.as_u64().unwrap()).sum::<u64>(), 6);
+    let p = ok(&mut s, "%predict \"a wonderful film\"");
+    let total: f64 = p["probabilities"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-6 && p["label"].is_string());
+}
