@@ -61,7 +61,8 @@ pub fn generate(model: &Model, prompt: &[i64], opts: &GenerateOptions) -> Result
     let mut input = Tensor::from_slice(prompt).unsqueeze(0).to_device(device);
     let mut out = vec![];
     tch::no_grad(|| -> Result<()> {
-        while out.len() < opts.max_new_tokens && prompt.len() + out.len() < n_positions + usize::from(out.is_empty()) {
+        while out.len() < opts.max_new_tokens {
+            // The context holds what was fed before plus this input; beyond it, stop.
             if cache.len() as usize + input.size()[1] as usize > n_positions {
                 break;
             }
