@@ -1,9 +1,13 @@
 """`make bench`: tchlab against its peers, side by side in one run.
 
-Training step time of a GPT (vocab 512, dropout 0, AdamW, clip 1.0, f32): tchlab's
-Trainer (target/release/examples/bench_train) against HF GPT2LMHeadModel trained
-eagerly by PyTorch from Python, the same libtorch underneath. Prints both times, the
-ratio, tokens/s, and model FLOP utilisation against the matmul peak measured here.
+1. Training step time of a GPT (vocab 512, dropout 0, AdamW, clip 1.0, f32): tchlab's
+   Trainer (target/release/examples/bench_train) against HF GPT2LMHeadModel trained
+   eagerly by PyTorch from Python, the same libtorch underneath: both times, the ratio,
+   tokens/s, and model FLOP utilisation against the matmul peak measured here.
+2. Greedy generation of a GPT-2-small-sized model: tchlab (bench_generate) against
+   transformers' `generate`, tokens/s.
+3. A 10,000-point loss plot rendered to a 1600x800 PNG: tchlab (bench_plot) against
+   matplotlib (Agg).
 """
 
 import json
@@ -70,8 +74,68 @@ def pytorch_step_ms(layers, heads, dim, ctx, batch, steps):
     return 1000 * (time.perf_counter() - start) / steps
 
 
+def pytorch_generate_tokens_per_s() -> float:
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=1024)
+    model = GPT2LMHeadModel(config).eval()
+    prompt = torch.tensor([[(i * 977) % 50257 for i in range(16)]])
+    kwargs = dict(do_sample=False, pad_token_id=0, use_cache=True)
+    with torch.no_grad():
+        model.generate(prompt, max_new_tokens=4, min_new_tokens=4, **kwargs)
+        start = time.perf_counter()
+        tokens = 0
+        for _ in range(3):
+            out = model.generate(prompt, max_new_tokens=64, min_new_tokens=64, **kwargs)
+            tokens += out.shape[1] - prompt.shape[1]
+    return tokens / (time.perf_counter() - start)
+
+
+def matplotlib_plot_ms() -> float:
+    import io
+    import math
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = list(range(1, 10_001))
+    raw = [3.0 / math.sqrt(i) * (1.0 + 0.2 * math.sin(i * 0.7)) for i in xs]
+    smooth, average, weight = [], 0.0, 1.0
+    for v in raw:
+        average, weight = 0.9 * average + 0.1 * v, weight * 0.9
+        smooth.append(average / (1 - weight))
+    val_x, val_y = xs[::250], [y * 1.1 for y in raw[::250]]
+
+    def render() -> bytes:
+        fig, ax = plt.subplots(figsize=(8, 4), dpi=200)  # 1600x800 pixels, as tchlab's
+        ax.plot(xs, raw, color="tab:blue", alpha=0.25, linewidth=1)
+        ax.plot(xs, smooth, color="tab:blue", linewidth=1.5, label="main")
+        ax.scatter(val_x, val_y, color="tab:blue", s=9, label="main (val)")
+        ax.set_yscale("log")
+        ax.set_title("training loss")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(True, color="#ebebeb")
+        ax.legend()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        plt.close(fig)
+        return buffer.getvalue()
+
+    render()
+    runs = 10
+    start = time.perf_counter()
+    for _ in range(runs):
+        render()
+    return 1000 * (time.perf_counter() - start) / runs
+
+
+def run_example(name: str, *args) -> dict:
+    out = subprocess.run([os.path.join(ROOT, "target/release/examples", name), *map(str, args)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
-    binary = os.path.join(ROOT, "target/release/examples/bench_train")
     peak = matmul_peak_flops()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
@@ -81,8 +145,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for layers, heads, dim, ctx, batch, steps in CONFIGS:
-        out = subprocess.run([binary, *map(str, (layers, heads, dim, ctx, batch, steps))], check=True, capture_output=True, text=True)
-        ours = json.loads(out.stdout.strip().splitlines()[-1])
+        ours = run_example("bench_train", layers, heads, dim, ctx, batch, steps)
         theirs_ms = pytorch_step_ms(layers, heads, dim, ctx, batch, steps)
         tokens = batch * ctx
         fpt = flops_per_token(ours["params"], layers, dim, ctx)
@@ -91,6 +154,21 @@ def main() -> None:
         print(f"{name:<26} {ours['ms_per_step']:>10.1f} {theirs_ms:>11.1f} {theirs_ms / ours['ms_per_step']:>6.2f} "
               f"{ours['tokens_per_s']:>13.0f} {tokens / theirs_ms * 1000:>14.0f} {mfu(ours['ms_per_step']):>10.1%} {mfu(theirs_ms):>11.1%}")
         sys.stdout.flush()
+
+    print()
+    ours = run_example("bench_generate")["tokens_per_s"]
+    theirs = pytorch_generate_tokens_per_s()
+    print("Greedy generation, GPT-2-small size (124M parameters, random weights), 16-token prompt + 64 tokens, CPU")
+    print(f"{'':<26} {'tchlab tok/s':>13} {'transformers tok/s':>19} {'ratio':>6}")
+    print(f"{'generate, KV cache':<26} {ours:>13.1f} {theirs:>19.1f} {ours / theirs:>6.2f}")
+    sys.stdout.flush()
+
+    print()
+    ours = run_example("bench_plot")["ms"]
+    theirs = matplotlib_plot_ms()
+    print("Loss plot, 10,000 points + EMA + validation points, log axis, 1600x800 PNG, one thread")
+    print(f"{'':<26} {'tchlab ms':>10} {'matplotlib ms':>14} {'ratio':>6}")
+    print(f"{'render + encode':<26} {ours:>10.1f} {theirs:>14.1f} {theirs / ours:>6.2f}")
 
 
 if __name__ == "__main__":

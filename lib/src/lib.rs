@@ -8,6 +8,7 @@
 //! - [`embedding`]: sentence embeddings as sentence-transformers computes them.
 //! - [`generate`]: greedy and sampled generation with a key/value cache.
 //! - [`data`] and [`train`]: data sets and the step-by-step trainer.
+//! - [`sweep`]: grid, random and successive-halving sweeps; the learning-rate range test.
 //! - [`plot`]: training curves and attention maps as PNG and SVG.
 //! - [`session`]: the command language (`%train 200`, `%plot loss`) that front ends drive.
 //!
@@ -24,6 +25,7 @@ pub mod models;
 pub mod plot;
 pub mod session;
 pub mod suggest;
+pub mod sweep;
 pub mod tokenize;
 pub mod train;
 

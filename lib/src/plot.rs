@@ -50,6 +50,8 @@ pub struct LineChart {
     pub x_label: String,
     /// Y axis label.
     pub y_label: String,
+    /// Logarithmic x axis.
+    pub log_x: bool,
     /// Logarithmic y axis.
     pub log_y: bool,
     /// The lines, each in its own colour, with a legend when there is more than one
@@ -158,7 +160,8 @@ pub fn line_chart(chart: &LineChart) -> Result<Figure> {
         return invalid!("nothing to plot yet: train a few steps first");
     }
     let transform = |y: f64| if chart.log_y { y.log10() } else { y };
-    let (mut x0, mut x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), (x, _)| (a.min(*x), b.max(*x)));
+    let transform_x = |x: f64| if chart.log_x { x.log10() } else { x };
+    let (mut x0, mut x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), (x, _)| (a.min(transform_x(*x)), b.max(transform_x(*x))));
     let (mut y0, mut y1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), (_, y)| (a.min(transform(*y)), b.max(transform(*y))));
     if x1 <= x0 {
         (x0, x1) = (x0 - 1.0, x1 + 1.0);
@@ -200,7 +203,7 @@ struct LineDrawing<'a> {
 
 impl Drawing for LineDrawing<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>, scale: f64) -> std::result::Result<(), String> {
-        let (chart, log_y, legend) = (self.chart, self.chart.log_y, self.legend);
+        let (chart, log_x, log_y, legend) = (self.chart, self.chart.log_x, self.chart.log_y, self.legend);
         let px = |v: f64| (v * scale) as u32;
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let mut c = ChartBuilder::on(root)
@@ -219,7 +222,7 @@ impl Drawing for LineDrawing<'_> {
             .light_line_style(RGBColor(235, 235, 235))
             .bold_line_style(RGBColor(210, 210, 210))
             .y_label_formatter(&|v| if log_y { format_number(10f64.powf(*v)) } else { format_number(*v) })
-            .x_label_formatter(&|v| format_number(*v))
+            .x_label_formatter(&|v| if log_x { format_number(10f64.powf(*v)) } else { format_number(*v) })
             .draw()
             .map_err(|e| e.to_string())?;
         for (color, s) in &self.series {
@@ -382,6 +385,7 @@ mod tests {
             title: "loss".into(),
             x_label: "step".into(),
             y_label: "loss".into(),
+            log_x: false,
             log_y: true,
             series: vec![
                 Series { name: "main".into(), points: points.clone(), markers: false, faint: true },
@@ -407,7 +411,7 @@ mod tests {
 
     #[test]
     fn empty_chart_says_what_to_do() {
-        let chart = LineChart { title: "t".into(), x_label: "x".into(), y_label: "y".into(), log_y: false, series: vec![] };
+        let chart = LineChart { title: "t".into(), x_label: "x".into(), y_label: "y".into(), log_x: false, log_y: false, series: vec![] };
         assert!(line_chart(&chart).unwrap_err().to_string().contains("train a few steps"));
     }
 

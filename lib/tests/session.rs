@@ -221,6 +221,54 @@ fn help_completion_and_inspection_come_from_the_command_table() {
 }
 
 #[test]
+fn sweeps_range_tests_and_comparisons_explore_without_moving_the_model() {
+    let _serial = serial();
+    let mut s = reverse_session();
+    ok(&mut s, "%step 5");
+    let before = snapshot_state(&mut s);
+
+    let (outputs, result) = run(&mut s, "%sweep lr=[1e-4,3e-3] --steps 30");
+    result.unwrap();
+    let sweep = result_json(&outputs);
+    let trials = sweep["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 2);
+    assert!(trials.iter().all(|t| t["status"] == "done" && t["losses"].as_array().unwrap().len() == 30));
+    assert_eq!(sweep["best_values"]["lr"], "3e-3", "the larger rate learns faster in 30 steps: {sweep}");
+    assert_eq!(figures(&outputs).len(), 2, "the trials' curves, and score against lr");
+    assert!(matches!(&outputs[0], Output::Display { id: Some(_), .. }), "a live results table");
+    assert_eq!(snapshot_state(&mut s), before, "a sweep puts the model back");
+
+    let halving = ok(&mut s, "%sweep lr=log(1e-4,1e-2) --method halving --trials 4 --steps 5");
+    let statuses: Vec<&str> = halving["trials"].as_array().unwrap().iter().map(|t| t["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == "stopped").count(), 3, "4 trials halve to 2, then to 1: {statuses:?}");
+    let longest = halving["trials"].as_array().unwrap().iter().map(|t| t["losses"].as_array().unwrap().len()).max().unwrap();
+    assert_eq!(longest, 5 + 10 + 20, "rungs of 5, 10 and 20 steps: the last survivor trains through all three");
+    ok(&mut s, "%sweep lr=[1e-4,3e-3] --steps 10 --adopt");
+    assert_eq!(ok(&mut s, "%hparams")["lr"], 0.003, "--adopt sets the best trial's values");
+    assert!(fail(&mut s, "%sweep lr=log(1e-4,1e-2) --method grid").message.contains("--method random"));
+    assert!(fail(&mut s, "%sweep").message.contains("nothing to sweep"));
+
+    let (outputs, result) = run(&mut s, "%lr-find --steps 60");
+    result.unwrap();
+    let found = result_json(&outputs);
+    let suggestion = found["suggestion"].as_f64().expect("a suggestion");
+    assert!((1e-7..1.0).contains(&suggestion));
+    assert_eq!(figures(&outputs).len(), 1);
+    assert_eq!(ok(&mut s, "%status")["step"], 5, "the range test puts the model back");
+
+    ok(
+        &mut s,
+        "%snapshot base
+%fork fast --from base lr=1e-2 batch=16
+%step 3",
+    );
+    let compared = ok(&mut s, "%compare main fast");
+    assert_eq!(compared["differences"]["batch"]["fast"], "16");
+    assert_eq!(compared["differences"]["batch"]["main"], "32");
+    assert!(fail(&mut s, "%compare main nowhere").message.contains("no branch `nowhere`"));
+}
+
+#[test]
 fn the_readme_reference_is_the_command_table() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let start = readme.find("<!-- commands:start -->\n").expect("README has the reference markers") + "<!-- commands:start -->\n".len();

@@ -75,6 +75,11 @@ impl Timeline {
         self.snapshots.iter().map(Snapshot::bytes).sum()
     }
 
+    /// Drops the snapshots whose names `drop` accepts.
+    pub fn remove_where(&mut self, drop: impl Fn(&str) -> bool) {
+        self.snapshots.retain(|s| !drop(&s.name));
+    }
+
     /// Adds a snapshot, replacing one of the same name.
     pub fn insert(&mut self, snapshot: Snapshot) -> &Snapshot {
         self.snapshots.retain(|s| s.name != snapshot.name);

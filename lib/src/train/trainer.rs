@@ -476,6 +476,11 @@ impl Trainer {
         Ok(self.timeline.insert(snapshot))
     }
 
+    /// Drops the snapshots whose names `drop` accepts.
+    pub fn drop_snapshots(&mut self, drop: impl Fn(&str) -> bool) {
+        self.timeline.remove_where(drop);
+    }
+
     fn auto_snapshot(&mut self) {
         let snapshot = self.capture(&format!("step-{}", self.step), true);
         self.timeline.insert_auto(snapshot, self.hp.snapshot_budget_mb << 20);

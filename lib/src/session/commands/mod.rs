@@ -4,9 +4,10 @@
 //!
 //! Handlers live beside their kin: [`general`] (help, environment, timing),
 //! [`model`] (models, checkpoints, tokenizers), [`training`] (data, hyperparameters,
-//! training, the timeline, plots) and [`inference`] (generation, attention,
-//! embeddings, prediction).
+//! training, the timeline, plots), [`explore`] (sweeps, the learning-rate range test,
+//! comparisons) and [`inference`] (generation, attention, embeddings, prediction).
 
+mod explore;
 mod general;
 mod inference;
 mod model;
@@ -229,6 +230,9 @@ pub static COMMANDS: &[Command] = &[
     training::RUNS,
     training::PLOT,
     training::HISTORY,
+    explore::SWEEP,
+    explore::LR_FIND,
+    explore::COMPARE,
     inference::GENERATE,
     inference::ATTENTION,
     inference::EMBED,

@@ -439,7 +439,7 @@ pub const PLOT: Command = Command {
 };
 
 /// The loss figure of `runs`: raw (faint), smoothed, validation points.
-fn loss_figure(runs: &[(&str, &History)], smooth: f64, log_y: bool) -> crate::Result<crate::plot::Figure> {
+pub(crate) fn loss_figure(runs: &[(&str, &History)], smooth: f64, log_y: bool) -> crate::Result<crate::plot::Figure> {
     let mut series = vec![];
     for (name, h) in runs {
         let raw: Vec<(f64, f64)> = h.steps.iter().map(|r| (r.step as f64, r.loss)).collect();
@@ -460,7 +460,7 @@ fn loss_figure(runs: &[(&str, &History)], smooth: f64, log_y: bool) -> crate::Re
             series.push(Series { name: name.to_string(), points: val, markers: true, faint: false });
         }
     }
-    line_chart(&LineChart { title: "training loss".into(), x_label: "step".into(), y_label: "loss".into(), log_y, series })
+    line_chart(&LineChart { title: "training loss".into(), x_label: "step".into(), y_label: "loss".into(), log_x: false, log_y, series })
 }
 
 fn plot(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
@@ -498,7 +498,14 @@ fn plot(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let (figure, what) = match metric {
         "loss" => (loss_figure(&runs, smooth, log_y)?, "training loss"),
         "lr" => (
-            line_chart(&LineChart { title: "learning rate".into(), x_label: "step".into(), y_label: "lr".into(), log_y, series: pick(|r| Some(r.lr)) })?,
+            line_chart(&LineChart {
+                title: "learning rate".into(),
+                x_label: "step".into(),
+                y_label: "lr".into(),
+                log_x: false,
+                log_y,
+                series: pick(|r| Some(r.lr)),
+            })?,
             "learning rate",
         ),
         "grad-norm" => (
@@ -506,6 +513,7 @@ fn plot(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
                 title: "gradient norm".into(),
                 x_label: "step".into(),
                 y_label: "norm".into(),
+                log_x: false,
                 log_y,
                 series: pick(|r| Some(r.grad_norm)),
             })?,
@@ -517,7 +525,10 @@ fn plot(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
             if series.iter().all(|s| s.points.is_empty()) {
                 return Err(args.usage_error("no validation points yet: `%set eval_every=N` evaluates while training"));
             }
-            (line_chart(&LineChart { title: "validation loss".into(), x_label: "step".into(), y_label: "loss".into(), log_y, series })?, "validation loss")
+            (
+                line_chart(&LineChart { title: "validation loss".into(), x_label: "step".into(), y_label: "loss".into(), log_x: false, log_y, series })?,
+                "validation loss",
+            )
         }
     };
     if let Some(path) = args.get("save") {

@@ -1,0 +1,240 @@
+//! Exploration: sweeps, the learning-rate range test, and comparing branches.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{flag, option, pairs, rest, Command};
+use crate::plot::{line_chart, LineChart, Series};
+use crate::session::output::{Bundle, CellError, Table};
+use crate::session::parse::Args;
+use crate::session::{Ctx, Session};
+use crate::sweep::{lr_find, sweep, Method, Param, Space, Trial};
+
+pub const SWEEP: Command = Command {
+    name: "sweep",
+    summary: "try hyperparameters from the current state: grid, random or successive halving",
+    args: &[
+        pairs("values: key=[a,b] (listed) or key=log(lo,hi) / key=uniform(lo,hi) (ranges)").hparams(),
+        option("steps", "N", "steps per trial (halving: in the first rung) (default 50)"),
+        option("trials", "N", "random and halving: how many trials (default 8)"),
+        option("method", "M", "grid (default for lists) | random (default for ranges) | halving"),
+        flag("adopt", "set the best trial's hyperparameters afterwards"),
+    ],
+    details: "Every trial starts from the current state and the state is put back afterwards. \
+              Trials are ranked by validation loss (or, without validation data, their last training losses).",
+    example: "%sweep lr=[1e-3,3e-3,1e-2] --steps 100",
+    json: r#"{"trials": [{"id", "values", "score", "status", "losses"}], "best", "best_values"}"#,
+    run: sweep_command,
+};
+
+fn trials_table(trials: &[Trial]) -> Table {
+    let keys: Vec<String> = trials.first().map(|t| t.values.iter().map(|(k, _)| k.clone()).collect()).unwrap_or_default();
+    let mut table =
+        Table::new(["trial".to_string()].into_iter().chain(keys.iter().cloned()).chain(["steps".into(), "loss".into(), "score".into(), "status".into()]));
+    for t in trials {
+        let loss = t.losses.last().map_or(String::new(), |(_, l)| format!("{l:.4}"));
+        let score = if t.score.is_finite() { format!("{:.4}", t.score) } else { String::new() };
+        table.row([t.id.to_string()].into_iter().chain(t.values.iter().map(|(_, v)| v.clone())).chain([
+            t.losses.len().to_string(),
+            loss,
+            score,
+            t.status.clone(),
+        ]));
+    }
+    table
+}
+
+fn sweep_command(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let params = args.pairs.iter().map(|(k, v)| Param::parse(k, v)).collect::<crate::Result<Vec<_>>>()?;
+    let ranges = params.iter().any(|p| !matches!(p.space, Space::List(_)));
+    let method = match args.get("method") {
+        Some(m) => Method::parse(m)?,
+        None if ranges => Method::Random,
+        None => Method::Grid,
+    };
+    let steps: u64 = args.parse_as("steps")?.unwrap_or(50);
+    let trials: usize = args.parse_as("trials")?.unwrap_or(8);
+    let trainer = s.trainer_or_err()?;
+    let id = ctx.live(Bundle::text("sweep starting"));
+    let mut last_update = Instant::now() - Duration::from_secs(1);
+    let result = sweep(trainer, &params, method, steps, trials, &mut |trials| {
+        if last_update.elapsed() >= Duration::from_millis(250) {
+            let table = trials_table(trials);
+            ctx.update(&id, Bundle::text(table.to_text()).html(table.to_html()));
+            last_update = Instant::now();
+        }
+    });
+    let result = match result {
+        Ok(r) => r,
+        Err(crate::Error::Interrupted { .. }) => {
+            return Err(CellError { name: "KeyboardInterrupt".into(), message: "the sweep was interrupted; the model is back where it started".into() });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let table = trials_table(&result.trials);
+    ctx.update(&id, Bundle::text(table.to_text()).html(table.to_html()));
+    let curves: Vec<Series> = result
+        .trials
+        .iter()
+        .map(|t| {
+            let label = t.values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+            Series { name: format!("#{} {label}", t.id), points: t.losses.iter().map(|&(x, y)| (x as f64, y)).collect(), markers: false, faint: false }
+        })
+        .collect();
+    let figure = line_chart(&LineChart {
+        title: "sweep: training loss per trial".into(),
+        x_label: "step".into(),
+        y_label: "loss".into(),
+        log_x: false,
+        log_y: true,
+        series: curves,
+    })?;
+    ctx.display(Bundle::text(format!("<figure: sweep, {} trials>", result.trials.len())).figure(&figure));
+    for p in &params {
+        let points: Vec<(f64, f64)> = result
+            .trials
+            .iter()
+            .filter(|t| t.score.is_finite())
+            .filter_map(|t| Some((t.values.iter().find(|(k, _)| *k == p.key)?.1.parse::<f64>().ok()?, t.score)))
+            .collect();
+        if points.len() >= 2 {
+            let log_x = matches!(p.space, Space::LogUniform(..))
+                || points.iter().all(|(x, _)| *x > 0.0)
+                    && points.iter().map(|(x, _)| *x).fold(0.0, f64::max) / points.iter().map(|(x, _)| *x).fold(f64::MAX, f64::min) >= 10.0;
+            let chart = LineChart {
+                title: format!("score against {}", p.key),
+                x_label: p.key.clone(),
+                y_label: "score".into(),
+                log_x,
+                log_y: false,
+                series: vec![Series { name: p.key.clone(), points, markers: true, faint: false }],
+            };
+            let figure = line_chart(&chart)?;
+            ctx.display(Bundle::text(format!("<figure: score against {}>", p.key)).figure(&figure));
+        }
+    }
+    let best = result.best.and_then(|b| result.trials.iter().find(|t| t.id == b));
+    let best_values: Option<Vec<(String, String)>> = best.map(|t| t.values.clone());
+    let mut text = match best {
+        Some(t) => format!("best: trial {} ({}), score {:.4}", t.id, t.values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "), t.score),
+        None => "every trial diverged".into(),
+    };
+    if let (true, Some(values)) = (args.flag("adopt"), &best_values) {
+        super::training::set_hparams(s, values)?;
+        text.push_str("; adopted");
+    }
+    let value = json!({
+        "trials": result.trials,
+        "best": result.best,
+        "best_values": best_values.map(|v| v.into_iter().collect::<BTreeMap<_, _>>()),
+    });
+    ctx.result(Bundle::text(text).json(value));
+    Ok(())
+}
+
+pub const LR_FIND: Command = Command {
+    name: "lr-find",
+    summary: "the learning-rate range test: loss against a rising learning rate, with a suggestion",
+    args: &[
+        option("start", "LR", "first learning rate (default 1e-7)"),
+        option("end", "LR", "last learning rate (default 1)"),
+        option("steps", "N", "at most this many steps (default 100)"),
+    ],
+    details: "Trains from the current state with an exponentially rising learning rate until the loss blows up, then puts everything back. \
+              The suggestion is fastai's valley: two thirds down the longest fall of the smoothed loss.",
+    example: "%lr-find --steps 80",
+    json: r#"{"lrs", "losses", "suggestion"}"#,
+    run: lr_find_command,
+};
+
+fn lr_find_command(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let start: f64 = args.parse_as("start")?.unwrap_or(1e-7);
+    let end: f64 = args.parse_as("end")?.unwrap_or(1.0);
+    let steps: u64 = args.parse_as("steps")?.unwrap_or(100);
+    let found = lr_find(s.trainer_or_err()?, start, end, steps)?;
+    let mut series =
+        vec![Series { name: "loss".into(), points: found.lrs.iter().copied().zip(found.losses.iter().copied()).collect(), markers: false, faint: false }];
+    if let Some(lr) = found.suggestion {
+        let i = found.lrs.iter().position(|&x| x == lr).expect("the suggestion is one of the rates");
+        series.push(Series { name: format!("suggestion {lr:.2e}"), points: vec![(lr, found.losses[i])], markers: true, faint: false });
+    }
+    let figure = line_chart(&LineChart {
+        title: "learning-rate range test".into(),
+        x_label: "learning rate".into(),
+        y_label: "smoothed loss".into(),
+        log_x: true,
+        log_y: false,
+        series,
+    })?;
+    ctx.display(Bundle::text(format!("<figure: learning-rate range test, {} steps>", found.lrs.len())).figure(&figure));
+    let text = match found.suggestion {
+        Some(lr) => format!("suggested learning rate: {lr:.2e} (`%set lr={lr:.2e}`)"),
+        None => "no suggestion: the loss did not fall; try a wider range".into(),
+    };
+    ctx.result(Bundle::text(text).json(serde_json::to_value(&found).expect("serializes")));
+    Ok(())
+}
+
+pub const COMPARE: Command = Command {
+    name: "compare",
+    summary: "overlay branches' loss curves and show the hyperparameters that differ",
+    args: &[rest("runs", "two or more branch names (`%runs` lists them), or `all`")],
+    details: "",
+    example: "%compare main high-lr",
+    json: r#"{"runs", "differences": {key: {branch: value}}}"#,
+    run: compare,
+};
+
+fn compare(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let trainer = s.trainer_or_err()?;
+    let all = trainer.runs();
+    let names: Vec<String> = if args.rest() == ["all"] { all.iter().map(|(n, _)| n.to_string()).collect() } else { args.rest().to_vec() };
+    let runs = names
+        .iter()
+        .map(|name| {
+            all.iter()
+                .find(|(n, _)| n == name)
+                .copied()
+                .ok_or_else(|| args.usage_error(format!("no branch `{name}`; there are: {}", all.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if runs.len() < 2 {
+        return Err(args.usage_error("name at least two branches to compare"));
+    }
+    let figure = super::training::loss_figure(&runs, 0.9, true)?;
+    ctx.display(Bundle::text(format!("<figure: loss of {}>", names.join(", "))).figure(&figure));
+    // Each branch's value of every key any branch changed: its last change, else the
+    // value the first change of that key started from.
+    let mut differences: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (_, h) in &runs {
+        for c in &h.changes {
+            differences.entry(c.key.clone()).or_default();
+        }
+    }
+    for (key, values) in differences.iter_mut() {
+        let base = runs.iter().flat_map(|(_, h)| &h.changes).find(|c| &c.key == key).map(|c| c.from.clone()).unwrap_or_default();
+        for (name, h) in &runs {
+            let value = h.changes.iter().rev().find(|c| &c.key == key).map_or(base.clone(), |c| c.to.clone());
+            values.insert(name.to_string(), value);
+        }
+    }
+    differences.retain(|_, v| v.values().collect::<std::collections::BTreeSet<_>>().len() > 1);
+    let mut table = Table::new(["hyperparameter".to_string()].into_iter().chain(names.iter().cloned()));
+    for (key, values) in &differences {
+        table.row([key.clone()].into_iter().chain(names.iter().map(|n| values.get(n).cloned().unwrap_or_default())));
+    }
+    let mut summary = Table::new(["branch", "steps", "loss"]);
+    for (name, h) in &runs {
+        summary.row([name.to_string(), h.steps.len().to_string(), h.steps.last().map_or(String::new(), |r| format!("{:.4}", r.loss))]);
+    }
+    let text = if differences.is_empty() {
+        format!("{}\n\nno hyperparameter differs", summary.to_text())
+    } else {
+        format!("{}\n\n{}", summary.to_text(), table.to_text())
+    };
+    let value = json!({ "runs": names, "differences": differences });
+    ctx.result(Bundle::text(text).html(format!("{}{}", summary.to_html(), table.to_html())).json(value));
+    Ok(())
+}
