@@ -23,7 +23,7 @@ CARGO_ENV := LIBTORCH=$(LIBTORCH)
 endif
 TEST_ENV := TCHLAB_FIXTURES=$(FIXTURES) TCHLAB_PYTHON=$(PYTHON) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: all build demo test test-gpu bench readme venv fixtures fmt clean
+.PHONY: all build demo test test-gpu bench readme kernel venv fixtures fmt clean
 
 all: build
 
@@ -41,13 +41,18 @@ build: venv
 demo: build
 	./target/release/examples/demo
 
+# Installs the Jupyter kernelspec for the current user (~/.local/share/jupyter/kernels/tchlab).
+kernel: build
+	./target/release/tchlab-kernel install --user
+
 fixtures: $(FIXTURES)/READY
 
 $(FIXTURES)/READY: python/make_fixtures.py $(VENV_READY)
 	$(PYTHON) python/make_fixtures.py $(FIXTURES)
 
-test: venv fixtures
+test: build fixtures
 	$(CARGO_ENV) $(TEST_ENV) cargo test --release --workspace
+	$(TEST_ENV) $(PYTHON) -m pytest -q tests
 	@$(MAKE) --no-print-directory test-gpu
 
 # GPU tests are #[ignore]d so that a machine without a GPU reports them as skipped.

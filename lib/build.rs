@@ -1,5 +1,5 @@
-//! Makes every binary, test and example of this package find libtorch without
-//! environment variables, and keeps CUDA linked where libtorch has it.
+// Makes every binary, test and example of this package find libtorch without
+// environment variables, and keeps CUDA linked where libtorch has it.
 
 use std::path::Path;
 

@@ -100,6 +100,17 @@ impl Ctx<'_> {
     }
 }
 
+/// Whether a cell is ready to run (Jupyter's `is_complete`, the REPL's multi-line input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completeness {
+    /// Ready.
+    Complete,
+    /// Needs more lines: Rust with open brackets.
+    Incomplete,
+    /// Cannot run as it is: an unclosed quote in a command, unbalanced Rust brackets.
+    Invalid,
+}
+
 /// Completion candidates replacing `code[start..end]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completions {
@@ -230,6 +241,33 @@ impl Session {
         commands::find(name).map(commands::Command::help)
     }
 
+    /// Whether `code` is complete: command lines are when their quotes close; a `%%`
+    /// cell always is; Rust is when its brackets balance.
+    pub fn is_complete(&self, code: &str) -> Completeness {
+        match split_cell(code) {
+            Err(_) => Completeness::Invalid,
+            Ok(Cell::Commands(_)) => Completeness::Complete,
+            Ok(Cell::Rust(rust)) => {
+                let mut depth = 0i64;
+                for c in strip_rust_literals(&rust).chars() {
+                    match c {
+                        '(' | '[' | '{' => depth += 1,
+                        ')' | ']' | '}' => depth -= 1,
+                        _ => {}
+                    }
+                    if depth < 0 {
+                        return Completeness::Invalid;
+                    }
+                }
+                if depth > 0 {
+                    Completeness::Incomplete
+                } else {
+                    Completeness::Complete
+                }
+            }
+        }
+    }
+
     /// The cells run so far, oldest first.
     pub fn inputs(&self) -> &[String] {
         &self.inputs
@@ -325,6 +363,48 @@ impl Session {
         self.data = Some(spec);
         Ok(())
     }
+}
+
+/// Rust source without string and character literals and comments, so that brackets
+/// inside them do not count.
+fn strip_rust_literals(code: &str) -> String {
+    let mut out = String::with_capacity(code.len());
+    let mut chars = code.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                while let Some(d) = chars.next() {
+                    match d {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'/') => {
+                for d in chars.by_ref() {
+                    if d == '\n' {
+                        out.push('\n');
+                        break;
+                    }
+                }
+            }
+            '\'' => {
+                // A char literal ('x', '\n') or a lifetime ('a): skip a literal only.
+                let rest: String = chars.clone().take(3).collect();
+                if rest.starts_with('\\') {
+                    chars.by_ref().take_while(|&d| d != '\'').for_each(drop);
+                } else if rest.chars().nth(1) == Some('\'') {
+                    chars.next();
+                    chars.next();
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// The positional argument the next word fills, given the words typed after the command.

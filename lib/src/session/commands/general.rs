@@ -36,11 +36,23 @@ fn help(_: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     Ok(())
 }
 
-pub const ECHO: Command =
-    Command { name: "echo", summary: "print text", args: &[rest("text", "what to print")], details: "", example: "%echo hello, class", json: "", run: echo };
+pub const ECHO: Command = Command {
+    name: "echo",
+    summary: "print text",
+    args: &[flag("stderr", "print on stderr instead of stdout"), rest("text", "what to print")],
+    details: "",
+    example: "%echo hello, class",
+    json: "",
+    run: echo,
+};
 
 fn echo(_: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
-    ctx.out(args.rest().join(" "));
+    let text = args.rest().join(" ");
+    if args.flag("stderr") {
+        ctx.note(text);
+    } else {
+        ctx.out(text);
+    }
     Ok(())
 }
 

@@ -1,0 +1,18 @@
+"""Installs the freshly built kernel's spec into a private prefix and points Jupyter
+at it, so the tests run the kernel from this checkout (target/release)."""
+
+import os
+import pathlib
+import subprocess
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+KERNEL = ROOT / "target" / "release" / "tchlab-kernel"
+
+if not KERNEL.exists():
+    raise RuntimeError(f"{KERNEL} is missing: run the tests through `make test` (it builds the binaries first)")
+
+_prefix = tempfile.mkdtemp(prefix="tchlab-kernelspec-")
+subprocess.run([str(KERNEL), "install", "--prefix", _prefix], check=True, capture_output=True)
+os.environ["JUPYTER_PATH"] = os.path.join(_prefix, "share", "jupyter")
+os.environ.setdefault("JUPYTER_PLATFORM_DIRS", "1")
