@@ -8,6 +8,8 @@
    transformers' `generate`, tokens/s.
 3. A 10,000-point loss plot rendered to a 1600x800 PNG: tchlab (bench_plot) against
    matplotlib (Agg).
+4. Kernel start-up (to the first kernel_info reply) and the round trip of a trivial
+   cell: the tchlab kernel against ipykernel, through the same jupyter_client.
 """
 
 import json
@@ -130,6 +132,39 @@ def matplotlib_plot_ms() -> float:
     return 1000 * (time.perf_counter() - start) / runs
 
 
+def kernel_timings(kernel_name: str, code: str, starts: int = 5, round_trips: int = 200):
+    """Median start-up and round-trip times in ms of a kernel, through jupyter_client."""
+    import statistics
+
+    from jupyter_client.manager import KernelManager
+
+    startup = []
+    for i in range(starts):
+        km = KernelManager(kernel_name=kernel_name)
+        begin = time.perf_counter()
+        km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        startup.append(1000 * (time.perf_counter() - begin))
+        if i < starts - 1:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+    trips = []
+    for _ in range(round_trips):
+        begin = time.perf_counter()
+        msg_id = kc.execute(code)
+        while True:
+            msg = kc.get_iopub_msg(timeout=30)
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        kc.get_shell_msg(timeout=30)
+        trips.append(1000 * (time.perf_counter() - begin))
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+    return statistics.median(startup), statistics.median(trips)
+
+
 def run_example(name: str, *args) -> dict:
     out = subprocess.run([os.path.join(ROOT, "target/release/examples", name), *map(str, args)], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -169,6 +204,20 @@ def main() -> None:
     print("Loss plot, 10,000 points + EMA + validation points, log axis, 1600x800 PNG, one thread")
     print(f"{'':<26} {'tchlab ms':>10} {'matplotlib ms':>14} {'ratio':>6}")
     print(f"{'render + encode':<26} {ours:>10.1f} {theirs:>14.1f} {theirs / ours:>6.2f}")
+    sys.stdout.flush()
+
+    print()
+    import subprocess as sp
+    import tempfile
+    prefix = tempfile.mkdtemp(prefix="tchlab-bench-kernelspec-")
+    sp.run([os.path.join(ROOT, "target/release/tchlab-kernel"), "install", "--prefix", prefix], check=True, capture_output=True)
+    os.environ["JUPYTER_PATH"] = os.path.join(prefix, "share", "jupyter")
+    ours_start, ours_trip = kernel_timings("tchlab", "%echo hi")
+    theirs_start, theirs_trip = kernel_timings("python3", "pass")
+    print("Jupyter kernel through jupyter_client (medians: 5 start-ups, 200 round trips of a trivial cell)")
+    print(f"{'':<26} {'tchlab ms':>10} {'ipykernel ms':>13} {'ratio':>6}")
+    print(f"{'start-up to kernel_info':<26} {ours_start:>10.1f} {theirs_start:>13.1f} {theirs_start / ours_start:>6.2f}")
+    print(f"{'round trip':<26} {ours_trip:>10.2f} {theirs_trip:>13.2f} {theirs_trip / ours_trip:>6.2f}")
 
 
 if __name__ == "__main__":
