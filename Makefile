@@ -38,8 +38,9 @@ $(VENV_READY): $(REQUIREMENTS)
 build: venv
 	$(CARGO_ENV) cargo build --release --workspace --bins --examples
 
+# A tiny GPT learns to reverse digits in seconds; plots go to target/demo/.
 demo: build
-	./target/release/examples/demo
+	./target/release/tchlab run demo/reverse.tchlab
 
 # Installs the Jupyter kernelspec for the current user (~/.local/share/jupyter/kernels/tchlab).
 kernel: build

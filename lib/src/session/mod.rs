@@ -41,6 +41,18 @@ pub struct Session {
     model_source: Option<String>,
     cancel: Arc<AtomicBool>,
     inputs: Vec<String>,
+    saved_at: Option<(String, i64)>,
+}
+
+/// A glance at the session, for prompts and exit questions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Glance {
+    /// `cpu`, `cuda:0`.
+    pub device: String,
+    /// Steps taken on the current branch.
+    pub step: i64,
+    /// Training progress not saved with `%save` (or loaded with `%load`).
+    pub unsaved: bool,
 }
 
 impl Default for Session {
@@ -141,6 +153,7 @@ impl Session {
             model_source: None,
             cancel: Arc::new(AtomicBool::new(false)),
             inputs: vec![],
+            saved_at: None,
         }
     }
 
@@ -265,6 +278,16 @@ impl Session {
                     Completeness::Complete
                 }
             }
+        }
+    }
+
+    /// Device, step, and whether training progress is unsaved.
+    pub fn glance(&self) -> Glance {
+        let position = self.trainer.as_ref().map(|t| (t.branch().to_string(), t.step_count()));
+        Glance {
+            device: commands::device_name(self.device),
+            step: position.as_ref().map_or(0, |p| p.1),
+            unsaved: position.is_some_and(|p| p.1 > 0 && Some(&p) != self.saved_at.as_ref()),
         }
     }
 

@@ -55,7 +55,12 @@ fn generate(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError
 pub const ATTENTION: Command = Command {
     name: "attention",
     summary: "attention heatmaps for a text: one head with token labels, or a layers × heads grid",
-    args: &[pos("text", "the text (quote it)"), option("layer", "L", "one layer (with --head: one map)"), option("head", "H", "one head")],
+    args: &[
+        pos("text", "the text (quote it)"),
+        option("layer", "L", "one layer (with --head: one map)"),
+        option("head", "H", "one head"),
+        option("save", "PATH", "also write the figure to a .png or .svg file"),
+    ],
     details: "Rows are queries, columns keys; each row sums to one. Without --layer and --head, every head of every layer.",
     example: "%attention \"the cat sat on the mat\" --layer 0 --head 1",
     json: r#"{"tokens", "layers", "heads", "attention": [[row...]] (one head) }"#,
@@ -93,6 +98,9 @@ fn attention(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
         (Some(l), Some(h)) => {
             let rows = to_rows(&attentions[l as usize].get(0).get(h));
             let figure = attention_map(&rows, &tokens, &format!("layer {l}, head {h}"))?;
+            if let Some(path) = args.get("save") {
+                super::training::save_figure(&figure, path)?;
+            }
             ctx.display(Bundle::text(format!("<figure: attention, layer {l}, head {h}, {} tokens>", tokens.len())).figure(&figure));
             ctx.result(Bundle::text(format!("tokens: {tokens:?}")).json(json!({ "tokens": tokens, "layer": l, "head": h, "attention": rows })));
         }
@@ -103,6 +111,9 @@ fn attention(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
                 .map(|&l| (0..heads).filter(|h| head.is_none_or(|x| x == *h)).map(|h| to_rows(&attentions[l as usize].get(0).get(h))).collect())
                 .collect();
             let figure = attention_grid(&maps, &format!("attention: {} layer(s) × {} head(s), {} tokens", maps.len(), maps[0].len(), tokens.len()))?;
+            if let Some(path) = args.get("save") {
+                super::training::save_figure(&figure, path)?;
+            }
             ctx.display(Bundle::text(format!("<figure: attention grid, {} layers × {} heads>", maps.len(), maps[0].len())).figure(&figure));
             ctx.result(Bundle::text(format!("tokens: {tokens:?}")).json(json!({ "tokens": tokens, "layers": layers, "heads": heads })));
         }

@@ -243,6 +243,8 @@ pub static COMMANDS: &[Command] = &[
     general::CLEAR,
 ];
 
+pub(crate) use general::device_name;
+
 /// The command named `name`.
 pub fn find(name: &str) -> Option<&'static Command> {
     COMMANDS.iter().find(|c| c.name == name)

@@ -190,6 +190,7 @@ fn load(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         s.model_source = Some(path.display().to_string());
         let model = trainer.model();
         let value = json!({ "path": path, "model_type": model.config().model_type(), "parameters": model.num_parameters(), "resumed_step": step });
+        s.saved_at = Some((trainer.branch().to_string(), step));
         s.trainer = Some(trainer);
         ctx.result(Bundle::text(format!("resumed training checkpoint {} at step {step}", path.display())).json(value));
         return Ok(());
@@ -242,6 +243,9 @@ fn save(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         _ => checkpoint::save_hf(s.model_or_err()?, s.tokenizer(), &path)?,
     }
     let step = s.trainer.as_ref().map_or(0, Trainer::step_count);
+    if resumable {
+        s.saved_at = s.trainer.as_ref().map(|t| (t.branch().to_string(), step));
+    }
     let what = if resumable { format!("training checkpoint at step {step} (resumes exactly with %load)") } else { "model (Hugging Face format)".into() };
     ctx.result(Bundle::text(format!("saved {what} to {}", path.display())).json(json!({ "path": path, "step": step, "resumable": resumable })));
     Ok(())

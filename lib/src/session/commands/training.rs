@@ -532,13 +532,21 @@ fn plot(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         }
     };
     if let Some(path) = args.get("save") {
-        let path = expand_home(path);
-        let bytes = if path.extension().is_some_and(|e| e == "svg") { figure.svg.clone().into_bytes() } else { figure.png.clone() };
-        crate::checkpoint::atomic_write(&path, |w| std::io::Write::write_all(w, &bytes))?;
+        save_figure(&figure, path)?;
     }
     let steps: usize = runs.iter().map(|(_, h)| h.steps.len()).max().unwrap_or(0);
     ctx.display(Bundle::text(format!("<figure: {what}, {} run(s), {steps} steps>", runs.len())).figure(&figure));
     Ok(())
+}
+
+/// Writes a figure to `path`: SVG for `.svg`, PNG otherwise; missing directories are made.
+pub(crate) fn save_figure(figure: &crate::plot::Figure, path: &str) -> crate::Result<()> {
+    let path = expand_home(path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    }
+    let bytes = if path.extension().is_some_and(|e| e == "svg") { figure.svg.clone().into_bytes() } else { figure.png.clone() };
+    crate::checkpoint::atomic_write(&path, |w| std::io::Write::write_all(w, &bytes))
 }
 
 pub const HISTORY: Command = Command {

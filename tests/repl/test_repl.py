@@ -1,0 +1,149 @@
+"""The `tchlab` terminal front end, driven as a person would: under a real
+pseudo-terminal (pexpect) for the interactive session, as a subprocess for scripts."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import time
+
+import pexpect
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TCHLAB = ROOT / "target" / "release" / "tchlab"
+PROMPT = r"tchlab \[cpu · step (\d+)\]> "
+SETUP = ["%device cpu", "%data synth reverse --length 5", "%model gpt --layers 1 --heads 2 --dim 32", "%set batch=16"]
+
+
+def environment(home: pathlib.Path) -> dict:
+    return dict(os.environ, HOME=str(home), XDG_DATA_HOME=str(home / "data"), TERM="xterm", TCHLAB_IMAGES="none")
+
+
+def spawn(home: pathlib.Path) -> pexpect.spawn:
+    child = pexpect.spawn(str(TCHLAB), env=environment(home), encoding="utf-8", timeout=60, dimensions=(40, 160))
+    child.expect(PROMPT)
+    return child
+
+
+def settle(child, n=[0]):
+    """Waits until everything typed so far has run: rustyline redraws the prompt while
+    a line is edited, so a prompt alone does not prove the command finished."""
+    n[0] += 1
+    child.sendline(f"%echo settled-{n[0]}")
+    child.expect(f"\nsettled-{n[0]}\r\n")
+    child.expect(PROMPT)
+
+
+def run_lines(child, lines):
+    for line in lines:
+        child.sendline(line)
+    settle(child)
+
+
+def test_tab_completes_a_command_and_ctrl_c_clears_the_line(tmp_path):
+    child = spawn(tmp_path)
+    child.send("%tra")
+    child.send("\t")
+    child.expect("%train")
+    child.send("\r")
+    child.expect("how long\\?")  # the completed line ran: %train without a count
+    settle(child)
+    child.send("%echo never")
+    child.sendintr()
+    child.sendline("%echo shown")
+    child.expect("\nshown\r\n")
+    assert "\nnever\r\n" not in child.before, "Ctrl-C cleared the line instead of running it"
+    child.sendeof()
+    child.expect(pexpect.EOF)
+
+
+def test_history_is_kept_across_sessions(tmp_path):
+    child = spawn(tmp_path)
+    child.sendline("%echo remembered")
+    settle(child)
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    assert (tmp_path / "data" / "tchlab" / "history").exists()
+
+    child = spawn(tmp_path)
+    child.send("\x1b[A\x1b[A")  # Up twice: past settle's echo, the line before
+    child.expect("%echo remembered")
+    child.send("\r")
+    child.expect("remembered\r\n")
+    child.expect(PROMPT)
+    child.sendeof()
+    child.expect(pexpect.EOF)
+
+
+def test_ctrl_c_stops_training_at_a_step_boundary_and_keeps_state(tmp_path):
+    child = spawn(tmp_path)
+    run_lines(child, SETUP)
+    child.sendline("%train 100000000")
+    child.expect("loss")  # the progress line
+    time.sleep(0.5)
+    child.sendintr()
+    child.expect("KeyboardInterrupt: interrupted after step (\\d+)")
+    stopped = int(child.match.group(1))
+    child.expect(f"tchlab \\[cpu · step {stopped}\\]> ")
+    assert stopped > 0
+    child.sendline(f"%history --export {tmp_path / 'h.csv'}")
+    child.expect("wrote (\\d+) steps")
+    assert int(child.match.group(1)) == stopped, "the history has every step up to the interrupt"
+    assert len((tmp_path / "h.csv").read_text().splitlines()) == stopped + 1
+    child.sendline("%step")
+    child.expect(f"step\\s+{stopped + 1}\\s+loss")
+    settle(child)
+
+    # Ctrl-D asks first: there is training progress that was never saved.
+    child.sendeof()
+    child.expect("Leave anyway\\? \\[y/N\\]")
+    child.sendline("n")
+    child.expect(PROMPT)
+    child.sendline(f"%save {tmp_path / 'run'}")
+    child.expect("saved training checkpoint")
+    settle(child)
+    child.sendeof()  # saved: no question
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def run(*args, cwd=None):
+    return subprocess.run([str(TCHLAB), *args], capture_output=True, text=True, env=environment(pathlib.Path(cwd or "/tmp")), cwd=cwd, timeout=120)
+
+
+def test_scripts_stop_at_the_first_error_with_its_line_unless_told_to_keep_going(tmp_path):
+    script = tmp_path / "steps.tchlab"
+    script.write_text("# comments and blank lines are skipped\n%echo one\n\n%bogus\n%echo four\n")
+    result = run("run", str(script))
+    assert result.returncode == 1
+    assert "one" in result.stdout and "four" not in result.stdout
+    assert f"{script}:4: UsageError: unknown command %bogus" in result.stderr
+    result = run("run", str(script), "--keep-going")
+    assert result.returncode == 1 and "four" in result.stdout
+    script.write_text("%echo one\n%%time\n%echo in the cell\n\n%echo after\n")
+    result = run("run", str(script))
+    assert result.returncode == 0, result.stderr
+    assert "in the cell" in result.stdout and "time:" in result.stdout and "after" in result.stdout
+    assert run("run", str(tmp_path / "missing.tchlab")).returncode == 2
+    assert run("--bogus").returncode == 2
+
+
+def test_json_prints_each_result_on_its_own_line(tmp_path):
+    result = run("-c", "%threads 1\n%echo not json\n%seed 3\n%device cpu", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(l) for l in result.stdout.splitlines()]
+    assert lines == [{"threads": 1}, {"device": "cpu", "cuda_available": False, "cuda_devices": 0}]
+
+
+def test_the_demo_script_trains_generates_and_writes_its_plots(tmp_path):
+    shutil.copy(ROOT / "demo" / "reverse.tchlab", tmp_path)
+    started = time.time()
+    result = run("run", "reverse.tchlab", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert time.time() - started < 120
+    assert "401923=329104" in result.stdout, "the trained model reverses a prompt it never saw"
+    for name in ["loss.png", "attention.png"]:
+        assert (tmp_path / "target" / "demo" / name).read_bytes().startswith(b"\x89PNG")
