@@ -23,7 +23,7 @@ CARGO_ENV := LIBTORCH=$(LIBTORCH)
 endif
 TEST_ENV := TCHLAB_FIXTURES=$(FIXTURES) TCHLAB_PYTHON=$(PYTHON) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: all build demo test test-gpu bench readme kernel venv fixtures fmt clean
+.PHONY: all build demo test test-gpu bench readme kernel lab browser venv fixtures fmt clean
 
 all: build
 
@@ -51,10 +51,20 @@ fixtures: $(FIXTURES)/READY
 $(FIXTURES)/READY: python/make_fixtures.py $(VENV_READY)
 	$(PYTHON) python/make_fixtures.py $(FIXTURES)
 
-test: build fixtures
+test: build fixtures browser
 	$(CARGO_ENV) $(TEST_ENV) cargo test --release --workspace
 	$(TEST_ENV) $(PYTHON) -m pytest -q tests
 	@$(MAKE) --no-print-directory test-gpu
+
+# The JupyterLab end-to-end test drives Debian's Chromium; as root (CI) it is installed
+# when missing, otherwise that one test reports itself skipped.
+browser:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# JupyterLab from the project's environment, the kernel installed, notebooks/ open.
+lab: kernel
+	$(PYTHON) -m jupyterlab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # GPU tests are #[ignore]d so that a machine without a GPU reports them as skipped.
 test-gpu:

@@ -269,6 +269,51 @@ fn sweeps_range_tests_and_comparisons_explore_without_moving_the_model() {
 }
 
 #[test]
+fn tokenizers_text_data_precision_plots_and_timing_commands_work() {
+    let _serial = serial();
+    let dir = common::scratch("session-text");
+    let corpus = "the cat sat on the mat. the dog sat on the log. ".repeat(100);
+    std::fs::write(dir.join("corpus.txt"), &corpus).unwrap();
+    let mut s = Session::new();
+    ok(&mut s, "%device cpu\n%seed 1");
+    let e = fail(&mut s, &format!("%tokenizer char {}/missing.txt", dir.display()));
+    assert!(e.name == "FileError" && e.message.contains("missing.txt"), "{e}");
+    assert!(fail(&mut s, &format!("%tokenizer bpe {}/corpus.txt", dir.display())).message.contains("--vocab N"));
+    let t = ok(&mut s, &format!("%tokenizer bpe {}/corpus.txt --vocab 300", dir.display()));
+    assert_eq!((t["kind"].as_str(), t["vocab"].as_u64().map(|v| v <= 300)), (Some("bpe"), Some(true)));
+    let t = ok(&mut s, &format!("%tokenizer char {}/corpus.txt", dir.display()));
+    let distinct = corpus.chars().collect::<std::collections::BTreeSet<_>>().len();
+    assert_eq!(t["vocab"], distinct, "one id per distinct character of the corpus");
+    let tokens = ok(&mut s, "%tokenize \"the cat\"");
+    assert_eq!(tokens["tokens"], serde_json::json!(["t", "h", "e", " ", "c", "a", "t"]));
+    assert_eq!(tokens["ids"].as_array().unwrap().len(), 7);
+    let data = ok(&mut s, &format!("%data text {}/corpus.txt --val 0.1", dir.display()));
+    assert!(data.is_object());
+    ok(&mut s, "%model gpt --ctx 32\n%set batch=8 eval_every=5");
+    let data = ok(&mut s, &format!("%data text {}/corpus.txt --val 0.1", dir.display()));
+    assert_eq!((data["train"].as_u64().unwrap() + data["val"].as_u64().unwrap()) as usize, corpus.len());
+    assert_eq!(ok(&mut s, "%precision bf16")["precision"], "bf16");
+    assert_eq!(ok(&mut s, "%status")["precision"], "bf16");
+    ok(&mut s, "%step 10");
+    for metric in ["lr", "grad-norm", "val"] {
+        let (outputs, result) = run(&mut s, &format!("%plot {metric} --save {}/{metric}.svg", dir.display()));
+        result.unwrap();
+        assert_eq!(figures(&outputs), vec![(1600, 800)], "{metric}");
+        assert!(std::fs::read_to_string(dir.join(format!("{metric}.svg"))).unwrap().starts_with("<svg"));
+    }
+    ok(&mut s, "%precision f32");
+    let (outputs, result) = run(&mut s, "%time %step 2");
+    result.unwrap();
+    assert!(outputs.iter().any(|o| matches!(o, Output::Stream { text, .. } if text.starts_with("time: "))));
+    let timed = ok(&mut s, "%timeit --runs 3 --quiet %tokenize \"the\"");
+    assert_eq!(timed["runs"], 3);
+    assert!(timed["mean_s"].as_f64().unwrap() > 0.0);
+    assert!(fail(&mut s, "%timeit --runs 0 %echo x").message.contains("--runs must be at least 1"));
+    assert!(fail(&mut s, "%time").message.contains("what should be timed"));
+    assert_eq!(ok(&mut s, "%status")["step"], 12, "the timed %step 2 ran once; %timeit's %tokenize takes no steps");
+}
+
+#[test]
 fn the_readme_reference_is_the_command_table() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let start = readme.find("<!-- commands:start -->\n").expect("README has the reference markers") + "<!-- commands:start -->\n".len();

@@ -1,0 +1,71 @@
+"""End to end: JupyterLab (from PyPI) in headless Chromium (Debian's) on localhost
+opens a notebook with the tchlab kernel, runs it, and renders its plot."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (`make test` installs it when run as root)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_jupyterlab_runs_a_tchlab_notebook_and_shows_its_plot(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    cells = ["%data synth reverse --length 4\n%model gpt --layers 1 --heads 2 --dim 32", "%train 30", "%plot loss"]
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells], metadata={"kernelspec": {"name": "tchlab", "display_name": "tchlab (Rust, libtorch)", "language": "rust"}})
+    nbformat.write(nb, tmp_path / "lab.ipynb")
+    port, token = free_port(), "tchlab-e2e"
+    log = open(tmp_path / "jupyterlab.log", "w")
+    lab = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
+         f"--ServerApp.root_dir={tmp_path}", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+        + (["--allow-root"] if os.geteuid() == 0 else []),
+        stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+    )
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                assert lab.poll() is None and time.time() < deadline, "JupyterLab did not start: " + (tmp_path / "jupyterlab.log").read_text()[-2000:]
+                time.sleep(0.5)
+        with sync_playwright() as p:
+            args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/lab/tree/lab.ipynb?token={token}")
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+            # The kernel has started and answered: its status reads Idle (a hidden label).
+            page.get_by_text("Kernel status: Idle").first.wait_for(state="attached", timeout=90_000)
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_text("Run All Cells", exact=True).click()
+            image = page.wait_for_selector(".jp-OutputArea-output img", timeout=120_000)
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image, timeout=30_000)
+            width = image.evaluate("img => img.naturalWidth")
+            page.screenshot(path=str(tmp_path / "jupyterlab.png"))
+            errors = page.query_selector_all(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+            browser.close()
+        # JupyterLab prefers the SVG (800 px wide) to the 2x PNG (1600 px).
+        assert width in (800, 1600), f"the loss plot renders at its size, got {width}"
+        assert not errors, "no cell failed"
+    finally:
+        lab.terminate()
+        lab.wait(timeout=30)
+        log.close()
