@@ -172,3 +172,20 @@ def test_the_heartbeat_echoes(kernel):
     assert hb.poll(5000), "the heartbeat answers"
     assert hb.recv() == b"tchlab ping 42"
     hb.close()
+
+
+def test_a_connection_file_with_another_signature_scheme_is_refused(tmp_path):
+    import json
+    import subprocess
+
+    from conftest import KERNEL
+
+    connection = tmp_path / "kernel.json"
+    connection.write_text(json.dumps({
+        "ip": "127.0.0.1", "transport": "tcp", "shell_port": 0, "iopub_port": 0, "stdin_port": 0, "control_port": 0, "hb_port": 0,
+        "key": "secret", "signature_scheme": "hmac-md5",
+    }))
+    result = subprocess.run([str(KERNEL), "run", "--connection-file", str(connection)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "hmac-md5" in result.stderr and "hmac-sha256" in result.stderr
+    assert "secret" not in result.stderr, "the key is never logged"
