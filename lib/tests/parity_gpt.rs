@@ -34,6 +34,18 @@ fn safetensors_checkpoint_matches_transformers() {
 }
 
 #[test]
+fn generation_slides_past_the_context() {
+    let loaded = checkpoint::load(fixtures().join("gpt-a"), Device::Cpu).unwrap();
+    let prompt: Vec<i64> = (0..70).map(|i| i % 50).collect(); // longer than the 64 positions
+    let opts = GenerateOptions { max_new_tokens: 100, ..Default::default() };
+    let out = generate(&loaded.model, &prompt, &opts).unwrap();
+    assert_eq!(out.len(), 100, "generation goes on past the context");
+    // The first token only sees the last 64 prompt tokens: the same as a cropped prompt.
+    let cropped = generate(&loaded.model, &prompt[6..], &GenerateOptions { max_new_tokens: 1, ..Default::default() }).unwrap();
+    assert_eq!(out[0], cropped[0]);
+}
+
+#[test]
 fn pytorch_model_bin_matches_transformers() {
     check_logits_and_greedy("gpt-b-bin");
 }

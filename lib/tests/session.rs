@@ -310,6 +310,12 @@ fn tokenizers_text_data_precision_plots_and_timing_commands_work() {
     assert!(timed["mean_s"].as_f64().unwrap() > 0.0);
     assert!(fail(&mut s, "%timeit --runs 0 %echo x").message.contains("--runs must be at least 1"));
     assert!(fail(&mut s, "%time").message.contains("what should be timed"));
+    let written = dir.join("made/here.csv");
+    ok(&mut s, &format!("%%writefile {}\ntext,label\nhi,a\n", written.display()));
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), "text,label\nhi,a\n");
+    assert!(fail(&mut s, "%writefile x.csv").message.contains("%%writefile PATH"));
+    let e = fail(&mut s, "%load no-such-model");
+    assert!(e.name == "FileError" && e.message.contains("no model of that name"), "{e}");
     assert_eq!(ok(&mut s, "%status")["step"], 12, "the timed %step 2 ran once; %timeit's %tokenize takes no steps");
 }
 

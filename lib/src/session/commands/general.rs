@@ -295,6 +295,27 @@ fn timeit(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> 
     Ok(())
 }
 
+pub const WRITEFILE: Command = Command {
+    name: "writefile",
+    summary: "write the rest of the cell to a file (as a cell command: %%writefile PATH)",
+    args: &[pos("path", "the file to write").path()],
+    details: "Handy for small data sets made in a notebook. Missing directories are made; the write is atomic.",
+    example: "%%writefile reviews.csv",
+    json: r#"{"path", "bytes"}"#,
+    run: writefile,
+};
+
+fn writefile(_: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let Some(body) = &args.body else { return Err(args.usage_error("%writefile takes the cell's body: start the cell with %%writefile PATH")) };
+    let path = super::model::expand_home(args.get("path").expect("required"));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    }
+    crate::checkpoint::atomic_write(&path, |w| std::io::Write::write_all(w, body.as_bytes()))?;
+    ctx.out(format!("wrote {} bytes to {}", body.len(), path.display()));
+    Ok(())
+}
+
 pub const CLEAR: Command = Command { name: "clear", summary: "clear the cell's output", args: &[], details: "", example: "%clear", json: "", run: clear };
 
 fn clear(_: &mut Session, _: &Args, ctx: &mut Ctx) -> Result<(), CellError> {

@@ -240,6 +240,7 @@ pub static COMMANDS: &[Command] = &[
     inference::PREDICT,
     general::TIME,
     general::TIMEIT,
+    general::WRITEFILE,
     general::CLEAR,
 ];
 

@@ -169,7 +169,10 @@ pub(crate) fn group_digits(n: i64) -> String {
 pub const LOAD: Command = Command {
     name: "load",
     summary: "load a Hugging Face model directory, a weights file, or a tchlab training checkpoint",
-    args: &[pos("path", "directory or file").path(), option("classes", "N", "load a BERT encoder with a new N-class classification head")],
+    args: &[
+        pos("path", "directory, file, or the name of a model in ~/.cache/tchlab/models").path(),
+        option("classes", "N", "load a BERT encoder with a new N-class classification head"),
+    ],
     details: "A directory saved by `%save` resumes training exactly (optimiser, schedule, data cursor, history). \
               Missing and unexpected tensors are reported; a shape mismatch is an error naming the tensor.",
     example: "%load ~/models/all-MiniLM-L6-v2",
@@ -177,8 +180,31 @@ pub const LOAD: Command = Command {
     run: load,
 };
 
+/// Where bare model names are looked up: `$TCHLAB_MODELS`, else `~/.cache/tchlab/models`
+/// (`make` links the all-MiniLM-L6-v2 package there as `all-MiniLM-L6-v2`).
+fn models_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("TCHLAB_MODELS").map(Into::into).or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/tchlab/models")))
+}
+
+/// A path as given, or a bare name found in the models directory.
+fn resolve_model(name: &str) -> Result<std::path::PathBuf, CellError> {
+    let path = expand_home(name);
+    if path.exists() || name.contains('/') {
+        return Ok(path);
+    }
+    let Some(dir) = models_dir() else { return Ok(path) };
+    let candidate = dir.join(name);
+    if candidate.exists() {
+        return Ok(candidate);
+    }
+    let known: Vec<String> =
+        std::fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+    let hint = if known.is_empty() { String::new() } else { format!("; models in {}: {}", dir.display(), known.join(", ")) };
+    Err(CellError { name: "FileError".into(), message: format!("{name}: no such file or directory, and no model of that name{hint}") })
+}
+
 fn load(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
-    let path = expand_home(args.get("path").expect("required"));
+    let path = resolve_model(args.get("path").expect("required"))?;
     if path.join("trainer.json").is_file() {
         let mut trainer = Trainer::load(&path, s.device)?;
         trainer.set_cancel_handle(s.cancel.clone());
