@@ -111,10 +111,14 @@ impl Renderer {
     pub fn finish(&mut self) {
         self.close_live_line();
         for (_, bundle) in self.live.drain().collect::<Vec<_>>() {
-            if !self.json {
-                if !self.in_place {
-                    println!("{}", bundle.plain());
-                }
+            if self.json {
+                continue;
+            }
+            if !self.in_place {
+                // Nothing was shown while it ran: the final state, once.
+                self.bundle(&bundle);
+            } else if self.images != Images::None {
+                // The status line is on screen already; add the figure.
                 self.figure(&bundle);
             }
         }
