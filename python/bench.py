@@ -17,6 +17,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -190,35 +191,35 @@ def main() -> None:
               f"{ours['tokens_per_s']:>13.0f} {tokens / theirs_ms * 1000:>14.0f} {mfu(ours['ms_per_step']):>10.1%} {mfu(theirs_ms):>11.1%}")
         sys.stdout.flush()
 
-    print()
     ours = run_example("bench_generate")["tokens_per_s"]
     theirs = pytorch_generate_tokens_per_s()
-    print("Greedy generation, GPT-2-small size (124M parameters, random weights), 16-token prompt + 64 tokens, CPU")
-    print(f"{'':<26} {'tchlab tok/s':>13} {'transformers tok/s':>19} {'ratio':>6}")
-    print(f"{'generate, KV cache':<26} {ours:>13.1f} {theirs:>19.1f} {ours / theirs:>6.2f}")
-    sys.stdout.flush()
+    comparison("Greedy generation, GPT-2-small size (124M parameters, random weights), 16-token prompt + 64 tokens, CPU",
+               "tchlab tok/s", "transformers tok/s", [("generate, KV cache", ours, theirs, ours / theirs)])
 
-    print()
     ours = run_example("bench_plot")["ms"]
     theirs = matplotlib_plot_ms()
-    print("Loss plot, 10,000 points + EMA + validation points, log axis, 1600x800 PNG, one thread")
-    print(f"{'':<26} {'tchlab ms':>10} {'matplotlib ms':>14} {'ratio':>6}")
-    print(f"{'render + encode':<26} {ours:>10.1f} {theirs:>14.1f} {theirs / ours:>6.2f}")
-    sys.stdout.flush()
+    comparison("Loss plot, 10,000 points + EMA + validation points, log axis, 1600x800 PNG, one thread",
+               "tchlab ms", "matplotlib ms", [("render + encode", ours, theirs, theirs / ours)])
 
-    print()
-    import subprocess as sp
-    import tempfile
     prefix = tempfile.mkdtemp(prefix="tchlab-bench-kernelspec-")
-    sp.run([os.path.join(ROOT, "target/release/tchlab-kernel"), "install", "--prefix", prefix], check=True, capture_output=True)
+    subprocess.run([os.path.join(ROOT, "target/release/tchlab-kernel"), "install", "--prefix", prefix], check=True, capture_output=True)
     os.environ["JUPYTER_PATH"] = os.path.join(prefix, "share", "jupyter")
     ours_start, ours_trip = kernel_timings("tchlab", "%echo hi")
     theirs_start, theirs_trip = kernel_timings("python3", "pass")
-    print("Jupyter kernel through jupyter_client (medians: 5 start-ups, 200 round trips of a trivial cell)")
-    print(f"{'':<26} {'tchlab ms':>10} {'ipykernel ms':>13} {'ratio':>6}")
-    print(f"{'start-up to kernel_info':<26} {ours_start:>10.1f} {theirs_start:>13.1f} {theirs_start / ours_start:>6.2f}")
-    print(f"{'round trip':<26} {ours_trip:>10.2f} {theirs_trip:>13.2f} {theirs_trip / ours_trip:>6.2f}")
+    comparison("Jupyter kernel through jupyter_client (medians: 5 start-ups, 200 round trips of a trivial cell)", "tchlab ms", "ipykernel ms", [
+        ("start-up to kernel_info", ours_start, theirs_start, theirs_start / ours_start),
+        ("round trip", ours_trip, theirs_trip, theirs_trip / ours_trip),
+    ])
 
+
+def comparison(title: str, ours_header: str, theirs_header: str, rows) -> None:
+    """Prints one side-by-side table: (label, ours, theirs, ratio) rows; ratio > 1 favours tchlab."""
+    print()
+    print(title)
+    print(f"{'':<26} {ours_header:>13} {theirs_header:>19} {'ratio':>6}")
+    for label, ours, theirs, ratio in rows:
+        print(f"{label:<26} {ours:>13.2f} {theirs:>19.2f} {ratio:>6.2f}")
+    sys.stdout.flush()
 
 if __name__ == "__main__":
     main()
