@@ -178,8 +178,14 @@ pub fn sweep(trainer: &mut Trainer, params: &[Param], method: Method, steps: u64
         return invalid!("--steps must be at least 1");
     }
     let plans = plan(params, method, trials, trainer.seed())?;
+    from_start_and_back(trainer, |t| run_trials(t, plans, method, steps, on_event))
+}
+
+/// Runs `explore` from a snapshot of the trainer and puts the trainer back there after,
+/// whatever `explore` did or however it failed; the sweep's snapshots are dropped.
+fn from_start_and_back<T>(trainer: &mut Trainer, explore: impl FnOnce(&mut Trainer) -> Result<T>) -> Result<T> {
     trainer.snapshot(START)?;
-    let result = run_trials(trainer, plans, method, steps, on_event);
+    let result = explore(trainer);
     let restored = trainer.rewind(START);
     trainer.drop_snapshots(|name| name.starts_with("__sweep"));
     restored?;
@@ -279,12 +285,7 @@ pub fn lr_find(trainer: &mut Trainer, start: f64, end: f64, steps: u64) -> Resul
     if steps < 5 {
         return invalid!("--steps must be at least 5 for a range test");
     }
-    trainer.snapshot(START)?;
-    let result = run_lr_find(trainer, start, end, steps);
-    let restored = trainer.rewind(START);
-    trainer.drop_snapshots(|name| name == START);
-    restored?;
-    result
+    from_start_and_back(trainer, |t| run_lr_find(t, start, end, steps))
 }
 
 fn run_lr_find(trainer: &mut Trainer, start: f64, end: f64, steps: u64) -> Result<LrFind> {
