@@ -23,7 +23,7 @@ CARGO_ENV := LIBTORCH=$(LIBTORCH)
 endif
 TEST_ENV := TCHLAB_FIXTURES=$(FIXTURES) TCHLAB_PYTHON=$(PYTHON) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: all build demo test test-gpu bench readme kernel lab browser corpora models venv fixtures fmt clean
+.PHONY: all build demo test test-rust-cells test-gpu bench readme kernel lab browser corpora models venv fixtures fmt clean
 
 all: build
 
@@ -53,8 +53,15 @@ $(FIXTURES)/READY: python/make_fixtures.py $(VENV_READY)
 
 test: build fixtures browser corpora models
 	$(CARGO_ENV) $(TEST_ENV) cargo test --release --workspace
-	$(TEST_ENV) $(PYTHON) -m pytest -q tests
+	@$(MAKE) --no-print-directory test-rust-cells
+	$(TEST_ENV) $(PYTHON) -m pytest -q tests --ignore=tests/rust_cells
 	@$(MAKE) --no-print-directory test-gpu
+
+# Rust cells through the kernel. The first run on a machine compiles tch and the tchlab
+# library for evcxr into ~/.cache/tchlab/evcxr (several minutes); later runs reuse it.
+# It runs before the notebooks, so that notebooks/05-rust-cells finds that work done.
+test-rust-cells: build fixtures
+	$(TEST_ENV) $(PYTHON) -m pytest -q tests/rust_cells
 
 # The JupyterLab end-to-end test drives Debian's Chromium; as root (CI) it is installed
 # when missing, otherwise that one test reports itself skipped.

@@ -16,6 +16,8 @@ const USAGE: &str = "usage:
   tchlab-kernel run --connection-file FILE                        serve a Jupyter client (Jupyter runs this)";
 
 fn main() {
+    // Rust cells run in a copy of this program; in that copy, this call never returns.
+    tchlab_cells::runtime_hook();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match words.as_slice() {

@@ -4,7 +4,6 @@
 //! loop ends because of one.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -126,13 +125,13 @@ async fn serve(info: ConnectionInfo) -> Result<(), String> {
         }
     });
 
-    let session = tchlab::session::Session::new();
-    let cancel = session.cancel_handle();
+    let lab = tchlab_cells::Lab::new(tchlab::session::Session::new());
+    let interrupter = lab.interrupter();
     let (jobs, job_queue) = std::sync::mpsc::channel::<Job>();
     let worker_iopub = shared.iopub.clone();
     std::thread::Builder::new()
         .name("tchlab-session".into())
-        .spawn(move || worker::run(session, job_queue, worker_iopub, session_id))
+        .spawn(move || worker::run(lab, job_queue, worker_iopub, session_id))
         .map_err(|e| e.to_string())?;
 
     let control_shared = shared.clone();
@@ -149,8 +148,8 @@ async fn serve(info: ConnectionInfo) -> Result<(), String> {
             control_shared.status(&request, "busy");
             let reply = match request.msg_type() {
                 "interrupt_request" => {
-                    // The running command stops at its next step boundary.
-                    cancel.store(true, Ordering::SeqCst);
+                    // A command stops at its next step boundary; a Rust cell's process is killed.
+                    interrupter.interrupt();
                     Some(("interrupt_reply", json!({ "status": "ok" })))
                 }
                 "kernel_info_request" => Some(("kernel_info_reply", kernel_info())),

@@ -6,7 +6,8 @@ use std::sync::mpsc::Receiver;
 
 use serde_json::{json, Value};
 use tchlab::session::output::{Bundle, Output, Stream};
-use tchlab::session::{Completeness, Session};
+use tchlab::session::Completeness;
+use tchlab_cells::Lab;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
@@ -37,7 +38,7 @@ pub enum Job {
 }
 
 /// Runs jobs until the channel closes.
-pub fn run(mut session: Session, jobs: Receiver<Job>, iopub: UnboundedSender<Message>, kernel_session: String) {
+pub fn run(mut lab: Lab, jobs: Receiver<Job>, iopub: UnboundedSender<Message>, kernel_session: String) {
     let mut execution_count: u64 = 0;
     for job in jobs {
         match job {
@@ -53,7 +54,7 @@ pub fn run(mut session: Session, jobs: Receiver<Job>, iopub: UnboundedSender<Mes
                     ));
                 }
                 let mut payload = vec![];
-                let result = session.run_cell(&code, &mut |output| {
+                let result = lab.run_cell(&code, &mut |output| {
                     if let Some((msg_type, content)) = to_iopub(output, execution_count, silent, &mut payload) {
                         let _ = iopub.send(Message::new(msg_type, &parent, content, &kernel_session, topic(msg_type)));
                     }
@@ -74,7 +75,7 @@ pub fn run(mut session: Session, jobs: Receiver<Job>, iopub: UnboundedSender<Mes
                 let _ = reply.send(content);
             }
             Job::Query { msg_type, content, reply } => {
-                let _ = reply.send(query(&session, &msg_type, &content));
+                let _ = reply.send(query(&mut lab, &msg_type, &content));
             }
         }
     }
@@ -119,24 +120,24 @@ fn code_points(code: &str, bytes: usize) -> usize {
     code[..bytes.min(code.len())].chars().count()
 }
 
-fn query(session: &Session, msg_type: &str, content: &Value) -> Value {
+fn query(lab: &mut Lab, msg_type: &str, content: &Value) -> Value {
     let code = content["code"].as_str().unwrap_or("");
     let cursor = byte_offset(code, content["cursor_pos"].as_u64().map_or(code.chars().count(), |c| c as usize));
     match msg_type {
         "complete_request" => {
-            let c = session.complete(code, cursor);
+            let c = lab.complete(code, cursor);
             json!({ "status": "ok", "matches": c.matches, "cursor_start": code_points(code, c.start), "cursor_end": code_points(code, c.end), "metadata": {} })
         }
-        "inspect_request" => match session.inspect(code, cursor) {
+        "inspect_request" => match lab.session().inspect(code, cursor) {
             Some(help) => json!({ "status": "ok", "found": true, "data": { "text/plain": help }, "metadata": {} }),
             None => json!({ "status": "ok", "found": false, "data": {}, "metadata": {} }),
         },
-        "is_complete_request" => match session.is_complete(code) {
+        "is_complete_request" => match lab.session().is_complete(code) {
             Completeness::Complete => json!({ "status": "complete" }),
             Completeness::Incomplete => json!({ "status": "incomplete", "indent": "    " }),
             Completeness::Invalid => json!({ "status": "invalid" }),
         },
-        "history_request" => json!({ "status": "ok", "history": history(session.inputs(), content) }),
+        "history_request" => json!({ "status": "ok", "history": history(lab.session().inputs(), content) }),
         _ => json!({ "status": "error", "ename": "UnknownRequest", "evalue": msg_type, "traceback": [] }),
     }
 }

@@ -11,6 +11,7 @@
 //! - [`sweep`]: grid, random and successive-halving sweeps; the learning-rate range test.
 //! - [`plot`]: training curves and attention maps as PNG and SVG.
 //! - [`session`]: the command language (`%train 200`, `%plot loss`) that front ends drive.
+//! - [`live`]: Rust cells in another process reaching the live session.
 //!
 //! The library knows nothing of Jupyter or terminals: front ends drive it.
 
@@ -21,6 +22,7 @@ pub mod data;
 pub mod embedding;
 pub mod error;
 pub mod generate;
+pub mod live;
 pub mod models;
 pub mod plot;
 pub mod session;

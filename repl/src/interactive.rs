@@ -14,27 +14,32 @@ use rustyline::history::FileHistory;
 use rustyline::validate::{ValidationContext, ValidationResult, Validator};
 use rustyline::{Context, Editor};
 use tchlab::session::{commands, Completeness, Session};
+use tchlab_cells::Lab;
 
 use crate::render::{Images, Renderer};
 
-/// Ctrl-C while a command runs sets the session's interrupt flag: training stops at
-/// its next step boundary with its state kept. (While a line is being edited, the
-/// terminal is in raw mode and Ctrl-C reaches rustyline as a key instead.)
-pub fn interrupt_on_ctrl_c(session: &Session) {
-    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGINT, session.cancel_handle()) {
+/// Ctrl-C while a cell runs interrupts it: training stops at its next step boundary
+/// with its state kept; a Rust cell's process is stopped. (While a line is being
+/// edited, the terminal is in raw mode and Ctrl-C reaches rustyline as a key instead.)
+pub fn interrupt_on_ctrl_c(lab: &Lab) {
+    let interrupter = lab.interrupter();
+    let watch = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT]).and_then(|mut signals| {
+        std::thread::Builder::new().name("tchlab-ctrl-c".into()).spawn(move || signals.forever().for_each(|_| interrupter.interrupt()))
+    });
+    if let Err(e) = watch {
         eprintln!("tchlab: Ctrl-C will not interrupt commands: {e}");
     }
 }
 
 struct Helper {
-    session: Rc<RefCell<Session>>,
+    lab: Rc<RefCell<Lab>>,
 }
 
 impl Completer for Helper {
     type Candidate = String;
 
     fn complete(&self, line: &str, pos: usize, _: &Context<'_>) -> rustyline::Result<(usize, Vec<String>)> {
-        let c = self.session.borrow().complete(line, pos);
+        let c = self.lab.borrow_mut().complete(line, pos);
         Ok((c.start, c.matches))
     }
 }
@@ -67,7 +72,7 @@ impl Validator for Helper {
         if input.trim_start().starts_with("%%") && !input.ends_with('\n') {
             return Ok(ValidationResult::Incomplete);
         }
-        Ok(match self.session.borrow().is_complete(input) {
+        Ok(match self.lab.borrow().session().is_complete(input) {
             Completeness::Incomplete => ValidationResult::Incomplete,
             _ => ValidationResult::Valid(None),
         })
@@ -86,8 +91,8 @@ fn history_path() -> Option<PathBuf> {
 
 /// Runs the interactive session; returns the exit status.
 pub fn run() -> i32 {
-    let session = Rc::new(RefCell::new(Session::new()));
-    interrupt_on_ctrl_c(&session.borrow());
+    let lab = Rc::new(RefCell::new(Lab::new(Session::new())));
+    interrupt_on_ctrl_c(&lab.borrow());
     let mut editor: Editor<Helper, FileHistory> = match Editor::new() {
         Ok(e) => e,
         Err(e) => {
@@ -95,7 +100,7 @@ pub fn run() -> i32 {
             return 1;
         }
     };
-    editor.set_helper(Some(Helper { session: session.clone() }));
+    editor.set_helper(Some(Helper { lab: lab.clone() }));
     let history = history_path();
     if let Some(path) = &history {
         let _ = editor.load_history(path);
@@ -103,7 +108,7 @@ pub fn run() -> i32 {
     println!("tchlab {} — %help lists the commands, Tab completes, Ctrl-C interrupts, Ctrl-D leaves.", env!("CARGO_PKG_VERSION"));
     let images = Images::detect();
     loop {
-        let glance = session.borrow().glance();
+        let glance = lab.borrow().session().glance();
         let prompt = format!("tchlab [{} · step {}]> ", glance.device, glance.step);
         match editor.readline(&prompt) {
             Ok(cell) => {
@@ -116,7 +121,7 @@ pub fn run() -> i32 {
                     let _ = editor.save_history(path);
                 }
                 let mut renderer = Renderer::new(images, false);
-                let result = session.borrow_mut().run_cell(&cell, &mut |o| renderer.show(o));
+                let result = lab.borrow_mut().run_cell(&cell, &mut |o| renderer.show(o));
                 match result {
                     Ok(()) => renderer.finish(),
                     Err(e) => renderer.error(&e, ""),
@@ -124,7 +129,7 @@ pub fn run() -> i32 {
             }
             Err(ReadlineError::Interrupted) => continue,
             Err(ReadlineError::Eof) => {
-                if !session.borrow().glance().unsaved {
+                if !lab.borrow().session().glance().unsaved {
                     return 0;
                 }
                 match editor.readline("Training progress since the last %save will be lost. Leave anyway? [y/N] ") {

@@ -11,6 +11,7 @@ mod render;
 use std::path::Path;
 
 use tchlab::session::Session;
+use tchlab_cells::Lab;
 
 use render::{Images, Renderer};
 
@@ -24,6 +25,8 @@ const USAGE: &str = "usage:
   TCHLAB_IMAGES=kitty|iterm|sixel|braille|none chooses how plots are shown";
 
 fn main() {
+    // Rust cells run in a copy of this program; in that copy, this call never returns.
+    tchlab_cells::runtime_hook();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
     let keep_going = args.iter().any(|a| a == "--keep-going");
@@ -45,7 +48,8 @@ fn main() {
 }
 
 /// The cells of a script with their line numbers: each command line is a cell; a
-/// `%%` line takes the lines after it, up to a blank line, as its body.
+/// `%%` line takes the lines after it, up to a blank line, as its body; Rust runs up
+/// to a blank line or a command line as one cell.
 fn script_cells(text: &str) -> Vec<(usize, String)> {
     let mut cells = vec![];
     let mut lines = text.lines().enumerate().peekable();
@@ -55,8 +59,9 @@ fn script_cells(text: &str) -> Vec<(usize, String)> {
             continue;
         }
         let mut cell = line.to_string();
-        if trimmed.starts_with("%%") {
-            while let Some((_, body)) = lines.next_if(|(_, l)| !l.trim().is_empty()) {
+        let rust = !trimmed.starts_with('%');
+        if trimmed.starts_with("%%") || rust {
+            while let Some((_, body)) = lines.next_if(|(_, l)| !l.trim().is_empty() && !(rust && l.trim_start().starts_with('%'))) {
                 cell.push('\n');
                 cell.push_str(body);
             }
@@ -78,12 +83,12 @@ fn run_file(path: &Path, keep_going: bool, json: bool) -> i32 {
 
 /// Runs cells in order; returns the exit status: 0, or 1 when a cell failed.
 fn run_cells(cells: &[(usize, String)], origin: &str, keep_going: bool, json: bool) -> i32 {
-    let mut session = Session::new();
-    interactive::interrupt_on_ctrl_c(&session);
+    let mut lab = Lab::new(Session::new());
+    interactive::interrupt_on_ctrl_c(&lab);
     let mut renderer = Renderer::new(Images::detect(), json);
     let mut status = 0;
     for (line, cell) in cells {
-        let result = session.run_cell(cell, &mut |o| renderer.show(o));
+        let result = lab.run_cell(cell, &mut |o| renderer.show(o));
         match result {
             Ok(()) => renderer.finish(),
             Err(e) => {
@@ -105,8 +110,17 @@ mod tests {
 
     #[test]
     fn scripts_split_into_numbered_cells() {
-        let text = "# a comment\n%seed 1\n\n%%time\n%step 2\n%step 3\n\n%echo done\n";
+        let text = "# a comment\n%seed 1\n\n%%time\n%step 2\n%step 3\n\n%echo done\nlet x = 1;\nx + 1\n%echo after\n";
         let cells = script_cells(text);
-        assert_eq!(cells, vec![(2, "%seed 1".to_string()), (4, "%%time\n%step 2\n%step 3".to_string()), (8, "%echo done".to_string())]);
+        assert_eq!(
+            cells,
+            vec![
+                (2, "%seed 1".to_string()),
+                (4, "%%time\n%step 2\n%step 3".to_string()),
+                (8, "%echo done".to_string()),
+                (9, "let x = 1;\nx + 1".to_string()),
+                (11, "%echo after".to_string())
+            ]
+        );
     }
 }

@@ -180,6 +180,37 @@ impl Model {
         all
     }
 
+    /// Copies `tensors` into the variables of the same names, converting dtype and
+    /// device. Every name, shape and value is checked first (known name, same shape,
+    /// finite values): on error no variable has changed. Returns the names set.
+    pub fn set_tensors(&self, tensors: &[(String, Tensor)]) -> Result<Vec<String>> {
+        let vars = self.vars.variables();
+        let mut plan = Vec::with_capacity(tensors.len());
+        for (name, tensor) in tensors {
+            let Some(var) = vars.get(name) else {
+                let close = crate::suggest::did_you_mean(name, vars.keys().map(String::as_str));
+                return invalid!("the model has no weight `{name}`{close}; `%weights` lists them");
+            };
+            if tensor.size() != var.size() {
+                return invalid!("weight `{name}` has shape {:?}; the tensor given has shape {:?}", var.size(), tensor.size());
+            }
+            if !tensor.is_floating_point() {
+                return invalid!("weight `{name}` needs floating-point values; the tensor given is {:?}", tensor.kind());
+            }
+            if !bool::try_from(tensor.f_isfinite()?.f_all()?)? {
+                return Err(Error::NonFinite(format!("the tensor given for `{name}` holds NaN or infinite values; no weight was changed")));
+            }
+            plan.push((var.shallow_clone(), tensor.to_device(var.device()).to_kind(var.kind())));
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (var, tensor) in &plan {
+                var.shallow_clone().f_copy_(tensor)?;
+            }
+            Ok(())
+        })?;
+        Ok(tensors.iter().map(|(n, _)| n.clone()).collect())
+    }
+
     /// Converts every floating-point variable to `kind` (f32, bf16, f16).
     pub fn set_kind(&mut self, kind: Kind) {
         match kind {

@@ -9,6 +9,7 @@
 //! Commands either finish or change nothing.
 
 pub mod commands;
+mod live;
 pub mod output;
 pub mod parse;
 
@@ -165,15 +166,14 @@ impl Session {
 
     /// Runs a cell: each command line in order, stopping at the first error.
     pub fn run_cell(&mut self, cell: &str, sink: &mut dyn FnMut(Output)) -> Result<(), CellError> {
+        self.record_input(cell);
         self.cancel.store(false, Ordering::SeqCst);
-        if !cell.trim().is_empty() {
-            self.inputs.push(cell.to_string());
-        }
         let mut ctx = Ctx { sink };
         match split_cell(cell)? {
             Cell::Rust(_) => Err(CellError {
                 name: "UsageError".into(),
-                message: "this cell is Rust code, and Rust cells are not available yet; commands start with `%` (`%help` lists them)".into(),
+                message: "this cell is Rust code, which the tchlab kernel and REPL run (the tchlab-cells crate); commands start with `%` (`%help` lists them)"
+                    .into(),
             }),
             Cell::Commands(invocations) => {
                 for inv in invocations {
@@ -195,6 +195,14 @@ impl Session {
         }
         let args = Args::parse(command, &inv.words, inv.body.clone())?;
         (command.run)(self, &args, ctx)
+    }
+
+    /// Adds a cell to the input history (what [`Session::run_cell`] does first), for
+    /// cells that front ends run elsewhere.
+    pub fn record_input(&mut self, cell: &str) {
+        if !cell.trim().is_empty() {
+            self.inputs.push(cell.to_string());
+        }
     }
 
     /// Completion candidates at byte offset `cursor` of `code`.

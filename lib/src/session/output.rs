@@ -67,6 +67,69 @@ impl Bundle {
     }
 }
 
+/// Values that know how to show themselves: tensors, figures, tables, histories. The
+/// session's displays and Rust cells' final values both go through [`Show::bundle`].
+pub trait Show {
+    /// The value in every representation it has.
+    fn bundle(&self) -> Bundle;
+
+    /// Shows the value as the result of an evcxr cell: evcxr calls this method on a
+    /// cell's final value when it exists, and reads MIME blocks from stdout.
+    fn evcxr_display(&self) {
+        let mut out = String::new();
+        for (mime, value) in &self.bundle().0 {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            out.push_str(&format!("EVCXR_BEGIN_CONTENT {mime}\n{}\nEVCXR_END_CONTENT\n", text.trim_end_matches('\n')));
+        }
+        print!("{out}");
+    }
+}
+
+impl Show for Bundle {
+    fn bundle(&self) -> Bundle {
+        self.clone()
+    }
+}
+
+impl Show for Figure {
+    fn bundle(&self) -> Bundle {
+        Bundle::text(format!("<figure {}x{}>", self.width, self.height)).figure(self)
+    }
+}
+
+impl Show for Table {
+    fn bundle(&self) -> Bundle {
+        Bundle::text(self.to_text()).html(self.to_html())
+    }
+}
+
+impl Show for tch::Tensor {
+    fn bundle(&self) -> Bundle {
+        if !self.defined() {
+            return Bundle::text("<undefined tensor>");
+        }
+        let header = format!("Tensor {:?} {:?} on {}", self.size(), self.kind(), super::commands::device_name(self.device()));
+        let values = format!("{self}");
+        Bundle::text(format!("{header}\n{values}")).html(format!("<div><b>{}</b><pre>{}</pre></div>", escape_html(&header), escape_html(&values)))
+    }
+}
+
+impl Show for crate::train::History {
+    fn bundle(&self) -> Bundle {
+        let mut table = Table::new(["step", "loss", "lr", "grad norm", "val loss"]);
+        let shown = self.steps.len().saturating_sub(10);
+        for r in &self.steps[shown..] {
+            let val = r.val.as_ref().map_or(String::new(), |v| format!("{:.4}", v.loss));
+            table.row([r.step.to_string(), format!("{:.4}", r.loss), format!("{:.3e}", r.lr), format!("{:.3}", r.grad_norm), val]);
+        }
+        let caption = format!("{} steps{}", self.steps.len(), if shown > 0 { ", the last 10 shown" } else { "" });
+        Bundle::text(format!("{caption}\n{}", table.to_text())).html(format!("<p>{caption}</p>{}", table.to_html()))
+    }
+}
+
 /// One event of a command's output.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {

@@ -203,6 +203,15 @@ impl Optimizer {
         })
     }
 
+    /// Sets the float32 master copy of the variable `name`, where there is one, to
+    /// `value` (after the variable itself was set from outside the optimiser).
+    pub fn set_master(&mut self, name: &str, value: &Tensor) -> Result<()> {
+        if let Some(master) = self.params.iter_mut().find(|p| p.name == name).and_then(|p| p.master.as_mut()) {
+            tch::no_grad(|| master.f_copy_(&value.to_device(master.device())))?;
+        }
+        Ok(())
+    }
+
     /// Keeps float32 master copies of the variables from now on (call before the model
     /// is cast to low precision), or writes them back and drops them (call after the
     /// model is cast back to float32).

@@ -223,6 +223,19 @@ impl Trainer {
         (self.model, self.tokenizer)
     }
 
+    /// Overwrites weights from outside training (a Rust cell's edit): checked first,
+    /// then copied into the model and the optimiser's master copies, and recorded in
+    /// the history as a change of `weights` at the current step.
+    pub fn set_weights(&mut self, tensors: &[(String, Tensor)], origin: &str) -> Result<Vec<String>> {
+        let names = self.model.set_tensors(tensors)?;
+        for (name, tensor) in tensors {
+            self.opt.set_master(name, tensor)?;
+        }
+        let to = format!("{} tensor{} set by {origin}", names.len(), if names.len() == 1 { "" } else { "s" });
+        self.history.changes.push(Change { step: self.step, key: "weights".into(), from: String::new(), to });
+        Ok(names)
+    }
+
     /// Sets a hyperparameter from its text form, records the change, and applies what
     /// it implies (a new optimiser, a cast to another precision). A bad value changes
     /// nothing.

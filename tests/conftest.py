@@ -6,7 +6,7 @@ import pathlib
 import subprocess
 import tempfile
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 KERNEL = ROOT / "target" / "release" / "tchlab-kernel"
 
 if not KERNEL.exists():

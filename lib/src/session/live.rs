@@ -1,0 +1,123 @@
+//! The session's side of [`crate::live`]: answers to Rust code running in another
+//! process. A front end reads request lines from its socket and hands each to
+//! [`Session::serve_live`]; the answer goes back as one line.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::output::{CellError, Output};
+use super::parse::{split_cell, Cell};
+use super::{Ctx, Session};
+use crate::live::{Info, Parameter, Reply, Request};
+
+impl Session {
+    /// Answers one request line from a Rust cell. Files named in requests must lie in
+    /// `scratch` (the socket's directory); command output (`live::run`) goes to `sink`.
+    /// A refused request changes nothing.
+    pub fn serve_live(&mut self, line: &str, scratch: &Path, sink: &mut dyn FnMut(Output)) -> String {
+        let reply = match serde_json::from_str::<Request>(line) {
+            Ok(request) => match self.answer(request, scratch, sink) {
+                Ok(value) => Reply::Ok(value),
+                Err(e) => Reply::Error { name: e.name, message: e.message },
+            },
+            Err(e) => Reply::Error { name: "UsageError".into(), message: format!("not a request tchlab understands ({e})") },
+        };
+        serde_json::to_string(&reply).expect("replies serialize")
+    }
+
+    fn answer(&mut self, request: Request, scratch: &Path, sink: &mut dyn FnMut(Output)) -> Result<Value, CellError> {
+        let inside = |path: &Path| -> Result<(), CellError> {
+            if path.parent() == Some(scratch) {
+                Ok(())
+            } else {
+                Err(CellError { name: "UsageError".into(), message: format!("{}: files for the session must be in {}", path.display(), scratch.display()) })
+            }
+        };
+        let device = json!({ "device": super::commands::device_name(self.device) });
+        match request {
+            Request::Info => {
+                let model = self.model_or_err()?;
+                let parameters =
+                    model.named_tensors().into_iter().map(|(name, t)| Parameter { name, shape: t.size(), dtype: format!("{:?}", t.kind()) }).collect();
+                let info = Info {
+                    model_type: model.config().model_type().into(),
+                    config: crate::checkpoint::hf_config(model),
+                    parameters,
+                    device: super::commands::device_name(self.device),
+                    step: self.trainer.as_ref().map_or(0, |t| t.step_count()),
+                    branch: self.trainer.as_ref().map(|t| t.branch().to_string()),
+                };
+                Ok(serde_json::to_value(info).expect("info serializes"))
+            }
+            Request::Weights { names, file } => {
+                inside(&file)?;
+                let all = self.model_or_err()?.named_tensors();
+                let chosen: Vec<(String, tch::Tensor)> = if names.is_empty() {
+                    all
+                } else {
+                    let mut chosen = vec![];
+                    for name in names {
+                        let Some((_, t)) = all.iter().find(|(n, _)| *n == name) else {
+                            let close = crate::suggest::did_you_mean(&name, all.iter().map(|(n, _)| n.as_str()));
+                            return Err(CellError {
+                                name: "UsageError".into(),
+                                message: format!("the model has no weight `{name}`{close}; `%weights` lists them"),
+                            });
+                        };
+                        chosen.push((name, t.shallow_clone()));
+                    }
+                    chosen
+                };
+                let cpu: Vec<(String, tch::Tensor)> = chosen.into_iter().map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
+                tch::Tensor::write_safetensors(&cpu, &file).map_err(|e| CellError::from(crate::Error::from(e)))?;
+                Ok(device)
+            }
+            Request::SetWeights { file } => {
+                inside(&file)?;
+                let tensors = tch::Tensor::read_safetensors(&file).map_err(|e| CellError::from(crate::Error::format(&file, e.to_string())))?;
+                if let Some(trainer) = self.trainer.as_mut() {
+                    trainer.set_weights(&tensors, "a Rust cell")?;
+                } else {
+                    self.model_or_err()?.set_tensors(&tensors)?;
+                }
+                self.saved_at = None;
+                Ok(json!({ "set": tensors.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>() }))
+            }
+            Request::Model { dir } => {
+                inside(&dir)?;
+                crate::checkpoint::save_hf(self.model_or_err()?, self.tokenizer(), &dir)?;
+                Ok(device)
+            }
+            Request::Tokenizer { file } => {
+                inside(&file)?;
+                self.tokenizer_or_err()?.save(&file)?;
+                Ok(Value::Null)
+            }
+            Request::History => {
+                let trainer = self
+                    .trainer
+                    .as_ref()
+                    .ok_or_else(|| CellError { name: "UsageError".into(), message: "no training yet: the history starts with `%train` or `%step`".into() })?;
+                Ok(serde_json::to_value(trainer.history()).expect("history serializes"))
+            }
+            Request::Run { cell } => {
+                let Cell::Commands(invocations) = split_cell(&cell)? else {
+                    return Err(CellError { name: "UsageError".into(), message: "`live::run` takes command lines such as \"%eval\", not Rust".into() });
+                };
+                let mut result = Value::Null;
+                let mut forward = |output: Output| {
+                    if let Output::Result(bundle) = &output {
+                        result = bundle.data().cloned().unwrap_or_else(|| Value::String(bundle.plain().to_string()));
+                    }
+                    sink(output);
+                };
+                let mut ctx = Ctx { sink: &mut forward };
+                for inv in invocations {
+                    self.run_invocation(&inv, &mut ctx)?;
+                }
+                Ok(result)
+            }
+        }
+    }
+}
