@@ -36,6 +36,8 @@ pub(crate) fn compile_errors(errors: &[CompilationError], code: &str) -> String 
 pub(crate) struct PanicFilter {
     message: Option<String>,
     state: PanicState,
+    /// A blank line held back: the runtime writes one before a panic's report.
+    blank: bool,
 }
 
 #[derive(Default, PartialEq)]
@@ -47,13 +49,31 @@ enum PanicState {
 }
 
 impl PanicFilter {
-    /// The line to show, if any.
-    pub(crate) fn filter(&mut self, line: String) -> Option<String> {
-        if line.starts_with("thread '") && line.contains("panicked at") {
+    /// The lines to show for this line of stderr (none, one, or a held-back blank
+    /// line and this one).
+    pub(crate) fn filter(&mut self, line: String) -> Vec<String> {
+        if let Some((_, location)) = line.split_once(" panicked at ").filter(|_| line.starts_with("thread '")) {
             self.state = PanicState::Message;
-            self.message = Some(line);
-            return None;
+            self.blank = false;
+            // Locations in the cell's generated crate mean nothing to the reader.
+            let location = location.trim_end_matches(':');
+            self.message = Some(if location.starts_with("src/lib.rs") { "panic:".to_string() } else { format!("panic at {location}:") });
+            return vec![];
         }
+        if self.state == PanicState::Normal && line.is_empty() && !self.blank {
+            self.blank = true;
+            return vec![];
+        }
+        let held = std::mem::take(&mut self.blank).then(String::new);
+        held.into_iter().chain(self.filter_line(line)).collect()
+    }
+
+    /// A blank line still held back when the cell ends.
+    pub(crate) fn finish(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.blank).then(String::new).into_iter().collect()
+    }
+
+    fn filter_line(&mut self, line: String) -> Option<String> {
         match self.state {
             PanicState::Normal => Some(line),
             PanicState::Message if line.starts_with("stack backtrace:") => {
@@ -80,7 +100,7 @@ impl PanicFilter {
         }
     }
 
-    /// The panic's first line and message, if the cell panicked.
+    /// The panic's message, if the cell panicked.
     pub(crate) fn message(&self) -> Option<&str> {
         self.message.as_deref()
     }
@@ -95,6 +115,7 @@ mod tests {
         let mut filter = PanicFilter::default();
         let lines = [
             "before",
+            "",
             "thread '<unnamed>' panicked at src/lib.rs:40:1:",
             "index out of bounds",
             "stack backtrace:",
@@ -103,15 +124,21 @@ mod tests {
             "note: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.",
             "after",
         ];
-        let shown: Vec<String> = lines.iter().filter_map(|l| filter.filter(l.to_string())).collect();
+        let shown: Vec<String> = lines.iter().flat_map(|l| filter.filter(l.to_string())).collect();
         assert_eq!(shown, ["before", "after"]);
-        assert_eq!(filter.message(), Some("thread '<unnamed>' panicked at src/lib.rs:40:1:\nindex out of bounds"));
+        assert_eq!(filter.message(), Some("panic:\nindex out of bounds"));
+        filter.filter("thread 'main' panicked at /src/tchlab/lib/src/live.rs:9:5:".into());
+        assert_eq!(filter.message(), Some("panic at /src/tchlab/lib/src/live.rs:9:5:"));
     }
 
     #[test]
     fn a_quiet_cell_has_no_panic() {
         let mut filter = PanicFilter::default();
-        assert_eq!(filter.filter("warning: unused".into()), Some("warning: unused".into()));
+        assert_eq!(filter.filter("warning: unused".into()), ["warning: unused"]);
+        assert!(filter.filter(String::new()).is_empty());
+        assert_eq!(filter.filter("next".into()), ["", "next"]);
+        assert!(filter.filter(String::new()).is_empty());
+        assert_eq!(filter.finish(), [""]);
         assert_eq!(filter.message(), None);
     }
 }

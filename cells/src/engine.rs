@@ -82,8 +82,8 @@ impl Engine {
         let Engine { context, stdout, stderr, live, .. } = self;
         let mut panic = PanicFilter::default();
         let stream = |stream: Stream, line: String, panic: &mut PanicFilter, sink: &mut dyn FnMut(Output)| {
-            let shown = if stream == Stream::Stderr { panic.filter(line) } else { Some(line) };
-            if let Some(line) = shown {
+            let shown = if stream == Stream::Stderr { panic.filter(line) } else { vec![line] };
+            for line in shown {
                 sink(Output::Stream { stream, text: line + "\n" });
             }
         };
@@ -111,6 +111,9 @@ impl Engine {
         while let Ok(line) = stderr.recv_timeout(Duration::from_millis(30)) {
             stream(Stream::Stderr, line, &mut panic, sink);
         }
+        for line in panic.finish() {
+            sink(Output::Stream { stream: Stream::Stderr, text: line + "\n" });
+        }
         let killed = interrupter.rust_killed.swap(false, Ordering::SeqCst);
         let lost = if variables.is_empty() { "it held no variables".to_string() } else { format!("its variables are gone: {}", variables.join(", ")) };
         match result {
@@ -118,7 +121,7 @@ impl Engine {
                 if let Some(message) = panic.message() {
                     return Err(CellError {
                         name: "RustPanic".into(),
-                        message: format!("{message}\nThe cell panicked. Variables it created are dropped (`:vars` lists what remains); the model, its training and history are unchanged."),
+                        message: format!("{message}\nThe cell stopped there. Variables it created are dropped (`:vars` lists what remains); the model, its training and history are unchanged."),
                     });
                 }
                 if let Some(timing) = outputs.timing {

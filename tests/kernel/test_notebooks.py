@@ -1,5 +1,6 @@
 """Every notebook under notebooks/ runs top to bottom with nbclient and the tchlab
-kernel, with no error, and shows at least one plot."""
+kernel, with no error except in cells tagged `raises-exception` (which must raise),
+and shows at least one plot."""
 
 import pathlib
 
@@ -22,7 +23,11 @@ def test_notebook_runs_and_plots(path, tmp_path):
         pytest.skip(f"{path.name} needs {', '.join(missing)} (`make test` installs it when run as root)")
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name} is committed without outputs"
     NotebookClient(nb, kernel_name="tchlab", timeout=180, resources={"metadata": {"path": str(tmp_path)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    raised = lambda c: any(o.output_type == "error" for o in c.outputs)
+    expected = [c for c in code if "raises-exception" in c.metadata.get("tags", [])]
+    errors = [o for c in code if c not in expected for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
+    assert all(raised(c) for c in expected), "cells tagged raises-exception raise"
     pngs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert pngs, f"{path.name} shows no plot"

@@ -94,6 +94,12 @@ impl Show for Bundle {
     }
 }
 
+impl Show for Value {
+    fn bundle(&self) -> Bundle {
+        Bundle::text(serde_json::to_string_pretty(self).expect("JSON")).json(self.clone())
+    }
+}
+
 impl Show for Figure {
     fn bundle(&self) -> Bundle {
         Bundle::text(format!("<figure {}x{}>", self.width, self.height)).figure(self)
