@@ -35,6 +35,7 @@ pub(crate) struct Engine {
     stdout: Receiver<String>,
     stderr: Receiver<String>,
     live: LiveSocket,
+    source: PathBuf,
     _slot: Slot,
 }
 
@@ -59,15 +60,11 @@ impl Engine {
         child.env(SOCKET_VAR, live.socket()).env("LD_LIBRARY_PATH", library_path()?);
         let (context, outputs) = EvalContext::with_subprocess_command(child).map_err(|e| format!("evcxr did not start: {e}"))?;
         let mut context = CommandContext::with_eval_context(context);
-        let prelude = format!(
-            ":dep tch = \"=0.24.0\"\n:dep serde_json = \"1\"\n:dep tchlab = {{ path = \"{}\" }}\nuse tch::{{Device, Kind, Tensor}};\nuse tchlab::live::{{self, Show}};",
-            source.display()
-        );
-        if let Err(e) = context.execute(&prelude) {
+        if let Err(e) = context.execute(&prelude_code(&source)) {
             let stderr: Vec<String> = outputs.stderr.try_iter().collect();
             return Err(format!("building the tchlab library for Rust cells failed in {}:\n{e}\n{}", slot.dir.display(), stderr.join("\n")));
         }
-        Ok(Engine { context, stdout: outputs.stdout, stderr: outputs.stderr, live, _slot: slot })
+        Ok(Engine { context, stdout: outputs.stdout, stderr: outputs.stderr, live, source, _slot: slot })
     }
 
     /// The child process, for interrupts.
@@ -79,7 +76,7 @@ impl Engine {
     /// final value (through `Show`, or `Debug`) becomes the cell's result.
     pub(crate) fn run(&mut self, code: &str, session: &mut Session, interrupter: &Interrupter, sink: &mut dyn FnMut(Output)) -> Result<(), CellError> {
         let variables: Vec<String> = self.context.variables_and_types().map(|(name, _)| name.to_string()).collect();
-        let Engine { context, stdout, stderr, live, .. } = self;
+        let Engine { context, stdout, stderr, live, source, .. } = self;
         let mut panic = PanicFilter::default();
         let stream = |stream: Stream, line: String, panic: &mut PanicFilter, sink: &mut dyn FnMut(Output)| {
             let shown = if stream == Stream::Stderr { panic.filter(line) } else { vec![line] };
@@ -91,8 +88,9 @@ impl Engine {
         interrupter.rust_running.store(true, Ordering::SeqCst);
         let result = std::thread::scope(|scope| {
             let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+            let evaluating = &mut *context;
             scope.spawn(move || {
-                let _ = done_tx.send(context.execute(code));
+                let _ = done_tx.send(evaluating.execute(code));
             });
             loop {
                 select! {
@@ -116,6 +114,25 @@ impl Engine {
         }
         let killed = interrupter.rust_killed.swap(false, Ordering::SeqCst);
         let lost = if variables.is_empty() { "it held no variables".to_string() } else { format!("its variables are gone: {}", variables.join(", ")) };
+        if killed {
+            live.forget_pending();
+            let ran = matches!(result, Err(evcxr::Error::SubprocessTerminated(_)));
+            if !ran {
+                // Killed while compiling: evcxr has not seen the process die, so start
+                // afresh (`:clear` restarts it) and bring the prelude back.
+                let restarted = context.execute(":clear").and_then(|_| context.execute(&prelude_code(source)));
+                if let Err(e) = restarted {
+                    sink(Output::Stream { stream: Stream::Stderr, text: format!("restarting Rust cells failed: {e}\n") });
+                }
+            }
+            let when = if ran { "" } else { " before it ran (while compiling)" };
+            return Err(CellError {
+                name: "KeyboardInterrupt".into(),
+                message: format!(
+                    "the Rust cell was stopped{when} by killing its process, so {lost}. The session is intact: the model, optimizer, history and snapshots are as they were, and the next Rust cell starts a fresh process."
+                ),
+            });
+        }
         match result {
             Ok(outputs) => {
                 if let Some(message) = panic.message() {
@@ -133,15 +150,6 @@ impl Engine {
                 Ok(())
             }
             Err(evcxr::Error::CompilationErrors(errors)) => Err(CellError { name: "CompileError".into(), message: compile_errors(&errors, code) }),
-            Err(evcxr::Error::SubprocessTerminated(_)) if killed => {
-                live.forget_pending();
-                Err(CellError {
-                    name: "KeyboardInterrupt".into(),
-                    message: format!(
-                        "the Rust cell was stopped by killing its process, so {lost}. The session is intact: the model, optimizer, history and snapshots are as they were, and the next Rust cell starts a fresh process."
-                    ),
-                })
-            }
             Err(evcxr::Error::SubprocessTerminated(why)) => {
                 live.forget_pending();
                 Err(CellError {
@@ -164,6 +172,15 @@ impl Engine {
         matches.dedup();
         Some(Completions { start: found.start_offset, end: found.end_offset, matches })
     }
+}
+
+/// What every cell sees: tch, serde_json and the library (by path), and the names a
+/// cell uses most.
+fn prelude_code(source: &Path) -> String {
+    format!(
+        ":dep tch = \"=0.24.0\"\n:dep serde_json = \"1\"\n:dep tchlab = {{ path = \"{}\" }}\nuse tch::{{Device, Kind, Tensor}};\nuse tchlab::live::{{self, Show}};",
+        source.display()
+    )
 }
 
 /// evcxr's MIME blocks as a bundle; JSON arrives as text and is parsed back.

@@ -25,6 +25,7 @@ impl LiveSocket {
             .flatten()
             .find(|d| d.is_dir() && std::fs::metadata(d).is_ok_and(|m| !m.permissions().readonly()))
             .unwrap_or_else(std::env::temp_dir);
+        remove_abandoned(&base);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let dir = base.join(format!("tchlab-live-{}-{nanos}", std::process::id()));
         std::fs::create_dir(&dir)?;
@@ -61,6 +62,21 @@ impl LiveSocket {
 impl Drop for LiveSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes the directories of front ends that ended without cleaning up (a kernel
+/// shut down by `exit`, a killed REPL): those whose process no longer exists.
+fn remove_abandoned(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("tchlab-live-").and_then(|rest| rest.split('-').next()).and_then(|p| p.parse::<i32>().ok()) else { continue };
+        // SAFETY: signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

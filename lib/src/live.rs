@@ -2,10 +2,14 @@
 //! process (evcxr's), so they read the session's model, tokenizer and history, and hand
 //! weights back, through this module; `use tchlab::live;` is already in scope there.
 //!
-//! ```ignore
-//! let w = live::weight("h.0.attn.c_attn.weight")?;   // the trained tensor
-//! live::set_weight("h.0.attn.c_attn.weight", &(w * 0.5))?;
-//! live::run("%eval")?                               // commands see the change
+//! ```no_run
+//! # use tchlab::live;
+//! # fn main() -> tchlab::Result<()> {
+//! let w = live::weight("transformer.h.0.attn.c_attn.weight")?; // the trained tensor
+//! live::set_weight("transformer.h.0.attn.c_attn.weight", &(w * 0.5))?;
+//! live::run("%eval")?; // commands see the change
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! Why a second process and not shared memory: the session stays in the front end's
