@@ -4,9 +4,12 @@ at it, so the tests run the kernel from this checkout (target/release)."""
 import os
 import pathlib
 import subprocess
+import sys
 import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The tests import their shared helpers (cells.py) from here.
+sys.path.insert(0, str(ROOT / "tests"))
 KERNEL = ROOT / "target" / "release" / "tchlab-kernel"
 
 if not KERNEL.exists():

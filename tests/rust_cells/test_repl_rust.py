@@ -42,6 +42,9 @@ def test_rust_lines_reach_the_model_and_ctrl_c_stops_a_loop(tmp_path):
     child.expect("step +4")
     child.expect(PROMPT)
     child.sendline("%save " + str(tmp_path / "model"))
+    child.expect("saved training checkpoint at step 4")
     child.expect(PROMPT)
+    # rustyline reads Ctrl-D once the terminal is in raw mode again, a moment after the prompt.
+    time.sleep(0.5)
     child.sendeof()
     child.expect(pexpect.EOF)

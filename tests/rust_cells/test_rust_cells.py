@@ -15,6 +15,8 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 from safetensors.numpy import load_file
 
+from cells import execute
+
 # The first Rust cell on a fresh machine compiles libtorch's C++ shim and the library.
 FIRST_CELL_TIMEOUT = 1800
 TIMEOUT = 300
@@ -34,26 +36,8 @@ def kc():
     km.shutdown_kernel(now=True)
 
 
-def execute(kc, code, timeout=TIMEOUT):
-    """Runs `code`; returns the execute_reply and the iopub messages it caused, each
-    with the time it arrived."""
-    msg_id = kc.execute(code)
-    outputs = []
-    while True:
-        msg = kc.get_iopub_msg(timeout=timeout)
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            break
-        msg["arrived"] = time.time()
-        outputs.append(msg)
-    reply = kc.get_shell_msg(timeout=timeout)
-    assert reply["parent_header"]["msg_id"] == msg_id
-    return reply, outputs
-
-
 def ok(kc, code):
-    reply, outputs = execute(kc, code)
+    reply, outputs = execute(kc, code, timeout=TIMEOUT)
     assert reply["content"]["status"] == "ok", (code, reply["content"], text(outputs))
     return outputs
 
@@ -168,3 +152,11 @@ def test_an_interrupted_endless_loop_keeps_the_kernel_and_the_model(kc):
     assert weights(kc, "") == before
     assert result(ok(kc, "%step"))["application/json"]["step"] == 21
     assert result(ok(kc, "live::info()?.step"))["text/plain"] == "21", "a fresh Rust process reaches the session"
+
+
+def test_rust_completion_comes_from_rust_analyzer(kc):
+    code = "let text = String::fr"
+    kc.complete(code, len(code))
+    reply = kc.get_shell_msg(timeout=TIMEOUT)["content"]
+    assert reply["status"] == "ok" and any(m.startswith("from") for m in reply["matches"]), reply
+    assert code[reply["cursor_start"] : reply["cursor_end"]] == "fr"

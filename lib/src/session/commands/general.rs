@@ -32,7 +32,8 @@ fn help(_: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     for c in COMMANDS {
         table.row([format!("%{}", c.name), c.summary.to_string()]);
     }
-    ctx.display(Bundle::text(format!("{}\n\n`%help CMD` or `CMD?` explains one.", table.to_text())).html(table.to_html()));
+    let more = "`%help CMD` or `CMD?` explains one. A cell that is not commands is Rust, where `live::weight(NAME)`, `live::set_weight`, `live::run(\"%eval\")` and the rest of `tchlab::live` reach this session.";
+    ctx.display(Bundle::text(format!("{}\n\n{more}", table.to_text())).html(format!("{}<p>{}</p>", table.to_html(), super::super::output::escape_html(more))));
     Ok(())
 }
 

@@ -1,0 +1,22 @@
+"""Running a cell through a jupyter_client kernel client, for the tests of the kernel
+and of Rust cells."""
+
+import time
+
+
+def execute(kc, code, timeout=60, **kwargs):
+    """Runs `code`; returns the execute_reply and the iopub messages it caused, each
+    with the time it arrived (`arrived`)."""
+    msg_id = kc.execute(code, **kwargs)
+    outputs = []
+    while True:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+        msg["arrived"] = time.time()
+        outputs.append(msg)
+    reply = kc.get_shell_msg(timeout=timeout)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    return reply, outputs
