@@ -191,17 +191,7 @@ fn fetch_weights(names: Vec<String>) -> Result<Vec<(String, Tensor)>> {
 
 fn device_of(reply: &Value) -> Result<Device> {
     let name = reply["device"].as_str().unwrap_or("cpu");
-    parse_device(name).ok_or_else(|| Error::Invalid(format!("the session is on `{name}`, which this process cannot use")))
-}
-
-/// `cpu`, `cuda`, `cuda:N`.
-pub fn parse_device(name: &str) -> Option<Device> {
-    match name {
-        "cpu" => Some(Device::Cpu),
-        "cuda" => Some(Device::Cuda(0)),
-        "mps" => Some(Device::Mps),
-        other => other.strip_prefix("cuda:")?.parse().ok().map(Device::Cuda),
-    }
+    crate::session::commands::parse_device(name).ok_or_else(|| Error::Invalid(format!("the session is on `{name}`, which this process cannot use")))
 }
 
 /// Sends one request and waits for the answer.
@@ -260,12 +250,5 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), request);
         let reply: Reply = serde_json::from_str(r#"{"error":{"name":"ShapeError","message":"m"}}"#).unwrap();
         assert_eq!(reply, Reply::Error { name: "ShapeError".into(), message: "m".into() });
-    }
-
-    #[test]
-    fn devices_parse_as_the_session_names_them() {
-        assert_eq!(parse_device("cpu"), Some(Device::Cpu));
-        assert_eq!(parse_device("cuda:1"), Some(Device::Cuda(1)));
-        assert_eq!(parse_device("tpu"), None);
     }
 }

@@ -107,6 +107,16 @@ pub(crate) fn device_name(d: Device) -> String {
     }
 }
 
+/// `cpu`, `cuda` (device 0), `cuda:N`, `mps`: the names [`device_name`] writes.
+pub(crate) fn parse_device(name: &str) -> Option<Device> {
+    match name {
+        "cpu" => Some(Device::Cpu),
+        "cuda" => Some(Device::Cuda(0)),
+        "mps" => Some(Device::Mps),
+        other => other.strip_prefix("cuda:")?.parse().ok().map(Device::Cuda),
+    }
+}
+
 pub const DEVICE: Command = Command {
     name: "device",
     summary: "show or choose the device: auto, cpu, cuda, cuda:N",
@@ -121,12 +131,7 @@ fn device(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> 
     if let Some(name) = args.get("device") {
         let device = match name {
             "auto" => Device::cuda_if_available(),
-            "cpu" => Device::Cpu,
-            "cuda" => Device::Cuda(0),
-            other => match other.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
-                Some(i) => Device::Cuda(i),
-                None => return Err(args.usage_error(format!("unknown device `{other}`"))),
-            },
+            other => parse_device(other).ok_or_else(|| args.usage_error(format!("unknown device `{other}`")))?,
         };
         if let Device::Cuda(i) = device {
             if !tch::Cuda::is_available() || i as i64 >= tch::Cuda::device_count() {

@@ -244,7 +244,7 @@ pub static COMMANDS: &[Command] = &[
     general::CLEAR,
 ];
 
-pub(crate) use general::device_name;
+pub(crate) use general::{device_name, parse_device};
 
 /// The command named `name`.
 pub fn find(name: &str) -> Option<&'static Command> {
