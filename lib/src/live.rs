@@ -153,8 +153,8 @@ pub fn set_weights<S: AsRef<str>>(tensors: &[(S, &Tensor)]) -> Result<()> {
     call(&Request::SetWeights { file: file.0.clone() }).map(drop)
 }
 
-/// A copy of the session's model (with its tokenizer and pooling), to run or change
-/// freely in the cell; hand weights back with [`set_weights`].
+/// A copy of the session's model with its tokenizer (`pooling` is not carried over),
+/// to run or change freely in the cell; hand weights back with [`set_weights`].
 pub fn model() -> Result<Loaded> {
     let dir = Scratch::new("model")?;
     let reply = call(&Request::Model { dir: dir.0.clone() })?;
