@@ -160,3 +160,14 @@ def test_rust_completion_comes_from_rust_analyzer(kc):
     reply = kc.get_shell_msg(timeout=TIMEOUT)["content"]
     assert reply["status"] == "ok" and any(m.startswith("from") for m in reply["matches"]), reply
     assert code[reply["cursor_start"] : reply["cursor_end"]] == "fr"
+
+
+def test_a_crashing_cell_process_keeps_the_kernel_and_the_model(kc):
+    before = weights(kc, "")
+    ok(kc, "let doomed = 1;")
+    reply, _ = execute(kc, "std::process::abort();")
+    content = reply["content"]
+    assert content["status"] == "error" and content["ename"] == "RustCrash", content
+    assert "doomed" in content["evalue"] and "session is intact" in content["evalue"]
+    assert weights(kc, "") == before
+    assert result(ok(kc, "live::info()?.step"))["text/plain"] == "21", "a fresh Rust process reaches the session"
