@@ -234,7 +234,7 @@ impl Slot {
     /// The first free slot under `$TCHLAB_EVCXR_DIR` (default: the user's cache,
     /// `tchlab/evcxr`), with the cargo settings cells build with.
     fn claim() -> Result<Slot, String> {
-        let root = std::env::var_os("TCHLAB_EVCXR_DIR").map(PathBuf::from).unwrap_or_else(|| cache_home().join("tchlab").join("evcxr"));
+        let root = std::env::var_os("TCHLAB_EVCXR_DIR").map(PathBuf::from).unwrap_or_else(|| tchlab::cache_dir().join("evcxr"));
         let io = |what: &Path, e: std::io::Error| format!("{}: {e}", what.display());
         write_cargo_config(&root).map_err(|e| io(&root, e))?;
         for i in 0..SLOTS {
@@ -266,11 +266,4 @@ fn write_cargo_config(root: &Path) -> std::io::Result<()> {
         std::fs::write(&path, config)?;
     }
     Ok(())
-}
-
-fn cache_home() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
 }

@@ -74,11 +74,6 @@ impl Lab {
         self.interrupter.clone()
     }
 
-    /// Whether Rust cells have started (their process is up).
-    pub fn rust_started(&self) -> bool {
-        self.engine.is_some()
-    }
-
     /// Runs a cell: commands in the session, anything else as Rust.
     pub fn run_cell(&mut self, code: &str, sink: &mut dyn FnMut(Output)) -> Result<(), CellError> {
         if !matches!(split_cell(code), Ok(Cell::Rust(_))) {

@@ -32,3 +32,13 @@ pub mod tokenize;
 pub mod train;
 
 pub use error::{Error, Result};
+
+/// tchlab's cache directory, shared with the Makefile: `$XDG_CACHE_HOME/tchlab`, else
+/// `~/.cache/tchlab` (models found by name, Rust cells' build directories).
+pub fn cache_dir() -> std::path::PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("tchlab")
+}

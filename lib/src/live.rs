@@ -124,7 +124,7 @@ pub struct Parameter {
 
 /// The model's description and configuration.
 pub fn info() -> Result<Info> {
-    serde_json::from_value(call(&Request::Info)?).map_err(|e| Error::Invalid(format!("an unexpected answer from the session: {e}")))
+    decode(call(&Request::Info)?)
 }
 
 /// Every weight of the model, by name, on the session's device.
@@ -170,13 +170,17 @@ pub fn tokenizer() -> Result<Tokenizer> {
 
 /// The current branch's training history (steps, losses, learning rates, evaluations).
 pub fn history() -> Result<History> {
-    serde_json::from_value(call(&Request::History)?).map_err(|e| Error::Invalid(format!("an unexpected answer from the session: {e}")))
+    decode(call(&Request::History)?)
 }
 
 /// Runs command lines in the session, as a command cell would; their output shows in
 /// this cell. Returns the last command's result as JSON (`null` when it has none).
 pub fn run(cell: &str) -> Result<Value> {
     call(&Request::Run { cell: cell.to_string() })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| Error::Invalid(format!("an unexpected answer from the session: {e}")))
 }
 
 fn fetch_weights(names: Vec<String>) -> Result<Vec<(String, Tensor)>> {

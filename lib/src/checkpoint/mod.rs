@@ -223,12 +223,7 @@ fn assign(model: &Model, tensors: Vec<(String, Tensor)>, origin: &Path, strict: 
         let hint = if filled.is_empty() { " None of the model's tensors are there: are these weights for another architecture?" } else { "" };
         return Err(Error::format(origin, format!("missing {} of the model's {} tensors: {shown}{more}.{hint}", missing.len(), vars.len())));
     }
-    tch::no_grad(|| -> Result<()> {
-        for (var, tensor) in &plan {
-            var.shallow_clone().f_copy_(tensor)?;
-        }
-        Ok(())
-    })?;
+    crate::models::copy_checked(&plan)?;
     unexpected.sort();
     Ok(LoadReport { files: vec![], loaded: plan.len(), missing, unexpected })
 }

@@ -202,12 +202,7 @@ impl Model {
             }
             plan.push((var.shallow_clone(), tensor.to_device(var.device()).to_kind(var.kind())));
         }
-        tch::no_grad(|| -> Result<()> {
-            for (var, tensor) in &plan {
-                var.shallow_clone().f_copy_(tensor)?;
-            }
-            Ok(())
-        })?;
+        copy_checked(&plan)?;
         Ok(tensors.iter().map(|(n, _)| n.clone()).collect())
     }
 
@@ -220,4 +215,15 @@ impl Model {
             _ => self.vars.float(),
         }
     }
+}
+
+/// Copies each tensor into its variable, without recording gradients. Callers check
+/// every name and shape first, so that a failure leaves the model as it was.
+pub(crate) fn copy_checked(plan: &[(Tensor, Tensor)]) -> Result<()> {
+    tch::no_grad(|| {
+        for (var, tensor) in plan {
+            var.shallow_clone().f_copy_(tensor)?;
+        }
+        Ok(())
+    })
 }

@@ -180,10 +180,10 @@ pub const LOAD: Command = Command {
     run: load,
 };
 
-/// Where bare model names are looked up: `$TCHLAB_MODELS`, else `~/.cache/tchlab/models`
-/// (`make` links the all-MiniLM-L6-v2 package there as `all-MiniLM-L6-v2`).
-fn models_dir() -> Option<std::path::PathBuf> {
-    std::env::var_os("TCHLAB_MODELS").map(Into::into).or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/tchlab/models")))
+/// Where bare model names are looked up: `$TCHLAB_MODELS`, else the `models` folder of
+/// [`crate::cache_dir`] (`make` links the all-MiniLM-L6-v2 package there as `all-MiniLM-L6-v2`).
+fn models_dir() -> std::path::PathBuf {
+    std::env::var_os("TCHLAB_MODELS").map_or_else(|| crate::cache_dir().join("models"), Into::into)
 }
 
 /// A path as given, or a bare name found in the models directory.
@@ -192,7 +192,7 @@ fn resolve_model(name: &str) -> Result<std::path::PathBuf, CellError> {
     if path.exists() || name.contains('/') {
         return Ok(path);
     }
-    let Some(dir) = models_dir() else { return Ok(path) };
+    let dir = models_dir();
     let candidate = dir.join(name);
     if candidate.exists() {
         return Ok(candidate);
