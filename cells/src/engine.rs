@@ -86,6 +86,11 @@ impl Engine {
         };
         interrupter.rust_killed.store(false, Ordering::SeqCst);
         interrupter.rust_running.store(true, Ordering::SeqCst);
+        if interrupter.cancel.load(Ordering::SeqCst) {
+            // Interrupted on its way in: an interrupt that saw no process to kill.
+            interrupter.rust_running.store(false, Ordering::SeqCst);
+            return Err(CellError { name: "KeyboardInterrupt".into(), message: "interrupted before the Rust cell started; nothing ran, and its variables are as they were".into() });
+        }
         let result = std::thread::scope(|scope| {
             let (done_tx, done_rx) = crossbeam_channel::bounded(1);
             let evaluating = &mut *context;

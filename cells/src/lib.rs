@@ -17,10 +17,13 @@ mod live_socket;
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use tchlab::session::output::{CellError, Output, Stream};
 use tchlab::session::parse::{split_cell, Cell};
-use tchlab::session::{Completions, Session};
+use tchlab::session::{Completeness, Completions, Session};
 
 pub use evcxr::runtime_hook;
 
@@ -30,41 +33,75 @@ use engine::Engine;
 pub struct Lab {
     session: Session,
     engine: Option<Engine>,
+    /// A start of Rust cells that an interrupt left running in the background.
+    starting: Option<Receiver<Result<Engine, String>>>,
     interrupter: Interrupter,
 }
 
 /// Interrupts whatever a [`Lab`] is running, from another thread: a command stops at
-/// its next step boundary; a Rust cell's process is killed (and restarted by the next
-/// Rust cell).
+/// its next check; a Rust cell's process is killed (and restarted by the next Rust
+/// cell). An interrupt while no cell runs or is about to run does nothing, so it cannot
+/// reach a later cell; one that arrives after a front end announced a cell
+/// ([`Interrupter::cell_arriving`]) but before it started is kept for it.
 #[derive(Clone)]
 pub struct Interrupter {
     cancel: Arc<AtomicBool>,
+    in_cell: Arc<Mutex<bool>>,
     rust: Arc<Mutex<Option<Arc<Mutex<Child>>>>>,
     rust_running: Arc<AtomicBool>,
     rust_killed: Arc<AtomicBool>,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Interrupter {
     /// Asks the running cell to stop.
     pub fn interrupt(&self) {
+        let in_cell = lock(&self.in_cell);
+        if !*in_cell {
+            return;
+        }
         self.cancel.store(true, Ordering::SeqCst);
         if self.rust_running.load(Ordering::SeqCst) {
-            if let Some(child) = self.rust.lock().expect("not poisoned").as_ref() {
+            if let Some(child) = lock(&self.rust).as_ref() {
                 self.rust_killed.store(true, Ordering::SeqCst);
-                let _ = child.lock().expect("not poisoned").kill();
+                let _ = lock(child).kill();
             }
         }
     }
+
+    /// Says that a cell is on its way (a kernel calls this when an execute request
+    /// arrives, before queueing it): from now on, an interrupt is for that cell.
+    pub fn cell_arriving(&self) {
+        *lock(&self.in_cell) = true;
+    }
+
+    fn cell_done(&self) {
+        let mut in_cell = lock(&self.in_cell);
+        *in_cell = false;
+        self.cancel.store(false, Ordering::SeqCst);
+    }
 }
+
+/// How often a start of Rust cells looks for an interrupt.
+const START_POLL: Duration = Duration::from_millis(50);
 
 impl Lab {
     /// A lab over `session`; Rust starts when the first Rust cell runs.
     pub fn new(session: Session) -> Self {
-        let interrupter = Interrupter { cancel: session.cancel_handle(), rust: Arc::default(), rust_running: Arc::default(), rust_killed: Arc::default() };
-        Lab { session, engine: None, interrupter }
+        let interrupter = Interrupter {
+            cancel: session.cancel_handle(),
+            in_cell: Arc::default(),
+            rust: Arc::default(),
+            rust_running: Arc::default(),
+            rust_killed: Arc::default(),
+        };
+        Lab { session, engine: None, starting: None, interrupter }
     }
 
-    /// The session, for completion, help and status.
+    /// The session, for help and status.
     pub fn session(&self) -> &Session {
         &self.session
     }
@@ -74,12 +111,21 @@ impl Lab {
         self.interrupter.clone()
     }
 
-    /// Runs a cell: commands in the session, anything else as Rust.
+    /// Runs a cell: commands in the session, anything else as Rust. Whatever happens
+    /// (an error, an interrupt, a panic in tchlab), the lab is ready for the next cell.
     pub fn run_cell(&mut self, code: &str, sink: &mut dyn FnMut(Output)) -> Result<(), CellError> {
-        if !matches!(split_cell(code), Ok(Cell::Rust(_))) {
-            return self.session.run_cell(code, sink);
-        }
-        self.session.record_input(code);
+        self.interrupter.cell_arriving();
+        let result = if matches!(split_cell(code), Ok(Cell::Rust(_))) {
+            self.session.record_input(code);
+            tchlab::interrupt::contain("this Rust cell", || self.run_rust(code, sink))
+        } else {
+            self.session.run_cell(code, sink)
+        };
+        self.interrupter.cell_done();
+        result
+    }
+
+    fn run_rust(&mut self, code: &str, sink: &mut dyn FnMut(Output)) -> Result<(), CellError> {
         if let Some(line) =
             code.lines().find(|l| l.trim_start().strip_prefix('%').is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '%')))
         {
@@ -93,20 +139,77 @@ impl Lab {
             });
         }
         if self.engine.is_none() {
-            let engine = Engine::start(&mut |note| sink(Output::Stream { stream: Stream::Stderr, text: format!("{note}\n") }))
-                .map_err(|message| CellError { name: "RustUnavailable".into(), message })?;
-            *self.interrupter.rust.lock().expect("not poisoned") = Some(engine.process_handle());
+            let engine = self.start_engine(sink)?;
+            *lock(&self.interrupter.rust) = Some(engine.process_handle());
             self.engine = Some(engine);
         }
         let engine = self.engine.as_mut().expect("started above");
         engine.run(code, &mut self.session, &self.interrupter, sink)
     }
 
-    /// Completion candidates: evcxr's for Rust once it has started, the session's otherwise.
-    pub fn complete(&mut self, code: &str, cursor: usize) -> Completions {
-        match (&mut self.engine, split_cell(code)) {
-            (Some(engine), Ok(Cell::Rust(_))) => engine.complete(code, cursor).unwrap_or_else(|| Completions { start: cursor, end: cursor, matches: vec![] }),
-            _ => self.session.complete(code, cursor),
+    /// Starts evcxr on a thread of its own, so that an interrupt returns at once: the
+    /// start then goes on in the background (its compilation is not wasted) and the
+    /// next Rust cell takes it over.
+    fn start_engine(&mut self, sink: &mut dyn FnMut(Output)) -> Result<Engine, CellError> {
+        let (notes_tx, notes) = crossbeam_channel::unbounded::<String>();
+        let started = match self.starting.take() {
+            Some(started) => started,
+            None => {
+                let (done, started) = crossbeam_channel::bounded(1);
+                std::thread::Builder::new()
+                    .name("tchlab-rust-start".into())
+                    .spawn(move || {
+                        let engine = Engine::start(&mut |note| {
+                            let _ = notes_tx.send(note.to_string());
+                        });
+                        let _ = done.send(engine);
+                    })
+                    .map_err(|e| CellError { name: "RustUnavailable".into(), message: format!("could not start a thread for Rust cells: {e}") })?;
+                started
+            }
+        };
+        loop {
+            for note in notes.try_iter() {
+                sink(Output::Stream { stream: Stream::Stderr, text: format!("{note}\n") });
+            }
+            match started.recv_timeout(START_POLL) {
+                Ok(engine) => return engine.map_err(|message| CellError { name: "RustUnavailable".into(), message }),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(CellError { name: "RustUnavailable".into(), message: "starting Rust cells stopped without a word".into() })
+                }
+                Err(RecvTimeoutError::Timeout) if self.interrupter.cancel.load(Ordering::SeqCst) => {
+                    self.starting = Some(started);
+                    return Err(CellError {
+                        name: "KeyboardInterrupt".into(),
+                        message: "interrupted while Rust cells were starting; the start goes on in the background, and the next Rust cell uses it. The session is intact.".into(),
+                    });
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
         }
+    }
+
+    /// Completion candidates: evcxr's for Rust once it has started, the session's
+    /// otherwise; none if completion itself fails.
+    pub fn complete(&mut self, code: &str, cursor: usize) -> Completions {
+        let none = Completions { start: cursor, end: cursor, matches: vec![] };
+        let found = tchlab::interrupt::contain("completion", || {
+            Ok::<_, tchlab::Error>(match (&mut self.engine, split_cell(code)) {
+                (Some(engine), Ok(Cell::Rust(_))) => engine.complete(code, cursor),
+                _ => Some(self.session.complete(code, cursor)),
+            })
+        });
+        found.ok().flatten().unwrap_or(none)
+    }
+
+    /// Help for the command at `cursor`, if any.
+    pub fn inspect(&self, code: &str, cursor: usize) -> Option<String> {
+        tchlab::interrupt::contain("inspection", || Ok::<_, tchlab::Error>(self.session.inspect(code, cursor))).ok().flatten()
+    }
+
+    /// Whether `code` is ready to run; a failure to tell counts as complete, so the
+    /// front end runs it and shows the error.
+    pub fn is_complete(&self, code: &str) -> Completeness {
+        tchlab::interrupt::contain("checking the cell", || Ok::<_, tchlab::Error>(self.session.is_complete(code))).unwrap_or(Completeness::Complete)
     }
 }

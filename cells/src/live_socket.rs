@@ -3,7 +3,7 @@
 //! each request line to whoever runs the session and writes back the answer.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -28,8 +28,8 @@ impl LiveSocket {
         remove_abandoned(&base);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let dir = base.join(format!("tchlab-live-{}-{nanos}", std::process::id()));
-        std::fs::create_dir(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        // Private from the first moment: created with mode 0700, not chmod-ed afterwards.
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let listener = UnixListener::bind(dir.join("socket"))?;
         let (sender, requests) = crossbeam_channel::unbounded();
         std::thread::Builder::new().name("tchlab-live".into()).spawn(move || {

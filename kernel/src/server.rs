@@ -127,6 +127,7 @@ async fn serve(info: ConnectionInfo) -> Result<(), String> {
 
     let lab = tchlab_cells::Lab::new(tchlab::session::Session::new());
     let interrupter = lab.interrupter();
+    let shell_interrupter = lab.interrupter();
     let (jobs, job_queue) = std::sync::mpsc::channel::<Job>();
     let worker_iopub = shared.iopub.clone();
     std::thread::Builder::new()
@@ -180,13 +181,13 @@ async fn serve(info: ConnectionInfo) -> Result<(), String> {
             }
         };
         let Some(request) = shared.parse(frames, "shell") else { continue };
-        if let Some(failed) = handle_shell(&shared, &mut shell, &jobs, &request, false).await {
+        if let Some(failed) = handle_shell(&shared, &mut shell, &jobs, &shell_interrupter, &request, false).await {
             if request.content["stop_on_error"].as_bool().unwrap_or(true) {
                 // As ipykernel does: executes already queued behind a failed one are
                 // aborted — those that arrived before its reply, so drain first.
                 while let Ok(Ok(frames)) = tokio::time::timeout(Duration::from_millis(5), shell.recv()).await {
                     if let Some(queued) = shared.parse(frames, "shell") {
-                        handle_shell(&shared, &mut shell, &jobs, &queued, true).await;
+                        handle_shell(&shared, &mut shell, &jobs, &shell_interrupter, &queued, true).await;
                     }
                 }
             }
@@ -202,6 +203,7 @@ async fn handle_shell(
     shared: &Shared,
     shell: &mut zeromq::RouterSocket,
     jobs: &std::sync::mpsc::Sender<Job>,
+    interrupter: &tchlab_cells::Interrupter,
     request: &Message,
     aborting: bool,
 ) -> Option<Message> {
@@ -228,6 +230,8 @@ async fn handle_shell(
                 silent: request.content["silent"].as_bool().unwrap_or(false),
                 reply,
             };
+            // From here an interrupt is for this cell, even before the session starts it.
+            interrupter.cell_arriving();
             let content = if jobs.send(job).is_ok() { answer.await.ok() } else { None };
             let content =
                 content.unwrap_or_else(|| json!({ "status": "error", "ename": "KernelError", "evalue": "the session thread has stopped", "traceback": [] }));

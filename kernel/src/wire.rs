@@ -114,10 +114,11 @@ impl Signer {
             let data: Vec<u8> = body.iter().flat_map(|b| b.iter().copied()).collect();
             // ring compares in constant time.
             ring::hmac::verify(key, &data, &tag).map_err(|_| WireError::BadSignature)?;
-            if !self.seen.insert(signature.to_vec()) {
+            // Keyed on the decoded bytes: one signature has exactly one accepted spelling.
+            if !self.seen.insert(tag.clone()) {
                 return Err(WireError::Replayed);
             }
-            self.order.push_back(signature.to_vec());
+            self.order.push_back(tag);
             if self.order.len() > REMEMBERED_SIGNATURES {
                 let old = self.order.pop_front().expect("not empty");
                 self.seen.remove(&old);
@@ -150,11 +151,20 @@ impl Signer {
     }
 }
 
+/// An HMAC-SHA256 signature as Jupyter writes it: exactly 64 lowercase hex digits
+/// (`hmac.hexdigest()`); any other spelling is refused, so that no message has two
+/// accepted signatures.
 fn decode_hex(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    const SIGNATURE_HEX_LEN: usize = 64;
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    if text.len() != SIGNATURE_HEX_LEN {
         return None;
     }
-    text.chunks(2).map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()).collect()
+    text.chunks(2).map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?)).collect()
 }
 
 /// The current UTC time as ISO 8601 with microseconds, as Jupyter writes dates.
@@ -205,6 +215,21 @@ mod tests {
         let mut bad_json = sample(&signer);
         bad_json[3] = Bytes::from_static(b"{not json");
         assert_eq!(signer.parse(bad_json).unwrap_err(), WireError::BadSignature, "the signature covers the header");
+    }
+
+    #[test]
+    fn a_signature_respelt_in_upper_case_is_neither_new_nor_valid() {
+        let mut signer = Signer::new("secret");
+        let frames = sample(&signer);
+        let delimiter = frames.iter().position(|f| f.as_ref() == DELIMITER).unwrap();
+        let mut upper = frames.clone();
+        upper[delimiter + 1] = Bytes::from(frames[delimiter + 1].to_ascii_uppercase());
+        assert_eq!(signer.parse(upper.clone()).unwrap_err(), WireError::BadSignature, "upper-case hex is not Jupyter's spelling");
+        signer.parse(frames).unwrap();
+        assert_eq!(signer.parse(upper).unwrap_err(), WireError::BadSignature);
+        assert_eq!(decode_hex(b"ab"), None, "a signature has 64 digits");
+        assert_eq!(decode_hex(&[b'0'; 64]), Some(vec![0; 32]));
+        assert_eq!(decode_hex(&[b'+'; 64]), None, "u8::from_str_radix would take a sign");
     }
 
     #[test]

@@ -128,11 +128,11 @@ fn query(lab: &mut Lab, msg_type: &str, content: &Value) -> Value {
             let c = lab.complete(code, cursor);
             json!({ "status": "ok", "matches": c.matches, "cursor_start": code_points(code, c.start), "cursor_end": code_points(code, c.end), "metadata": {} })
         }
-        "inspect_request" => match lab.session().inspect(code, cursor) {
+        "inspect_request" => match lab.inspect(code, cursor) {
             Some(help) => json!({ "status": "ok", "found": true, "data": { "text/plain": help }, "metadata": {} }),
             None => json!({ "status": "ok", "found": false, "data": {}, "metadata": {} }),
         },
-        "is_complete_request" => match lab.session().is_complete(code) {
+        "is_complete_request" => match lab.is_complete(code) {
             Completeness::Complete => json!({ "status": "complete" }),
             Completeness::Incomplete => json!({ "status": "incomplete", "indent": "    " }),
             Completeness::Invalid => json!({ "status": "invalid" }),

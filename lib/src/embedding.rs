@@ -46,13 +46,16 @@ impl Pooling {
     /// directory is not a sentence-transformers model.
     pub fn from_model_dir(dir: &Path) -> Result<Option<Self>> {
         let modules_path = dir.join("modules.json");
-        let Ok(text) = std::fs::read_to_string(&modules_path) else { return Ok(None) };
+        if !modules_path.exists() {
+            return Ok(None);
+        }
+        let text = crate::limits::read_text(&modules_path, crate::limits::MAX_JSON_BYTES)?;
         let modules: Vec<serde_json::Value> =
             serde_json::from_str(&text).map_err(|e| Error::format(&modules_path, format!("not a JSON list of modules: {e}")))?;
         let of_type = |suffix: &str| modules.iter().find(|m| m["type"].as_str().is_some_and(|t| t.ends_with(suffix)));
         let Some(pooling) = of_type(".Pooling") else { return Ok(None) };
         let config_path = dir.join(pooling["path"].as_str().unwrap_or("")).join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let text = crate::limits::read_text(&config_path, crate::limits::MAX_JSON_BYTES)?;
         let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&config_path, format!("not valid JSON: {e}")))?;
         let flag = |key: &str| config[key].as_bool().unwrap_or(false);
         let mode = if flag("pooling_mode_cls_token") {

@@ -48,6 +48,17 @@ pub enum Error {
         /// The last step completed.
         step: i64,
     },
+    /// An interrupt stopped work that is not a training step; the message says what was
+    /// stopped and that nothing changed.
+    #[error("{0}")]
+    Cancelled(String),
+    /// A request is larger than this machine can hold, or than tchlab accepts; the
+    /// message gives both numbers.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A bug in tchlab caught at a boundary (a panic); the message says where.
+    #[error("{0}")]
+    Internal(String),
     /// libtorch raised an error (its C++ exception, as text).
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -16,7 +16,8 @@ use crate::models::{ForwardOptions, Model, Network};
 pub struct GenerateOptions {
     /// The most tokens to add.
     pub max_new_tokens: usize,
-    /// 0 for greedy; otherwise logits are divided by it before sampling.
+    /// 0 (or anything below [`GREEDY_BELOW`]) for greedy; otherwise logits are divided
+    /// by it before sampling.
     pub temperature: f64,
     /// Sample only among the `k` most likely tokens.
     pub top_k: Option<i64>,
@@ -52,6 +53,16 @@ pub fn generate(model: &Model, prompt: &[i64], opts: &GenerateOptions) -> Result
     if let Some(k) = opts.top_k.filter(|&k| k < 1) {
         return invalid!("--top-k must be at least 1, got {k}");
     }
+    if opts.max_new_tokens > MAX_NEW_TOKENS {
+        return invalid!("--max-tokens must be at most {MAX_NEW_TOKENS}, got {}", opts.max_new_tokens);
+    }
+    let vocab = gpt.config().vocab_size;
+    if let Some(&bad) = prompt.iter().find(|&&id| !(0..vocab).contains(&id)) {
+        return invalid!(
+            "the prompt has token id {bad} but the model's vocabulary has ids 0..{}: the tokenizer and the model do not match; build the model with --vocab of at least the tokenizer's size",
+            vocab - 1
+        );
+    }
     if let Some(seed) = opts.seed {
         tch::manual_seed(seed as i64);
     }
@@ -63,6 +74,7 @@ pub fn generate(model: &Model, prompt: &[i64], opts: &GenerateOptions) -> Result
     let mut out: Vec<i64> = vec![];
     tch::no_grad(|| -> Result<()> {
         while out.len() < opts.max_new_tokens {
+            crate::interrupt::check("generating")?;
             if cache.len() as usize + input.size()[1] as usize > n_positions {
                 // The context is full: slide it, keeping the most recent tokens (the cache
                 // holds positions that no longer exist, so it starts again).
@@ -71,8 +83,8 @@ pub fn generate(model: &Model, prompt: &[i64], opts: &GenerateOptions) -> Result
                 cache = KvCache::default();
             }
             let logits = gpt.forward(&input, &ForwardOptions::default(), Some(&mut cache))?.logits;
-            let last = logits.select(1, -1).to_kind(Kind::Float); // (1, V)
-            let next = pick(&last, opts);
+            let last = logits.f_select(1, -1)?.f_to_kind(Kind::Float)?; // (1, V)
+            let next = pick(&last, opts)?;
             out.push(next);
             if Some(next) == opts.eos_token_id {
                 break;
@@ -84,24 +96,37 @@ pub fn generate(model: &Model, prompt: &[i64], opts: &GenerateOptions) -> Result
     Ok(out)
 }
 
-/// Chooses the next id from `logits: (1, V)`.
-fn pick(logits: &Tensor, opts: &GenerateOptions) -> i64 {
-    if opts.temperature == 0.0 {
-        return logits.argmax(-1, false).int64_value(&[0]);
+/// The most tokens one generation adds.
+pub const MAX_NEW_TOKENS: usize = 1 << 20;
+
+/// Below this temperature, sampling is greedy: dividing logits by a tinier number
+/// overflows to infinity, and the distribution is one-hot to float precision anyway.
+pub const GREEDY_BELOW: f64 = 1e-4;
+
+/// Chooses the next id from `logits: (1, V)`. Sampling works on log-probabilities
+/// (`log_softmax` subtracts the maximum first), so large logits or small temperatures
+/// do not overflow; a model whose logits are not finite is an error, not a draw.
+fn pick(logits: &Tensor, opts: &GenerateOptions) -> Result<i64> {
+    if !bool::try_from(logits.f_isfinite()?.f_all()?)? {
+        return invalid!("the model's logits hold NaN or infinite values, so there is nothing to sample from; its weights may have diverged (`%weights` shows them)");
     }
-    let mut logits = logits / opts.temperature;
+    if opts.temperature < GREEDY_BELOW {
+        return Ok(logits.f_argmax(-1, false)?.int64_value(&[0]));
+    }
+    let mut logits = logits.f_div_scalar(opts.temperature)?.f_log_softmax(-1, Kind::Float)?;
     let vocab = logits.size()[1];
     if let Some(k) = opts.top_k.filter(|&k| k < vocab) {
-        let kth = logits.topk(k, -1, true, true).0.select(1, k - 1).unsqueeze(-1); // (1, 1)
-        logits = logits.masked_fill(&logits.lt_tensor(&kth), f64::NEG_INFINITY);
+        let kth = logits.f_topk(k, -1, true, true)?.0.f_select(1, k - 1)?.f_unsqueeze(-1)?; // (1, 1)
+        logits = logits.f_masked_fill(&logits.f_lt_tensor(&kth)?, f64::NEG_INFINITY)?;
     }
     if let Some(p) = opts.top_p.filter(|&p| p < 1.0) {
-        let (sorted, order) = logits.sort(-1, true);
-        let cumulative = sorted.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
+        let (sorted, order) = logits.f_sort(-1, true)?;
+        let probs = sorted.f_softmax(-1, Kind::Float)?;
+        let cumulative = probs.f_cumsum(-1, Kind::Float)?;
         // Drop a token when the ones before it already reach p; the first always stays.
-        let drop_sorted = (cumulative - sorted.softmax(-1, Kind::Float)).gt(p);
-        let drop = drop_sorted.scatter(-1, &order, &drop_sorted);
-        logits = logits.masked_fill(&drop, f64::NEG_INFINITY);
+        let drop_sorted = (cumulative - probs).f_gt(p)?;
+        let drop = drop_sorted.f_scatter(-1, &order, &drop_sorted)?;
+        logits = logits.f_masked_fill(&drop, f64::NEG_INFINITY)?;
     }
-    logits.softmax(-1, Kind::Float).multinomial(1, false).int64_value(&[0, 0])
+    Ok(logits.f_softmax(-1, Kind::Float)?.f_multinomial(1, false)?.int64_value(&[0, 0]))
 }

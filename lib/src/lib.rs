@@ -12,6 +12,8 @@
 //! - [`plot`]: training curves and attention maps as PNG and SVG.
 //! - [`session`]: the command language (`%train 200`, `%plot loss`) that front ends drive.
 //! - [`live`]: Rust cells in another process reaching the live session.
+//! - [`interrupt`] and [`limits`]: what keeps a session alive — interrupts, panics
+//!   caught at the boundary, and bounds checked before anything is allocated.
 //!
 //! The library knows nothing of Jupyter or terminals: front ends drive it.
 
@@ -22,6 +24,8 @@ pub mod data;
 pub mod embedding;
 pub mod error;
 pub mod generate;
+pub mod interrupt;
+pub mod limits;
 pub mod live;
 pub mod models;
 pub mod plot;

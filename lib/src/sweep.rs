@@ -146,23 +146,32 @@ pub struct SweepResult {
 /// Name of the snapshot sweeps start every trial from.
 const START: &str = "__sweep_start";
 
+/// The most trials one sweep runs.
+pub const MAX_TRIALS: usize = 1000;
+
 /// The trials' hyperparameters.
 fn plan(params: &[Param], method: Method, trials: usize, seed: u64) -> Result<Vec<Vec<(String, String)>>> {
     if method == Method::Grid {
-        let mut combos: Vec<Vec<(String, String)>> = vec![vec![]];
-        for p in params {
-            let Space::List(values) = &p.space else {
-                return invalid!("{}: a grid needs listed values ({}=[a,b]); ranges go with --method random or halving", p.key, p.key);
-            };
-            combos = combos.into_iter().flat_map(|c| values.iter().map(move |v| [c.clone(), vec![(p.key.clone(), v.clone())]].concat())).collect();
+        let lists = params
+            .iter()
+            .map(|p| match &p.space {
+                Space::List(values) => Ok((p.key.as_str(), values)),
+                _ => invalid!("{}: a grid needs listed values ({}=[a,b]); ranges go with --method random or halving", p.key, p.key),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Counted before anything is built: a grid of a few long lists is astronomically large.
+        let size = lists.iter().fold(1usize, |n, (_, values)| n.saturating_mul(values.len()));
+        if size > MAX_TRIALS {
+            return invalid!("the grid has {size} combinations, more than the {MAX_TRIALS} a sweep runs; use --method random with --trials N");
         }
-        if combos.len() > 1000 {
-            return invalid!("the grid has {} combinations; use --method random with --trials N", combos.len());
+        let mut combos: Vec<Vec<(String, String)>> = vec![vec![]];
+        for (key, values) in lists {
+            combos = combos.into_iter().flat_map(|c| values.iter().map(move |v| [c.clone(), vec![(key.to_string(), v.clone())]].concat())).collect();
         }
         return Ok(combos);
     }
-    if trials == 0 {
-        return invalid!("--trials must be at least 1");
+    if !(1..=MAX_TRIALS).contains(&trials) {
+        return invalid!("--trials must be between 1 and {MAX_TRIALS}, got {trials}");
     }
     let mut rng = Rng::new(seed ^ 0x53_57_45_45_50);
     Ok((0..trials).map(|_| params.iter().map(|p| (p.key.clone(), p.draw(&mut rng))).collect()).collect())

@@ -59,7 +59,7 @@ impl Tokenizer {
     /// Reads a `tokenizer.json` (Hugging Face's, or tchlab's character-level one).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::limits::read_text(path, crate::limits::MAX_JSON_BYTES)?;
         if let Ok(file) = serde_json::from_str::<CharFile>(&text) {
             return Ok(Tokenizer { backend: Backend::Char(CharVocab::new(file.chars)), max_length: None });
         }
@@ -76,7 +76,7 @@ impl Tokenizer {
     pub fn from_model_dir(dir: &Path, max_positions: i64) -> Result<Self> {
         let mut tokenizer = Self::from_file(dir.join("tokenizer.json"))?;
         let read_number = |file: &str, key: &str| -> Option<usize> {
-            let text = std::fs::read_to_string(dir.join(file)).ok()?;
+            let text = crate::limits::read_text(&dir.join(file), crate::limits::MAX_JSON_BYTES).ok()?;
             let json: serde_json::Value = serde_json::from_str(&text).ok()?;
             json.get(key)?.as_u64().map(|n| n as usize)
         };
@@ -97,11 +97,15 @@ impl Tokenizer {
         Ok(Tokenizer { backend: Backend::Char(CharVocab::new(chars)), max_length: None })
     }
 
+    /// The largest vocabulary [`Tokenizer::train_bpe`] trains.
+    pub const MAX_BPE_VOCAB: usize = 1 << 20;
+
     /// Trains a byte-level BPE tokenizer (GPT-2's kind) of `vocab_size` ids on a text file.
     pub fn train_bpe(path: impl AsRef<Path>, vocab_size: usize) -> Result<Self> {
         let path = path.as_ref();
-        if !path.is_file() {
-            return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+        crate::limits::open_regular(path, crate::limits::MAX_TEXT_BYTES)?;
+        if vocab_size > Self::MAX_BPE_VOCAB {
+            return invalid!("--vocab {vocab_size} is more than the {} ids a trained BPE vocabulary may have here", Self::MAX_BPE_VOCAB);
         }
         let alphabet = ByteLevel::alphabet();
         if vocab_size <= alphabet.len() {
@@ -190,20 +194,32 @@ impl Tokenizer {
     }
 
     /// Token ids of a whole corpus: no special tokens, no truncation.
+    ///
+    /// Long texts are tokenised a piece at a time, checking for interrupts between
+    /// pieces; pieces end after a newline that a non-space follows, where no
+    /// pre-tokenizer joins characters across, so the ids are those of the whole text.
     pub fn encode_corpus(&self, text: &str) -> Result<Vec<i64>> {
+        let mut ids = vec![];
         match &self.backend {
             Backend::Hf(t) => {
                 let mut t = t.clone();
                 t.with_truncation(None).map_err(|e| Error::Invalid(e.to_string()))?;
-                let encoding = t.encode(text, false).map_err(|e| Error::Invalid(format!("tokenizing the corpus: {e}")))?;
-                Ok(encoding.get_ids().iter().map(|&i| i64::from(i)).collect())
+                for piece in corpus_pieces(text) {
+                    crate::interrupt::check("tokenizing the corpus")?;
+                    let encoding = t.encode(piece, false).map_err(|e| Error::Invalid(format!("tokenizing the corpus: {e}")))?;
+                    ids.extend(encoding.get_ids().iter().map(|&i| i64::from(i)));
+                }
             }
             Backend::Char(_) => {
                 let mut untruncated = self.clone();
                 untruncated.max_length = None;
-                untruncated.encode(text)
+                for piece in corpus_pieces(text) {
+                    crate::interrupt::check("tokenizing the corpus")?;
+                    ids.extend(untruncated.encode(piece)?);
+                }
             }
         }
+        Ok(ids)
     }
 
     /// The text of `ids`, special tokens left out.
@@ -235,9 +251,48 @@ impl Tokenizer {
     }
 }
 
+/// Pieces of about a mebibyte, each ending after a newline followed by a non-space.
+fn corpus_pieces(text: &str) -> impl Iterator<Item = &str> {
+    const PIECE: usize = 1 << 20;
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let bytes = rest.as_bytes();
+        let mut end = rest.len();
+        let mut i = PIECE;
+        while i < bytes.len() {
+            if bytes[i - 1] == b'\n' && !bytes[i].is_ascii_whitespace() && rest.is_char_boundary(i) {
+                end = i;
+                break;
+            }
+            i += 1;
+        }
+        let (piece, tail) = rest.split_at(end);
+        rest = tail;
+        Some(piece)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn corpus_pieces_cover_the_text_and_end_where_tokens_cannot_join() {
+        let line = "the cat sat on the mat\n  indented\n\nnext é\n";
+        let text = line.repeat(100_000);
+        let pieces: Vec<&str> = corpus_pieces(&text).collect();
+        assert!(pieces.len() > 2, "{} pieces", pieces.len());
+        assert_eq!(pieces.concat(), text);
+        for p in &pieces[..pieces.len() - 1] {
+            assert!(p.ends_with('\n'));
+        }
+        for p in &pieces[1..] {
+            assert!(!p.starts_with(char::is_whitespace));
+        }
+    }
 
     #[test]
     fn char_level_round_trips_and_rejects_unknown_characters() {

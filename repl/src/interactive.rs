@@ -72,7 +72,7 @@ impl Validator for Helper {
         if input.trim_start().starts_with("%%") && !input.ends_with('\n') {
             return Ok(ValidationResult::Incomplete);
         }
-        Ok(match self.lab.borrow().session().is_complete(input) {
+        Ok(match self.lab.borrow().is_complete(input) {
             Completeness::Incomplete => ValidationResult::Incomplete,
             _ => ValidationResult::Valid(None),
         })

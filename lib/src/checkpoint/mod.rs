@@ -129,7 +129,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     for name in ["model.safetensors.index.json", "pytorch_model.bin.index.json"] {
         let index = dir.join(name);
         if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let text = crate::limits::read_text(&index, crate::limits::MAX_JSON_BYTES)?;
             let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&index, format!("not valid JSON: {e}")))?;
             let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::format(&index, "no `weight_map` object"))?;
             let mut shards: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
@@ -157,14 +157,14 @@ pub fn read_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
     match ext {
         "safetensors" => safetensors::read(path),
         "bin" | "pt" | "pth" => pickle::read_torch_zip(path),
-        // tch's own format (`VarStore::save`, `Tensor::save_multi`), read by libtorch.
-        "ot" => {
-            if !path.is_file() {
-                return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
-            }
-            Tensor::load_multi(path).map_err(|e| Error::format(path, format!("not a readable .ot file: {e}")))
-        }
-        _ => Err(Error::format(path, "unknown weights format: tchlab reads .safetensors, .bin/.pt/.pth (torch.save of a state dict) and .ot files")),
+        // tch's own format (`VarStore::save`, `Tensor::save_multi`) is read by libtorch's
+        // TorchScript loader, which can run code from the file: never opened here.
+        "ot" => Err(Error::format(
+            path,
+            "tchlab does not open .ot files: libtorch reads them with its TorchScript loader, which can run code stored in the file. \
+             Convert a file you trust to safetensors, e.g. in Rust `Tensor::write_safetensors(&Tensor::load_multi(\"w.ot\")?, \"w.safetensors\")`, then load that",
+        )),
+        _ => Err(Error::format(path, "unknown weights format: tchlab reads .safetensors and .bin/.pt/.pth (torch.save of a state dict)")),
     }
 }
 
@@ -180,7 +180,9 @@ fn read_files(files: &[PathBuf]) -> Result<Vec<(String, Tensor)>> {
 fn bert_heads(tensors: &[(String, Tensor)]) -> BertHeads {
     let var = |name: &str| tensors.iter().find(|(k, _)| bert::hf_to_var(k).as_deref() == Some(name)).map(|(_, t)| t);
     let pooler = var("pooler.dense.weight").is_some();
-    let classes = var("classifier.weight").map(|w| w.size()[0]);
+    // A malformed head (a scalar `classifier.weight`) gets no head here; the strict load
+    // then names the tensor and its shape.
+    let classes = var("classifier.weight").and_then(|w| w.size().first().copied()).filter(|&n| n >= 1);
     BertHeads { pooler, classes: classes.filter(|_| pooler) }
 }
 
@@ -201,6 +203,7 @@ fn assign(model: &Model, tensors: Vec<(String, Tensor)>, origin: &Path, strict: 
     let mut filled = HashSet::new();
     let mut unexpected = vec![];
     for (key, tensor) in tensors {
+        crate::interrupt::check(&format!("loading {}", origin.display()))?;
         let Some((var_name, transposed)) = var_for_key(&model.network, &key) else { continue };
         let Some(var) = vars.get(&var_name) else {
             unexpected.push(key);
@@ -265,10 +268,55 @@ pub fn hf_config(model: &Model) -> serde_json::Value {
     json
 }
 
+/// The file that marks a directory as one tchlab wrote, so that a later save may
+/// replace it; directories without it are never replaced.
+pub const MARKER: &str = ".tchlab-checkpoint";
+
+/// Checks that a save may write into `dir`: it does not exist yet, is empty, or is a
+/// checkpoint tchlab wrote (it has [`MARKER`], or the `trainer.json` of earlier
+/// versions). Anything else is refused, naming what is there, and nothing is written.
+pub fn check_save_target(dir: &Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir, e)),
+        Ok(meta) => meta,
+    };
+    let meta = if meta.file_type().is_symlink() { std::fs::metadata(dir).map_err(|e| Error::io(dir, e))? } else { meta };
+    if !meta.is_dir() {
+        return Err(Error::format(dir, "is a file, not a directory: a save writes a directory of files; choose another path"));
+    }
+    let ours = dir.join(MARKER).is_file()
+        || crate::limits::read_text(&dir.join("trainer.json"), crate::limits::MAX_JSON_BYTES).is_ok_and(|t| t.contains("\"tchlab-trainer/"));
+    if ours {
+        return Ok(());
+    }
+    let mut names: Vec<String> = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    names.sort();
+    let shown = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    let more = if names.len() > 5 { format!(" and {} more", names.len() - 5) } else { String::new() };
+    Err(Error::format(
+        dir,
+        format!(
+            "holds files tchlab did not write ({shown}{more}); a save replaces only directories it made itself (they hold {MARKER}), so nothing was written. Choose a new directory, or empty this one"
+        ),
+    ))
+}
+
+/// Writes [`MARKER`] into `dir`.
+fn mark(dir: &Path) -> Result<()> {
+    let marker = serde_json::json!({ "format": "tchlab-checkpoint/1", "written_by": format!("tchlab {}", env!("CARGO_PKG_VERSION")) });
+    atomic_write(&dir.join(MARKER), |w| w.write_all(marker.to_string().as_bytes()))
+}
+
 /// Saves `model` (and its tokenizer) as a Hugging Face model directory: `config.json`,
-/// `model.safetensors`, `tokenizer.json`. Each file is replaced atomically.
+/// `model.safetensors`, `tokenizer.json`. Each file is replaced atomically; a directory
+/// that holds files tchlab did not write is refused ([`check_save_target`]).
 pub fn save_hf(model: &Model, tokenizer: Option<&Tokenizer>, dir: impl AsRef<Path>) -> Result<()> {
     let dir = dir.as_ref();
+    check_save_target(dir)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let config = serde_json::to_vec_pretty(&hf_config(model)).expect("JSON");
     atomic_write(&dir.join("config.json"), |w| w.write_all(&config))?;
@@ -277,28 +325,86 @@ pub fn save_hf(model: &Model, tokenizer: Option<&Tokenizer>, dir: impl AsRef<Pat
     if let Some(t) = tokenizer {
         t.save(&dir.join("tokenizer.json"))?;
     }
-    Ok(())
+    mark(dir)
+}
+
+/// Follows symbolic links from `path` to the file they end at (which need not exist
+/// yet), as an editor saving through a link does.
+fn follow_links(path: &Path) -> Result<PathBuf> {
+    let mut current = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = std::fs::read_link(&current).map_err(|e| Error::io(&current, e))?;
+                current = match current.parent() {
+                    Some(parent) if target.is_relative() => parent.join(target),
+                    _ => target,
+                };
+            }
+            _ => return Ok(current),
+        }
+    }
+    Err(Error::format(path, "too many levels of symbolic links"))
+}
+
+/// A new file beside `target` with an unpredictable name, created exclusively (so an
+/// existing file, or a link planted under a guessed name, is never written through).
+fn create_temporary(dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<(PathBuf, File)> {
+    use std::hash::{BuildHasher, Hasher};
+    let mut last = None;
+    for attempt in 0..16u32 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(attempt);
+        hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        let tmp = dir.join(format!(".{}.tmp-{:016x}", name.to_string_lossy(), hasher.finish()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no temporary name was free")))
 }
 
 /// Writes a file so that it is either entirely the old content or entirely the new:
-/// the bytes go to a temporary file in the same directory, which is flushed to disk
-/// and then renamed over `path`.
+/// the bytes go to a new temporary file in the same directory, which is flushed to
+/// disk and then renamed over the target.
+///
+/// As editors and IPython's `%%writefile` do, a symbolic link is written through (its
+/// target is replaced, the link stays) and an existing file keeps its permissions (and,
+/// when run as root, its owner). A target that exists but is not a regular file (a
+/// directory, device, FIFO) is refused before anything is written.
 pub fn atomic_write(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
+    use std::os::unix::fs::MetadataExt;
+    let target = follow_links(path)?;
+    let existing = match std::fs::metadata(&target) {
+        Ok(meta) if meta.is_file() => Some(meta),
+        Ok(_) => return Err(Error::format(&target, "exists and is not a regular file (a directory, device or FIFO); nothing was written")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(&target, e)),
     };
-    let name = path.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file name", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = target.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file name", path.display())))?.to_os_string();
+    let (tmp, file) = create_temporary(&dir, &name).map_err(|e| Error::io(&dir, e))?;
     let result = (|| -> std::io::Result<()> {
-        let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        if let Some(meta) = &existing {
+            file.set_permissions(meta.permissions())?;
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
+            }
+        }
+        let mut w = BufWriter::with_capacity(1 << 20, file);
         write(&mut w)?;
         let file = w.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
-        std::fs::rename(&tmp, path)?;
+        std::fs::rename(&tmp, &target)?;
         // The rename itself is durable only once the directory is synced.
-        File::open(dir)?.sync_all()
+        File::open(&dir)?.sync_all()
     })();
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);

@@ -49,13 +49,14 @@ fn dtype_name(kind: Kind) -> Option<&'static str> {
 
 /// Every tensor in a `.safetensors` file, on the CPU, in the file's order.
 pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::limits::open_regular(path, u64::MAX)?;
     // SAFETY: the map is read-only and dropped before this function returns; a file
     // changed underneath would give wrong numbers, not unsafety in our code.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     let st = SafeTensors::deserialize(&map).map_err(|e| Error::format(path, format!("not a valid safetensors file ({e}); it may be truncated or corrupt")))?;
     let mut tensors = vec![];
     for (name, view) in st.iter() {
+        crate::interrupt::check(&format!("loading {}", path.display()))?;
         let kind =
             kind_of(view.dtype()).ok_or_else(|| Error::format(path, format!("tensor `{name}` has dtype {:?}, which tchlab does not read", view.dtype())))?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();

@@ -53,6 +53,11 @@ impl Classification {
         Ok(Classification { path: path.to_path_buf(), labels, train: examples, val, pad_id })
     }
 
+    /// The most tokens in one example, which a batch pads to.
+    pub fn longest(&self) -> usize {
+        self.train.iter().chain(&self.val).map(|(ids, _)| ids.len()).max().unwrap_or(0)
+    }
+
     /// Number of training and validation examples.
     pub fn sizes(&self) -> (usize, usize) {
         (self.train.len(), self.val.len())
@@ -81,7 +86,8 @@ impl Classification {
 }
 
 fn read_csv(path: &Path, text_field: &str, label_field: &str) -> Result<Vec<(String, String)>> {
-    let mut reader = csv::Reader::from_path(path).map_err(|e| Error::format(path, e.to_string()))?;
+    let text = crate::limits::read_bytes(path, crate::limits::MAX_TEXT_BYTES)?;
+    let mut reader = csv::Reader::from_reader(text.as_slice());
     let headers = reader.headers().map_err(|e| Error::format(path, e.to_string()))?.clone();
     let column = |name: &str| {
         headers
@@ -101,7 +107,7 @@ fn read_csv(path: &Path, text_field: &str, label_field: &str) -> Result<Vec<(Str
 }
 
 fn read_jsonl(path: &Path, text_field: &str, label_field: &str) -> Result<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::limits::read_text(path, crate::limits::MAX_TEXT_BYTES)?;
     let mut out = vec![];
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let record: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))?;

@@ -87,9 +87,16 @@ impl Synth {
         match self.task {
             Task::Add => {
                 let (a, b) = (symbols(self.length), symbols(self.length));
-                let value = |d: &[u8]| d.iter().fold(0u128, |n, c| n * 10 + u128::from(c - b'0'));
-                let sum = value(&a) + value(&b);
-                (format!("{}+{}=", text(&a), text(&b)), format!("{sum:0width$}", width = self.length + 1))
+                // Digit by digit, as on paper: operands of up to 64 digits outgrow any integer type.
+                let mut sum = vec![b'0'; self.length + 1];
+                let mut carry = 0;
+                for i in (0..self.length).rev() {
+                    let digit = (a[i] - b'0') + (b[i] - b'0') + carry;
+                    sum[i + 1] = b'0' + digit % 10;
+                    carry = digit / 10;
+                }
+                sum[0] = b'0' + carry;
+                (format!("{}+{}=", text(&a), text(&b)), text(&sum))
             }
             task => {
                 let input = symbols(self.length);
@@ -163,6 +170,36 @@ mod tests {
         // "abcd=" then four answer characters: the answer's first one is predicted at position 4.
         assert_eq!(&row[..4], &[-100, -100, -100, -100]);
         assert!(row[4..].iter().all(|&t| t >= 0));
+    }
+
+    #[test]
+    fn long_additions_are_right_at_every_accepted_length() {
+        // 64-digit operands overflow u128; the check goes through decimal strings column by column.
+        let add = Synth::new(Task::Add, 64, 10).unwrap();
+        let mut rng = Rng::new(5);
+        for _ in 0..50 {
+            let (p, ans) = add.example(&mut rng);
+            let (a, b) = p.trim_end_matches('=').split_once('+').unwrap();
+            assert_eq!(ans.len(), 65);
+            // a + b == ans  <=>  ans - b == a, subtracted column by column.
+            let (mut borrow, mut diff) = (0i64, String::new());
+            for i in (0..65).rev() {
+                let x = ans.as_bytes()[i] as i64 - 48;
+                let y = if i >= 1 { b.as_bytes()[i - 1] as i64 - 48 } else { 0 };
+                let mut d = x - y - borrow;
+                borrow = i64::from(d < 0);
+                if d < 0 {
+                    d += 10;
+                }
+                diff.insert(0, char::from(b'0' + d as u8));
+            }
+            assert_eq!(borrow, 0);
+            assert_eq!(&diff[1..], a, "{p}{ans}");
+            assert_eq!(&diff[..1], "0");
+        }
+        for length in 1..=64 {
+            assert_eq!(Synth::new(Task::Add, length, 10).unwrap().example(&mut rng).1.len(), length + 1);
+        }
     }
 
     #[test]

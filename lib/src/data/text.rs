@@ -23,7 +23,7 @@ impl TextCorpus {
         if !(0.0..1.0).contains(&val_fraction) {
             return invalid!("--val must be a fraction in [0, 1), got {val_fraction}");
         }
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::limits::read_text(path, crate::limits::MAX_TEXT_BYTES)?;
         let ids = tokenizer.encode_corpus(&text).map_err(|e| Error::format(path, e.to_string()))?;
         let n_val = (ids.len() as f64 * val_fraction) as usize;
         let (train, val) = ids.split_at(ids.len() - n_val);

@@ -83,19 +83,21 @@ fn default_eps() -> f64 {
 impl BertConfig {
     /// Checks the numbers fit together; the message names the offending keys.
     pub fn validate(&self) -> Result<()> {
-        let keys = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("intermediate_size", self.intermediate_size),
-            ("max_position_embeddings", self.max_position_embeddings),
-            ("type_vocab_size", self.type_vocab_size),
-        ];
-        for (key, value) in keys {
-            if value <= 0 {
-                return invalid!("`{key}` must be positive, got {value}");
-            }
+        use super::{MAX_DIMENSION, MAX_LAYERS};
+        super::check_dimensions(&[
+            ("vocab_size", self.vocab_size, MAX_DIMENSION),
+            ("hidden_size", self.hidden_size, MAX_DIMENSION),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_DIMENSION),
+            ("intermediate_size", self.intermediate_size, MAX_DIMENSION),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_DIMENSION),
+            ("type_vocab_size", self.type_vocab_size, MAX_DIMENSION),
+        ])?;
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+            return invalid!("`layer_norm_eps` must be a finite number > 0, got {}", self.layer_norm_eps);
+        }
+        if !(0..self.vocab_size).contains(&self.pad_token_id) {
+            return invalid!("`pad_token_id` is {} but the vocabulary has ids 0..{}", self.pad_token_id, self.vocab_size - 1);
         }
         if self.hidden_size % self.num_attention_heads != 0 {
             return invalid!("`hidden_size` ({}) must be a multiple of `num_attention_heads` ({})", self.hidden_size, self.num_attention_heads);
@@ -170,6 +172,9 @@ impl Bert {
         if heads.classes.is_some() && !heads.pooler {
             return invalid!("a BERT classification head needs the pooler");
         }
+        if let Some(n) = heads.classes.filter(|&n| !(1..=super::MAX_DIMENSION).contains(&n)) {
+            return invalid!("a classification head needs at least 1 class (and at most {}), got {n}", super::MAX_DIMENSION);
+        }
         let h = config.hidden_size;
         let norm = |p: nn::Path| nn::layer_norm(p, vec![h], nn::LayerNormConfig { eps: config.layer_norm_eps, ..Default::default() });
         let linear = |p: nn::Path, i, o| nn::linear(p, i, o, linear_init());
@@ -231,6 +236,7 @@ impl Bert {
                 self.config.max_position_embeddings
             );
         }
+        super::check_ids(ids, self.config.vocab_size)?;
         let (nh, dropout) = (self.config.num_attention_heads, if opts.train { self.config.hidden_dropout_prob } else { 0.0 });
         let attn_dropout = if opts.train { self.config.attention_probs_dropout_prob } else { 0.0 };
         let e = &self.embeddings;

@@ -100,11 +100,21 @@ impl GptConfig {
 
     /// Checks the numbers fit together; the message names the offending keys.
     pub fn validate(&self) -> Result<()> {
-        for (key, value) in
-            [("vocab_size", self.vocab_size), ("n_positions", self.n_positions), ("n_embd", self.n_embd), ("n_layer", self.n_layer), ("n_head", self.n_head)]
-        {
-            if value <= 0 {
-                return invalid!("`{key}` must be positive, got {value}");
+        use super::{MAX_DIMENSION, MAX_LAYERS};
+        super::check_dimensions(&[
+            ("vocab_size", self.vocab_size, MAX_DIMENSION),
+            ("n_positions", self.n_positions, MAX_DIMENSION),
+            ("n_embd", self.n_embd, MAX_DIMENSION),
+            ("n_layer", self.n_layer, MAX_LAYERS),
+            ("n_head", self.n_head, MAX_DIMENSION),
+            ("n_inner", self.n_inner(), MAX_DIMENSION),
+        ])?;
+        if !(self.layer_norm_epsilon > 0.0 && self.layer_norm_epsilon.is_finite()) {
+            return invalid!("`layer_norm_epsilon` must be a finite number > 0, got {}", self.layer_norm_epsilon);
+        }
+        for (key, p) in [("resid_pdrop", self.resid_pdrop), ("embd_pdrop", self.embd_pdrop), ("attn_pdrop", self.attn_pdrop)] {
+            if !(0.0..1.0).contains(&p) {
+                return invalid!("`{key}` must be a probability in [0, 1), got {p}");
             }
         }
         if self.n_embd % self.n_head != 0 {
@@ -269,6 +279,7 @@ impl Gpt {
                 self.config.n_positions
             );
         }
+        super::check_ids(ids, self.config.vocab_size)?;
         if let Some(cache) = cache.as_deref_mut() {
             if cache.layers.is_empty() {
                 cache.layers = (0..self.h.len()).map(|_| (Tensor::new(), Tensor::new())).collect();

@@ -70,7 +70,7 @@ impl ModelConfig {
     /// Reads `config.json`; the error names the file and what is wrong.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::limits::read_text(path, crate::limits::MAX_JSON_BYTES)?;
         let json: Value = serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
         Self::from_json(&json).map_err(|e| match e {
             Error::Invalid(message) => Error::format(path, message),
@@ -115,6 +115,36 @@ impl ModelConfig {
         }
     }
 
+    /// About how many parameters a model of this configuration has: what is checked
+    /// against the device's memory before the model is built.
+    pub fn parameter_estimate(&self) -> f64 {
+        match self {
+            ModelConfig::Gpt(c) => {
+                let (d, inner) = (c.n_embd as f64, c.n_inner.unwrap_or(4 * c.n_embd) as f64);
+                let block = 3.0 * d * d + 3.0 * d + d * d + d + 4.0 * d + 2.0 * d * inner + inner + d;
+                (c.vocab_size + c.n_positions) as f64 * d + c.n_layer as f64 * block + 2.0 * d
+            }
+            ModelConfig::Bert(c) => {
+                let (d, inner) = (c.hidden_size as f64, c.intermediate_size as f64);
+                let block = 4.0 * (d * d + d) + 4.0 * d + 2.0 * d * inner + inner + d;
+                (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) as f64 * d + 2.0 * d + c.num_hidden_layers as f64 * block + d * d + d
+            }
+        }
+    }
+
+    /// About how many bytes one training step's activations take for `batch` windows
+    /// of `ctx` tokens in float32: hidden states and MLP activations kept for the
+    /// backward pass, attention scores, and the logits with their gradient.
+    pub fn activation_estimate(&self, batch: usize, ctx: usize) -> f64 {
+        let (layers, d, heads, inner, vocab) = match self {
+            ModelConfig::Gpt(c) => (c.n_layer, c.n_embd, c.n_head, c.n_inner.unwrap_or(4 * c.n_embd), c.vocab_size),
+            ModelConfig::Bert(c) => (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size, 2),
+        };
+        let (tokens, t) = (batch as f64 * ctx as f64, ctx as f64);
+        let per_layer = 12.0 * d as f64 + 2.0 * inner as f64 + 3.0 * heads as f64 * t;
+        4.0 * tokens * (layers as f64 * per_layer + 3.0 * vocab as f64)
+    }
+
     /// Number of token ids.
     pub fn vocab_size(&self) -> i64 {
         match self {
@@ -140,9 +170,59 @@ pub struct Model {
     pub network: Network,
 }
 
+/// The largest width, vocabulary, context or head count a configuration may give:
+/// beyond it, sizes stop being models and start being typos.
+pub(crate) const MAX_DIMENSION: i64 = 1 << 24;
+/// The most blocks a configuration may give.
+pub(crate) const MAX_LAYERS: i64 = 1 << 12;
+
+/// Checks that each `(key, value)` is in `1..=max`; the message names the key.
+pub(crate) fn check_dimensions(dimensions: &[(&str, i64, i64)]) -> Result<()> {
+    for &(key, value, max) in dimensions {
+        if value <= 0 {
+            return invalid!("`{key}` must be positive, got {value}");
+        }
+        if value > max {
+            return invalid!("`{key}` is {value}; tchlab builds models with `{key}` up to {max}");
+        }
+    }
+    Ok(())
+}
+
+/// Checks that every id in `ids` has an embedding row: a tokenizer larger than the
+/// model's vocabulary is an error naming both, before any forward pass indexes past
+/// the table.
+pub(crate) fn check_ids(ids: &Tensor, vocab_size: i64) -> Result<()> {
+    if ids.numel() == 0 {
+        return Ok(());
+    }
+    let (lo, hi) = (ids.f_min()?.int64_value(&[]), ids.f_max()?.int64_value(&[]));
+    if lo < 0 || hi >= vocab_size {
+        let bad = if lo < 0 { lo } else { hi };
+        return invalid!(
+            "token id {bad} is outside the model's vocabulary of {vocab_size} ids (0..{}): the tokenizer and the model do not match; build the model with a vocabulary at least the tokenizer's size",
+            vocab_size - 1
+        );
+    }
+    Ok(())
+}
+
+/// Refuses to build a model whose float32 weights would not fit in `device`'s memory.
+fn ensure_weights_fit(config: &ModelConfig, device: Device) -> Result<()> {
+    let parameters = config.parameter_estimate();
+    crate::limits::ensure_fits(
+        &format!("a {} model of about {:.3e} parameters", config.model_type(), parameters),
+        parameters * 4.0,
+        device,
+        "build a smaller one (fewer layers, a smaller width or vocabulary)",
+    )
+}
+
 impl Model {
     /// A freshly initialised GPT-2 model on `device`.
     pub fn gpt(config: &gpt::GptConfig, device: Device) -> Result<Self> {
+        config.validate()?;
+        ensure_weights_fit(&ModelConfig::Gpt(config.clone()), device)?;
         let vars = VarStore::new(device);
         let network = Network::Gpt(gpt::Gpt::new(&vars.root(), config)?);
         Ok(Model { vars, network })
@@ -150,6 +230,8 @@ impl Model {
 
     /// A freshly initialised BERT model on `device`.
     pub fn bert(config: &bert::BertConfig, heads: bert::BertHeads, device: Device) -> Result<Self> {
+        config.validate()?;
+        ensure_weights_fit(&ModelConfig::Bert(config.clone()), device)?;
         let vars = VarStore::new(device);
         let network = Network::Bert(bert::Bert::new(&vars.root(), config, heads)?);
         Ok(Model { vars, network })
@@ -204,6 +286,27 @@ impl Model {
         }
         copy_checked(&plan)?;
         Ok(tensors.iter().map(|(n, _)| n.clone()).collect())
+    }
+
+    /// A 64-bit FNV-1a hash of every variable's name, shape, dtype and bytes: equal
+    /// exactly when the weights are bit for bit the same (tests use it to show that a
+    /// failed command changed nothing).
+    pub fn checksum(&self) -> Result<u64> {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            for &b in bytes {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for (name, t) in self.named_tensors() {
+            let t = t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?;
+            feed(name.as_bytes());
+            feed(format!("{:?}{:?}", t.size(), t.kind()).as_bytes());
+            let mut bytes = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
+            t.f_copy_data_u8(&mut bytes, t.numel())?;
+            feed(&bytes);
+        }
+        Ok(hash)
     }
 
     /// Converts every floating-point variable to `kind` (f32, bf16, f16).

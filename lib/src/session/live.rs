@@ -16,8 +16,9 @@ impl Session {
     /// `scratch` (the socket's directory); command output (`live::run`) goes to `sink`.
     /// A refused request changes nothing.
     pub fn serve_live(&mut self, line: &str, scratch: &Path, sink: &mut dyn FnMut(Output)) -> String {
+        let _scope = crate::interrupt::Scope::enter(&self.cancel);
         let reply = match serde_json::from_str::<Request>(line) {
-            Ok(request) => match self.answer(request, scratch, sink) {
+            Ok(request) => match crate::interrupt::contain("a `tchlab::live` request", || self.answer(request, scratch, sink)) {
                 Ok(value) => Reply::Ok(value),
                 Err(e) => Reply::Error { name: e.name, message: e.message },
             },
@@ -27,12 +28,19 @@ impl Session {
     }
 
     fn answer(&mut self, request: Request, scratch: &Path, sink: &mut dyn FnMut(Output)) -> Result<Value, CellError> {
+        // A file must sit directly in the scratch directory once every link is resolved,
+        // and must not itself be a link: a cell cannot make the session read or write
+        // elsewhere through `..` or a symbolic link.
         let inside = |path: &Path| -> Result<(), CellError> {
-            if path.parent() == Some(scratch) {
-                Ok(())
-            } else {
-                Err(CellError { name: "UsageError".into(), message: format!("{}: files for the session must be in {}", path.display(), scratch.display()) })
+            let refuse = || CellError { name: "UsageError".into(), message: format!("{}: files for the session must be in {}", path.display(), scratch.display()) };
+            let parent = path.parent().ok_or_else(refuse)?.canonicalize().map_err(|_| refuse())?;
+            if parent != scratch.canonicalize().map_err(|_| refuse())? || path.file_name().is_none_or(|n| n == "..") {
+                return Err(refuse());
             }
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(refuse());
+            }
+            Ok(())
         };
         let device = json!({ "device": super::commands::device_name(self.device) });
         match request {

@@ -21,6 +21,7 @@ use tch::Device;
 
 use crate::data::DataSpec;
 use crate::embedding::Pooling;
+use crate::interrupt;
 use crate::models::Model;
 use crate::suggest::did_you_mean;
 use crate::tokenize::Tokenizer;
@@ -165,26 +166,37 @@ impl Session {
     }
 
     /// Runs a cell: each command line in order, stopping at the first error.
+    ///
+    /// An interrupt (the [`Session::cancel_handle`] flag) stops the running command at
+    /// its next check; the flag is cleared when the cell ends, so an interrupt never
+    /// reaches a later cell. A panic inside a command becomes an `InternalError` and the
+    /// session goes on.
     pub fn run_cell(&mut self, cell: &str, sink: &mut dyn FnMut(Output)) -> Result<(), CellError> {
         self.record_input(cell);
-        self.cancel.store(false, Ordering::SeqCst);
+        let _scope = interrupt::Scope::enter(&self.cancel);
         let mut ctx = Ctx { sink };
-        match split_cell(cell)? {
-            Cell::Rust(_) => Err(CellError {
+        let result = match interrupt::contain("splitting the cell", || split_cell(cell)) {
+            Err(e) => Err(e),
+            Ok(Cell::Rust(_)) => Err(CellError {
                 name: "UsageError".into(),
                 message: "this cell is Rust code, which the tchlab kernel and REPL run (the tchlab-cells crate); commands start with `%` (`%help` lists them)"
                     .into(),
             }),
-            Cell::Commands(invocations) => {
-                for inv in invocations {
-                    self.run_invocation(&inv, &mut ctx)?;
-                }
-                Ok(())
-            }
-        }
+            Ok(Cell::Commands(invocations)) => invocations.iter().try_for_each(|inv| self.run_invocation(inv, &mut ctx)),
+        };
+        self.cancel.store(false, Ordering::SeqCst);
+        result
     }
 
+    /// Runs one command under [`interrupt::contain`]: a panic is the command's error.
     fn run_invocation(&mut self, inv: &Invocation, ctx: &mut Ctx) -> Result<(), CellError> {
+        interrupt::contain(&format!("`{}`", inv.line), || self.run_uncontained(inv, ctx))
+    }
+
+    fn run_uncontained(&mut self, inv: &Invocation, ctx: &mut Ctx) -> Result<(), CellError> {
+        if inv.name == "__fault" && interrupt::faults_enabled() {
+            return inject_fault(&inv.words);
+        }
         let Some(command) = commands::find(&inv.name) else {
             let close = did_you_mean(&inv.name, COMMANDS.iter().map(|c| c.name)).replace("mean ", "mean %").replace(", ", ", %");
             return Err(CellError { name: "UsageError".into(), message: format!("unknown command %{}{close}; `%help` lists them all", inv.name) });
@@ -393,6 +405,20 @@ impl Session {
         }
         self.data = Some(spec);
         Ok(())
+    }
+}
+
+/// `%__fault panic` panics at once; `%__fault arm POINT` arms a panic at a named point
+/// of the library ([`interrupt::trip`]). Only with `TCHLAB_FAULTS=1`, for the tests
+/// that check containment.
+fn inject_fault(words: &[String]) -> Result<(), CellError> {
+    match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["panic"] => panic!("fault injected by `%__fault panic`"),
+        ["arm", point] => {
+            interrupt::arm(point);
+            Ok(())
+        }
+        _ => Err(CellError { name: "UsageError".into(), message: "%__fault panic | %__fault arm POINT".into() }),
     }
 }
 

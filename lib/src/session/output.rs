@@ -175,7 +175,8 @@ pub enum Output {
 /// what to do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CellError {
-    /// `UsageError`, `FileError`, `ShapeError`, `NonFiniteError`, `KeyboardInterrupt`, `TchlabError`.
+    /// `UsageError`, `FileError`, `ShapeError`, `NonFiniteError`, `KeyboardInterrupt`, `MemoryError`,
+    /// `InternalError` (a caught panic), `TchlabError`.
     pub name: String,
     /// The message, usage line included where it helps.
     pub message: String,
@@ -194,12 +195,20 @@ impl From<crate::Error> for CellError {
             Error::Io { .. } | Error::Format { .. } => "FileError",
             Error::ShapeMismatch { .. } => "ShapeError",
             Error::NonFinite(_) => "NonFiniteError",
-            Error::Interrupted { .. } => "KeyboardInterrupt",
+            Error::Interrupted { .. } | Error::Cancelled(_) => "KeyboardInterrupt",
+            Error::TooLarge(_) => "MemoryError",
+            Error::Internal(_) => "InternalError",
             Error::Invalid(_) => "UsageError",
+            Error::Torch(t) if is_out_of_memory(&t.to_string()) => "MemoryError",
             Error::Torch(_) => "TchlabError",
         };
         CellError { name: name.into(), message: e.to_string() }
     }
+}
+
+/// Whether a libtorch error is an allocation failure (CPU or CUDA).
+fn is_out_of_memory(message: &str) -> bool {
+    message.contains("out of memory") || message.contains("can't allocate memory") || message.contains("Cannot allocate memory")
 }
 
 /// A table rendered as aligned text and as HTML.

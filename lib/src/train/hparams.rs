@@ -163,11 +163,22 @@ fn finite(key: &str, value: &str, min: f64) -> Result<f64> {
     Ok(v)
 }
 
-fn positive(key: &str, value: &str) -> Result<usize> {
+/// A whole number in `1..=max`: counts that size allocations or loops are bounded, so
+/// that a typo (`batch=1000000000000`) is an error, not a hung or killed process.
+fn positive(key: &str, value: &str, max: usize) -> Result<usize> {
     match number::<usize>(key, value)? {
         0 => invalid!("{key}={value}: expected a whole number ≥ 1"),
+        n if n > max => invalid!("{key}={value}: at most {max}"),
         n => Ok(n),
     }
+}
+
+fn at_most<T: std::str::FromStr + PartialOrd + std::fmt::Display>(key: &str, value: &str, max: T) -> Result<T> {
+    let n: T = number(key, value)?;
+    if n > max {
+        return invalid!("{key}={value}: at most {max}");
+    }
+    Ok(n)
 }
 
 fn fraction(key: &str, value: &str) -> Result<f64> {
@@ -185,8 +196,8 @@ impl HParams {
         match key {
             "lr" => self.lr = finite(key, v, 0.0)?,
             "min_lr" => self.min_lr = finite(key, v, 0.0)?,
-            "batch" => self.batch = positive(key, v)?,
-            "accum" => self.accum = positive(key, v)?,
+            "batch" => self.batch = positive(key, v, 1 << 20)?,
+            "accum" => self.accum = positive(key, v, 1 << 16)?,
             "warmup" => self.warmup = number::<u32>(key, v)?.into(),
             "schedule" => {
                 self.schedule = match v {
@@ -197,7 +208,7 @@ impl HParams {
                     _ => return invalid!("schedule={v}: choose constant, linear, cosine or onecycle"),
                 }
             }
-            "steps" => self.steps = positive(key, v)? as i64,
+            "steps" => self.steps = positive(key, v, 1 << 40)? as i64,
             "weight_decay" => self.weight_decay = finite(key, v, 0.0)?,
             "clip" => self.clip = finite(key, v, 0.0)?,
             "optimizer" => {
@@ -210,12 +221,17 @@ impl HParams {
             "momentum" => self.momentum = fraction(key, v)?,
             "beta1" => self.beta1 = fraction(key, v)?,
             "beta2" => self.beta2 = fraction(key, v)?,
-            "eps" => self.eps = finite(key, v, 0.0)?,
+            "eps" => {
+                self.eps = finite(key, v, 0.0)?;
+                if self.eps == 0.0 {
+                    return invalid!("eps={v}: expected a number > 0 (it keeps AdamW from dividing by zero)");
+                }
+            }
             "eval_every" => self.eval_every = number::<u32>(key, v)?.into(),
-            "eval_batches" => self.eval_batches = positive(key, v)?,
+            "eval_batches" => self.eval_batches = positive(key, v, 1 << 16)?,
             "snapshot_every" => self.snapshot_every = number::<u32>(key, v)?.into(),
-            "snapshot_budget_mb" => self.snapshot_budget_mb = number(key, v)?,
-            "ctx" => self.ctx = number(key, v)?,
+            "snapshot_budget_mb" => self.snapshot_budget_mb = at_most(key, v, 1 << 30)?,
+            "ctx" => self.ctx = at_most(key, v, 1 << 20)?,
             "precision" => {
                 self.precision = match v {
                     "f32" | "fp32" | "float32" => Precision::F32,
@@ -287,6 +303,8 @@ mod tests {
         let err = hp.set("lr", "fast").unwrap_err().to_string();
         assert!(err.contains("lr=fast"), "{err}");
         assert!(hp.set("batch", "0").is_err());
+        assert!(hp.set("batch", "1000000000000").unwrap_err().to_string().contains("at most"));
+        assert!(hp.set("eps", "0").unwrap_err().to_string().contains("> 0"));
         assert!(hp.set("schedule", "cosin").unwrap_err().to_string().contains("cosine"));
         assert!(hp.set("learning_rate", "1").unwrap_err().to_string().contains("unknown hyperparameter"));
         assert!(hp.set("weight_dacay", "1").unwrap_err().to_string().contains("did you mean weight_decay"));

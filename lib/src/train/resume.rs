@@ -11,13 +11,15 @@
 //!
 //! The directory is written next to its destination and swapped in with one
 //! `renameat2(RENAME_EXCHANGE)`, so a crash leaves either the old checkpoint or the
-//! new one, never a mixture.
+//! new one, never a mixture. A destination that holds files tchlab did not write is
+//! refused, never replaced (`checkpoint::check_save_target`).
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tch::Device;
@@ -31,6 +33,9 @@ use crate::data::{DataSpec, Rng};
 use crate::error::{Error, Result};
 
 const FORMAT: &str = "tchlab-trainer/1";
+
+/// Numbers the staging directories of this process's saves.
+static STAGING: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Serialize, Deserialize)]
 struct TrainerFile {
@@ -59,8 +64,10 @@ impl Trainer {
             _ => Path::new("."),
         };
         let name = dir.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a directory name", dir.display())))?;
-        let staging = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-        let _ = std::fs::remove_dir_all(&staging);
+        checkpoint::check_save_target(dir)?;
+        let staging = parent.join(format!(".{}.tmp-{}-{}", name.to_string_lossy(), std::process::id(), STAGING.fetch_add(1, Ordering::Relaxed)));
+        // A new directory, never one that was there: what the staging name held is not ours to remove.
+        std::fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
         let written = self.write_into(&staging).and_then(|()| swap_in(&staging, dir));
         if written.is_err() {
             let _ = std::fs::remove_dir_all(&staging);
@@ -95,7 +102,7 @@ impl Trainer {
     pub fn load(dir: impl AsRef<Path>, device: Device) -> Result<Trainer> {
         let dir = dir.as_ref();
         let state_path = dir.join("trainer.json");
-        let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+        let text = crate::limits::read_text(&state_path, crate::limits::MAX_JSON_BYTES)?;
         let file: TrainerFile = serde_json::from_str(&text).map_err(|e| Error::format(&state_path, format!("not a tchlab trainer checkpoint: {e}")))?;
         if file.format != FORMAT {
             return Err(Error::format(&state_path, format!("format `{}`, expected `{FORMAT}`", file.format)));

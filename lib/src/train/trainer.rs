@@ -101,6 +101,13 @@ impl Trainer {
 
     /// A trainer from parts [`Trainer::prepare`] accepted.
     pub fn assemble(model: Model, tokenizer: Tokenizer, data: Dataset, spec: DataSpec, hp: HParams, seed: u64) -> Result<Self> {
+        let parameters = model.num_parameters() as f64;
+        crate::limits::ensure_fits(
+            &format!("training a model of {parameters:.3e} parameters (gradients, and the optimiser's two moments and float32 masters)"),
+            parameters * 16.0,
+            model.device(),
+            "train a smaller model",
+        )?;
         let opt = Optimizer::new(&model.vars, method(&hp), hp.lr, hp.weight_decay)?;
         let mut trainer = Trainer {
             timeline: Timeline::default(),
@@ -167,6 +174,11 @@ impl Trainer {
         &self.history
     }
 
+    /// Optimiser steps taken (what AdamW's bias correction counts).
+    pub fn optimizer_steps(&self) -> i64 {
+        self.opt.steps
+    }
+
     /// The current branch's name.
     pub fn branch(&self) -> &str {
         &self.branch
@@ -183,7 +195,8 @@ impl Trainer {
     }
 
     /// A flag that, once set (from any thread), stops training at the next step
-    /// boundary. The trainer clears it when it stops because of it.
+    /// boundary. Whoever sets it clears it (the session does when a cell ends), so
+    /// that every loop a command runs stops, not only the first.
     pub fn cancel_handle(&self) -> Arc<AtomicBool> {
         self.cancel.clone()
     }
@@ -284,7 +297,9 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepRecord> {
         let started = Instant::now();
         let rng_before = self.rng.clone();
-        let result = self.try_step(started);
+        // A panic part way (a bug, or libtorch through a tch convenience function) is an
+        // error like any other: the cursor and gradients are put back below.
+        let result = crate::interrupt::contain("a training step", || self.try_step(started));
         if result.is_err() {
             self.opt.zero_grad();
             self.rng = rng_before;
@@ -300,13 +315,14 @@ impl Trainer {
         self.opt.zero_grad();
         let (mut loss_sum, mut tokens) = (0.0, 0i64);
         for _ in 0..self.hp.accum {
-            if self.cancel.swap(false, Ordering::SeqCst) {
+            if self.cancel.load(Ordering::SeqCst) {
                 return Err(Error::Interrupted { step: self.step });
             }
             let batch = self.data.train_batch(self.hp.batch, self.ctx(), &self.tokenizer, &mut self.rng)?;
             tokens += batch.tokens();
             let loss = self.loss(&batch, true)?;
-            (&loss * (scale / self.hp.accum as f64)).backward();
+            (&loss * (scale / self.hp.accum as f64)).f_backward()?;
+            crate::interrupt::trip("step");
             loss_sum += loss.double_value(&[]);
         }
         let loss = loss_sum / self.hp.accum as f64;
@@ -349,7 +365,16 @@ impl Trainer {
         }
         let seconds = started.elapsed().as_secs_f64();
         self.trained_seconds += seconds;
-        let val = if self.hp.eval_every > 0 && next % self.hp.eval_every == 0 { Some(self.evaluate()?) } else { None };
+        // The weights have moved: from here on the step completes. An interrupt during
+        // its evaluation only skips the evaluation; training stops at the next boundary.
+        let val = match self.hp.eval_every > 0 && next % self.hp.eval_every == 0 {
+            true => match self.evaluate() {
+                Ok(metrics) => Some(metrics),
+                Err(Error::Cancelled(_)) => None,
+                Err(e) => return Err(e),
+            },
+            false => None,
+        };
         let record = StepRecord { step: next, loss, lr, grad_norm, tokens_per_s: tokens as f64 / seconds.max(1e-9), wall_time: self.trained_seconds, val };
         self.history.steps.push(record.clone());
         if self.hp.snapshot_every > 0 && next % self.hp.snapshot_every == 0 {
@@ -398,6 +423,7 @@ impl Trainer {
                 let mut confusion = vec![vec![0u64; n]; n];
                 let (mut loss_sum, mut count) = (0.0, 0i64);
                 for batch in &batches {
+                    self.check_cancel("evaluating")?;
                     let logits = self.logits(batch, false)?;
                     let targets = batch.targets.to_device(logits.device());
                     let size = targets.size()[0];
@@ -414,6 +440,7 @@ impl Trainer {
             _ => {
                 let (mut loss_sum, mut count) = (0.0, 0i64);
                 for batch in &batches {
+                    self.check_cancel("evaluating")?;
                     let targets = batch.targets.to_device(self.model.device());
                     let n = targets.ne(-100).sum(Kind::Int64).int64_value(&[]);
                     loss_sum += self.loss(batch, false)?.double_value(&[]) * n as f64;
@@ -425,14 +452,16 @@ impl Trainer {
         })
     }
 
+    fn check_cancel(&self, what: &str) -> Result<()> {
+        if self.cancel.load(Ordering::SeqCst) {
+            return Err(Error::Cancelled(format!("interrupted while {what}; nothing was changed")));
+        }
+        Ok(())
+    }
+
     /// Language-model window length: `ctx`, or the model's context.
     fn ctx(&self) -> usize {
-        let model_ctx = self.model.config().max_positions() as usize;
-        if self.hp.ctx == 0 {
-            model_ctx
-        } else {
-            self.hp.ctx.min(model_ctx)
-        }
+        effective_ctx(&self.model.config(), &self.hp)
     }
 
     fn logits(&self, batch: &Batch, train: bool) -> Result<Tensor> {
@@ -610,5 +639,35 @@ pub(super) fn check_fit(model: &Model, tokenizer: &Tokenizer, data: &Dataset, hp
     if hp.precision == Precision::F16 && model.device() == tch::Device::Cpu {
         return invalid!("precision=f16 needs CUDA (loss scaling on the GPU); on the CPU use precision=bf16");
     }
+    let window = match data {
+        Dataset::Synth { .. } => data.example_len().unwrap_or(1),
+        Dataset::Text(_) => effective_ctx(&config, hp),
+        Dataset::Classify(c) => {
+            let longest = c.longest();
+            if longest as i64 > config.max_positions() {
+                return invalid!(
+                    "the longest example has {longest} tokens but the model reads at most {}; shorten the texts, or use a tokenizer that truncates",
+                    config.max_positions()
+                );
+            }
+            longest.max(1)
+        }
+    };
+    crate::limits::ensure_fits(
+        &format!("a training step on batches of {} × {window} tokens", hp.batch),
+        config.activation_estimate(hp.batch, window),
+        model.device(),
+        "lower `batch` (and raise `accum` to keep the effective batch)",
+    )?;
     Ok(())
+}
+
+/// Language-model window length: `ctx`, or the model's context.
+fn effective_ctx(config: &crate::models::ModelConfig, hp: &HParams) -> usize {
+    let model_ctx = config.max_positions() as usize;
+    if hp.ctx == 0 {
+        model_ctx
+    } else {
+        hp.ctx.min(model_ctx)
+    }
 }

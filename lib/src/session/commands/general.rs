@@ -60,18 +60,23 @@ fn echo(_: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
 pub const STATUS: Command = Command {
     name: "status",
     summary: "what is loaded: model, tokenizer, data, step, device, memory",
-    args: &[],
+    args: &[flag("checksum", "also a hash of every weight's bytes (equal exactly when the weights are)")],
     details: "",
     example: "%status",
-    json: r#"{"step", "device", "model", "parameters", "precision", "tokenizer_vocab", "data", "branch", "snapshots", "snapshot_memory_mb", "threads", "source"}"#,
+    json: r#"{"step", "optimizer_steps", "device", "model", "parameters", "precision", "tokenizer_vocab", "data", "branch", "snapshots", "snapshot_memory_mb", "threads", "source", "weights_checksum"?}"#,
     run: status,
 };
 
-fn status(s: &mut Session, _: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+fn status(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let model = s.model();
     let trainer = s.trainer.as_ref();
-    let value = json!({
+    let checksum = match model.filter(|_| args.flag("checksum")) {
+        Some(m) => Some(format!("{:016x}", m.checksum()?)),
+        None => None,
+    };
+    let mut value = json!({
         "step": trainer.map_or(0, |t| t.step_count()),
+        "optimizer_steps": trainer.map_or(0, |t| t.optimizer_steps()),
         "device": device_name(s.device),
         "model": model.map(|m| m.config().model_type()),
         "parameters": model.map(|m| m.num_parameters()),
@@ -84,6 +89,9 @@ fn status(s: &mut Session, _: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         "threads": tch::get_num_threads(),
         "source": s.model_source,
     });
+    if let Some(checksum) = checksum {
+        value["weights_checksum"] = checksum.into();
+    }
     let mut table = Table::new(["", ""]);
     for (k, v) in value.as_object().expect("object") {
         let text = match v {
@@ -198,8 +206,9 @@ pub const THREADS: Command = Command {
 
 fn threads(_: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     if let Some(n) = args.parse_as::<i32>("n")? {
-        if n < 1 {
-            return Err(args.usage_error("at least 1 thread"));
+        let most = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32 * 4;
+        if !(1..=most).contains(&n) {
+            return Err(args.usage_error(format!("threads must be between 1 and {most} (four per core of this machine), got {n}")));
         }
         tch::set_num_threads(n);
     }
@@ -279,10 +288,13 @@ pub const TIMEIT: Command = Command {
     run: timeit,
 };
 
+/// The most runs `%timeit` takes.
+const MAX_TIMED_RUNS: usize = 10_000;
+
 fn timeit(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let runs: usize = args.parse_as("runs")?.unwrap_or(5);
-    if runs == 0 {
-        return Err(args.usage_error("--runs must be at least 1"));
+    if !(1..=MAX_TIMED_RUNS).contains(&runs) {
+        return Err(args.usage_error(format!("--runs must be between 1 and {MAX_TIMED_RUNS}, got {runs}")));
     }
     let timed_run = |s: &mut Session, ctx: &mut Ctx| {
         if args.flag("quiet") {
@@ -293,7 +305,12 @@ fn timeit(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> 
         }
     };
     timed_run(s, ctx)?; // warm-up
-    let times = (0..runs).map(|_| timed_run(s, ctx)).collect::<Result<Vec<f64>, _>>()?;
+    let times = (0..runs)
+        .map(|_| {
+            crate::interrupt::check("timing")?;
+            timed_run(s, ctx)
+        })
+        .collect::<Result<Vec<f64>, _>>()?;
     let mean = times.iter().sum::<f64>() / runs as f64;
     let std = (times.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / runs as f64).sqrt();
     let text = format!("{} ± {} per run (mean ± std. dev. of {runs} runs)", format_seconds(mean), format_seconds(std));

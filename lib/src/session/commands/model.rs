@@ -49,6 +49,13 @@ fn model(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         Ok(v)
     };
     let vocab = match (args.parse_as::<i64>("vocab")?, s.tokenizer()) {
+        (Some(v), Some(t)) if v < t.vocab_size() as i64 => {
+            return Err(args.usage_error(format!(
+                "--vocab {v} is smaller than the tokenizer's {} ids, so some tokens would have no embedding; give --vocab {} or more, or leave it out",
+                t.vocab_size(),
+                t.vocab_size()
+            )))
+        }
         (Some(v), _) => v,
         (None, Some(t)) => t.vocab_size() as i64,
         (None, None) => return Err(args.usage_error("no tokenizer to size the vocabulary: give --vocab N, or load data or a tokenizer first")),
@@ -80,6 +87,7 @@ fn model(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         }
         _ => {
             let classes = match (args.parse_as::<i64>("classes")?, &s.data) {
+                (Some(n), _) if n < 2 => return Err(args.usage_error(format!("--classes must be at least 2, got {n}"))),
                 (Some(n), _) => Some(n),
                 (None, Some(DataSpec::Classify { .. })) => s.trainer.as_ref().and_then(|t| match t.data() {
                     crate::data::Dataset::Classify(c) => Some(c.labels.len() as i64),
@@ -297,7 +305,7 @@ fn tokenizer(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
     let (tokenizer, kind) = match source {
         "char" => {
             let path = file()?;
-            let text = std::fs::read_to_string(&path).map_err(|e| crate::Error::io(&path, e))?;
+            let text = crate::limits::read_text(&path, crate::limits::MAX_TEXT_BYTES)?;
             (Tokenizer::char_level(&text)?, "char")
         }
         "bpe" => {

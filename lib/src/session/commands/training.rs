@@ -48,7 +48,7 @@ fn data(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
             let tokenizer = match s.tokenizer() {
                 Some(t) => t.clone(),
                 None => {
-                    let text = std::fs::read_to_string(&path).map_err(|e| crate::Error::io(&path, e))?;
+                    let text = crate::limits::read_text(&path, crate::limits::MAX_TEXT_BYTES)?;
                     ctx.note(format!("no tokenizer yet: using a character tokenizer built from {}", path.display()));
                     Tokenizer::char_level(&text)?
                 }
@@ -203,7 +203,10 @@ pub const TRAIN: Command = Command {
     run: train,
 };
 
-/// `500ms`, `30s`, `2m`, `1h`.
+/// The longest `--time` accepted: a week.
+const MAX_DURATION_S: f64 = 7.0 * 24.0 * 3600.0;
+
+/// `500ms`, `30s`, `2m`, `1h`, up to a week.
 pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
@@ -215,7 +218,7 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
         "h" => n * 3600.0,
         _ => return None,
     };
-    Some(Duration::from_secs_f64(seconds))
+    (seconds <= MAX_DURATION_S).then(|| Duration::try_from_secs_f64(seconds).ok()).flatten()
 }
 
 /// Live display throttling: a few updates a second at most.
@@ -245,7 +248,7 @@ fn progress(branch: &str, history: &History, stop: Stop, started: Instant, done:
 fn train(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let stop = match (args.parse_as::<u64>("n")?, args.get("time")) {
         (Some(n), None) => Stop::Steps(n),
-        (None, Some(t)) => Stop::Time(parse_duration(t).ok_or_else(|| args.usage_error(format!("--time expects a duration like 30s, 2m or 1h, got `{t}`")))?),
+        (None, Some(t)) => Stop::Time(parse_duration(t).ok_or_else(|| args.usage_error(format!("--time expects a duration like 30s, 2m or 1h (at most a week), got `{t}`")))?),
         (None, None) => return Err(args.usage_error("how long? give a number of steps or --time DUR")),
         (Some(_), Some(_)) => return Err(args.usage_error("give either a number of steps or --time, not both")),
     };
@@ -596,5 +599,7 @@ mod tests {
         assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("soon"), None);
         assert_eq!(parse_duration("5 parsecs"), None);
+        assert_eq!(parse_duration("99999999999999999999"), None, "past a week");
+        assert_eq!(parse_duration("1e400s"), None);
     }
 }

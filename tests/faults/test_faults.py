@@ -1,0 +1,464 @@
+"""Hostile and careless input through a real kernel (jupyter_client): commands,
+hyperparameters, files, crafted checkpoints, wire messages and interrupts.
+
+For each case: the reply is a clean error that names the problem (or a correct
+result), the next cell works, the training state is unchanged (step, optimiser step
+count, a checksum of every weight's bytes) and no user file changed. Checkpoint files
+are crafted here with PyTorch and zipfile (the tests run in the project's Python
+environment)."""
+
+import io
+import json
+import os
+import pickle
+import stat
+import struct
+import time
+import zipfile
+
+import pytest
+import torch
+import zmq
+from jupyter_client.manager import start_new_kernel
+
+from cells import execute
+
+TIMEOUT = 120
+SETUP = "%device cpu\n%seed 0\n%data synth reverse --length 4\n%model gpt --layers 1 --heads 2 --dim 32\n%set batch=8\n%train 5"
+
+
+def start(env_extra=None):
+    env = dict(os.environ, TCHLAB_FAULTS="1", **(env_extra or {}))
+    return start_new_kernel(kernel_name="tchlab", startup_timeout=TIMEOUT, env=env)
+
+
+@pytest.fixture(scope="module")
+def lab():
+    km, kc = start()
+    reply, _ = execute(kc, SETUP, timeout=TIMEOUT)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    yield km, kc
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+
+
+def result(outputs):
+    results = [m for m in outputs if m["msg_type"] == "execute_result"]
+    return results[-1]["content"]["data"]["application/json"] if results else None
+
+
+def state(kc):
+    reply, outputs = execute(kc, "%status --checksum")
+    assert reply["content"]["status"] == "ok", reply["content"]
+    s = result(outputs)
+    return s["step"], s["optimizer_steps"], s["weights_checksum"], s["data"], s["model"], s["parameters"]
+
+
+def rss_mb(km):
+    with open(f"/proc/{km.provisioner.process.pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def refused(kc, code, ename, *contains, timeout=TIMEOUT):
+    """Runs a hostile cell: it must fail with `ename` and a message holding each of
+    `contains`; then the training state is unchanged and the next cell works."""
+    before = state(kc)
+    started = time.time()
+    reply, _ = execute(kc, code, timeout=timeout)
+    took = time.time() - started
+    content = reply["content"]
+    assert content["status"] == "error", f"{code!r} was accepted: {content}"
+    assert content["ename"] == ename, f"{code!r}: {content['ename']}: {content['evalue']}"
+    for text in contains:
+        assert text in content["evalue"], f"{code!r}: {text!r} not in {content['evalue']!r}"
+    assert state(kc) == before, f"{code!r} changed the session"
+    alive, outputs = execute(kc, "%echo alive")
+    assert alive["content"]["status"] == "ok" and any("alive" in m["content"].get("text", "") for m in outputs)
+    return content, took
+
+
+# ---- commands and hyperparameters ----
+
+@pytest.mark.parametrize(
+    "code, ename, contains",
+    [
+        ("%train --time 99999999999999999999", "UsageError", ["at most a week"]),
+        ("%train --time -5s", "UsageError", ["--time"]),
+        ("%model bert --classes -1", "UsageError", ["--classes must be at least 2"]),
+        ("%model bert --classes 0", "UsageError", ["--classes must be at least 2"]),
+        ("%model gpt --vocab 4", "UsageError", ["smaller than the tokenizer"]),
+        ("%model gpt --dim 1000000 --layers 1000", "MemoryError", ["needs about", "available"]),
+        ("%model gpt --layers 100000", "UsageError", ["n_layer", "4096"]),
+        ("%model gpt --dim 100000000", "UsageError", ["n_embd"]),
+        ("%model gpt --heads 3 --dim 32", "UsageError", ["multiple"]),
+        ("%model gpt --dropout 1.5", "UsageError", ["--dropout"]),
+        ("%set batch=1000000000000", "UsageError", ["batch", "at most"]),
+        ("%set batch=1000000", "MemoryError", ["training step", "lower `batch`"]),
+        ("%set batch=0", "UsageError", ["batch"]),
+        ("%set eps=0", "UsageError", ["eps", "> 0"]),
+        ("%set lr=nan", "UsageError", ["lr=nan"]),
+        ("%set lr=1e999", "UsageError", ["lr"]),
+        ("%set accum=100000000", "UsageError", ["accum"]),
+        ("%set lr=1e-3 batch=zero", "UsageError", ["batch=zero"]),
+        ("%sweep lr=log(1e-4,1e-2) --method random --trials 1000000000", "UsageError", ["--trials", "1000"]),
+        ("%sweep lr=[1,2,3,4,5,6,7,8,9,10,11] batch=[1,2,3,4,5,6,7,8,9,10,11] warmup=[1,2,3,4,5,6,7,8,9,10]", "UsageError", ["1210 combinations"]),
+        ("%threads 100000", "UsageError", ["threads must be between"]),
+        ("%threads 0", "UsageError", ["threads must be between"]),
+        ("%timeit --runs 100000000 %echo x", "UsageError", ["--runs"]),
+        ("%generate \"12\" --max-tokens 100000000", "UsageError", ["--max-tokens"]),
+        ("%generate \"12\" --top-p 0", "UsageError", ["--top-p"]),
+        ("%generate \"12\" --top-k -5", "UsageError", ["--top-k"]),
+        ("%generate \"12\" --temperature -1", "UsageError", ["--temperature"]),
+        ("%generate \"12\" --temperature inf", "UsageError", ["--temperature"]),
+        ("%attention \"12\" --layer 99", "UsageError", ["--layer"]),
+        ("%rewind nowhere", "UsageError", ["nowhere"]),
+        ("%echo \"unclosed", "UsageError", ["unclosed"]),
+        ("%", "UsageError", ["lone"]),
+        ("%stpe", "UsageError", ["did you mean %step"]),
+        ("%time %time %step", "UsageError", ["timing a timing command"]),
+        ("%fork main", "UsageError", ["exists already"]),
+        ("%snapshot 12", "UsageError", ["number"]),
+        ("%__fault panic", "InternalError", ["fault injected", "session is intact"]),
+    ],
+)
+def test_hostile_commands_are_refused_and_change_nothing(lab, code, ename, contains):
+    _, kc = lab
+    refused(kc, code, ename, *contains)
+
+
+def test_a_tiny_temperature_is_greedy_not_a_crash(lab):
+    _, kc = lab
+    before = state(kc)
+    _, greedy = execute(kc, '%generate "123" --max-tokens 5')
+    reply, tiny = execute(kc, '%generate "123" --max-tokens 5 --temperature 1e-40')
+    assert reply["content"]["status"] == "ok", reply["content"]
+    assert result(tiny)["generated_ids"] == result(greedy)["generated_ids"]
+    assert state(kc) == before
+
+
+def test_a_panic_inside_a_training_step_changes_nothing(lab):
+    _, kc = lab
+    assert execute(kc, "%__fault arm step")[0]["content"]["status"] == "ok"
+    refused(kc, "%step", "InternalError", "a training step", "fault injected")
+    before = state(kc)
+    reply, outputs = execute(kc, "%step")
+    assert reply["content"]["status"] == "ok" and result(outputs)["step"] == before[0] + 1, "training goes on"
+
+
+# ---- files that are not what they seem ----
+
+def test_devices_directories_and_fifos_are_refused_without_hanging(lab, tmp_path):
+    _, kc = lab
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    refused(kc, "%data text /dev/zero", "FileError", "/dev/zero", "device")
+    refused(kc, f"%data text {tmp_path}", "FileError", "directory")
+    refused(kc, f"%data text {fifo}", "FileError", "FIFO")
+    refused(kc, "%tokenizer char /dev/urandom", "FileError", "device")
+    refused(kc, f"%tokenizer {fifo}", "FileError", "FIFO")
+    refused(kc, "%load /dev/null", "FileError", "/dev/null")
+    refused(kc, f"%data classify {fifo}", "FileError")
+
+
+def test_a_save_never_deletes_what_it_did_not_write(lab, tmp_path):
+    _, kc = lab
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("my notes")
+    refused(kc, f"%save {precious}", "FileError", "keep.txt", "did not write")
+    refused(kc, f"%save {precious} --hf", "FileError", "keep.txt")
+    assert sorted(os.listdir(precious)) == ["keep.txt"] and (precious / "keep.txt").read_text() == "my notes"
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("text")
+    refused(kc, f"%save {a_file}", "FileError", "is a file")
+    assert a_file.read_text() == "text"
+    # A checkpoint tchlab wrote is replaced, atomically, as before.
+    ours = tmp_path / "ckpt"
+    assert execute(kc, f"%save {ours}")[0]["content"]["status"] == "ok"
+    assert (ours / ".tchlab-checkpoint").is_file()
+    assert execute(kc, f"%save {ours}")[0]["content"]["status"] == "ok"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert execute(kc, f"%save {empty}")[0]["content"]["status"] == "ok", "an empty directory is fine"
+
+
+def test_writefile_keeps_permissions_writes_through_links_and_refuses_devices(lab, tmp_path):
+    _, kc = lab
+    private = tmp_path / "secret.txt"
+    private.write_text("old")
+    os.chmod(private, 0o600)
+    assert execute(kc, f"%%writefile {private}\nnew text\n")[0]["content"]["status"] == "ok"
+    assert private.read_text() == "new text\n" and stat.S_IMODE(os.stat(private).st_mode) == 0o600
+    target = tmp_path / "target.txt"
+    target.write_text("before")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    assert execute(kc, f"%%writefile {link}\nthrough the link\n")[0]["content"]["status"] == "ok"
+    assert link.is_symlink() and target.read_text() == "through the link\n"
+    refused(kc, "%%writefile /dev/null\nx\n", "FileError", "not a regular file")
+    refused(kc, f"%%writefile {tmp_path}\nx\n", "FileError", "not a regular file")
+    leftovers = [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+    assert not leftovers, leftovers
+
+
+# ---- crafted checkpoints ----
+
+def model_dir(tmp_path, name, weights_name, weights_bytes, config=None):
+    d = tmp_path / name
+    d.mkdir()
+    config = config or {"model_type": "gpt2", "vocab_size": 16, "n_positions": 8, "n_embd": 8, "n_layer": 1, "n_head": 2}
+    (d / "config.json").write_text(json.dumps(config))
+    (d / weights_name).write_bytes(weights_bytes)
+    return d
+
+
+def torch_zip(entries):
+    """A zip laid out as torch.save lays it out, with these entries."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name, data in entries.items():
+            z.writestr(f"archive/{name}", data)
+    return buf.getvalue()
+
+
+def saved(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def rewrite(zip_bytes, change):
+    """The same zip with `change(name, data) -> data` applied to each entry."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(zip_bytes)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, change(info.filename, src.read(info.filename)))
+    return out.getvalue()
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/tchlab-pwned",))
+
+
+def test_hostile_pickles_are_refused_quickly_in_bounded_memory(lab, tmp_path):
+    km, kc = lab
+    deep = b"\x80\x02" + b"(" * 200_000 + b"l" * 200_000 + b"."
+    appended = b"\x80\x02" + b"]" * 200_000 + b"a" * 199_999 + b"."
+    # Memo doubling: d(n+1) = {"a": dn, "b": dn}, 2^60 leaves in a few hundred bytes.
+    doubling = b"\x80\x02}(\x8c\x01wK\x00uq\x00" + b"".join(b"}(\x8c\x01ah" + bytes([i]) + b"\x8c\x01bh" + bytes([i]) + b"uq" + bytes([i + 1]) for i in range(60)) + b"."
+    # A list memoised and copied into a doubling list, through APPEND on shared values.
+    copying = b"\x80\x02]q\x00" + b"".join(b"h\x00h\x00\x86a" for _ in range(200_000)) + b"."
+    cases = [
+        ("deep", deep, "deep"),
+        ("appended", appended, "deep"),
+        ("doubling", doubling, "entries"),
+        ("exploit", pickle.dumps({"w": Exploit()}, protocol=2), "posix.system"),
+        ("copying", copying, "no tensors"),
+        ("truncated", pickle.dumps({"a": [1, 2, 3]}, protocol=2)[:-5], "ends in the middle"),
+    ]
+    before_rss = rss_mb(km)
+    for name, data, why in cases:
+        d = model_dir(tmp_path, name, "pytorch_model.bin", torch_zip({"data.pkl": data}))
+        _, took = refused(kc, f"%load {d}", "FileError", why)
+        assert took < 10, f"{name}: {took:.1f} s"
+    assert not os.path.exists("/tmp/tchlab-pwned"), "nothing in a pickle runs"
+    assert rss_mb(km) - before_rss < 500, f"the kernel grew from {before_rss:.0f} MB to {rss_mb(km):.0f} MB"
+
+
+def test_tensors_that_reach_past_or_repeat_their_storage_are_refused(lab, tmp_path):
+    _, kc = lab
+    # A view with zero strides: 10^12 elements from a storage of one.
+    expanded = saved({"transformer.wte.weight": torch.zeros(1).expand(1_000_000, 1_000_000)})
+    d = model_dir(tmp_path, "expanded", "pytorch_model.bin", expanded)
+    refused(kc, f"%load {d}", "FileError", "transformer.wte.weight", "materialise")
+    # A storage cut short: the tensor reaches past its end.
+    short = rewrite(saved({"transformer.wte.weight": torch.ones(16, 8)}), lambda n, b: b[:64] if n.endswith("/data/0") else b)
+    d = model_dir(tmp_path, "short", "pytorch_model.bin", short)
+    refused(kc, f"%load {d}", "FileError", "reaches element")
+    # The zip claims data.pkl is 4 GB.
+    lying = bytearray(saved({"w": torch.ones(2)}))
+    central = lying.index(b"PK\x01\x02")
+    while central >= 0:
+        name_len = struct.unpack_from("<H", lying, central + 28)[0]
+        if lying[central + 46 : central + 46 + name_len].endswith(b"data.pkl"):
+            struct.pack_into("<I", lying, central + 24, 0xFFFFFFF0)
+        central = lying.find(b"PK\x01\x02", central + 4)
+    d = model_dir(tmp_path, "lying", "pytorch_model.bin", bytes(lying))
+    refused(kc, f"%load {d}", "MemoryError", "data.pkl", "claims")
+
+
+def test_big_endian_state_dicts_are_read_correctly(tmp_path):
+    km, kc = start()
+    try:
+        assert execute(kc, SETUP)[0]["content"]["status"] == "ok"
+        hf = tmp_path / "hf"
+        assert execute(kc, f"%save {hf} --hf")[0]["content"]["status"] == "ok"
+        expected = state(kc)[2]
+        from safetensors.torch import load_file
+
+        little = saved(load_file(hf / "model.safetensors"))
+
+        def to_big(name, data):
+            if name.endswith("/byteorder"):
+                return b"big"
+            if "/data/" in name:
+                return b"".join(data[i : i + 4][::-1] for i in range(0, len(data), 4))  # float32 elements
+            return data
+
+        big = rewrite(little, to_big)
+        assert b"big" in big
+        (hf / "model.safetensors").unlink()
+        (hf / "pytorch_model.bin").write_bytes(big)
+        reply, _ = execute(kc, f"%load {hf}")
+        assert reply["content"]["status"] == "ok", reply["content"]
+        assert state(kc)[2] == expected, "the big-endian file gives the same weights, bit for bit"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_bad_configs_and_formats_are_refused_before_anything_is_built(lab, tmp_path):
+    km, kc = lab
+    tiny = saved({"w": torch.ones(2)})
+    huge_layers = model_dir(tmp_path, "layers", "pytorch_model.bin", tiny, {"model_type": "gpt2", "vocab_size": 16, "n_embd": 8, "n_layer": 1_000_000_000, "n_head": 2})
+    refused(kc, f"%load {huge_layers}", "FileError", "config.json", "n_layer")
+    huge = model_dir(tmp_path, "huge", "pytorch_model.bin", tiny, {"model_type": "gpt2", "vocab_size": 50257, "n_embd": 65536, "n_layer": 4000, "n_head": 16})
+    before = rss_mb(km)
+    refused(kc, f"%load {huge}", "MemoryError", "needs about")
+    assert rss_mb(km) - before < 200, "refused before allocating"
+    float_layers = model_dir(tmp_path, "float", "pytorch_model.bin", tiny, {"model_type": "gpt2", "vocab_size": 16, "n_embd": 8, "n_layer": 1e9, "n_head": 2})
+    refused(kc, f"%load {float_layers}", "FileError", "config.json")
+    eps = model_dir(tmp_path, "eps", "pytorch_model.bin", tiny, {"model_type": "gpt2", "vocab_size": 16, "n_embd": 8, "n_layer": 1, "n_head": 2, "layer_norm_epsilon": -1})
+    refused(kc, f"%load {eps}", "FileError", "layer_norm_epsilon")
+    bert = {"model_type": "bert", "vocab_size": 16, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 8}
+    scalar_head = saved({"bert.pooler.dense.weight": torch.ones(8, 8), "classifier.weight": torch.tensor(1.0)})
+    d = model_dir(tmp_path, "scalar", "pytorch_model.bin", scalar_head, bert)
+    refused(kc, f"%load {d}", "FileError", "missing")
+    ot = tmp_path / "w.ot"
+    ot.write_bytes(b"PK\x03\x04 TorchScript archive")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 16, "n_embd": 8, "n_layer": 1, "n_head": 2}))
+    refused(kc, f"%load {ot}", "FileError", ".ot", "safetensors")
+    st = model_dir(tmp_path, "truncated-st", "model.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"w\":")
+    refused(kc, f"%load {st}", "FileError", "safetensors")
+    claims = model_dir(tmp_path, "claims-st", "model.safetensors", struct.pack("<Q", 1 << 60) + b"{}")
+    refused(kc, f"%load {claims}", "FileError", "safetensors")
+    not_json = model_dir(tmp_path, "not-json", "model.safetensors", b"", None)
+    (not_json / "config.json").write_text("{not json")
+    refused(kc, f"%load {not_json}", "FileError", "not valid JSON")
+    bad_tokenizer = tmp_path / "tokenizer.json"
+    bad_tokenizer.write_text('{"model": 5}')
+    refused(kc, f"%tokenizer {bad_tokenizer}", "FileError", "tokenizer.json")
+
+
+# ---- the wire ----
+
+def test_a_replay_with_an_upper_case_signature_is_dropped(lab):
+    km, kc = lab
+    session = kc.session
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.linger = 0
+    socket.connect(f"{km.transport}://{km.ip}:{km.shell_port}")
+    msg = session.msg("execute_request", {"code": "%step", "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
+    frames = session.serialize(msg)
+    socket.send_multipart(frames)
+    first = socket.poll(60_000) and socket.recv_multipart()
+    assert first, "the original is answered"
+    step_after_one = state(kc)[0]
+    signature = frames.index(b"<IDS|MSG>") + 1
+    for respelt in (frames[signature].upper(), frames[signature] + b"00", frames[signature][:-2]):
+        socket.send_multipart(frames[:signature] + [respelt] + frames[signature + 1 :])
+    assert not socket.poll(2000), "no re-spelt replay is answered"
+    assert state(kc)[0] == step_after_one, "and none trained a step"
+    socket.close()
+
+
+# ---- interrupts of long commands ----
+
+def interrupted(km, kc, code, wait=0.5):
+    """Starts `code`, interrupts it after `wait` seconds; returns its reply and how long
+    the interrupt took."""
+    msg_id = kc.execute(code)
+    while True:
+        msg = kc.get_iopub_msg(timeout=TIMEOUT)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status" and msg["content"]["execution_state"] == "busy":
+            break
+    time.sleep(wait)
+    asked = time.time()
+    km.interrupt_kernel()
+    while True:
+        reply = kc.get_shell_msg(timeout=TIMEOUT)
+        if reply["parent_header"]["msg_id"] == msg_id:
+            return reply["content"], time.time() - asked
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        '%generate "1" --max-tokens 1000000',
+        "%timeit --runs 10000 %eval",
+        "%timeit --runs 10000 %generate \"1\" --max-tokens 64",
+        "%sweep lr=[1e-3,2e-3,3e-3] --steps 100000",
+        "%lr-find --steps 100000",
+        "%train 100000000",
+    ],
+)
+def test_long_commands_stop_within_a_second_of_an_interrupt_and_change_nothing(lab, code):
+    km, kc = lab
+    before = state(kc)
+    content, took = interrupted(km, kc, code)
+    assert content["status"] == "error" and content["ename"] == "KeyboardInterrupt", content
+    assert took < 1.0, f"{code}: the interrupt took {took:.2f} s"
+    after = state(kc)
+    if code.startswith("%train"):
+        # Training keeps the steps it finished; the rest of the state agrees with them.
+        assert after[0] > before[0] and after[1] == after[0] + (before[1] - before[0])
+    else:
+        assert after == before, f"{code} changed the session"
+    assert execute(kc, "%echo alive")[0]["content"]["status"] == "ok"
+
+
+def test_reading_a_large_corpus_is_interruptible(lab, tmp_path):
+    km, kc = lab
+    corpus = tmp_path / "big.txt"
+    with open(corpus, "w") as f:
+        line = "0123456789+=" * 8 + "\n"
+        for _ in range(2_000_000):
+            f.write(line)
+    before = state(kc)
+    content, took = interrupted(km, kc, f"%data text {corpus}", wait=0.3)
+    assert content["ename"] == "KeyboardInterrupt", content
+    assert took < 1.0, f"{took:.2f} s"
+    assert state(kc) == before, "the data set is the one before"
+
+
+def test_an_interrupt_while_idle_reaches_no_later_cell_and_one_on_arrival_is_kept(lab):
+    km, kc = lab
+    km.interrupt_kernel()
+    time.sleep(0.3)
+    reply, _ = execute(kc, "%eval")
+    assert reply["content"]["status"] == "ok", "an interrupt sent while idle is not kept for later"
+    msg_id = kc.execute("%train 100000000")
+    km.interrupt_kernel()  # at once: the cell is queued or starting
+    while True:
+        reply = kc.get_shell_msg(timeout=TIMEOUT)
+        if reply["parent_header"]["msg_id"] == msg_id:
+            break
+    assert reply["content"]["ename"] == "KeyboardInterrupt", reply["content"]
+    assert execute(kc, "%eval")[0]["content"]["status"] == "ok"
+
+
+def test_every_kind_of_request_survives_a_burst_of_garbage(lab):
+    km, kc = lab
+    before = state(kc)
+    for code in ["\x00\x01\x02", "%" * 10000, "%echo " + "é" * 100000, "%%", "%%time", "%%writefile", "%set " + "a=" * 5000]:
+        execute(kc, code)
+    for cursor in [0, 5, 10**9]:
+        kc.complete("%tr", cursor)
+        kc.get_shell_msg(timeout=TIMEOUT)
+        kc.inspect("%train", cursor)
+        kc.get_shell_msg(timeout=TIMEOUT)
+    kc.history(hist_access_type="range", start=-5, stop=10**12)
+    kc.get_shell_msg(timeout=TIMEOUT)
+    assert state(kc) == before
+    assert execute(kc, "%echo alive")[0]["content"]["status"] == "ok"
