@@ -308,7 +308,7 @@ fn tokenizers_text_data_precision_plots_and_timing_commands_work() {
     let timed = ok(&mut s, "%timeit --runs 3 --quiet %tokenize \"the\"");
     assert_eq!(timed["runs"], 3);
     assert!(timed["mean_s"].as_f64().unwrap() > 0.0);
-    assert!(fail(&mut s, "%timeit --runs 0 %echo x").message.contains("--runs must be at least 1"));
+    assert!(fail(&mut s, "%timeit --runs 0 %echo x").message.contains("--runs must be between 1"));
     assert!(fail(&mut s, "%time").message.contains("what should be timed"));
     let written = dir.join("made/here.csv");
     ok(&mut s, &format!("%%writefile {}\ntext,label\nhi,a\n", written.display()));

@@ -388,7 +388,7 @@ pub fn atomic_write(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std
         _ => PathBuf::from("."),
     };
     let name = target.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file name", path.display())))?.to_os_string();
-    let (tmp, file) = create_temporary(&dir, &name).map_err(|e| Error::io(&dir, e))?;
+    let (tmp, file) = create_temporary(&dir, &name).map_err(|e| Error::io(path, e))?;
     let result = (|| -> std::io::Result<()> {
         if let Some(meta) = &existing {
             file.set_permissions(meta.permissions())?;

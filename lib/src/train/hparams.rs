@@ -221,12 +221,10 @@ impl HParams {
             "momentum" => self.momentum = fraction(key, v)?,
             "beta1" => self.beta1 = fraction(key, v)?,
             "beta2" => self.beta2 = fraction(key, v)?,
-            "eps" => {
-                self.eps = finite(key, v, 0.0)?;
-                if self.eps == 0.0 {
-                    return invalid!("eps={v}: expected a number > 0 (it keeps AdamW from dividing by zero)");
-                }
-            }
+            "eps" => match finite(key, v, 0.0)? {
+                0.0 => return invalid!("eps={v}: expected a number > 0 (it keeps AdamW from dividing by zero)"),
+                eps => self.eps = eps,
+            },
             "eval_every" => self.eval_every = number::<u32>(key, v)?.into(),
             "eval_batches" => self.eval_batches = positive(key, v, 1 << 16)?,
             "snapshot_every" => self.snapshot_every = number::<u32>(key, v)?.into(),
