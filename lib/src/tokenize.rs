@@ -196,8 +196,9 @@ impl Tokenizer {
     /// Token ids of a whole corpus: no special tokens, no truncation.
     ///
     /// Long texts are tokenised a piece at a time, checking for interrupts between
-    /// pieces; pieces end after a newline that a non-space follows, where no
-    /// pre-tokenizer joins characters across, so the ids are those of the whole text.
+    /// pieces; for tokenizers.json pieces end after a newline that a non-space follows,
+    /// where no pre-tokenizer joins characters across, so the ids are those of the
+    /// whole text.
     pub fn encode_corpus(&self, text: &str) -> Result<Vec<i64>> {
         let mut ids = vec![];
         match &self.backend {
@@ -213,9 +214,17 @@ impl Tokenizer {
             Backend::Char(_) => {
                 let mut untruncated = self.clone();
                 untruncated.max_length = None;
-                for piece in corpus_pieces(text) {
+                // Characters are tokens: any character boundary is a place to pause.
+                let mut rest = text;
+                while !rest.is_empty() {
                     crate::interrupt::check("tokenizing the corpus")?;
+                    let mut end = rest.len().min(1 << 20);
+                    while !rest.is_char_boundary(end) {
+                        end += 1;
+                    }
+                    let (piece, tail) = rest.split_at(end);
                     ids.extend(untruncated.encode(piece)?);
+                    rest = tail;
                 }
             }
         }

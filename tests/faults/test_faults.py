@@ -114,7 +114,7 @@ def refused(kc, code, ename, *contains, timeout=TIMEOUT):
         ("%rewind nowhere", "UsageError", ["nowhere"]),
         ("%echo \"unclosed", "UsageError", ["unclosed"]),
         ("%", "UsageError", ["lone"]),
-        ("%stpe", "UsageError", ["did you mean %step"]),
+        ("%stpe", "UsageError", ["did you mean", "%step"]),
         ("%time %time %step", "UsageError", ["timing a timing command"]),
         ("%fork main", "UsageError", ["exists already"]),
         ("%snapshot 12", "UsageError", ["number"]),
@@ -422,11 +422,12 @@ def test_reading_a_large_corpus_is_interruptible(lab, tmp_path):
     km, kc = lab
     corpus = tmp_path / "big.txt"
     with open(corpus, "w") as f:
-        line = "0123456789+=" * 8 + "\n"
-        for _ in range(2_000_000):
-            f.write(line)
+        # The session's character tokenizer knows these twelve characters (no newline).
+        chunk = "0123456789+=" * 100_000
+        for _ in range(100):
+            f.write(chunk)
     before = state(kc)
-    content, took = interrupted(km, kc, f"%data text {corpus}", wait=0.3)
+    content, took = interrupted(km, kc, f"%data text {corpus}", wait=0.2)
     assert content["ename"] == "KeyboardInterrupt", content
     assert took < 1.0, f"{took:.2f} s"
     assert state(kc) == before, "the data set is the one before"
@@ -451,7 +452,9 @@ def test_an_interrupt_while_idle_reaches_no_later_cell_and_one_on_arrival_is_kep
 def test_every_kind_of_request_survives_a_burst_of_garbage(lab):
     km, kc = lab
     before = state(kc)
-    for code in ["\x00\x01\x02", "%" * 10000, "%echo " + "é" * 100000, "%%", "%%time", "%%writefile", "%set " + "a=" * 5000]:
+    # (Text that is not a command is Rust, whose first cell compiles for minutes: Rust
+    # cells' faults are tested in tests/rust_cells.)
+    for code in ["%\x00\x01\x02", "%" * 10000, "%echo " + "é" * 100000, "%%", "%%time", "%%writefile", "%set " + "a=" * 5000]:
         execute(kc, code)
     for cursor in [0, 5, 10**9]:
         kc.complete("%tr", cursor)

@@ -24,7 +24,10 @@ impl TextCorpus {
             return invalid!("--val must be a fraction in [0, 1), got {val_fraction}");
         }
         let text = crate::limits::read_text(path, crate::limits::MAX_TEXT_BYTES)?;
-        let ids = tokenizer.encode_corpus(&text).map_err(|e| Error::format(path, e.to_string()))?;
+        let ids = tokenizer.encode_corpus(&text).map_err(|e| match e {
+            Error::Cancelled(_) => e,
+            other => Error::format(path, other.to_string()),
+        })?;
         let n_val = (ids.len() as f64 * val_fraction) as usize;
         let (train, val) = ids.split_at(ids.len() - n_val);
         Ok(TextCorpus { path: path.to_path_buf(), train: train.to_vec(), val: val.to_vec() })

@@ -142,7 +142,11 @@ impl Args {
         let mut i = 0;
         while i < words.len() {
             let w = &words[i];
-            if let Some(name) = w.strip_prefix("--").filter(|n| !n.is_empty()) {
+            // Once a rest argument has begun, every word is its own: `%timeit %generate "1"
+            // --max-tokens 8` passes `--max-tokens` to %generate, not to %timeit.
+            if !args.rest.is_empty() {
+                args.rest.push(w.clone());
+            } else if let Some(name) = w.strip_prefix("--").filter(|n| !n.is_empty()) {
                 let (name, inline) = match name.split_once('=') {
                     Some((n, v)) => (n, Some(v.to_string())),
                     None => (name, None),
@@ -260,5 +264,14 @@ mod tests {
         let Cell::Commands(c) = split_cell("%generate?").unwrap() else { panic!() };
         assert!(c[0].help);
         assert!(matches!(split_cell("let x = 1;").unwrap(), Cell::Rust(_)));
+    }
+
+    #[test]
+    fn a_rest_argument_keeps_the_options_that_follow_it() {
+        let timeit = crate::session::commands::find("timeit").unwrap();
+        let words: Vec<String> = ["--runs", "3", "%generate", "1", "--max-tokens", "8"].iter().map(|s| s.to_string()).collect();
+        let args = Args::parse(timeit, &words, None).unwrap();
+        assert_eq!(args.get("runs"), Some("3"));
+        assert_eq!(args.rest(), &words[2..]);
     }
 }

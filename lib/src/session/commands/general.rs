@@ -236,7 +236,8 @@ fn run_timed(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<f64, CellErr
         },
         (None, []) => return Err(args.usage_error("what should be timed? give a command")),
         (None, words) => {
-            let line = words.join(" ");
+            // Quoted again, so `%time %generate "the cat"` times the prompt "the cat".
+            let line = words.iter().map(|w| quote_word(w)).collect::<Vec<_>>().join(" ");
             match split_cell(&line)? {
                 Cell::Commands(list) => list,
                 Cell::Rust(_) => return Err(args.usage_error(format!("`{line}` is not a command"))),
@@ -255,6 +256,15 @@ fn run_timed(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<f64, CellErr
         tch::Cuda::synchronize(i as i64);
     }
     Ok(started.elapsed().as_secs_f64())
+}
+
+/// A word as the command language reads it back: quoted when it holds spaces, quotes
+/// or backslashes, or is empty.
+fn quote_word(word: &str) -> String {
+    if !word.is_empty() && !word.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '\\') {
+        return word.to_string();
+    }
+    format!("\"{}\"", word.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 fn time(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
@@ -344,4 +354,17 @@ pub const CLEAR: Command = Command { name: "clear", summary: "clear the cell's o
 fn clear(_: &mut Session, _: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     ctx.clear(false);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_words_read_back_as_themselves() {
+        for word in ["plain", "the cat", "say \"hi\"", "back\\slash", "", "it's"] {
+            let line = format!("%echo {}", quote_word(word));
+            assert_eq!(crate::session::parse::words(&line[1..]).unwrap(), vec!["echo".to_string(), word.to_string()], "{line}");
+        }
+    }
 }

@@ -104,7 +104,10 @@ fn model(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
             Model::bert(&config, BertHeads { pooler: true, classes }, s.device)
         }
     };
-    let built = built.map_err(|e| args.usage_error(e.to_string()))?;
+    let built = built.map_err(|e| match e {
+        crate::Error::Invalid(message) => args.usage_error(message),
+        other => CellError::from(other),
+    })?;
     s.install_model(built, None, None, format!("%model {family}"), ctx)?;
     summary(s, ctx)
 }
