@@ -23,7 +23,7 @@ CARGO_ENV := LIBTORCH=$(LIBTORCH)
 endif
 TEST_ENV := TCHLAB_FIXTURES=$(FIXTURES) TCHLAB_PYTHON=$(PYTHON) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: all build demo test test-rust-cells test-gpu bench readme kernel lab browser corpora models venv fixtures fmt clean
+.PHONY: all build demo test test-rust-cells test-gpu bench soak fuzz readme kernel lab browser corpora models venv fixtures fmt clean
 
 all: build
 
@@ -95,6 +95,18 @@ test-gpu:
 # Speed against the peers, side by side in one run (not a test: numbers, not verdicts).
 bench: build
 	$(TEST_ENV) $(PYTHON) python/bench.py
+
+# 10,000 mixed requests through a real kernel, its memory sampled (numbers, not verdicts,
+# except that every reply must come and be right).
+soak: build
+	$(TEST_ENV) $(PYTHON) python/soak.py 10000
+
+# The property tests with a long budget (make test runs them with proptest's default 256 cases).
+FUZZ_CASES ?= 20000
+fuzz: build
+	$(CARGO_ENV) $(TEST_ENV) PROPTEST_CASES=$(FUZZ_CASES) cargo test --release -p tchlab --test properties
+	$(CARGO_ENV) $(TEST_ENV) PROPTEST_CASES=$(FUZZ_CASES) cargo test --release -p tchlab --lib -- properties
+	$(CARGO_ENV) $(TEST_ENV) PROPTEST_CASES=$(FUZZ_CASES) cargo test --release -p tchlab-kernel -- properties
 
 # Regenerates the README's command reference from the command table.
 readme: build

@@ -239,3 +239,37 @@ mod tests {
         assert!(d.starts_with("20") && d.ends_with('Z') && &d[10..11] == "T");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_frames_are_a_message_or_an_error(frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..80), 0..9), delimit in any::<bool>()) {
+            let mut frames: Vec<Bytes> = frames.into_iter().map(Bytes::from).collect();
+            if delimit && !frames.is_empty() {
+                frames[0] = Bytes::from_static(DELIMITER);
+            }
+            let _ = Signer::new("secret").parse(frames.clone());
+            let _ = Signer::new("").parse(frames);
+        }
+
+        #[test]
+        fn a_signed_message_with_any_body_changed_is_refused(at in 0usize..4, byte in any::<u8>(), offset in 0usize..64) {
+            let mut signer = Signer::new("secret");
+            let m = Message::new("execute_request", &json!({}), json!({ "code": "%step" }), "s", vec![]);
+            let mut frames = signer.frames(&m);
+            let delimiter = frames.iter().position(|f| f.as_ref() == DELIMITER).unwrap();
+            let part = delimiter + 2 + at;
+            let mut body = frames[part].to_vec();
+            let offset = offset % body.len();
+            prop_assume!(body[offset] != byte);
+            body[offset] = byte;
+            frames[part] = Bytes::from(body);
+            prop_assert!(signer.parse(frames).is_err());
+        }
+    }
+}

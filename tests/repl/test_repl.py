@@ -147,3 +147,32 @@ def test_the_demo_script_trains_generates_and_writes_its_plots(tmp_path):
     assert "401923=329104" in result.stdout, "the trained model reverses a prompt it never saw"
     for name in ["loss.png", "attention.png"]:
         assert (tmp_path / "target" / "demo" / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_panic_is_an_error_and_the_session_goes_on(tmp_path):
+    env = dict(environment(tmp_path), TCHLAB_FAULTS="1")
+    child = pexpect.spawn(str(TCHLAB), env=env, encoding="utf-8", timeout=60, dimensions=(40, 160))
+    child.expect(PROMPT)
+    run_lines(child, SETUP + ["%step 3"])
+    child.sendline("%__fault arm step")
+    child.expect(PROMPT)
+    child.sendline("%step")
+    child.expect("InternalError")
+    child.expect("session is intact")
+    child.expect(r"tchlab \[cpu · step 3\]> ")
+    child.sendline("%__fault panic")
+    child.expect("InternalError")
+    child.sendline("%step")
+    child.expect(r"step +4 +loss")
+    child.expect(r"tchlab \[cpu · step 4\]> ")
+    child.sendline('%generate "1" --max-tokens 1000000')
+    time.sleep(1.0)
+    child.sendintr()
+    child.expect("KeyboardInterrupt")
+    child.expect("interrupted while generating")
+    child.expect(r"tchlab \[cpu · step 4\]> ")
+    settle(child)
+    child.sendeof()
+    child.expect("Leave anyway")
+    child.sendline("y")
+    child.expect(pexpect.EOF)

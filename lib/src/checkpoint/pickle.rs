@@ -623,3 +623,66 @@ mod tests {
         assert!(check_view(&view(100, vec![0, 5], vec![5, 1]), 6).is_ok(), "an empty tensor reads nothing");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Opcodes the machine knows, with plausible arguments, so that random programs get
+    /// past the first byte and exercise the stack, marks, memo and containers.
+    fn instruction() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"(".to_vec()),
+            Just(b"t".to_vec()),
+            Just(b"l".to_vec()),
+            Just(b"d".to_vec()),
+            Just(b"]".to_vec()),
+            Just(b"}".to_vec()),
+            Just(b")".to_vec()),
+            Just(b"a".to_vec()),
+            Just(b"e".to_vec()),
+            Just(b"s".to_vec()),
+            Just(b"u".to_vec()),
+            Just(b"0".to_vec()),
+            Just(b"1".to_vec()),
+            Just(b"2".to_vec()),
+            Just(b"N".to_vec()),
+            Just(b"R".to_vec()),
+            Just(b"b".to_vec()),
+            Just(b"Q".to_vec()),
+            Just(b"\x93".to_vec()),
+            Just(b"\x94".to_vec()),
+            Just(b"\x85".to_vec()),
+            Just(b"\x86".to_vec()),
+            Just(b"ctorch._utils\n_rebuild_tensor_v2\n".to_vec()),
+            Just(b"ctorch\nFloatStorage\n".to_vec()),
+            Just(b"ccollections\nOrderedDict\n".to_vec()),
+            any::<u8>().prop_map(|k| vec![b'K', k]),
+            any::<u8>().prop_map(|k| vec![b'q', k]),
+            any::<u8>().prop_map(|k| vec![b'h', k]),
+            "[a-z.]{0,12}".prop_map(|s| { let mut v = vec![0x8c, s.len() as u8]; v.extend(s.bytes()); v }),
+            any::<u32>().prop_map(|n| { let mut v = vec![b'X']; v.extend(n.to_le_bytes()); v }),
+            any::<u8>().prop_map(|op| vec![op]),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Machine::new(&bytes).run();
+        }
+
+        #[test]
+        fn random_programs_never_panic_and_their_values_stay_shallow(program in proptest::collection::vec(instruction(), 0..400)) {
+            let mut bytes = b"\x80\x02".to_vec();
+            bytes.extend(program.concat());
+            bytes.push(b'.');
+            if let Ok(value) = Machine::new(&bytes).run() {
+                prop_assert!(value.depth() <= MAX_DEPTH);
+                let _ = flatten(String::new(), &value, &mut vec![]);
+            }
+        }
+    }
+}

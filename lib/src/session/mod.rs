@@ -219,7 +219,7 @@ impl Session {
 
     /// Completion candidates at byte offset `cursor` of `code`.
     pub fn complete(&self, code: &str, cursor: usize) -> Completions {
-        let cursor = cursor.min(code.len());
+        let cursor = char_boundary_at_or_before(code, cursor);
         let before = &code[..cursor];
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let line = &before[line_start..];
@@ -267,7 +267,7 @@ impl Session {
 
     /// Help for the command on the line at `cursor`, if any.
     pub fn inspect(&self, code: &str, cursor: usize) -> Option<String> {
-        let cursor = cursor.min(code.len());
+        let cursor = char_boundary_at_or_before(code, cursor);
         let line_start = code[..cursor].rfind('\n').map_or(0, |i| i + 1);
         let line = code[line_start..].lines().next().unwrap_or("");
         let name = line.trim_start().trim_start_matches('%').split_whitespace().next()?.trim_end_matches('?');
@@ -462,6 +462,17 @@ fn strip_rust_literals(code: &str) -> String {
         }
     }
     out
+}
+
+/// `cursor` moved back to the start of the character it falls in (and into the text):
+/// front ends count positions in their own units, and a byte offset inside a
+/// character must not panic a slice.
+fn char_boundary_at_or_before(code: &str, cursor: usize) -> usize {
+    let mut cursor = cursor.min(code.len());
+    while !code.is_char_boundary(cursor) {
+        cursor -= 1;
+    }
+    cursor
 }
 
 /// The positional argument the next word fills, given the words typed after the command.
