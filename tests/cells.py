@@ -3,6 +3,8 @@ and of Rust cells."""
 
 import time
 
+import zmq
+
 
 def execute(kc, code, timeout=60, **kwargs):
     """Runs `code`; returns the execute_reply and the iopub messages it caused, each
@@ -20,3 +22,11 @@ def execute(kc, code, timeout=60, **kwargs):
     reply = kc.get_shell_msg(timeout=timeout)
     assert reply["parent_header"]["msg_id"] == msg_id
     return reply, outputs
+
+
+def shell_socket(km):
+    """A shell connection of our own, to send raw frames and read every reply."""
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.linger = 0
+    socket.connect(f"{km.transport}://{km.ip}:{km.shell_port}")
+    return socket

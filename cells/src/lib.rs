@@ -57,11 +57,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Interrupter {
-    /// Asks the running cell to stop.
-    pub fn interrupt(&self) {
+    /// Asks the running cell to stop; false when no cell is running or announced (the
+    /// interrupt then does nothing).
+    pub fn interrupt(&self) -> bool {
         let in_cell = lock(&self.in_cell);
         if !*in_cell {
-            return;
+            return false;
         }
         self.cancel.store(true, Ordering::SeqCst);
         if self.rust_running.load(Ordering::SeqCst) {
@@ -70,6 +71,7 @@ impl Interrupter {
                 let _ = lock(child).kill();
             }
         }
+        true
     }
 
     /// Says that a cell is on its way (a kernel calls this when an execute request

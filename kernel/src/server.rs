@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use jupyter_protocol::ConnectionInfo;
@@ -44,6 +44,21 @@ struct Shared {
     signer: Mutex<Signer>,
     session: String,
     iopub: mpsc::UnboundedSender<Message>,
+    /// The date of an interrupt that found no cell, and when it came: control and shell
+    /// are separate sockets, so an interrupt sent just after an execute request can
+    /// arrive first, and is then kept for that request (see [`interrupt_overtook`]).
+    idle_interrupt: Mutex<Option<(String, Instant)>>,
+}
+
+/// How long an interrupt that found no cell waits for the execute request it overtook.
+const OVERTAKE_WINDOW: Duration = Duration::from_secs(2);
+
+/// Whether an interrupt that came while idle was sent after `execute` (by the dates
+/// the client wrote in both headers), and so is for it.
+fn interrupt_overtook(shared: &Shared, execute: &Message) -> bool {
+    let pending = shared.idle_interrupt.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let sent = execute.header["date"].as_str().unwrap_or("");
+    pending.is_some_and(|(interrupt_date, at)| at.elapsed() < OVERTAKE_WINDOW && !sent.is_empty() && sent <= interrupt_date.as_str())
 }
 
 impl Shared {
@@ -102,7 +117,7 @@ async fn serve(info: ConnectionInfo) -> Result<(), String> {
     let mut heartbeat = jupyter_zmq_client::create_kernel_heartbeat_connection(&info).await.map_err(|e| fail("heartbeat", e))?.socket;
 
     let (iopub, mut outgoing) = mpsc::unbounded_channel::<Message>();
-    let shared = Arc::new(Shared { signer: Mutex::new(Signer::new(&info.key)), session: session_id.clone(), iopub });
+    let shared = Arc::new(Shared { signer: Mutex::new(Signer::new(&info.key)), session: session_id.clone(), iopub, idle_interrupt: Mutex::new(None) });
 
     let publisher = shared.clone();
     tokio::spawn(async move {
@@ -149,8 +164,11 @@ async fn serve(info: ConnectionInfo) -> Result<(), String> {
             control_shared.status(&request, "busy");
             let reply = match request.msg_type() {
                 "interrupt_request" => {
-                    // A command stops at its next step boundary; a Rust cell's process is killed.
-                    interrupter.interrupt();
+                    // A command stops at its next check; a Rust cell's process is killed.
+                    if !interrupter.interrupt() {
+                        let date = request.header["date"].as_str().unwrap_or("").to_string();
+                        *control_shared.idle_interrupt.lock().unwrap_or_else(|e| e.into_inner()) = Some((date, Instant::now()));
+                    }
                     Some(("interrupt_reply", json!({ "status": "ok" })))
                 }
                 "kernel_info_request" => Some(("kernel_info_reply", kernel_info())),
@@ -232,6 +250,9 @@ async fn handle_shell(
             };
             // From here an interrupt is for this cell, even before the session starts it.
             interrupter.cell_arriving();
+            if interrupt_overtook(shared, request) {
+                interrupter.interrupt();
+            }
             let content = if jobs.send(job).is_ok() { answer.await.ok() } else { None };
             let content =
                 content.unwrap_or_else(|| json!({ "status": "error", "ename": "KernelError", "evalue": "the session thread has stopped", "traceback": [] }));

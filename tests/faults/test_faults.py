@@ -18,10 +18,9 @@ import zipfile
 
 import pytest
 import torch
-import zmq
 from jupyter_client.manager import start_new_kernel
 
-from cells import execute
+from cells import execute, shell_socket
 
 TIMEOUT = 120
 SETUP = "%device cpu\n%seed 0\n%data synth reverse --length 4\n%model gpt --layers 1 --heads 2 --dim 32\n%set batch=8\n%train 5"
@@ -356,9 +355,7 @@ def test_bad_configs_and_formats_are_refused_before_anything_is_built(lab, tmp_p
 def test_a_replay_with_an_upper_case_signature_is_dropped(lab):
     km, kc = lab
     session = kc.session
-    socket = zmq.Context.instance().socket(zmq.DEALER)
-    socket.linger = 0
-    socket.connect(f"{km.transport}://{km.ip}:{km.shell_port}")
+    socket = shell_socket(km)
     msg = session.msg("execute_request", {"code": "%step", "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
     frames = session.serialize(msg)
     socket.send_multipart(frames)

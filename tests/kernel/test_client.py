@@ -9,7 +9,7 @@ import zmq
 from jupyter_client.manager import start_new_kernel
 from jupyter_client.session import Session
 
-from cells import execute
+from cells import execute, shell_socket
 
 TIMEOUT = 60
 SETUP = "%device cpu\n%seed 0\n%data synth reverse --length 5\n%model gpt --layers 1 --heads 2 --dim 32\n%set batch=16"
@@ -104,10 +104,7 @@ def replies_within(socket, session, seconds):
 def test_forged_replayed_and_malformed_messages_are_dropped_and_the_next_good_one_answered(kernel):
     km, kc = kernel
     session = kc.session
-    # A shell connection of our own, to send raw frames and read every reply.
-    socket = zmq.Context.instance().socket(zmq.DEALER)
-    socket.linger = 0
-    socket.connect(f"{km.transport}://{km.ip}:{km.shell_port}")
+    socket = shell_socket(km)
 
     def good_request():
         msg = session.msg("kernel_info_request")
