@@ -9,7 +9,11 @@ the history still agree. Prints RSS samples and the growth after warm-up.
 usage: python python/soak.py [EXECUTES]   (default 10000)
 """
 
+import os
+import pathlib
+import subprocess
 import sys
+import tempfile
 import time
 
 from jupyter_client.manager import start_new_kernel
@@ -40,8 +44,15 @@ def drain(kc):
             return
 
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
 def main():
     total = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    # The kernel of this checkout, installed into a private prefix.
+    prefix = tempfile.mkdtemp(prefix="tchlab-soak-kernelspec-")
+    subprocess.run([str(ROOT / "target/release/tchlab-kernel"), "install", "--prefix", prefix], check=True, capture_output=True)
+    os.environ["JUPYTER_PATH"] = os.path.join(prefix, "share", "jupyter")
     km, kc = start_new_kernel(kernel_name="tchlab", startup_timeout=60)
     samples = []
     counts = {"ok": 0, "error": 0, "interrupted": 0, "completions": 0, "steps": 0}
