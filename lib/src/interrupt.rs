@@ -93,12 +93,24 @@ pub fn contain<T, E: From<Error>>(what: &str, work: impl FnOnce() -> std::result
     CONTAINED.with(|c| c.set(c.get() - 1));
     outcome.unwrap_or_else(|_| {
         let panic = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "a panic".into());
+        if is_out_of_memory(&panic) {
+            // libtorch's allocation failure, unwrapped by a tch convenience function.
+            return Err(Error::TooLarge(format!(
+                "{what} ran out of memory: {panic}. Nothing was changed; try a smaller model, batch or input"
+            ))
+            .into());
+        }
         Err(Error::Internal(format!(
             "{what} failed inside tchlab: {panic}. This is a bug in tchlab, caught before it could end the session: \
              the session is intact and the next cell runs as usual. Please report the command that caused it."
         ))
         .into())
     })
+}
+
+/// Whether a libtorch error message is an allocation failure (CPU or CUDA).
+pub fn is_out_of_memory(message: &str) -> bool {
+    message.contains("out of memory") || message.contains("can't allocate memory") || message.contains("Cannot allocate memory")
 }
 
 static ARMED: Mutex<Option<String>> = Mutex::new(None);
@@ -135,6 +147,8 @@ mod tests {
         assert_eq!(contain("a test", || Ok::<_, Error>(7)).unwrap(), 7);
         let tch_panic = contain("a tch call", || Ok::<_, Error>(tch::Tensor::zeros([2, 3], (tch::Kind::Float, tch::Device::Cpu)).view([7]))).unwrap_err();
         assert!(tch_panic.to_string().contains("shape"), "{tch_panic}");
+        let oom = contain("an allocation", || -> Result<()> { panic!("CUDA out of memory. Tried to allocate 80.00 GiB") }).unwrap_err();
+        assert!(matches!(oom, Error::TooLarge(_)) && oom.to_string().contains("Nothing was changed"), "{oom}");
     }
 
     #[test]

@@ -39,6 +39,16 @@ fn a_cursor_inside_a_character_completes_from_before_it() {
     assert!(session.inspect(cell, cell.len() - 1).is_some());
 }
 
+/// Found by the same property in `make fuzz`: a space of more than one byte (U+00A0)
+/// before the cursor ended the word one byte into it.
+#[test]
+fn a_wide_space_before_the_cursor_ends_the_word_after_it() {
+    let session = Session::new();
+    let cell = "%echo\u{a0}%tr";
+    let completions = session.complete(cell, cell.len());
+    assert_eq!(completions.start, "%echo\u{a0}".len());
+}
+
 proptest! {
     #[test]
     fn cells_split_and_arguments_parse_without_panicking(cell in cell_text()) {

@@ -223,7 +223,7 @@ impl Session {
         let before = &code[..cursor];
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let line = &before[line_start..];
-        let word_start = line.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+        let word_start = line.char_indices().rev().find(|(_, c)| c.is_whitespace()).map_or(0, |(i, c)| i + c.len_utf8());
         let word = &line[word_start..];
         let start = line_start + word_start;
         let mut matches: Vec<String> = vec![];

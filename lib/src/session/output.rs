@@ -199,16 +199,11 @@ impl From<crate::Error> for CellError {
             Error::TooLarge(_) => "MemoryError",
             Error::Internal(_) => "InternalError",
             Error::Invalid(_) => "UsageError",
-            Error::Torch(t) if is_out_of_memory(&t.to_string()) => "MemoryError",
+            Error::Torch(t) if crate::interrupt::is_out_of_memory(&t.to_string()) => "MemoryError",
             Error::Torch(_) => "TchlabError",
         };
         CellError { name: name.into(), message: e.to_string() }
     }
-}
-
-/// Whether a libtorch error is an allocation failure (CPU or CUDA).
-fn is_out_of_memory(message: &str) -> bool {
-    message.contains("out of memory") || message.contains("can't allocate memory") || message.contains("Cannot allocate memory")
 }
 
 /// A table rendered as aligned text and as HTML.
