@@ -89,7 +89,10 @@ impl Engine {
         if interrupter.cancel.load(Ordering::SeqCst) {
             // Interrupted on its way in: an interrupt that saw no process to kill.
             interrupter.rust_running.store(false, Ordering::SeqCst);
-            return Err(CellError { name: "KeyboardInterrupt".into(), message: "interrupted before the Rust cell started; nothing ran, and its variables are as they were".into() });
+            return Err(CellError {
+                name: "KeyboardInterrupt".into(),
+                message: "interrupted before the Rust cell started; nothing ran, and its variables are as they were".into(),
+            });
         }
         let result = std::thread::scope(|scope| {
             let (done_tx, done_rx) = crossbeam_channel::bounded(1);

@@ -108,7 +108,9 @@ pub const GREEDY_BELOW: f64 = 1e-4;
 /// do not overflow; a model whose logits are not finite is an error, not a draw.
 fn pick(logits: &Tensor, opts: &GenerateOptions) -> Result<i64> {
     if !bool::try_from(logits.f_isfinite()?.f_all()?)? {
-        return invalid!("the model's logits hold NaN or infinite values, so there is nothing to sample from; its weights may have diverged (`%weights` shows them)");
+        return invalid!(
+            "the model's logits hold NaN or infinite values, so there is nothing to sample from; its weights may have diverged (`%weights` shows them)"
+        );
     }
     if opts.temperature < GREEDY_BELOW {
         return Ok(logits.f_argmax(-1, false)?.int64_value(&[0]));

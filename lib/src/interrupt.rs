@@ -95,10 +95,7 @@ pub fn contain<T, E: From<Error>>(what: &str, work: impl FnOnce() -> std::result
         let panic = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "a panic".into());
         if is_out_of_memory(&panic) {
             // libtorch's allocation failure, unwrapped by a tch convenience function.
-            return Err(Error::TooLarge(format!(
-                "{what} ran out of memory: {panic}. Nothing was changed; try a smaller model, batch or input"
-            ))
-            .into());
+            return Err(Error::TooLarge(format!("{what} ran out of memory: {panic}. Nothing was changed; try a smaller model, batch or input")).into());
         }
         Err(Error::Internal(format!(
             "{what} failed inside tchlab: {panic}. This is a bug in tchlab, caught before it could end the session: \

@@ -24,9 +24,11 @@ use crate::render::{Images, Renderer};
 pub fn interrupt_on_ctrl_c(lab: &Lab) {
     let interrupter = lab.interrupter();
     let watch = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT]).and_then(|mut signals| {
-        std::thread::Builder::new().name("tchlab-ctrl-c".into()).spawn(move || signals.forever().for_each(|_| {
-            interrupter.interrupt();
-        }))
+        std::thread::Builder::new().name("tchlab-ctrl-c".into()).spawn(move || {
+            signals.forever().for_each(|_| {
+                interrupter.interrupt();
+            })
+        })
     });
     if let Err(e) = watch {
         eprintln!("tchlab: Ctrl-C will not interrupt commands: {e}");

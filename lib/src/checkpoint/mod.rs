@@ -290,7 +290,8 @@ pub fn check_save_target(dir: &Path) -> Result<()> {
     if ours {
         return Ok(());
     }
-    let mut names: Vec<String> = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     if names.is_empty() {
         return Ok(());
     }

@@ -227,17 +227,17 @@ impl<'a> Machine<'a> {
         loop {
             let op = self.u8()?;
             match op {
-                0x80 => drop(self.u8()?),                  // PROTO
-                0x95 => drop(self.u64()?),                 // FRAME
-                b'.' => return self.pop(),                 // STOP
+                0x80 => drop(self.u8()?),  // PROTO
+                0x95 => drop(self.u64()?), // FRAME
+                b'.' => return self.pop(), // STOP
                 b'(' => {
                     if self.marks.len() >= MAX_STACK {
                         return Err("refused: the pickle opens too many MARKs".into());
                     }
                     self.marks.push(self.stack.len()) // MARK
                 }
-                b'0' => drop(self.pop()?),                 // POP
-                b'1' => drop(self.pop_mark()?),            // POP_MARK
+                b'0' => drop(self.pop()?),      // POP
+                b'1' => drop(self.pop_mark()?), // POP_MARK
                 b'2' => {
                     let top = self.top()?.clone(); // DUP
                     self.push(top)?;
@@ -390,24 +390,18 @@ fn call(callable: Value, args: Value) -> Step<Value> {
     let Value::Tuple(args) = args else { return Err("REDUCE without an argument tuple".into()) };
     let ints = |v: &Value| -> Step<Vec<i64>> {
         match v {
-            Value::Tuple(t) => t
-                .items
-                .iter()
-                .map(|i| if let Value::Int(n) = i { Ok(*n) } else { Err("a tensor size is not an integer".to_string()) })
-                .collect(),
+            Value::Tuple(t) => {
+                t.items.iter().map(|i| if let Value::Int(n) = i { Ok(*n) } else { Err("a tensor size is not an integer".to_string()) }).collect()
+            }
             _ => Err("a tensor size is not a tuple".into()),
         }
     };
     match callable {
         Value::Global(Global::OrderedDict) => Ok(Value::Dict(Node::new(vec![])?)),
         Value::Global(Global::RebuildTensor) => match args.items.as_slice() {
-            [Value::Storage { kind, key }, Value::Int(offset), size, stride, ..] => Ok(Value::Tensor(Rc::new(TensorRef {
-                storage: key.to_string(),
-                kind: *kind,
-                offset: *offset,
-                size: ints(size)?,
-                stride: ints(stride)?,
-            }))),
+            [Value::Storage { kind, key }, Value::Int(offset), size, stride, ..] => {
+                Ok(Value::Tensor(Rc::new(TensorRef { storage: key.to_string(), kind: *kind, offset: *offset, size: ints(size)?, stride: ints(stride)? })))
+            }
             _ => Err("_rebuild_tensor_v2 called with unexpected arguments".into()),
         },
         Value::Global(Global::RebuildParameter) => match args.items.first() {
@@ -662,8 +656,16 @@ mod properties {
             any::<u8>().prop_map(|k| vec![b'K', k]),
             any::<u8>().prop_map(|k| vec![b'q', k]),
             any::<u8>().prop_map(|k| vec![b'h', k]),
-            "[a-z.]{0,12}".prop_map(|s| { let mut v = vec![0x8c, s.len() as u8]; v.extend(s.bytes()); v }),
-            any::<u32>().prop_map(|n| { let mut v = vec![b'X']; v.extend(n.to_le_bytes()); v }),
+            "[a-z.]{0,12}".prop_map(|s| {
+                let mut v = vec![0x8c, s.len() as u8];
+                v.extend(s.bytes());
+                v
+            }),
+            any::<u32>().prop_map(|n| {
+                let mut v = vec![b'X'];
+                v.extend(n.to_le_bytes());
+                v
+            }),
             any::<u8>().prop_map(|op| vec![op]),
         ]
     }

@@ -32,7 +32,8 @@ impl Session {
         // and must not itself be a link: a cell cannot make the session read or write
         // elsewhere through `..` or a symbolic link.
         let inside = |path: &Path| -> Result<(), CellError> {
-            let refuse = || CellError { name: "UsageError".into(), message: format!("{}: files for the session must be in {}", path.display(), scratch.display()) };
+            let refuse =
+                || CellError { name: "UsageError".into(), message: format!("{}: files for the session must be in {}", path.display(), scratch.display()) };
             let parent = path.parent().ok_or_else(refuse)?.canonicalize().map_err(|_| refuse())?;
             if parent != scratch.canonicalize().map_err(|_| refuse())? || path.file_name().is_none_or(|n| n == "..") {
                 return Err(refuse());

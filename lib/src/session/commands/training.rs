@@ -248,7 +248,9 @@ fn progress(branch: &str, history: &History, stop: Stop, started: Instant, done:
 fn train(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let stop = match (args.parse_as::<u64>("n")?, args.get("time")) {
         (Some(n), None) => Stop::Steps(n),
-        (None, Some(t)) => Stop::Time(parse_duration(t).ok_or_else(|| args.usage_error(format!("--time expects a duration like 30s, 2m or 1h (at most a week), got `{t}`")))?),
+        (None, Some(t)) => {
+            Stop::Time(parse_duration(t).ok_or_else(|| args.usage_error(format!("--time expects a duration like 30s, 2m or 1h (at most a week), got `{t}`")))?)
+        }
         (None, None) => return Err(args.usage_error("how long? give a number of steps or --time DUR")),
         (Some(_), Some(_)) => return Err(args.usage_error("give either a number of steps or --time, not both")),
     };
