@@ -55,9 +55,14 @@ pub fn requested() -> bool {
 /// ("generating", "loading model.safetensors"), and the message says nothing changed.
 pub fn check(what: &str) -> Result<()> {
     if requested() {
-        return Err(Error::Cancelled(format!("interrupted while {what}; nothing was changed")));
+        return Err(cancelled(what));
     }
     Ok(())
+}
+
+/// The error of work stopped by an interrupt while doing `what`.
+pub fn cancelled(what: &str) -> Error {
+    Error::Cancelled(format!("interrupted while {what}; nothing was changed"))
 }
 
 fn install_hook() {

@@ -454,7 +454,7 @@ impl Trainer {
 
     fn check_cancel(&self, what: &str) -> Result<()> {
         if self.cancel.load(Ordering::SeqCst) {
-            return Err(Error::Cancelled(format!("interrupted while {what}; nothing was changed")));
+            return Err(crate::interrupt::cancelled(what));
         }
         Ok(())
     }
