@@ -9,7 +9,7 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use crate::error::{invalid, Error, Result};
-use crate::models::{ForwardOptions, Model, Network};
+use crate::models::{ForwardOptions, Model, Task};
 use crate::tokenize::Tokenizer;
 
 /// How token states become one vector.
@@ -94,16 +94,16 @@ impl Pooling {
 
 /// Embeds `texts` with an encoder: tokenise, pad, encode, pool. Returns `(N, H)`.
 pub fn embed(model: &Model, tokenizer: &Tokenizer, pooling: Pooling, texts: &[&str]) -> Result<Tensor> {
-    let Network::Bert(bert) = &model.network else {
-        return invalid!("sentence embeddings need an encoder (BERT family); this model is {}", model.config().model_type());
-    };
+    if model.task() == Task::LanguageModel {
+        return invalid!("sentence embeddings need an encoder (BERT family); this model is a {} language model", model.config().model_type());
+    }
     if texts.is_empty() {
         return invalid!("nothing to embed: give at least one text");
     }
     let ids = texts.iter().map(|t| tokenizer.encode(t)).collect::<Result<Vec<_>>>()?;
-    let (ids, mask) = pad_batch(&ids, bert.config().pad_token_id);
+    let (ids, mask) = pad_batch(&ids, model.config().pad_token_id());
     let device = model.device();
-    let out = tch::no_grad(|| bert.forward(&ids.to_device(device), Some(&mask.to_device(device)), &ForwardOptions::default()))?;
+    let out = tch::no_grad(|| model.forward(&ids.to_device(device), Some(&mask.to_device(device)), &ForwardOptions::default(), None))?;
     Ok(pooling.apply(&out.hidden, &mask.to_device(device)))
 }
 

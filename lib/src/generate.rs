@@ -1,6 +1,7 @@
-//! Text generation with a GPT model: greedy at temperature 0, otherwise sampling with
-//! temperature, top-k and top-p (nucleus). Each token runs the model once, on the new
-//! position only, thanks to the key/value cache.
+//! Text generation with any decoder (a model whose task is language modelling): greedy
+//! at temperature 0, otherwise sampling with temperature, top-k and top-p (nucleus).
+//! Each token runs the model once, on the new position only, thanks to the key/value
+//! cache; each new id is handed to the caller as it is made, for streaming.
 //!
 //! Mirrors `transformers`' `GenerationMixin` for these options: greedy decoding gives
 //! the same ids as `generate(do_sample=False)`.
@@ -8,8 +9,7 @@
 use tch::{Kind, Tensor};
 
 use crate::error::{invalid, Result};
-use crate::models::gpt::KvCache;
-use crate::models::{ForwardOptions, Model, Network};
+use crate::models::{ForwardOptions, KvCache, Model, Task};
 
 /// How to generate.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,22 +25,28 @@ pub struct GenerateOptions {
     pub top_p: Option<f64>,
     /// Seed for sampling; `None` continues libtorch's generator.
     pub seed: Option<u64>,
-    /// Stop after this token.
-    pub eos_token_id: Option<i64>,
+    /// Stop after any of these tokens (end of text, end of turn).
+    pub stop_ids: Vec<i64>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new_tokens: 32, temperature: 0.0, top_k: None, top_p: None, seed: None, eos_token_id: None }
+        GenerateOptions { max_new_tokens: 32, temperature: 0.0, top_k: None, top_p: None, seed: None, stop_ids: vec![] }
     }
 }
 
-/// Continues `prompt` and returns the new ids (ending with the EOS token when it was
+/// Continues `prompt` and returns the new ids (ending with the stop token when one was
 /// produced). Past the model's context, the context slides over the latest tokens.
 pub fn generate(model: &Model, prompt: &[i64], opts: &GenerateOptions) -> Result<Vec<i64>> {
-    let Network::Gpt(gpt) = &model.network else {
-        return invalid!("generation needs a decoder (GPT family); this model is {}", model.config().model_type());
-    };
+    generate_streaming(model, prompt, opts, &mut |_| Ok(()))
+}
+
+/// [`generate`], calling `on_token` with each new id as soon as it is chosen; an error
+/// from `on_token` stops generation and is returned.
+pub fn generate_streaming(model: &Model, prompt: &[i64], opts: &GenerateOptions, on_token: &mut dyn FnMut(i64) -> Result<()>) -> Result<Vec<i64>> {
+    if model.task() != Task::LanguageModel {
+        return invalid!("generation needs a decoder (a language model); this model is a {} encoder", model.config().model_type());
+    }
     if prompt.is_empty() {
         return invalid!("generation needs a prompt of at least one token");
     }
@@ -56,7 +62,8 @@ pub fn generate(model: &Model, prompt: &[i64], opts: &GenerateOptions) -> Result
     if opts.max_new_tokens > MAX_NEW_TOKENS {
         return invalid!("--max-tokens must be at most {MAX_NEW_TOKENS}, got {}", opts.max_new_tokens);
     }
-    let vocab = gpt.config().vocab_size;
+    let config = model.config();
+    let vocab = config.vocab_size();
     if let Some(&bad) = prompt.iter().find(|&&id| !(0..vocab).contains(&id)) {
         return invalid!(
             "the prompt has token id {bad} but the model's vocabulary has ids 0..{}: the tokenizer and the model do not match; build the model with --vocab of at least the tokenizer's size",
@@ -66,7 +73,7 @@ pub fn generate(model: &Model, prompt: &[i64], opts: &GenerateOptions) -> Result
     if let Some(seed) = opts.seed {
         tch::manual_seed(seed as i64);
     }
-    let n_positions = gpt.config().n_positions as usize;
+    let n_positions = config.max_positions() as usize;
     let device = model.device();
     let mut cache = KvCache::default();
     // A prompt longer than the context keeps its most recent tokens.
@@ -82,11 +89,12 @@ pub fn generate(model: &Model, prompt: &[i64], opts: &GenerateOptions) -> Result
                 input = Tensor::from_slice(&all[all.len() - n_positions..]).unsqueeze(0).to_device(device);
                 cache = KvCache::default();
             }
-            let logits = gpt.forward(&input, &ForwardOptions::default(), Some(&mut cache))?.logits;
+            let logits = model.forward(&input, None, &ForwardOptions::default(), Some(&mut cache))?.logits.expect("a language model has logits");
             let last = logits.f_select(1, -1)?.f_to_kind(Kind::Float)?; // (1, V)
             let next = pick(&last, opts)?;
             out.push(next);
-            if Some(next) == opts.eos_token_id {
+            on_token(next)?;
+            if opts.stop_ids.contains(&next) {
                 break;
             }
             input = Tensor::from_slice(&[next]).unsqueeze(0).to_device(device);

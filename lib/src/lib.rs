@@ -1,9 +1,10 @@
 //! tchlab: a libtorch transformer library for interactive labs.
 //!
-//! - [`models`]: the GPT-2 and BERT families, configured from `config.json`, with
-//!   attention capture.
-//! - [`checkpoint`]: Hugging Face directories and single weight files in and out,
-//!   strict and atomic.
+//! - [`models`]: the registry of model families (GPT-2, BERT, Llama/Qwen2/Qwen3),
+//!   configured from `config.json`, built from shared layers, with attention capture.
+//! - [`checkpoint`]: Hugging Face directories, single weight files and GGUF files in,
+//!   Hugging Face directories out; strict and atomic.
+//! - [`chat`]: conversations rendered by the model's own chat template.
 //! - [`tokenize`]: `tokenizer.json`, character-level, trained BPE.
 //! - [`embedding`]: sentence embeddings as sentence-transformers computes them.
 //! - [`generate`]: greedy and sampled generation with a key/value cache.
@@ -19,6 +20,7 @@
 
 #![deny(missing_docs)]
 
+pub mod chat;
 pub mod checkpoint;
 pub mod data;
 pub mod embedding;

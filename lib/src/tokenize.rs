@@ -63,12 +63,61 @@ impl Tokenizer {
         if let Ok(file) = serde_json::from_str::<CharFile>(&text) {
             return Ok(Tokenizer { backend: Backend::Char(CharVocab::new(file.chars)), max_length: None });
         }
+        Self::from_hf_json(&text, path)
+    }
+
+    /// A Hugging Face tokenizer from the text of a `tokenizer.json`; `origin` names it in errors.
+    fn from_hf_json(text: &str, origin: &Path) -> Result<Self> {
         let mut hf: tokenizers::Tokenizer =
-            text.parse().map_err(|e| Error::format(path, format!("not a tokenizer.json that the tokenizers library reads: {e}")))?;
+            text.parse().map_err(|e| Error::format(origin, format!("not a tokenizer.json that the tokenizers library reads: {e}")))?;
         // Padding and truncation are applied per call here, not by settings in the file.
         hf.with_padding(None);
-        hf.with_truncation(None).map_err(|e| Error::format(path, e.to_string()))?;
+        hf.with_truncation(None).map_err(|e| Error::format(origin, e.to_string()))?;
         Ok(Tokenizer { backend: Backend::Hf(Box::new(hf)), max_length: None })
+    }
+
+    /// The tokenizer a GGUF file describes, built as transformers' GGUF loader builds it
+    /// for byte-level BPE (`tokenizer.ggml.model = gpt2`): the vocabulary and merges,
+    /// control tokens (type 3) as special tokens, byte-level pre-tokenizer and decoder.
+    /// It adds no BOS token: the files tchlab reads say `add_bos_token = false`, and
+    /// llama.cpp honours it (transformers' loader prepends one regardless).
+    pub fn from_gguf(meta: &crate::checkpoint::gguf::Metadata, max_positions: i64) -> Result<Self> {
+        let model = meta.string("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(Error::format(
+                &meta.path,
+                format!("its tokenizer is of type `{model}`; tchlab builds GGUF tokenizers of type `gpt2` (byte-level BPE, as Llama 3, SmolLM2 and Qwen use)"),
+            ));
+        }
+        let tokens = meta.strings("tokenizer.ggml.tokens")?;
+        let merges = meta.strings("tokenizer.ggml.merges")?;
+        let types = meta.ints("tokenizer.ggml.token_type").unwrap_or_default();
+        let vocab: serde_json::Map<String, serde_json::Value> = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i.into())).collect();
+        let added: Vec<serde_json::Value> = types
+            .iter()
+            .enumerate()
+            .filter(|(_, &kind)| kind == 3 || kind == 4)
+            .filter_map(|(i, &kind)| {
+                let content = tokens.get(i)?;
+                Some(serde_json::json!({"id": i, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": kind == 3}))
+            })
+            .collect();
+        let unk = meta.int("tokenizer.ggml.unknown_token_id").ok().and_then(|i| tokens.get(usize::try_from(i).ok()?).copied());
+        let json = serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true},
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                      "fuse_unk": true, "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges},
+        });
+        let mut tokenizer = Self::from_hf_json(&json.to_string(), &meta.path)?;
+        tokenizer.set_max_length(Some(max_positions.max(1) as usize))?;
+        Ok(tokenizer)
     }
 
     /// Reads a model directory's `tokenizer.json` and the truncation length its

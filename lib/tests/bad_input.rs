@@ -53,11 +53,39 @@ fn truncated_safetensors_is_reported_as_corrupt() {
 
 #[test]
 fn unknown_model_type_lists_the_known_ones() {
+    let dir = scratch("t5");
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "t5", "d_model": 8}"#).unwrap();
+    std::fs::copy(fixtures().join("gpt-a/model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let err = error_text(checkpoint::load(&dir, Device::Cpu));
+    assert!(err.contains("config.json") && err.contains("\"t5\"") && err.contains("gpt2") && err.contains("qwen3"), "{err}");
+}
+
+#[test]
+fn an_incomplete_llama_config_names_the_missing_key() {
     let dir = scratch("llama");
     std::fs::write(dir.join("config.json"), r#"{"model_type": "llama", "hidden_size": 8}"#).unwrap();
     std::fs::copy(fixtures().join("gpt-a/model.safetensors"), dir.join("model.safetensors")).unwrap();
     let err = error_text(checkpoint::load(&dir, Device::Cpu));
-    assert!(err.contains("config.json") && err.contains("\"llama\"") && err.contains("gpt2"), "{err}");
+    assert!(err.contains("config.json") && err.contains("missing field `vocab_size`"), "{err}");
+}
+
+#[test]
+fn llama_configs_that_do_not_fit_together_are_refused_by_key() {
+    let dir = scratch("llama-bad");
+    let cases = [
+        (r#""num_attention_heads": 4, "num_key_value_heads": 3"#, "num_key_value_heads"),
+        (r#""num_attention_heads": 4, "head_dim": 7"#, "head_dim"),
+        (r#""num_attention_heads": 4, "rope_scaling": {"rope_type": "yarn", "factor": 4}"#, "yarn"),
+        (r#""num_attention_heads": 4, "rope_scaling": {"rope_type": "llama3", "factor": 8}"#, "low_freq_factor"),
+        (r#""num_attention_heads": 4, "rms_norm_eps": 0"#, "rms_norm_eps"),
+    ];
+    for (extra, key) in cases {
+        let config = format!(r#"{{"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, {extra}}}"#);
+        std::fs::write(dir.join("config.json"), config).unwrap();
+        std::fs::copy(fixtures().join("gpt-a/model.safetensors"), dir.join("model.safetensors")).unwrap();
+        let err = error_text(checkpoint::load(&dir, Device::Cpu));
+        assert!(err.contains("config.json") && err.contains(key), "{extra}: {err}");
+    }
 }
 
 #[test]

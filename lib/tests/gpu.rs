@@ -19,7 +19,8 @@ fn cuda_is_available() {
 fn train_on_cuda(precision: &str) -> (f64, f64) {
     let task = tchlab::data::synth::Synth::new(tchlab::data::synth::Task::Reverse, 6, 10).unwrap();
     let tokenizer = task.tokenizer();
-    let model = Model::gpt(&GptConfig::tiny(tokenizer.vocab_size() as i64, task.example_len() as i64), Device::Cuda(0)).unwrap();
+    let model =
+        Model::new(GptConfig::tiny(tokenizer.vocab_size() as i64, task.example_len() as i64), tchlab::models::Task::LanguageModel, Device::Cuda(0)).unwrap();
     let spec = DataSpec::Synth { task: "reverse".into(), length: 6, symbols: 10 };
     let mut trainer = Trainer::new(model, tokenizer, spec, HParams { lr: 3e-3, batch: 64, ..Default::default() }, 0).unwrap();
     trainer.set("precision", precision).unwrap();

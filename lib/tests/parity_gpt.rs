@@ -8,14 +8,14 @@ use common::{assert_close, fixture_tensor, fixtures};
 use tch::{Device, Kind, Tensor};
 use tchlab::checkpoint;
 use tchlab::generate::{generate, GenerateOptions};
-use tchlab::models::{ForwardOptions, Network};
+use tchlab::models::ForwardOptions;
 use tchlab::train::optim::{Method, Optimizer};
 
 fn check_logits_and_greedy(dir: &str) {
     let path = fixtures().join(dir);
     let loaded = checkpoint::load(&path, Device::Cpu).unwrap();
     assert!(loaded.report.missing.is_empty());
-    let Network::Gpt(gpt) = &loaded.model.network else { panic!("{dir} should load as GPT") };
+    let gpt = common::Lm(&loaded.model);
     let reference = path.join("reference.safetensors");
     let ids = fixture_tensor(&reference, "input_ids");
     let logits = tch::no_grad(|| gpt.forward(&ids, &ForwardOptions::default(), None).unwrap().logits);
@@ -23,7 +23,7 @@ fn check_logits_and_greedy(dir: &str) {
 
     let prompt: Vec<i64> = Vec::try_from(fixture_tensor(&reference, "prompt")).unwrap();
     let expected: Vec<i64> = Vec::try_from(fixture_tensor(&reference, "greedy")).unwrap();
-    let opts = GenerateOptions { max_new_tokens: 24, eos_token_id: gpt.config().eos_token_id, ..Default::default() };
+    let opts = GenerateOptions { max_new_tokens: 24, stop_ids: loaded.model.config().eos_token_ids(), ..Default::default() };
     assert_eq!(generate(&loaded.model, &prompt, &opts).unwrap(), expected, "{dir}: greedy generation differs from transformers");
 }
 
@@ -61,7 +61,7 @@ fn sharded_checkpoint_matches_transformers() {
 fn single_pt_file_with_config_beside_it_matches_transformers() {
     let path = fixtures().join("gpt-a-pt/weights.pt");
     let loaded = checkpoint::load(&path, Device::Cpu).unwrap();
-    let Network::Gpt(gpt) = &loaded.model.network else { panic!("GPT") };
+    let gpt = common::Lm(&loaded.model);
     let reference = fixtures().join("gpt-a-pt/reference.safetensors");
     let logits = tch::no_grad(|| gpt.forward(&fixture_tensor(&reference, "input_ids"), &ForwardOptions::default(), None).unwrap().logits);
     assert_close(&logits, &fixture_tensor(&reference, "logits"), 1e-4, "weights.pt logits");
@@ -70,7 +70,7 @@ fn single_pt_file_with_config_beside_it_matches_transformers() {
 #[test]
 fn attention_capture_matches_fused_attention() {
     let loaded = checkpoint::load(fixtures().join("gpt-b"), Device::Cpu).unwrap();
-    let Network::Gpt(gpt) = &loaded.model.network else { panic!("GPT") };
+    let gpt = common::Lm(&loaded.model);
     let ids = fixture_tensor(&fixtures().join("gpt-b/reference.safetensors"), "input_ids");
     let fused = tch::no_grad(|| gpt.forward(&ids, &ForwardOptions::default(), None).unwrap());
     let captured = tch::no_grad(|| gpt.forward(&ids, &ForwardOptions { capture_attention: true, ..Default::default() }, None).unwrap());
@@ -88,7 +88,7 @@ fn attention_capture_matches_fused_attention() {
 #[test]
 fn kv_cache_gives_the_same_logits_as_a_full_pass() {
     let loaded = checkpoint::load(fixtures().join("gpt-a"), Device::Cpu).unwrap();
-    let Network::Gpt(gpt) = &loaded.model.network else { panic!("GPT") };
+    let gpt = common::Lm(&loaded.model);
     let ids = fixture_tensor(&fixtures().join("gpt-a/reference.safetensors"), "input_ids").narrow(0, 0, 1);
     let opts = ForwardOptions::default();
     let full = tch::no_grad(|| gpt.forward(&ids, &opts, None).unwrap().logits);
@@ -124,7 +124,7 @@ fn assert_updated_like(model: &tchlab::models::Model, file: &std::path::Path, ad
 #[test]
 fn two_sgd_steps_with_momentum_match_pytorch() {
     let loaded = checkpoint::load(fixtures().join("gpt-a"), Device::Cpu).unwrap();
-    let Network::Gpt(gpt) = &loaded.model.network else { panic!("GPT") };
+    let gpt = common::Lm(&loaded.model);
     let file = fixtures().join("sgd_steps.safetensors");
     let ids = fixture_tensor(&file, "input_ids");
     let t = ids.size()[1];
@@ -142,7 +142,7 @@ fn two_sgd_steps_with_momentum_match_pytorch() {
 #[test]
 fn one_adamw_step_matches_pytorch() {
     let loaded = checkpoint::load(fixtures().join("gpt-a"), Device::Cpu).unwrap();
-    let Network::Gpt(gpt) = &loaded.model.network else { panic!("GPT") };
+    let gpt = common::Lm(&loaded.model);
     let file = fixtures().join("adamw_step.safetensors");
     let ids = fixture_tensor(&file, "input_ids");
     let t = ids.size()[1];

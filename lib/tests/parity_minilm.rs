@@ -45,12 +45,11 @@ fn embeddings_match_sentence_transformers() {
 fn bert_attention_is_captured_per_layer_and_ignores_padding() {
     let (dir, _, _) = reference();
     let loaded = checkpoint::load(&dir, Device::Cpu).unwrap();
-    let tchlab::models::Network::Bert(bert) = &loaded.model.network else { panic!("BERT") };
     let tokenizer = loaded.tokenizer.unwrap();
     let ids = [tokenizer.encode("the cat sat").unwrap(), tokenizer.encode("a").unwrap()];
     let (ids, mask) = tchlab::embedding::pad_batch(&ids, 0);
     let opts = tchlab::models::ForwardOptions { capture_attention: true, ..Default::default() };
-    let out = tch::no_grad(|| bert.forward(&ids, Some(&mask), &opts).unwrap());
+    let out = tch::no_grad(|| loaded.model.forward(&ids, Some(&mask), &opts, None).unwrap());
     let attentions = out.attentions.unwrap();
     assert_eq!(attentions.len(), 6);
     assert_eq!(attentions[0].size(), vec![2, 12, 5, 5]);

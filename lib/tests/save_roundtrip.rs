@@ -8,8 +8,8 @@ use std::process::Command;
 
 use tch::{Device, Kind, Tensor};
 use tchlab::checkpoint::{self, safetensors};
-use tchlab::models::bert::{BertConfig, BertHeads};
-use tchlab::models::{ForwardOptions, Model, Network};
+use tchlab::models::bert::BertConfig;
+use tchlab::models::{ForwardOptions, Model, Task};
 
 /// Runs `script` in the reference Python with the model directory as argv[1].
 fn python_agrees(script: &str, dir: &std::path::Path) {
@@ -21,7 +21,7 @@ fn python_agrees(script: &str, dir: &std::path::Path) {
 fn saved_gpt_loads_in_transformers_with_the_same_logits() {
     let dir = common::scratch("save-gpt");
     let loaded = checkpoint::load(common::fixtures().join("gpt-b"), Device::Cpu).unwrap();
-    let Network::Gpt(gpt) = &loaded.model.network else { panic!("GPT") };
+    let gpt = common::Lm(&loaded.model);
     // Change the weights, so the test shows that what we hold is what we save.
     let _ = tch::no_grad(|| loaded.model.vars.variables()["transformer.h.0.attn.c_attn.weight"].shallow_clone().g_mul_scalar_(1.5));
     checkpoint::save_hf(&loaded.model, None, &dir).unwrap();
@@ -53,12 +53,11 @@ fn saved_bert_classifier_loads_in_transformers_with_the_same_logits() {
         "vocab_size": 50, "hidden_size": 24, "num_hidden_layers": 2, "num_attention_heads": 3, "intermediate_size": 40, "max_position_embeddings": 16
     }))
     .unwrap();
-    let model = Model::bert(&config, BertHeads { pooler: true, classes: Some(3) }, Device::Cpu).unwrap();
-    let Network::Bert(bert) = &model.network else { panic!("BERT") };
+    let model = Model::new(config, Task::Classification { classes: 3 }, Device::Cpu).unwrap();
     checkpoint::save_hf(&model, None, &dir).unwrap();
     let ids = Tensor::from_slice(&[2i64, 9, 33, 4, 0, 0]).view([2, 3]);
     let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 0, 0]).view([2, 3]);
-    let logits = tch::no_grad(|| bert.forward(&ids, Some(&mask), &ForwardOptions::default()).unwrap().logits.unwrap());
+    let logits = tch::no_grad(|| model.forward(&ids, Some(&mask), &ForwardOptions::default(), None).unwrap().logits.unwrap());
     assert_eq!(logits.size(), vec![2, 3]);
     let tensors = [("ids".into(), ids), ("mask".into(), mask), ("logits".into(), logits.to_kind(Kind::Float))];
     safetensors::write(&dir.join("ours.safetensors"), &tensors, &BTreeMap::new()).unwrap();
@@ -79,6 +78,5 @@ assert diff < 1e-4, f"max difference {diff}"
     );
     // And tchlab reads its own save back, with the head.
     let back = checkpoint::load(&dir, Device::Cpu).unwrap();
-    let Network::Bert(b) = &back.model.network else { panic!("BERT") };
-    assert_eq!(b.heads(), BertHeads { pooler: true, classes: Some(3) });
+    assert_eq!(back.model.task(), Task::Classification { classes: 3 });
 }

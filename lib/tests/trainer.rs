@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tch::{Device, Kind, Tensor};
 use tchlab::data::DataSpec;
-use tchlab::models::bert::{BertConfig, BertHeads};
+use tchlab::models::bert::BertConfig;
 use tchlab::models::gpt::GptConfig;
 use tchlab::models::Model;
 use tchlab::tokenize::Tokenizer;
@@ -32,7 +32,7 @@ fn gpt_trainer(seed: u64, hp: HParams) -> Trainer {
     tch::manual_seed(seed as i64);
     let tokenizer = tchlab::data::synth::Synth::new(tchlab::data::synth::Task::Reverse, 5, 8).unwrap().tokenizer();
     let config = GptConfig { resid_pdrop: 0.1, attn_pdrop: 0.1, embd_pdrop: 0.1, n_embd: 32, ..GptConfig::tiny(tokenizer.vocab_size() as i64, 16) };
-    let model = Model::gpt(&config, Device::Cpu).unwrap();
+    let model = Model::new(config.clone(), tchlab::models::Task::LanguageModel, Device::Cpu).unwrap();
     Trainer::new(model, tokenizer, reverse_spec(), hp, seed).unwrap()
 }
 
@@ -145,7 +145,7 @@ fn a_non_finite_gradient_is_named() {
     let t = gpt_trainer(5, small_hp());
     let mut opt = tchlab::train::optim::Optimizer::new(&t.model().vars, tchlab::train::optim::Method::adamw(), 1e-3, 0.0).unwrap();
     let x = Tensor::from_slice(&[1i64, 2, 3]).unsqueeze(0);
-    let tchlab::models::Network::Gpt(gpt) = &t.model().network else { unreachable!() };
+    let gpt = common::Lm(t.model());
     gpt.forward(&x, &Default::default(), None).unwrap().logits.sum(Kind::Float).backward();
     assert!(opt.grad_norm().is_finite());
     let wpe = opt.params.iter().find(|p| p.name == "transformer.wpe.weight").unwrap().var.grad();
@@ -264,7 +264,7 @@ fn a_language_model_trains_on_a_text_corpus_and_reports_perplexity() {
     std::fs::write(dir.join("corpus.txt"), &text).unwrap();
     let tokenizer = Tokenizer::char_level(&text).unwrap();
     tch::manual_seed(0);
-    let model = Model::gpt(&GptConfig::tiny(tokenizer.vocab_size() as i64, 32), Device::Cpu).unwrap();
+    let model = Model::new(GptConfig::tiny(tokenizer.vocab_size() as i64, 32), tchlab::models::Task::LanguageModel, Device::Cpu).unwrap();
     let spec = DataSpec::Text { path: dir.join("corpus.txt"), val_fraction: 0.1 };
     let mut t = Trainer::new(model, tokenizer, spec, HParams { lr: 3e-3, batch: 16, eval_every: 30, ..Default::default() }, 0).unwrap();
     let before = t.evaluate().unwrap();
@@ -274,7 +274,7 @@ fn a_language_model_trains_on_a_text_corpus_and_reports_perplexity() {
     assert!((after.perplexity.unwrap() - after.loss.exp()).abs() < 1e-9);
     assert!(after.loss < before.loss / 2.0, "validation loss {} -> {}", before.loss, after.loss);
     let missing = DataSpec::Text { path: dir.join("nope.txt"), val_fraction: 0.1 };
-    let model = Model::gpt(&GptConfig::tiny(20, 32), Device::Cpu).unwrap();
+    let model = Model::new(GptConfig::tiny(20, 32), tchlab::models::Task::LanguageModel, Device::Cpu).unwrap();
     let err = Trainer::new(model, Tokenizer::char_level("abc").unwrap(), missing, HParams::default(), 0).err().unwrap().to_string();
     assert!(err.contains("nope.txt"), "{err}");
 }
@@ -285,7 +285,7 @@ fn tiny_bert(classes: i64, vocab: i64) -> Model {
         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0
     }))
     .unwrap();
-    Model::bert(&config, BertHeads { pooler: true, classes: Some(classes) }, Device::Cpu).unwrap()
+    Model::new(config, tchlab::models::Task::Classification { classes }, Device::Cpu).unwrap()
 }
 
 #[test]
@@ -334,10 +334,10 @@ fn a_classifier_trains_on_csv_and_jsonl_with_accuracy_f1_and_confusion() {
 fn models_and_data_that_do_not_fit_are_refused_with_the_fix() {
     let _serial = serial();
     let tokenizer = Tokenizer::char_level("0123456789+=").unwrap();
-    let small_vocab = Model::gpt(&GptConfig::tiny(5, 16), Device::Cpu).unwrap();
+    let small_vocab = Model::new(GptConfig::tiny(5, 16), tchlab::models::Task::LanguageModel, Device::Cpu).unwrap();
     let err = Trainer::new(small_vocab, tokenizer.clone(), reverse_spec(), HParams::default(), 0).err().unwrap().to_string();
     assert!(err.contains("--vocab 12"), "{err}");
-    let short = Model::gpt(&GptConfig::tiny(12, 4), Device::Cpu).unwrap();
+    let short = Model::new(GptConfig::tiny(12, 4), tchlab::models::Task::LanguageModel, Device::Cpu).unwrap();
     let err = Trainer::new(short, tokenizer.clone(), reverse_spec(), HParams::default(), 0).err().unwrap().to_string();
     assert!(err.contains("--ctx 10"), "{err}");
     let err = Trainer::new(tiny_bert(2, 12), tokenizer, reverse_spec(), HParams::default(), 0).err().unwrap().to_string();

@@ -1,6 +1,7 @@
 //! Loading and saving weights: Hugging Face model directories (`config.json` with
 //! `model.safetensors`, a sharded `model.safetensors.index.json`, or
-//! `pytorch_model.bin`), and single `.safetensors`, `.pt`/`.bin` and `.ot` files.
+//! `pytorch_model.bin`), single `.safetensors` and `.pt`/`.bin` files, and llama.cpp's
+//! GGUF files (weights, config, tokenizer and chat template in one file).
 //!
 //! Loading is strict: every variable of the model must be in the file with the right
 //! shape, checked before anything is copied, so a failed load changes nothing. Keys
@@ -11,7 +12,9 @@
 //! Not here: training state (optimizer moments, schedule, RNG), which the trainer's
 //! checkpoints add on top of these files.
 
+pub mod gguf;
 mod pickle;
+pub mod quant;
 pub mod safetensors;
 
 use std::collections::{BTreeMap, HashSet};
@@ -23,8 +26,7 @@ use tch::{Device, Tensor};
 
 use crate::embedding::Pooling;
 use crate::error::{Error, Result};
-use crate::models::bert::{self, BertHeads};
-use crate::models::{gpt, Model, ModelConfig, Network};
+use crate::models::{Model, ModelConfig, Task, TaskKind};
 use crate::tokenize::Tokenizer;
 
 /// What a load did besides filling the model.
@@ -48,6 +50,9 @@ pub struct Loaded {
     pub tokenizer: Option<Tokenizer>,
     /// Sentence-embedding pooling from sentence-transformers' files, when present.
     pub pooling: Option<Pooling>,
+    /// The chat template from `tokenizer_config.json`, `chat_template.jinja` or the
+    /// GGUF metadata, when there is one.
+    pub chat_template: Option<crate::chat::Template>,
     /// What was read, what was missing, what was left over.
     pub report: LoadReport,
 }
@@ -57,6 +62,9 @@ pub struct Loaded {
 pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
     let path = path.as_ref();
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+        return load_gguf(path, device);
+    }
     let dir = if meta.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
     let config_path = dir.join("config.json");
     if !config_path.exists() {
@@ -70,10 +78,8 @@ pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
     let config = ModelConfig::from_file(&config_path)?;
     let files = if meta.is_dir() { weight_files(path)? } else { vec![path.to_path_buf()] };
     let tensors = read_files(&files)?;
-    let model = match &config {
-        ModelConfig::Gpt(c) => Model::gpt(c, device)?,
-        ModelConfig::Bert(c) => Model::bert(c, bert_heads(&tensors), device)?,
-    };
+    let task = config.task_for_checkpoint(&tensors);
+    let model = Model::new(config.clone(), task, device)?;
     let mut report = assign(&model, tensors, path, true)?;
     report.files = files;
     let tokenizer = match dir.join("tokenizer.json") {
@@ -81,7 +87,53 @@ pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
         _ => None,
     };
     let pooling = Pooling::from_model_dir(&dir)?;
-    Ok(Loaded { model, tokenizer, pooling, report })
+    Ok(Loaded { model, tokenizer, pooling, chat_template: chat_template(&dir), report })
+}
+
+/// The chat template a model directory ships: `chat_template.jinja` (newer
+/// transformers) or `chat_template` in `tokenizer_config.json`, with the BOS and EOS
+/// tokens `tokenizer_config.json` names.
+fn chat_template(dir: &Path) -> Option<crate::chat::Template> {
+    let config: serde_json::Value = crate::limits::read_text(&dir.join("tokenizer_config.json"), crate::limits::MAX_JSON_BYTES)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    let source = crate::limits::read_text(&dir.join("chat_template.jinja"), crate::limits::MAX_JSON_BYTES)
+        .ok()
+        .or_else(|| config.get("chat_template")?.as_str().map(str::to_string))?;
+    // A token is a string, or an AddedToken object with its `content`.
+    let token = |key: &str| {
+        let value = config.get(key);
+        value.and_then(|v| v.as_str().or_else(|| v.get("content")?.as_str())).unwrap_or_default().to_string()
+    };
+    Some(crate::chat::Template { source, bos_token: token("bos_token"), eos_token: token("eos_token") })
+}
+
+/// Loads a GGUF file: the family from `general.architecture`, its config, tokenizer and
+/// chat template from the metadata, the weights dequantised to float32.
+pub fn load_gguf(path: &Path, device: Device) -> Result<Loaded> {
+    let meta = gguf::read_metadata(path)?;
+    let (_, family) = meta.family()?;
+    let config = ModelConfig::from_json(&(family.config)(&meta)?).map_err(|e| match e {
+        Error::Invalid(message) => Error::format(path, format!("its metadata gives an unusable config: {message}")),
+        other => other,
+    })?;
+    let tokenizer = Tokenizer::from_gguf(&meta, config.max_positions())?;
+    let token = |key: &str| {
+        let id = meta.int(key).ok()?;
+        meta.strings("tokenizer.ggml.tokens").ok()?.get(usize::try_from(id).ok()?).map(|t| t.to_string())
+    };
+    let chat_template = meta.string("tokenizer.chat_template").ok().map(|source| crate::chat::Template {
+        source: source.to_string(),
+        bos_token: token("tokenizer.ggml.bos_token_id").unwrap_or_default(),
+        eos_token: token("tokenizer.ggml.eos_token_id").unwrap_or_default(),
+    });
+    // The model first: it is refused before anything is dequantised when it does not fit.
+    let model = Model::new(config, Task::LanguageModel, device)?;
+    let tensors = gguf::read_tensors(&meta, family)?;
+    let mut report = assign(&model, tensors, path, true)?;
+    report.files = vec![path.to_path_buf()];
+    Ok(Loaded { model, tokenizer: Some(tokenizer), pooling: None, chat_template, report })
 }
 
 /// Loads a BERT checkpoint with a new classification head of `classes` classes, for
@@ -90,10 +142,11 @@ pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
 pub fn load_classifier(path: impl AsRef<Path>, device: Device, classes: i64) -> Result<Loaded> {
     let path = path.as_ref();
     let mut loaded = load(path, device)?;
-    let ModelConfig::Bert(config) = loaded.model.config() else {
-        return Err(Error::format(path, "a classification head goes on a BERT encoder; this checkpoint is a GPT"));
-    };
-    let model = Model::bert(&config, BertHeads { pooler: true, classes: Some(classes) }, device)?;
+    let config = loaded.model.config();
+    if !config.family().tasks.contains(&TaskKind::Classification) {
+        return Err(Error::format(path, format!("a classification head goes on an encoder (BERT family); this checkpoint is a {}", config.model_type())));
+    }
+    let model = Model::new(config, Task::Classification { classes }, device)?;
     let mut report = load_weights(&model, path, false)?;
     report.missing.retain(|name| !name.starts_with("classifier."));
     let unexpected_missing: Vec<&String> = report.missing.iter().filter(|n| !n.starts_with("pooler.")).collect();
@@ -176,25 +229,6 @@ fn read_files(files: &[PathBuf]) -> Result<Vec<(String, Tensor)>> {
     Ok(all)
 }
 
-/// Which BERT heads the checkpoint's tensors provide.
-fn bert_heads(tensors: &[(String, Tensor)]) -> BertHeads {
-    let var = |name: &str| tensors.iter().find(|(k, _)| bert::hf_to_var(k).as_deref() == Some(name)).map(|(_, t)| t);
-    let pooler = var("pooler.dense.weight").is_some();
-    // A malformed head (a scalar `classifier.weight`) gets no head here; the strict load
-    // then names the tensor and its shape.
-    let classes = var("classifier.weight").and_then(|w| w.size().first().copied()).filter(|&n| n >= 1);
-    BertHeads { pooler, classes: classes.filter(|_| pooler) }
-}
-
-/// The model variable a checkpoint key fills, and whether the tensor is stored
-/// transposed (GPT-2's Conv1D). `None` for keys that hold no parameter.
-fn var_for_key(network: &Network, key: &str) -> Option<(String, bool)> {
-    match network {
-        Network::Gpt(_) => gpt::hf_to_var(key),
-        Network::Bert(_) => bert::hf_to_var(key).map(|v| (v, false)),
-    }
-}
-
 /// Copies checkpoint tensors into the model's variables after checking every name and
 /// shape; on error nothing has been copied.
 fn assign(model: &Model, tensors: Vec<(String, Tensor)>, origin: &Path, strict: bool) -> Result<LoadReport> {
@@ -204,7 +238,7 @@ fn assign(model: &Model, tensors: Vec<(String, Tensor)>, origin: &Path, strict: 
     let mut unexpected = vec![];
     for (key, tensor) in tensors {
         crate::interrupt::check(&format!("loading {}", origin.display()))?;
-        let Some((var_name, transposed)) = var_for_key(&model.network, &key) else { continue };
+        let Some((var_name, transposed)) = model.network.var_for_key(&key) else { continue };
         let Some(var) = vars.get(&var_name) else {
             unexpected.push(key);
             continue;
@@ -237,10 +271,7 @@ pub fn hf_state_dict(model: &Model) -> Result<Vec<(String, Tensor)>> {
         .named_tensors()
         .into_iter()
         .map(|(name, t)| {
-            let (key, transposed) = match &model.network {
-                Network::Gpt(_) => gpt::var_to_hf(&name),
-                Network::Bert(b) => (bert::var_to_hf(&name, b.heads()), false),
-            };
+            let (key, transposed) = model.network.key_for_var(&name);
             let t = t.detach();
             Ok((key, if transposed { t.f_t_copy()? } else { t }))
         })
@@ -249,22 +280,14 @@ pub fn hf_state_dict(model: &Model) -> Result<Vec<(String, Tensor)>> {
 
 /// The `config.json` `transformers` needs to read the model back.
 pub fn hf_config(model: &Model) -> serde_json::Value {
-    let (mut json, architecture) = match &model.network {
-        Network::Gpt(g) => (serde_json::to_value(g.config()).expect("config serializes"), "GPT2LMHeadModel"),
-        Network::Bert(b) => match b.heads().classes {
-            Some(n) => {
-                let mut json = serde_json::to_value(b.config()).expect("config serializes");
-                // transformers sizes the classifier from the label names.
-                if b.config().labels().is_none_or(|l| l.len() as i64 != n) {
-                    json["id2label"] = (0..n).map(|i| (i.to_string(), serde_json::Value::from(format!("LABEL_{i}")))).collect::<serde_json::Map<_, _>>().into();
-                }
-                (json, "BertForSequenceClassification")
-            }
-            None => (serde_json::to_value(b.config()).expect("config serializes"), "BertModel"),
-        },
-    };
-    json["model_type"] = model.config().model_type().into();
-    json["architectures"] = serde_json::json!([architecture]);
+    let mut json = model.config().to_json();
+    // transformers sizes a classifier from the label names.
+    if let Task::Classification { classes } = model.task() {
+        if json.get("id2label").and_then(|m| m.as_object()).is_none_or(|m| m.len() as i64 != classes) {
+            json["id2label"] = (0..classes).map(|i| (i.to_string(), serde_json::Value::from(format!("LABEL_{i}")))).collect::<serde_json::Map<_, _>>().into();
+        }
+    }
+    json["architectures"] = serde_json::json!([model.network.architecture()]);
     json
 }
 

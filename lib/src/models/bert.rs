@@ -22,8 +22,17 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::attention::{attend, Mask};
-use super::{Activation, ForwardOptions};
-use crate::error::{invalid, Result};
+use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Task, TaskKind};
+use crate::error::{invalid, Error, Result};
+
+/// The registry entry.
+pub const FAMILY: Family = Family {
+    name: "bert",
+    model_types: &["bert"],
+    from_json: |json| Ok(Box::new(serde_json::from_value::<BertConfig>(json.clone()).map_err(|e| Error::Invalid(format!("BERT config: {e}")))?)),
+    tasks: &[TaskKind::Encoder, TaskKind::Classification],
+    gguf: None,
+};
 
 /// `config.json` of a BERT checkpoint, with the keys `transformers` writes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -288,6 +297,111 @@ pub fn var_to_hf(var: &str, heads: BertHeads) -> String {
     match heads.classes {
         Some(_) if !var.starts_with("classifier.") => format!("bert.{var}"),
         _ => var.to_string(),
+    }
+}
+
+impl BertHeads {
+    /// The parts a model for `task` has.
+    pub fn for_task(task: Task) -> Self {
+        match task {
+            Task::Classification { classes } => BertHeads { pooler: true, classes: Some(classes) },
+            Task::Encoder { pooler } => BertHeads { pooler, classes: None },
+            Task::LanguageModel => BertHeads::default(),
+        }
+    }
+
+    /// The task a model with these parts serves.
+    pub fn task(self) -> Task {
+        match self.classes {
+            Some(classes) => Task::Classification { classes },
+            None => Task::Encoder { pooler: self.pooler },
+        }
+    }
+}
+
+impl Architecture for BertConfig {
+    fn family(&self) -> &'static Family {
+        &FAMILY
+    }
+    fn model_type(&self) -> &str {
+        "bert"
+    }
+    fn validate(&self) -> Result<()> {
+        BertConfig::validate(self)
+    }
+    fn dims(&self) -> Dims {
+        Dims {
+            layers: self.num_hidden_layers,
+            width: self.hidden_size,
+            heads: self.num_attention_heads,
+            kv_heads: self.num_attention_heads,
+            head_dim: self.hidden_size / self.num_attention_heads.max(1),
+            inner: self.intermediate_size,
+            vocab: self.vocab_size,
+            extra_embeddings: self.max_position_embeddings + self.type_vocab_size,
+            gated: false,
+            untied_head: false,
+        }
+    }
+    fn max_positions(&self) -> i64 {
+        self.max_position_embeddings
+    }
+    fn to_json(&self) -> serde_json::Value {
+        let mut json = serde_json::to_value(self).expect("config serializes");
+        json["model_type"] = "bert".into();
+        json
+    }
+    fn build(&self, p: &nn::Path, task: Task) -> Result<Box<dyn Network>> {
+        Ok(Box::new(Bert::new(p, self, BertHeads::for_task(task))?))
+    }
+    /// The pooler and classifier the checkpoint provides.
+    fn task_for_checkpoint(&self, tensors: &[(String, Tensor)]) -> Task {
+        let var = |name: &str| tensors.iter().find(|(k, _)| hf_to_var(k).as_deref() == Some(name)).map(|(_, t)| t);
+        let pooler = var("pooler.dense.weight").is_some();
+        // A malformed head (a scalar `classifier.weight`) gets no head here; the strict
+        // load then names the tensor and its shape.
+        match var("classifier.weight").and_then(|w| w.size().first().copied()).filter(|&n| n >= 1) {
+            Some(classes) if pooler => Task::Classification { classes },
+            _ => Task::Encoder { pooler },
+        }
+    }
+    fn clone_box(&self) -> Box<dyn Architecture> {
+        Box::new(self.clone())
+    }
+    fn pad_token_id(&self) -> i64 {
+        self.pad_token_id
+    }
+    fn labels(&self) -> Option<Vec<String>> {
+        BertConfig::labels(self)
+    }
+}
+
+impl Network for Bert {
+    fn config(&self) -> ModelConfig {
+        self.config.clone().into()
+    }
+    fn task(&self) -> Task {
+        self.heads.task()
+    }
+    fn forward(&self, ids: &Tensor, mask: Option<&Tensor>, opts: &ForwardOptions, cache: Option<&mut KvCache>) -> Result<Output> {
+        if cache.is_some() {
+            return invalid!("a BERT encoder reads the whole text at once and has no key/value cache; generation needs a decoder");
+        }
+        let out = Bert::forward(self, ids, mask, opts)?;
+        Ok(Output { hidden: out.hidden, logits: out.logits, pooled: out.pooled, attentions: out.attentions })
+    }
+    fn var_for_key(&self, key: &str) -> Option<(String, bool)> {
+        hf_to_var(key).map(|v| (v, false))
+    }
+    fn key_for_var(&self, var: &str) -> (String, bool) {
+        (var_to_hf(var, self.heads), false)
+    }
+    fn architecture(&self) -> &'static str {
+        if self.heads.classes.is_some() {
+            "BertForSequenceClassification"
+        } else {
+            "BertModel"
+        }
     }
 }
 

@@ -16,14 +16,30 @@
 //! let ids = tch::Tensor::from_slice(&[1i64, 2, 3]).unsqueeze(0);
 //! let logits = gpt.forward(&ids, &Default::default(), None).unwrap().logits; // (1, 3, 64)
 //! ```
+//!
+//! Through the registry, as the rest of tchlab uses it:
+//!
+//! ```no_run
+//! use tchlab::models::{gpt::GptConfig, Model, Task};
+//! let model = Model::new(GptConfig::tiny(64, 32), Task::LanguageModel, tch::Device::Cpu).unwrap();
+//! ```
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::attention::{attend, Mask};
-use super::{Activation, ForwardOptions};
-use crate::error::{invalid, Result};
+use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Task, TaskKind};
+use crate::error::{invalid, Error, Result};
+
+/// The registry entry.
+pub const FAMILY: Family = Family {
+    name: "gpt",
+    model_types: &["gpt2"],
+    from_json: |json| Ok(Box::new(serde_json::from_value::<GptConfig>(json.clone()).map_err(|e| Error::Invalid(format!("GPT-2 config: {e}")))?)),
+    tasks: &[TaskKind::LanguageModel],
+    gguf: None,
+};
 
 /// `config.json` of a GPT-2 checkpoint, with the keys `transformers` writes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,26 +149,10 @@ impl GptConfig {
 pub struct GptOutput {
     /// Next-token logits `(B, T, vocab)`.
     pub logits: Tensor,
+    /// The final hidden states `(B, T, C)`, after `ln_f`.
+    pub hidden: Tensor,
     /// Attention probabilities per layer, `(B, nh, T, T_total)` each, when asked for.
     pub attentions: Option<Vec<Tensor>>,
-}
-
-/// Keys and values of earlier positions, so that generation runs each token once.
-#[derive(Default)]
-pub struct KvCache {
-    layers: Vec<(Tensor, Tensor)>, // per layer: (B, nh, T_past, hs) keys and values
-}
-
-impl KvCache {
-    /// Number of positions already cached.
-    pub fn len(&self) -> i64 {
-        self.layers.first().map_or(0, |(k, _)| k.size()[2])
-    }
-
-    /// True before the first forward pass.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 struct Attention {
@@ -174,19 +174,12 @@ impl Attention {
         }
     }
 
-    fn forward(&self, x: &Tensor, cache: Option<&mut (Tensor, Tensor)>, opts: &ForwardOptions) -> (Tensor, Option<Tensor>) {
+    fn forward(&self, x: &Tensor, cache: &mut Option<&mut KvCache>, layer: usize, opts: &ForwardOptions) -> (Tensor, Option<Tensor>) {
         let (b, t, d) = x.size3().expect("(B, T, C) input");
         let heads = |z: Tensor| z.view([b, t, self.n_head, d / self.n_head]).transpose(1, 2); // (B, nh, T, hs)
         let qkv = self.c_attn.forward(x).split(d, 2);
-        let (q, mut k, mut v) = (heads(qkv[0].shallow_clone()), heads(qkv[1].shallow_clone()), heads(qkv[2].shallow_clone()));
-        if let Some((past_k, past_v)) = cache {
-            if past_k.numel() > 0 {
-                k = Tensor::cat(&[&*past_k, &k], 2);
-                v = Tensor::cat(&[&*past_v, &v], 2);
-            }
-            *past_k = k.shallow_clone();
-            *past_v = v.shallow_clone();
-        }
+        let q = heads(qkv[0].shallow_clone());
+        let (k, v) = super::layers::cached(cache, layer, heads(qkv[1].shallow_clone()), heads(qkv[2].shallow_clone()));
         let dropout = if opts.train { self.dropout } else { 0.0 };
         let (y, probs) = attend(&q, &k, &v, Mask::Causal, dropout, opts.capture_attention);
         let y = y.transpose(1, 2).contiguous().view([b, t, d]); // (B, T, C)
@@ -225,8 +218,8 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, cache: Option<&mut (Tensor, Tensor)>, opts: &ForwardOptions) -> (Tensor, Option<Tensor>) {
-        let (a, probs) = self.attn.forward(&self.ln_1.forward(x), cache, opts);
+    fn forward(&self, x: &Tensor, cache: &mut Option<&mut KvCache>, layer: usize, opts: &ForwardOptions) -> (Tensor, Option<Tensor>) {
+        let (a, probs) = self.attn.forward(&self.ln_1.forward(x), cache, layer, opts);
         let x = x + a.dropout(self.resid_pdrop, opts.train);
         let h = self.mlp.activation.apply(&self.mlp.c_fc.forward(&self.ln_2.forward(&x)));
         let x = &x + self.mlp.c_proj.forward(&h).dropout(self.resid_pdrop, opts.train);
@@ -280,17 +273,11 @@ impl Gpt {
             );
         }
         super::check_ids(ids, self.config.vocab_size)?;
-        if let Some(cache) = cache.as_deref_mut() {
-            if cache.layers.is_empty() {
-                cache.layers = (0..self.h.len()).map(|_| (Tensor::new(), Tensor::new())).collect();
-            }
-        }
         let positions = Tensor::arange_start(past, past + t, (tch::Kind::Int64, ids.device()));
         let mut x = (self.wte.forward(ids) + self.wpe.forward(&positions)).dropout(self.config.embd_pdrop, opts.train); // (B, T, C)
         let mut attentions = opts.capture_attention.then(Vec::new);
         for (i, block) in self.h.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let (y, probs) = block.forward(&x, layer_cache, opts);
+            let (y, probs) = block.forward(&x, &mut cache, i, opts);
             x = y;
             if let (Some(all), Some(p)) = (attentions.as_mut(), probs) {
                 all.push(p);
@@ -299,7 +286,75 @@ impl Gpt {
         let x = self.ln_f.forward(&x);
         // The LM head shares the token embedding's weights (weight tying).
         let logits = x.linear::<Tensor>(&self.wte.ws, None); // (B, T, vocab)
-        Ok(GptOutput { logits, attentions })
+        Ok(GptOutput { logits, hidden: x, attentions })
+    }
+}
+
+impl Architecture for GptConfig {
+    fn family(&self) -> &'static Family {
+        &FAMILY
+    }
+    fn model_type(&self) -> &str {
+        "gpt2"
+    }
+    fn validate(&self) -> Result<()> {
+        GptConfig::validate(self)
+    }
+    fn dims(&self) -> Dims {
+        Dims {
+            layers: self.n_layer,
+            width: self.n_embd,
+            heads: self.n_head,
+            kv_heads: self.n_head,
+            head_dim: self.n_embd / self.n_head.max(1),
+            inner: self.n_inner(),
+            vocab: self.vocab_size,
+            extra_embeddings: self.n_positions,
+            gated: false,
+            untied_head: false,
+        }
+    }
+    fn max_positions(&self) -> i64 {
+        self.n_positions
+    }
+    fn to_json(&self) -> serde_json::Value {
+        let mut json = serde_json::to_value(self).expect("config serializes");
+        json["model_type"] = "gpt2".into();
+        json
+    }
+    fn build(&self, p: &nn::Path, _task: Task) -> Result<Box<dyn Network>> {
+        Ok(Box::new(Gpt::new(p, self)?))
+    }
+    fn clone_box(&self) -> Box<dyn Architecture> {
+        Box::new(self.clone())
+    }
+    fn eos_token_ids(&self) -> Vec<i64> {
+        self.eos_token_id.into_iter().collect()
+    }
+}
+
+impl Network for Gpt {
+    fn config(&self) -> ModelConfig {
+        self.config.clone().into()
+    }
+    fn task(&self) -> Task {
+        Task::LanguageModel
+    }
+    fn forward(&self, ids: &Tensor, mask: Option<&Tensor>, opts: &ForwardOptions, cache: Option<&mut KvCache>) -> Result<Output> {
+        if mask.is_some() {
+            return invalid!("a GPT-2 model takes no padding mask: it reads every position causally");
+        }
+        let out = Gpt::forward(self, ids, opts, cache)?;
+        Ok(Output { hidden: out.hidden, logits: Some(out.logits), pooled: None, attentions: out.attentions })
+    }
+    fn var_for_key(&self, key: &str) -> Option<(String, bool)> {
+        hf_to_var(key)
+    }
+    fn key_for_var(&self, var: &str) -> (String, bool) {
+        var_to_hf(var)
+    }
+    fn architecture(&self) -> &'static str {
+        "GPT2LMHeadModel"
     }
 }
 

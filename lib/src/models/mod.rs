@@ -1,12 +1,20 @@
-//! Model families and what they share: the configuration read from `config.json`,
-//! a model that owns its variables, forward options, activations.
+//! Model families and what they share: the registry of families, each family's
+//! configuration read from `config.json`, a model that owns its variables, the task a
+//! model serves, forward options and outputs.
 //!
-//! One file per family ([`gpt`], [`bert`]), each readable top to bottom. This module
-//! does not load weights (that is [`crate::checkpoint`]) or train (that is [`crate::train`]).
+//! One file per family ([`gpt`], [`bert`], [`llama`]), each readable top to bottom,
+//! built from the shared layers in [`layers`] and [`attention`]. Adding a family is one
+//! file that implements [`Architecture`] and [`Network`], and one line in [`FAMILIES`].
+//! Everything outside this module (checkpoints, the trainer, generation, embeddings,
+//! commands) works through those traits and [`Task`], never through a family's type.
+//! This module does not load weights (that is [`crate::checkpoint`]) or train (that is
+//! [`crate::train`]).
 
 pub mod attention;
 pub mod bert;
 pub mod gpt;
+pub mod layers;
+pub mod llama;
 
 use std::path::Path;
 
@@ -14,7 +22,82 @@ use serde_json::Value;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+pub use layers::KvCache;
+
 use crate::error::{invalid, Error, Result};
+
+/// Every model family tchlab builds and loads. A checkpoint's `model_type` (or its
+/// GGUF `general.architecture`) picks the entry.
+pub const FAMILIES: &[&Family] = &[&gpt::FAMILY, &bert::FAMILY, &llama::FAMILY];
+
+/// One entry of the registry: the names a family answers to and how to read its
+/// configuration. How to build it and name its weights is on its [`Architecture`].
+pub struct Family {
+    /// The name `%model` and messages use (`gpt`, `bert`, `llama`).
+    pub name: &'static str,
+    /// The `config.json` `model_type` values this family reads.
+    pub model_types: &'static [&'static str],
+    /// Reads a parsed `config.json` whose `model_type` is one of [`Family::model_types`].
+    pub from_json: fn(&Value) -> Result<Box<dyn Architecture>>,
+    /// The tasks a model of this family can serve.
+    pub tasks: &'static [TaskKind],
+    /// GGUF architectures (`general.architecture`) this family reads, with how.
+    pub gguf: Option<&'static crate::checkpoint::gguf::GgufFamily>,
+}
+
+/// The family that reads `model_type`.
+pub fn family_for(model_type: &str) -> Option<&'static Family> {
+    FAMILIES.iter().copied().find(|f| f.model_types.contains(&model_type))
+}
+
+/// What a model is for, apart from its family: the same Llama or BERT weights can serve
+/// more than one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Next-token prediction: logits over the vocabulary at every position.
+    LanguageModel,
+    /// Hidden states only (sentence embeddings pool them); `pooler` when the checkpoint
+    /// has BERT's pooler.
+    Encoder {
+        /// The model has a pooler over the first token.
+        pooler: bool,
+    },
+    /// One label per sequence, from a head of `classes` outputs.
+    Classification {
+        /// Number of classes.
+        classes: i64,
+    },
+}
+
+/// A [`Task`] without its numbers, for what a family supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskKind {
+    /// [`Task::LanguageModel`].
+    LanguageModel,
+    /// [`Task::Encoder`].
+    Encoder,
+    /// [`Task::Classification`].
+    Classification,
+}
+
+impl Task {
+    /// The task without its numbers.
+    pub fn kind(self) -> TaskKind {
+        match self {
+            Task::LanguageModel => TaskKind::LanguageModel,
+            Task::Encoder { .. } => TaskKind::Encoder,
+            Task::Classification { .. } => TaskKind::Classification,
+        }
+    }
+
+    /// The number of classes of a classifier.
+    pub fn classes(self) -> Option<i64> {
+        match self {
+            Task::Classification { classes } => Some(classes),
+            _ => None,
+        }
+    }
+}
 
 /// Options of a forward pass.
 #[derive(Debug, Clone, Copy, Default)]
@@ -23,6 +106,98 @@ pub struct ForwardOptions {
     pub train: bool,
     /// Return every layer's attention probabilities.
     pub capture_attention: bool,
+}
+
+/// What a forward pass returns, in every family.
+pub struct Output {
+    /// Final hidden states `(B, T, H)` (after the final norm in pre-norm families).
+    pub hidden: Tensor,
+    /// The task's logits: `(B, T, vocab)` for a language model, `(B, classes)` for a
+    /// classifier; `None` for an encoder.
+    pub logits: Option<Tensor>,
+    /// BERT's pooled first token `(B, H)`, when the model has a pooler.
+    pub pooled: Option<Tensor>,
+    /// Attention probabilities per layer, `(B, heads, T, T_total)` each, when asked for.
+    pub attentions: Option<Vec<Tensor>>,
+}
+
+/// The sizes of a configuration that memory estimates and summaries need.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dims {
+    /// Blocks.
+    pub layers: i64,
+    /// Width of the residual stream.
+    pub width: i64,
+    /// Query heads.
+    pub heads: i64,
+    /// Key/value heads (fewer than `heads` with grouped-query attention).
+    pub kv_heads: i64,
+    /// Width of one head.
+    pub head_dim: i64,
+    /// Width of the MLP's hidden layer.
+    pub inner: i64,
+    /// Token ids.
+    pub vocab: i64,
+    /// Rows of learned embeddings besides the tokens (positions, token types).
+    pub extra_embeddings: i64,
+    /// The MLP is gated (SwiGLU: three matrices instead of two).
+    pub gated: bool,
+    /// The LM head is a matrix of its own, not the token embedding.
+    pub untied_head: bool,
+}
+
+/// A family's configuration: what `config.json` says, and how to build the network.
+pub trait Architecture: std::fmt::Debug + Send + Sync {
+    /// The registry entry.
+    fn family(&self) -> &'static Family;
+    /// `model_type` as `config.json` spells it.
+    fn model_type(&self) -> &str;
+    /// Checks the numbers fit together; the message names the offending keys.
+    fn validate(&self) -> Result<()>;
+    /// The sizes estimates need.
+    fn dims(&self) -> Dims;
+    /// The longest input the model takes.
+    fn max_positions(&self) -> i64;
+    /// The `config.json` that reads back to this configuration (without `architectures`).
+    fn to_json(&self) -> Value;
+    /// Builds the network's variables under `p`, freshly initialised.
+    fn build(&self, p: &tch::nn::Path, task: Task) -> Result<Box<dyn Network>>;
+    /// The task a checkpoint holding these tensors (by their file's names) serves.
+    fn task_for_checkpoint(&self, _tensors: &[(String, Tensor)]) -> Task {
+        Task::LanguageModel
+    }
+    /// A copy behind a new box.
+    fn clone_box(&self) -> Box<dyn Architecture>;
+    /// The padding id.
+    fn pad_token_id(&self) -> i64 {
+        0
+    }
+    /// Ids that end generation.
+    fn eos_token_ids(&self) -> Vec<i64> {
+        vec![]
+    }
+    /// Class names in index order, when the config names classes (`id2label`).
+    fn labels(&self) -> Option<Vec<String>> {
+        None
+    }
+}
+
+/// A built network: the forward pass and the names of its weights in checkpoints.
+pub trait Network: Send {
+    /// The configuration it was built with.
+    fn config(&self) -> ModelConfig;
+    /// The task it serves.
+    fn task(&self) -> Task;
+    /// Runs `ids: (B, T)`. `mask: (B, T)` marks real tokens (1) and padding (0) for
+    /// encoders; decoders take a [`KvCache`] instead, holding the positions before `ids`.
+    fn forward(&self, ids: &Tensor, mask: Option<&Tensor>, opts: &ForwardOptions, cache: Option<&mut KvCache>) -> Result<Output>;
+    /// The variable a Hugging Face checkpoint key fills, and whether it is stored
+    /// transposed; `None` for keys that hold no parameter (buffers, a tied head).
+    fn var_for_key(&self, key: &str) -> Option<(String, bool)>;
+    /// The Hugging Face key of a variable, and whether it is saved transposed.
+    fn key_for_var(&self, var: &str) -> (String, bool);
+    /// `architectures[0]` in the `config.json` saved for it (`GPT2LMHeadModel`).
+    fn architecture(&self) -> &'static str;
 }
 
 /// A feed-forward activation, by its Hugging Face name.
@@ -34,6 +209,8 @@ pub enum Activation {
     GeluTanh,
     /// `relu`.
     Relu,
+    /// `silu` (swish), the gate of Llama's SwiGLU.
+    Silu,
 }
 
 impl Activation {
@@ -43,7 +220,8 @@ impl Activation {
             "gelu" => Ok(Activation::Gelu),
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
             "relu" => Ok(Activation::Relu),
-            other => invalid!("unknown activation `{other}`; tchlab knows gelu, gelu_new, gelu_pytorch_tanh and relu"),
+            "silu" | "swish" => Ok(Activation::Silu),
+            other => invalid!("unknown activation `{other}`; tchlab knows gelu, gelu_new, gelu_pytorch_tanh, relu and silu"),
         }
     }
 
@@ -53,17 +231,43 @@ impl Activation {
             Activation::Gelu => x.gelu("none"),
             Activation::GeluTanh => x.gelu("tanh"),
             Activation::Relu => x.relu(),
+            Activation::Silu => x.silu(),
         }
     }
 }
 
-/// A model family's configuration, as `config.json` states it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ModelConfig {
-    /// `model_type: "gpt2"`.
-    Gpt(gpt::GptConfig),
-    /// `model_type: "bert"`.
-    Bert(bert::BertConfig),
+/// A configuration of any family.
+pub struct ModelConfig(Box<dyn Architecture>);
+
+impl Clone for ModelConfig {
+    fn clone(&self) -> Self {
+        ModelConfig(self.0.clone_box())
+    }
+}
+
+impl std::fmt::Debug for ModelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl PartialEq for ModelConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_json() == other.0.to_json()
+    }
+}
+
+impl std::ops::Deref for ModelConfig {
+    type Target = dyn Architecture;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl<A: Architecture + 'static> From<A> for ModelConfig {
+    fn from(architecture: A) -> Self {
+        ModelConfig(Box::new(architecture))
+    }
 }
 
 impl ModelConfig {
@@ -78,88 +282,50 @@ impl ModelConfig {
         })
     }
 
-    /// Reads a parsed `config.json`.
+    /// Reads a parsed `config.json`, finding the family by its `model_type`.
     pub fn from_json(json: &Value) -> Result<Self> {
         let model_type = json.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let config = match model_type {
-            "gpt2" => ModelConfig::Gpt(serde_json::from_value(json.clone()).map_err(|e| Error::Invalid(format!("GPT-2 config: {e}")))?),
-            "bert" => ModelConfig::Bert(serde_json::from_value(json.clone()).map_err(|e| Error::Invalid(format!("BERT config: {e}")))?),
-            "" => return invalid!("no `model_type`; tchlab reads model_type \"gpt2\" and \"bert\""),
-            other => return invalid!("unknown model_type \"{other}\"; tchlab knows \"gpt2\" (GPT-2 family) and \"bert\" (BERT family)"),
+        let known = || FAMILIES.iter().flat_map(|f| f.model_types).map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ");
+        if model_type.is_empty() {
+            return invalid!("no `model_type`; tchlab reads model_type {}", known());
+        }
+        let Some(family) = family_for(model_type) else {
+            return invalid!("unknown model_type \"{model_type}\"; tchlab knows {}", known());
         };
+        let config = ModelConfig((family.from_json)(json)?);
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks the numbers fit together.
-    pub fn validate(&self) -> Result<()> {
-        match self {
-            ModelConfig::Gpt(c) => c.validate(),
-            ModelConfig::Bert(c) => c.validate(),
-        }
-    }
-
-    /// The family's name, as `model_type` spells it.
-    pub fn model_type(&self) -> &'static str {
-        match self {
-            ModelConfig::Gpt(_) => "gpt2",
-            ModelConfig::Bert(_) => "bert",
-        }
-    }
-
-    /// The longest input the model takes.
-    pub fn max_positions(&self) -> i64 {
-        match self {
-            ModelConfig::Gpt(c) => c.n_positions,
-            ModelConfig::Bert(c) => c.max_position_embeddings,
-        }
+    /// Number of token ids.
+    pub fn vocab_size(&self) -> i64 {
+        self.dims().vocab
     }
 
     /// About how many parameters a model of this configuration has: what is checked
     /// against the device's memory before the model is built.
     pub fn parameter_estimate(&self) -> f64 {
-        match self {
-            ModelConfig::Gpt(c) => {
-                let (d, inner) = (c.n_embd as f64, c.n_inner.unwrap_or(4 * c.n_embd) as f64);
-                let block = 3.0 * d * d + 3.0 * d + d * d + d + 4.0 * d + 2.0 * d * inner + inner + d;
-                (c.vocab_size + c.n_positions) as f64 * d + c.n_layer as f64 * block + 2.0 * d
-            }
-            ModelConfig::Bert(c) => {
-                let (d, inner) = (c.hidden_size as f64, c.intermediate_size as f64);
-                let block = 4.0 * (d * d + d) + 4.0 * d + 2.0 * d * inner + inner + d;
-                (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) as f64 * d + 2.0 * d + c.num_hidden_layers as f64 * block + d * d + d
-            }
-        }
+        let d = self.dims();
+        let (w, inner) = (d.width as f64, d.inner as f64);
+        let kv = (d.kv_heads * d.head_dim) as f64;
+        let q = (d.heads * d.head_dim) as f64;
+        let attention = w * q + 2.0 * w * kv + q * w + 2.0 * q + 2.0 * kv + w;
+        let mlp = if d.gated { 3.0 * w * inner } else { 2.0 * w * inner + inner + w };
+        let block = attention + mlp + 4.0 * w;
+        let embeddings = (d.vocab + d.extra_embeddings) as f64 * w;
+        let head = if d.untied_head { d.vocab as f64 * w } else { 0.0 };
+        embeddings + d.layers as f64 * block + head + 2.0 * w
     }
 
     /// About how many bytes one training step's activations take for `batch` windows
     /// of `ctx` tokens in float32: hidden states and MLP activations kept for the
     /// backward pass, attention scores, and the logits with their gradient.
     pub fn activation_estimate(&self, batch: usize, ctx: usize) -> f64 {
-        let (layers, d, heads, inner, vocab) = match self {
-            ModelConfig::Gpt(c) => (c.n_layer, c.n_embd, c.n_head, c.n_inner.unwrap_or(4 * c.n_embd), c.vocab_size),
-            ModelConfig::Bert(c) => (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size, 2),
-        };
+        let d = self.dims();
         let (tokens, t) = (batch as f64 * ctx as f64, ctx as f64);
-        let per_layer = 12.0 * d as f64 + 2.0 * inner as f64 + 3.0 * heads as f64 * t;
-        4.0 * tokens * (layers as f64 * per_layer + 3.0 * vocab as f64)
+        let per_layer = 12.0 * d.width as f64 + 3.0 * d.inner as f64 + 3.0 * d.heads as f64 * t;
+        4.0 * tokens * (d.layers as f64 * per_layer + 3.0 * d.vocab as f64)
     }
-
-    /// Number of token ids.
-    pub fn vocab_size(&self) -> i64 {
-        match self {
-            ModelConfig::Gpt(c) => c.vocab_size,
-            ModelConfig::Bert(c) => c.vocab_size,
-        }
-    }
-}
-
-/// The network of one family.
-pub enum Network {
-    /// A GPT-2 language model.
-    Gpt(gpt::Gpt),
-    /// A BERT encoder.
-    Bert(bert::Bert),
 }
 
 /// A model with the variables it owns.
@@ -167,7 +333,7 @@ pub struct Model {
     /// Every parameter, named after the checkpoint keys.
     pub vars: VarStore,
     /// The network whose forward pass reads `vars`.
-    pub network: Network,
+    pub network: Box<dyn Network>,
 }
 
 /// The largest width, vocabulary, context or head count a configuration may give:
@@ -219,30 +385,32 @@ fn ensure_weights_fit(config: &ModelConfig, device: Device) -> Result<()> {
 }
 
 impl Model {
-    /// A freshly initialised GPT-2 model on `device`.
-    pub fn gpt(config: &gpt::GptConfig, device: Device) -> Result<Self> {
+    /// A freshly initialised model of `config` for `task` on `device`.
+    pub fn new(config: impl Into<ModelConfig>, task: Task, device: Device) -> Result<Self> {
+        let config = config.into();
         config.validate()?;
-        ensure_weights_fit(&ModelConfig::Gpt(config.clone()), device)?;
+        if !config.family().tasks.contains(&task.kind()) {
+            return invalid!("a {} model cannot serve {:?}; its family serves {:?}", config.model_type(), task.kind(), config.family().tasks);
+        }
+        ensure_weights_fit(&config, device)?;
         let vars = VarStore::new(device);
-        let network = Network::Gpt(gpt::Gpt::new(&vars.root(), config)?);
-        Ok(Model { vars, network })
-    }
-
-    /// A freshly initialised BERT model on `device`.
-    pub fn bert(config: &bert::BertConfig, heads: bert::BertHeads, device: Device) -> Result<Self> {
-        config.validate()?;
-        ensure_weights_fit(&ModelConfig::Bert(config.clone()), device)?;
-        let vars = VarStore::new(device);
-        let network = Network::Bert(bert::Bert::new(&vars.root(), config, heads)?);
+        let network = config.build(&vars.root(), task)?;
         Ok(Model { vars, network })
     }
 
     /// The model's configuration.
     pub fn config(&self) -> ModelConfig {
-        match &self.network {
-            Network::Gpt(m) => ModelConfig::Gpt(m.config().clone()),
-            Network::Bert(m) => ModelConfig::Bert(m.config().clone()),
-        }
+        self.network.config()
+    }
+
+    /// The task the model serves.
+    pub fn task(&self) -> Task {
+        self.network.task()
+    }
+
+    /// The forward pass (see [`Network::forward`]).
+    pub fn forward(&self, ids: &Tensor, mask: Option<&Tensor>, opts: &ForwardOptions, cache: Option<&mut KvCache>) -> Result<Output> {
+        self.network.forward(ids, mask, opts, cache)
     }
 
     /// The device the variables live on.

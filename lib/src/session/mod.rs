@@ -44,6 +44,7 @@ pub struct Session {
     cancel: Arc<AtomicBool>,
     inputs: Vec<String>,
     saved_at: Option<(String, i64)>,
+    conversation: crate::chat::Conversation,
 }
 
 /// A glance at the session, for prompts and exit questions.
@@ -74,6 +75,11 @@ impl Ctx<'_> {
     /// Text on stdout (a newline is added).
     pub fn out(&mut self, text: impl Into<String>) {
         (self.sink)(Output::Stream { stream: Stream::Stdout, text: text.into() + "\n" });
+    }
+
+    /// Text on stdout as it is, without a newline: a piece of a streamed reply.
+    pub fn write(&mut self, text: impl Into<String>) {
+        (self.sink)(Output::Stream { stream: Stream::Stdout, text: text.into() });
     }
 
     /// A note on stderr (a newline is added).
@@ -156,6 +162,7 @@ impl Session {
             cancel: Arc::new(AtomicBool::new(false)),
             inputs: vec![],
             saved_at: None,
+            conversation: Default::default(),
         }
     }
 
@@ -359,10 +366,12 @@ impl Session {
         mut model: Model,
         tokenizer: Option<Tokenizer>,
         pooling: Option<Pooling>,
+        chat_template: Option<crate::chat::Template>,
         source: String,
         ctx: &mut Ctx,
     ) -> Result<(), CellError> {
         let tokenizer = tokenizer.or_else(|| self.tokenizer().cloned());
+        self.conversation = crate::chat::Conversation { template: chat_template, ..Default::default() };
         self.trainer = None;
         self.model = None;
         self.pooling = pooling;

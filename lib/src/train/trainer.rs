@@ -21,7 +21,7 @@ use super::optim::{Method, Optimizer};
 use super::timeline::{Snapshot, Timeline};
 use crate::data::{Batch, DataSpec, Dataset, Rng};
 use crate::error::{invalid, Error, Result};
-use crate::models::{ForwardOptions, Model, Network};
+use crate::models::{ForwardOptions, Model, Task};
 use crate::tokenize::Tokenizer;
 
 /// The branch a trainer starts on.
@@ -90,10 +90,7 @@ impl Trainer {
     /// Makes the data set and checks that everything fits, without taking the model:
     /// a caller that must not lose the model on error calls this, then [`Trainer::assemble`].
     pub fn prepare(model: &Model, tokenizer: &Tokenizer, spec: &DataSpec, hp: &HParams) -> Result<Dataset> {
-        let pad_id = match &model.network {
-            Network::Bert(b) => b.config().pad_token_id,
-            Network::Gpt(_) => 0,
-        };
+        let pad_id = model.config().pad_token_id();
         let data = Dataset::from_spec(spec, tokenizer, pad_id)?;
         check_fit(model, tokenizer, &data, hp)?;
         Ok(data)
@@ -468,22 +465,18 @@ impl Trainer {
         let device = self.model.device();
         let opts = ForwardOptions { train, capture_attention: false };
         let inputs = batch.inputs.to_device(device);
-        match &self.model.network {
-            Network::Gpt(gpt) => Ok(gpt.forward(&inputs, &opts, None)?.logits),
-            Network::Bert(bert) => {
-                let mask = batch.mask.as_ref().map(|m| m.to_device(device));
-                bert.forward(&inputs, mask.as_ref(), &opts)?.logits.ok_or_else(|| Error::Invalid("this BERT model has no classification head".into()))
-            }
-        }
+        let mask = batch.mask.as_ref().map(|m| m.to_device(device));
+        let out = self.model.forward(&inputs, mask.as_ref(), &opts, None)?;
+        out.logits.ok_or_else(|| Error::Invalid("this model has no head to train (an encoder without a classifier)".into()))
     }
 
     /// The batch's mean loss.
     fn loss(&self, batch: &Batch, train: bool) -> Result<Tensor> {
         let logits = self.logits(batch, train)?;
         let targets = batch.targets.to_device(logits.device());
-        Ok(match &self.model.network {
-            Network::Gpt(_) => super::lm_loss(&logits, &targets),
-            Network::Bert(_) => logits.to_kind(Kind::Float).cross_entropy_for_logits(&targets),
+        Ok(match self.model.task() {
+            Task::LanguageModel => super::lm_loss(&logits, &targets),
+            Task::Classification { .. } | Task::Encoder { .. } => logits.to_kind(Kind::Float).cross_entropy_for_logits(&targets),
         })
     }
 
@@ -615,26 +608,31 @@ pub(super) fn check_fit(model: &Model, tokenizer: &Tokenizer, data: &Dataset, hp
             tokenizer.vocab_size()
         );
     }
-    match (&model.network, data) {
-        (Network::Gpt(g), Dataset::Synth { .. }) => {
+    match (model.task(), data) {
+        (Task::LanguageModel, Dataset::Synth { .. }) => {
             let needed = data.example_len().unwrap_or(0) as i64 - 1;
-            if needed > g.config().n_positions {
+            if needed > config.max_positions() {
                 return invalid!(
                     "synthetic examples need a context of {needed} tokens but the model has {}; build it with --ctx {needed}",
-                    g.config().n_positions
+                    config.max_positions()
                 );
             }
         }
-        (Network::Gpt(_), Dataset::Text(_)) => {}
-        (Network::Bert(b), Dataset::Classify(c)) => match b.heads().classes {
-            Some(n) if n as usize == c.labels.len() => {}
-            Some(n) => return invalid!("the classifier has {n} classes but the data has {} labels ({})", c.labels.len(), c.labels.join(", ")),
-            None => return invalid!("this BERT model has no classification head; load it as a classifier with --classes {}", c.labels.len()),
-        },
-        (Network::Gpt(_), Dataset::Classify(_)) => {
-            return invalid!("classification data needs an encoder with a classification head (BERT family); this model is a GPT")
+        (Task::LanguageModel, Dataset::Text(_)) => {}
+        (Task::Classification { classes }, Dataset::Classify(c)) if classes as usize == c.labels.len() => {}
+        (Task::Classification { classes }, Dataset::Classify(c)) => {
+            return invalid!("the classifier has {classes} classes but the data has {} labels ({})", c.labels.len(), c.labels.join(", "))
         }
-        (Network::Bert(_), _) => return invalid!("a BERT model trains on classification data (`%data classify ...`), not on language-model data"),
+        (Task::Encoder { .. }, Dataset::Classify(c)) => {
+            return invalid!("this {} model has no classification head; load it as a classifier with --classes {}", config.model_type(), c.labels.len())
+        }
+        (Task::LanguageModel, Dataset::Classify(_)) => {
+            return invalid!(
+                "classification data needs an encoder with a classification head (BERT family); this model is a {} language model",
+                config.model_type()
+            )
+        }
+        (_, _) => return invalid!("a {} encoder trains on classification data (`%data classify ...`), not on language-model data", config.model_type()),
     }
     if hp.precision == Precision::F16 && model.device() == tch::Device::Cpu {
         return invalid!("precision=f16 needs CUDA (loss scaling on the GPU); on the CPU use precision=bf16");

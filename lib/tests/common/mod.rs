@@ -46,3 +46,22 @@ pub fn scratch(name: &str) -> PathBuf {
 pub fn fixture_tensor(file: &std::path::Path, name: &str) -> Tensor {
     tchlab::checkpoint::read_file(file).unwrap().into_iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{} has no tensor {name}", file.display())).1
 }
+
+/// A language model called as the parity tests call it: ids, options, an optional cache.
+pub struct Lm<'a>(pub &'a tchlab::models::Model);
+
+/// What [`Lm::forward`] returns.
+pub struct LmOutput {
+    /// `(B, T, vocab)`.
+    pub logits: Tensor,
+    /// Per layer, when captured.
+    pub attentions: Option<Vec<Tensor>>,
+}
+
+impl Lm<'_> {
+    /// The model's forward pass without a padding mask.
+    pub fn forward(&self, ids: &Tensor, opts: &tchlab::models::ForwardOptions, cache: Option<&mut tchlab::models::KvCache>) -> tchlab::Result<LmOutput> {
+        let out = self.0.forward(ids, None, opts, cache)?;
+        Ok(LmOutput { logits: out.logits.expect("a language model has logits"), attentions: out.attentions })
+    }
+}

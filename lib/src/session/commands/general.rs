@@ -78,7 +78,7 @@ fn status(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> 
         "step": trainer.map_or(0, |t| t.step_count()),
         "optimizer_steps": trainer.map_or(0, |t| t.optimizer_steps()),
         "device": device_name(s.device),
-        "model": model.map(|m| m.config().model_type()),
+        "model": model.map(|m| m.config().model_type().to_string()),
         "parameters": model.map(|m| m.num_parameters()),
         "precision": s.hparams().precision,
         "tokenizer_vocab": s.tokenizer().map(|t| t.vocab_size()),

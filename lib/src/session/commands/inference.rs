@@ -5,8 +5,7 @@ use tch::{Kind, Tensor};
 
 use super::{option, pos, rest, Command};
 use crate::embedding::{embed, pad_batch};
-use crate::generate::{generate as run_generation, GenerateOptions};
-use crate::models::{ForwardOptions, Network};
+use crate::models::{ForwardOptions, Task};
 use crate::plot::{attention_grid, attention_map};
 use crate::session::output::{Bundle, CellError, Table};
 use crate::session::parse::Args;
@@ -23,7 +22,7 @@ pub const GENERATE: Command = Command {
         option("top-p", "P", "sample among the likeliest tokens totalling P"),
         option("seed", "S", "seed for sampling"),
     ],
-    details: "Stops at the end-of-text token or after --max-tokens.",
+    details: "Stops at the end-of-text token or after --max-tokens. The text appears as it is made; the result says how many tokens came, how fast.",
     example: "%generate \"314159=\" --max-tokens 6",
     json: r#"{"prompt_ids", "generated_ids", "text"}"#,
     run: generate,
@@ -33,22 +32,14 @@ fn generate(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError
     let prompt = args.get("prompt").expect("required");
     let tokenizer = s.tokenizer_or_err()?;
     let model = s.model_or_err()?;
-    let eos = match &model.network {
-        Network::Gpt(g) => g.config().eos_token_id.or_else(|| tokenizer.token_id(crate::tokenize::END_OF_TEXT)),
-        Network::Bert(_) => None,
-    };
-    let opts = GenerateOptions {
-        max_new_tokens: args.parse_as("max-tokens")?.unwrap_or(32),
-        temperature: args.parse_as("temperature")?.unwrap_or(0.0),
-        top_k: args.parse_as("top-k")?,
-        top_p: args.parse_as("top-p")?,
-        seed: args.parse_as("seed")?,
-        eos_token_id: eos,
-    };
+    let mut stop = model.config().eos_token_ids();
+    stop.extend(tokenizer.token_id(crate::tokenize::END_OF_TEXT));
+    let opts = super::chat::generation_options(args, stop, 32)?;
     let prompt_ids = tokenizer.encode(prompt)?;
-    let generated = run_generation(model, &prompt_ids, &opts)?;
-    let text = tokenizer.decode(&generated)?;
-    ctx.result(Bundle::text(format!("{prompt}{text}")).json(json!({ "prompt_ids": prompt_ids, "generated_ids": generated, "text": text })));
+    ctx.write(prompt);
+    let reply = super::chat::stream(model, tokenizer, &prompt_ids, &opts, ctx)?;
+    let value = json!({ "prompt_ids": prompt_ids, "generated_ids": reply.ids, "text": reply.text });
+    ctx.result(Bundle::text(reply.summary()).json(value));
     Ok(())
 }
 
@@ -78,13 +69,7 @@ fn attention(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
     let ids = Tensor::from_slice(&pairs.iter().map(|(i, _)| *i).collect::<Vec<_>>()).unsqueeze(0).to_device(model.device());
     let tokens: Vec<String> = pairs.iter().map(|(_, t)| t.clone()).collect();
     let opts = ForwardOptions { train: false, capture_attention: true };
-    let attentions = tch::no_grad(|| -> crate::Result<Vec<Tensor>> {
-        Ok(match &model.network {
-            Network::Gpt(g) => g.forward(&ids, &opts, None)?.attentions,
-            Network::Bert(b) => b.forward(&ids, None, &opts)?.attentions,
-        }
-        .expect("capture was asked for"))
-    })?;
+    let attentions = tch::no_grad(|| -> crate::Result<Vec<Tensor>> { Ok(model.forward(&ids, None, &opts, None)?.attentions.expect("capture was asked for")) })?;
     let (layers, heads) = (attentions.len() as i64, attentions[0].size()[1]);
     let to_rows = |t: &Tensor| -> Vec<Vec<f64>> { Vec::<Vec<f64>>::try_from(t.to_kind(Kind::Double).to_device(tch::Device::Cpu)).expect("2-D") };
     let check = |name: &str, limit: i64| -> Result<Option<i64>, CellError> {
@@ -190,18 +175,19 @@ pub const PREDICT: Command = Command {
 fn predict(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let text = args.get("text").expect("required");
     let model = s.model_or_err()?;
-    let Network::Bert(bert) = &model.network else { return Err(args.usage_error("%predict needs a classifier (a BERT model with a classification head)")) };
-    let Some(classes) = bert.heads().classes else {
-        return Err(args.usage_error("this BERT model has no classification head: `%load PATH --classes N` adds one"));
+    let Task::Classification { classes } = model.task() else {
+        let hint = if model.task() == Task::LanguageModel { "" } else { ": `%load PATH --classes N` adds a classification head" };
+        return Err(args.usage_error(format!("%predict needs a classifier; this {} model is not one{hint}", model.config().model_type())));
     };
+    let config = model.config();
     let labels: Vec<String> = match s.trainer.as_ref().map(|t| t.data()) {
         Some(crate::data::Dataset::Classify(c)) => c.labels.clone(),
-        _ => bert.config().labels().filter(|l| l.len() as i64 == classes).unwrap_or_else(|| (0..classes).map(|i| format!("LABEL_{i}")).collect()),
+        _ => config.labels().filter(|l| l.len() as i64 == classes).unwrap_or_else(|| (0..classes).map(|i| format!("LABEL_{i}")).collect()),
     };
     let ids = s.tokenizer_or_err()?.encode(text)?;
-    let (ids, mask) = pad_batch(&[ids], bert.config().pad_token_id);
+    let (ids, mask) = pad_batch(&[ids], config.pad_token_id());
     let device = model.device();
-    let out = tch::no_grad(|| bert.forward(&ids.to_device(device), Some(&mask.to_device(device)), &ForwardOptions::default()))?;
+    let out = tch::no_grad(|| model.forward(&ids.to_device(device), Some(&mask.to_device(device)), &ForwardOptions::default(), None))?;
     let probs: Vec<f64> = Vec::try_from(out.logits.expect("a classification head").softmax(-1, Kind::Double).get(0).to_device(tch::Device::Cpu)).expect("1-D");
     let best = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
     let mut table = Table::new(["label", "probability"]);

@@ -7,6 +7,7 @@
 //! training, the timeline, plots), [`explore`] (sweeps, the learning-rate range test,
 //! comparisons) and [`inference`] (generation, attention, embeddings, prediction).
 
+mod chat;
 mod explore;
 mod general;
 mod inference;
@@ -234,6 +235,7 @@ pub static COMMANDS: &[Command] = &[
     explore::LR_FIND,
     explore::COMPARE,
     inference::GENERATE,
+    chat::CHAT,
     inference::ATTENTION,
     inference::EMBED,
     inference::SIMILARITY,

@@ -9,9 +9,10 @@ use tch::Kind;
 use super::{flag, opt_pos, option, pos, rest, Command};
 use crate::checkpoint;
 use crate::data::DataSpec;
-use crate::models::bert::{BertConfig, BertHeads};
+use crate::models::bert::BertConfig;
 use crate::models::gpt::GptConfig;
-use crate::models::Model;
+use crate::models::llama::LlamaConfig;
+use crate::models::{Model, Task};
 use crate::session::output::{Bundle, CellError, Table};
 use crate::session::parse::Args;
 use crate::session::{Ctx, Session};
@@ -20,11 +21,12 @@ use crate::train::Trainer;
 
 pub const MODEL: Command = Command {
     name: "model",
-    summary: "build a new GPT or BERT model, or show the current one",
+    summary: "build a new GPT, BERT or Llama-style model, or show the current one",
     args: &[
-        opt_pos("family", "gpt | bert").choices(&["gpt", "bert"]),
+        opt_pos("family", "gpt | bert | llama").choices(&["gpt", "bert", "llama"]),
         option("layers", "N", "blocks (default 2)"),
         option("heads", "N", "attention heads (default 4)"),
+        option("kv-heads", "N", "llama: key/value heads, dividing --heads (default: --heads; fewer is grouped-query attention)"),
         option("dim", "N", "width (default 64)"),
         option("ctx", "N", "context length (default: what the data needs, else 128)"),
         option("vocab", "N", "vocabulary size (default: the tokenizer's)"),
@@ -83,7 +85,13 @@ fn model(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
                 attn_pdrop: dropout,
                 ..GptConfig::tiny(vocab, ctx_len)
             };
-            Model::gpt(&config, s.device)
+            Model::new(config, Task::LanguageModel, s.device)
+        }
+        "llama" => {
+            let kv_heads = number("kv-heads", heads)?;
+            let mut config = LlamaConfig::small(vocab, ctx_len, layers, heads, kv_heads, dim);
+            config.attention_dropout = dropout;
+            Model::new(config, Task::LanguageModel, s.device)
         }
         _ => {
             let classes = match (args.parse_as::<i64>("classes")?, &s.data) {
@@ -101,14 +109,15 @@ fn model(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
                 "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout,
             }))
             .map_err(|e| args.usage_error(e.to_string()))?;
-            Model::bert(&config, BertHeads { pooler: true, classes }, s.device)
+            let task = classes.map_or(Task::Encoder { pooler: true }, |classes| Task::Classification { classes });
+            Model::new(config, task, s.device)
         }
     };
     let built = built.map_err(|e| match e {
         crate::Error::Invalid(message) => args.usage_error(message),
         other => CellError::from(other),
     })?;
-    s.install_model(built, None, None, format!("%model {family}"), ctx)?;
+    s.install_model(built, None, None, None, format!("%model {family}"), ctx)?;
     summary(s, ctx)
 }
 
@@ -225,6 +234,7 @@ fn load(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         s.model = None;
         s.tokenizer = None;
         s.model_source = Some(path.display().to_string());
+        s.conversation = Default::default();
         let model = trainer.model();
         let value = json!({ "path": path, "model_type": model.config().model_type(), "parameters": model.num_parameters(), "resumed_step": step });
         s.saved_at = Some((trainer.branch().to_string(), step));
@@ -239,9 +249,9 @@ fn load(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         Some(n) => return Err(args.usage_error(format!("--classes must be at least 2, got {n}"))),
     };
     let report = loaded.report.clone();
-    let model_type = loaded.model.config().model_type();
+    let model_type = loaded.model.config().model_type().to_string();
     let parameters = loaded.model.num_parameters();
-    s.install_model(loaded.model, loaded.tokenizer, loaded.pooling, path.display().to_string(), ctx)?;
+    s.install_model(loaded.model, loaded.tokenizer, loaded.pooling, loaded.chat_template, path.display().to_string(), ctx)?;
     let mut text = format!("loaded {} ({model_type}, {} parameters): {} tensors", path.display(), group_digits(parameters), report.loaded);
     if !report.missing.is_empty() {
         text.push_str(&format!("\nnewly initialised (not in the checkpoint): {}", report.missing.join(", ")));

@@ -1,0 +1,171 @@
+//! Layers the families share: RMSNorm, rotary position embeddings (default and
+//! Llama 3's scaling), grouped-query key/value expansion, the gated MLP, and the
+//! key/value cache every decoder uses. Attention itself is in [`super::attention`].
+//!
+//! Each mirrors its `transformers` counterpart numerically (dtypes included), so that
+//! parity holds to float32 precision.
+
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use super::Activation;
+
+/// Keys and values of earlier positions, one pair per layer, so that generation runs
+/// each token once.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>, // per layer: (B, kv_heads, T_past, head_dim)
+}
+
+impl KvCache {
+    /// Number of positions already cached.
+    pub fn len(&self) -> i64 {
+        self.layers.first().filter(|(k, _)| k.numel() > 0).map_or(0, |(k, _)| k.size()[2])
+    }
+
+    /// True before the first forward pass.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends this step's `k, v: (B, heads, T, head_dim)` to `layer`'s and returns
+    /// every position's keys and values.
+    pub fn extend(&mut self, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+        if self.layers.len() <= layer {
+            self.layers.resize_with(layer + 1, || (Tensor::new(), Tensor::new()));
+        }
+        let slot = &mut self.layers[layer];
+        let (k, v) = if slot.0.numel() > 0 { (Tensor::cat(&[&slot.0, &k], 2), Tensor::cat(&[&slot.1, &v], 2)) } else { (k, v) };
+        *slot = (k.shallow_clone(), v.shallow_clone());
+        (k, v)
+    }
+}
+
+/// Appends to the cache when there is one; otherwise returns `k, v` as they are.
+pub fn cached(cache: &mut Option<&mut KvCache>, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+    match cache {
+        Some(c) => c.extend(layer, k, v),
+        None => (k, v),
+    }
+}
+
+/// Root-mean-square normalisation with a learned scale (`LlamaRMSNorm`): computed in
+/// float32 whatever the input's dtype, scaled after casting back.
+#[derive(Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// A norm over the last `size` features, its scale starting at one.
+    pub fn new(p: nn::Path, size: i64, eps: f64) -> Self {
+        RmsNorm { weight: p.var("weight", &[size], nn::Init::Const(1.0)), eps }
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let h = x.to_kind(Kind::Float);
+        let variance = h.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        let h = h * (variance + self.eps).rsqrt();
+        &self.weight * h.to_kind(kind)
+    }
+}
+
+/// Rotary position embeddings (Su et al., "RoFormer", 2021): inverse frequencies per
+/// pair of features, optionally rescaled for long contexts as Llama 3.1 does.
+#[derive(Debug)]
+pub struct Rotary {
+    inv_freq: Tensor, // (head_dim / 2,) float32
+}
+
+/// Llama 3.1's `rope_scaling` of type `llama3`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Llama3Scaling {
+    /// How much longer the new context is.
+    pub factor: f64,
+    /// Wavelengths longer than `original / low_freq_factor` are divided by `factor`.
+    pub low_freq_factor: f64,
+    /// Wavelengths shorter than `original / high_freq_factor` are kept.
+    pub high_freq_factor: f64,
+    /// The context the model was first trained with.
+    pub original_max_position_embeddings: f64,
+}
+
+impl Rotary {
+    /// Frequencies for heads of `head_dim` features with base `theta`, as
+    /// `LlamaRotaryEmbedding` computes them (in float32).
+    pub fn new(head_dim: i64, theta: f64, scaling: Option<Llama3Scaling>, device: tch::Device) -> Self {
+        let exponents = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, device)).to_kind(Kind::Float) / head_dim as f64;
+        let mut inv_freq = Tensor::from(theta).to_kind(Kind::Float).to_device(device).pow(&exponents).reciprocal();
+        if let Some(s) = scaling {
+            let low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+            let high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+            let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
+            let scaled = inv_freq.where_self(&wavelen.le(low_freq_wavelen), &(&inv_freq / s.factor));
+            let smooth = (wavelen.reciprocal() * s.original_max_position_embeddings - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+            let smoothed = (smooth.ones_like() - &smooth) * &scaled / s.factor + &smooth * &scaled;
+            let medium = wavelen.ge(high_freq_wavelen).logical_and(&wavelen.le(low_freq_wavelen));
+            inv_freq = smoothed.where_self(&medium, &scaled);
+        }
+        Rotary { inv_freq }
+    }
+
+    /// `cos, sin: (T, head_dim)` for positions `start..start + t`.
+    pub fn cos_sin(&self, start: i64, t: i64) -> (Tensor, Tensor) {
+        let device = self.inv_freq.device();
+        let positions = Tensor::arange_start(start, start + t, (Kind::Int64, device)).to_kind(Kind::Float);
+        let freqs = positions.unsqueeze(1).matmul(&self.inv_freq.unsqueeze(0)); // (T, head_dim / 2)
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        (emb.cos(), emb.sin())
+    }
+
+    /// Rotates `x: (B, heads, T, head_dim)` by the positions' angles.
+    pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let half = x.size()[3] / 2;
+        let (x1, x2) = (x.narrow(-1, 0, half), x.narrow(-1, half, half));
+        let rotated = Tensor::cat(&[&(-x2), &x1], -1);
+        x * cos.to_kind(kind) + rotated * sin.to_kind(kind)
+    }
+}
+
+/// Repeats each of `kv_heads` key/value heads `groups` times (`repeat_kv`): head `h`
+/// of the queries reads key/value head `h / groups`.
+pub fn repeat_kv(x: &Tensor, groups: i64) -> Tensor {
+    if groups == 1 {
+        return x.shallow_clone();
+    }
+    let (b, kv, t, d) = x.size4().expect("(B, kv_heads, T, head_dim)");
+    x.unsqueeze(2).expand([b, kv, groups, t, d], false).reshape([b, kv * groups, t, d])
+}
+
+/// The gated MLP of Llama-style models: `down(act(gate(x)) * up(x))`.
+#[derive(Debug)]
+pub struct GatedMlp {
+    gate_proj: nn::Linear,
+    up_proj: nn::Linear,
+    down_proj: nn::Linear,
+    activation: Activation,
+}
+
+impl GatedMlp {
+    /// The three projections under `p`, with `bias` on each when the config says so.
+    pub fn new(p: &nn::Path, width: i64, inner: i64, activation: Activation, bias: bool, init: nn::Init) -> Self {
+        let config = nn::LinearConfig { ws_init: init, bs_init: Some(nn::Init::Const(0.0)), bias };
+        GatedMlp {
+            gate_proj: nn::linear(p / "gate_proj", width, inner, config),
+            up_proj: nn::linear(p / "up_proj", width, inner, config),
+            down_proj: nn::linear(p / "down_proj", inner, width, config),
+            activation,
+        }
+    }
+}
+
+impl Module for GatedMlp {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.down_proj.forward(&(self.activation.apply(&self.gate_proj.forward(x)) * self.up_proj.forward(x)))
+    }
+}

@@ -1,0 +1,583 @@
+//! Llama-style decoders: Llama 2 and 3.x (with Llama 3.1's `llama3` rotary scaling),
+//! SmolLM2, Qwen2 (biases on q, k and v) and Qwen3 (RMSNorm on q and k per head, an
+//! explicit `head_dim`). Pre-RMSNorm blocks, grouped-query causal attention with
+//! rotary positions, a SwiGLU MLP, an LM head tied to the embeddings or not.
+//!
+//! Papers: Touvron et al., "LLaMA" (2023) and "Llama 2" (2023); Grattafiori et al.,
+//! "The Llama 3 Herd of Models" (2024). Mirrors `transformers/models/llama/modeling_llama.py`
+//! (`LlamaForCausalLM`), `qwen2/modeling_qwen2.py` and `qwen3/modeling_qwen3.py` with
+//! eager attention. Variables are named after the Hugging Face checkpoint keys
+//! (`model.layers.0.self_attn.q_proj.weight`); GGUF files (llama.cpp's names) are
+//! mapped in [`GGUF`].
+//!
+//! `config.json` is read as transformers 4.x writes it (`rope_theta`, `rope_scaling`,
+//! `torch_dtype`) and as 5.x writes it (`rope_parameters`, `dtype`).
+//!
+//! ```no_run
+//! use tchlab::models::{llama::LlamaConfig, Model, Task};
+//! let config = LlamaConfig::small(256, 128, 4, 4, 2, 128);
+//! let model = Model::new(config, Task::LanguageModel, tch::Device::Cpu).unwrap();
+//! ```
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use super::attention::{attend, Mask};
+use super::layers::{cached, GatedMlp, Llama3Scaling, RmsNorm, Rotary};
+use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Task, TaskKind};
+use crate::checkpoint::gguf::{GgufFamily, Metadata};
+use crate::error::{invalid, Error, Result};
+
+/// The registry entry.
+pub const FAMILY: Family = Family {
+    name: "llama",
+    model_types: &["llama", "qwen2", "qwen3"],
+    from_json: |json| Ok(Box::new(LlamaConfig::from_json(json)?)),
+    tasks: &[TaskKind::LanguageModel],
+    gguf: Some(&GGUF),
+};
+
+/// `config.json` of a Llama, Qwen2 or Qwen3 checkpoint, with the keys `transformers` writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    /// `llama`, `qwen2` or `qwen3`: which variant of the block.
+    pub model_type: String,
+    /// Number of token ids.
+    pub vocab_size: i64,
+    /// Width of the residual stream.
+    pub hidden_size: i64,
+    /// Width of the MLP's hidden layer.
+    pub intermediate_size: i64,
+    /// Number of blocks.
+    pub num_hidden_layers: i64,
+    /// Query heads per block.
+    pub num_attention_heads: i64,
+    /// Key/value heads per block (grouped-query attention when fewer than the query heads).
+    #[serde(default)]
+    pub num_key_value_heads: Option<i64>,
+    /// Width of one head; `hidden_size / num_attention_heads` when absent (Qwen3 states it).
+    #[serde(default)]
+    pub head_dim: Option<i64>,
+    /// The gate's activation (`silu`).
+    #[serde(default = "default_activation")]
+    pub hidden_act: String,
+    /// The longest input.
+    #[serde(default = "default_positions")]
+    pub max_position_embeddings: i64,
+    /// RMSNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    /// The rotary base (transformers 4.x; 5.x puts it in `rope_parameters`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    /// Rotary scaling (transformers 4.x): `null`, or `{"rope_type": "llama3", ...}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<Value>,
+    /// Rotary settings (transformers 5.x): `{"rope_type", "rope_theta", ...}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<Value>,
+    /// Biases on the q, k, v and output projections (Llama); Qwen2 has them on q, k, v always.
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Biases on the MLP's projections.
+    #[serde(default)]
+    pub mlp_bias: bool,
+    /// Dropout on the attention probabilities.
+    #[serde(default)]
+    pub attention_dropout: f64,
+    /// The LM head is the token embedding (no `lm_head.weight` in the checkpoint).
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Standard deviation of the initial weights.
+    #[serde(default = "default_init")]
+    pub initializer_range: f64,
+    /// Beginning-of-sequence id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos_token_id: Option<Value>,
+    /// End-of-sequence id, or a list of them (Llama 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token_id: Option<Value>,
+    /// Padding id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad_token_id: Option<i64>,
+    /// Every other key of the file, kept so that a save writes them back.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+fn default_activation() -> String {
+    "silu".into()
+}
+fn default_positions() -> i64 {
+    2048
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_init() -> f64 {
+    0.02
+}
+
+/// The variant of the block a `model_type` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Llama,
+    Qwen2,
+    Qwen3,
+}
+
+impl LlamaConfig {
+    /// A configuration for training from scratch: `layers` blocks of width `dim`,
+    /// `heads` query heads sharing `kv_heads` key/value heads, an MLP of `8/3 dim`
+    /// (rounded up to a multiple of 8), a tied head.
+    pub fn small(vocab_size: i64, ctx: i64, layers: i64, heads: i64, kv_heads: i64, dim: i64) -> Self {
+        let inner = (8 * dim / 3 + 7) / 8 * 8;
+        LlamaConfig {
+            model_type: "llama".into(),
+            vocab_size,
+            hidden_size: dim,
+            intermediate_size: inner.max(8),
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: Some(kv_heads),
+            head_dim: None,
+            hidden_act: default_activation(),
+            max_position_embeddings: ctx,
+            rms_norm_eps: 1e-5,
+            rope_theta: Some(10_000.0),
+            rope_scaling: None,
+            rope_parameters: None,
+            attention_bias: false,
+            mlp_bias: false,
+            attention_dropout: 0.0,
+            tie_word_embeddings: true,
+            initializer_range: default_init(),
+            bos_token_id: None,
+            eos_token_id: None,
+            pad_token_id: None,
+            other: Map::new(),
+        }
+    }
+
+    /// Reads a parsed `config.json` of either transformers generation.
+    pub fn from_json(json: &Value) -> Result<Self> {
+        let mut config: LlamaConfig = serde_json::from_value(json.clone()).map_err(|e| Error::Invalid(format!("Llama-style config: {e}")))?;
+        // The dtype the weights were saved in says nothing about the model; saves write their own.
+        config.other.remove("torch_dtype");
+        config.other.remove("dtype");
+        config.other.remove("architectures");
+        if config.model_type == "qwen3" && config.head_dim.is_none() {
+            config.head_dim = Some(128); // Qwen3Config's default
+        }
+        Ok(config)
+    }
+
+    fn variant(&self) -> Variant {
+        match self.model_type.as_str() {
+            "qwen2" => Variant::Qwen2,
+            "qwen3" => Variant::Qwen3,
+            _ => Variant::Llama,
+        }
+    }
+
+    /// Key/value heads.
+    pub fn kv_heads(&self) -> i64 {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Width of one head.
+    pub fn head_dim(&self) -> i64 {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// The rotary base and scaling, from 5.x's `rope_parameters` or 4.x's keys.
+    pub fn rope(&self) -> Result<(f64, Option<Llama3Scaling>)> {
+        let parameters = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref()).filter(|v| !v.is_null());
+        let theta = parameters.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64).or(self.rope_theta).unwrap_or(10_000.0);
+        let Some(p) = parameters else { return Ok((theta, None)) };
+        let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
+        match kind {
+            "default" => Ok((theta, None)),
+            "llama3" => {
+                let number = |key: &str| -> Result<f64> {
+                    match p.get(key).and_then(Value::as_f64) {
+                        Some(v) if v.is_finite() && v > 0.0 => Ok(v),
+                        _ => invalid!("rope scaling `llama3` needs a positive number `{key}`"),
+                    }
+                };
+                let scaling = Llama3Scaling {
+                    factor: number("factor")?,
+                    low_freq_factor: number("low_freq_factor")?,
+                    high_freq_factor: number("high_freq_factor")?,
+                    original_max_position_embeddings: number("original_max_position_embeddings")?,
+                };
+                if scaling.high_freq_factor <= scaling.low_freq_factor {
+                    return invalid!("rope scaling `llama3` needs high_freq_factor > low_freq_factor");
+                }
+                Ok((theta, Some(scaling)))
+            }
+            other => invalid!("rope scaling of type `{other}` is not supported; tchlab reads `default` and `llama3`"),
+        }
+    }
+
+    /// The ids that end generation: `eos_token_id`, a number or a list.
+    fn eos_ids(&self) -> Vec<i64> {
+        match &self.eos_token_id {
+            Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_i64).collect(),
+            Some(v) => v.as_i64().into_iter().collect(),
+            None => vec![],
+        }
+    }
+}
+
+impl Architecture for LlamaConfig {
+    fn family(&self) -> &'static Family {
+        &FAMILY
+    }
+    fn model_type(&self) -> &str {
+        &self.model_type
+    }
+    fn validate(&self) -> Result<()> {
+        use super::{MAX_DIMENSION, MAX_LAYERS};
+        super::check_dimensions(&[
+            ("vocab_size", self.vocab_size, MAX_DIMENSION),
+            ("hidden_size", self.hidden_size, MAX_DIMENSION),
+            ("intermediate_size", self.intermediate_size, MAX_DIMENSION),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_DIMENSION),
+            ("num_key_value_heads", self.kv_heads(), MAX_DIMENSION),
+            ("head_dim", self.head_dim(), MAX_DIMENSION),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_DIMENSION),
+        ])?;
+        if self.num_attention_heads % self.kv_heads() != 0 {
+            return invalid!("`num_attention_heads` ({}) must be a multiple of `num_key_value_heads` ({})", self.num_attention_heads, self.kv_heads());
+        }
+        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+            return invalid!("`hidden_size` ({}) must be a multiple of `num_attention_heads` ({})", self.hidden_size, self.num_attention_heads);
+        }
+        if self.head_dim() % 2 != 0 {
+            return invalid!("`head_dim` ({}) must be even: rotary embeddings turn pairs of features", self.head_dim());
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
+            return invalid!("`rms_norm_eps` must be a finite number > 0, got {}", self.rms_norm_eps);
+        }
+        if !(0.0..1.0).contains(&self.attention_dropout) {
+            return invalid!("`attention_dropout` must be a probability in [0, 1), got {}", self.attention_dropout);
+        }
+        let (theta, _) = self.rope()?;
+        if !(theta > 1.0 && theta.is_finite()) {
+            return invalid!("`rope_theta` must be a finite number > 1, got {theta}");
+        }
+        if let Some(pad) = self.pad_token_id.filter(|p| !(0..self.vocab_size).contains(p)) {
+            return invalid!("`pad_token_id` is {pad} but the vocabulary has ids 0..{}", self.vocab_size - 1);
+        }
+        Activation::parse(&self.hidden_act)?;
+        Ok(())
+    }
+    fn dims(&self) -> Dims {
+        Dims {
+            layers: self.num_hidden_layers,
+            width: self.hidden_size,
+            heads: self.num_attention_heads,
+            kv_heads: self.kv_heads(),
+            head_dim: self.head_dim(),
+            inner: self.intermediate_size,
+            vocab: self.vocab_size,
+            extra_embeddings: 0,
+            gated: true,
+            untied_head: !self.tie_word_embeddings,
+        }
+    }
+    fn max_positions(&self) -> i64 {
+        self.max_position_embeddings
+    }
+    fn to_json(&self) -> Value {
+        let mut json = serde_json::to_value(self).expect("config serializes");
+        json["torch_dtype"] = "float32".into();
+        if self.num_key_value_heads.is_none() {
+            json["num_key_value_heads"] = self.kv_heads().into();
+        }
+        json
+    }
+    fn build(&self, p: &nn::Path, _task: Task) -> Result<Box<dyn Network>> {
+        Ok(Box::new(Llama::new(p, self)?))
+    }
+    fn clone_box(&self) -> Box<dyn Architecture> {
+        Box::new(self.clone())
+    }
+    fn pad_token_id(&self) -> i64 {
+        self.pad_token_id.unwrap_or(0)
+    }
+    fn eos_token_ids(&self) -> Vec<i64> {
+        self.eos_ids()
+    }
+}
+
+struct Attention {
+    q_proj: nn::Linear,
+    k_proj: nn::Linear,
+    v_proj: nn::Linear,
+    o_proj: nn::Linear,
+    /// Qwen3's per-head norms of queries and keys.
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+    dropout: f64,
+}
+
+impl Attention {
+    fn new(p: &nn::Path, c: &LlamaConfig) -> Self {
+        let (h, hd) = (c.hidden_size, c.head_dim());
+        let variant = c.variant();
+        let qkv_bias = c.attention_bias || variant == Variant::Qwen2;
+        let linear = |name: &str, i, o, bias| nn::linear(p / name, i, o, linear_init(c, bias));
+        let norm = |name: &str| (variant == Variant::Qwen3).then(|| RmsNorm::new(p / name, hd, c.rms_norm_eps));
+        Attention {
+            q_proj: linear("q_proj", h, c.num_attention_heads * hd, qkv_bias),
+            k_proj: linear("k_proj", h, c.kv_heads() * hd, qkv_bias),
+            v_proj: linear("v_proj", h, c.kv_heads() * hd, qkv_bias),
+            o_proj: linear("o_proj", c.num_attention_heads * hd, h, c.attention_bias),
+            q_norm: norm("q_norm"),
+            k_norm: norm("k_norm"),
+            heads: c.num_attention_heads,
+            kv_heads: c.kv_heads(),
+            head_dim: hd,
+            dropout: c.attention_dropout,
+        }
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rotary: (&Tensor, &Tensor),
+        cache: &mut Option<&mut KvCache>,
+        layer: usize,
+        opts: &ForwardOptions,
+    ) -> (Tensor, Option<Tensor>) {
+        let (b, t, _) = x.size3().expect("(B, T, C) input");
+        let split = |z: Tensor, n: i64, norm: &Option<RmsNorm>| {
+            let z = z.view([b, t, n, self.head_dim]);
+            let z = norm.as_ref().map_or(z.shallow_clone(), |n| n.forward(&z));
+            z.transpose(1, 2) // (B, n, T, head_dim)
+        };
+        let (cos, sin) = rotary;
+        let q = Rotary::apply(&split(self.q_proj.forward(x), self.heads, &self.q_norm), cos, sin);
+        let k = Rotary::apply(&split(self.k_proj.forward(x), self.kv_heads, &self.k_norm), cos, sin);
+        let v = split(self.v_proj.forward(x), self.kv_heads, &None);
+        let (k, v) = cached(cache, layer, k, v);
+        let groups = self.heads / self.kv_heads;
+        let (k, v) = (super::layers::repeat_kv(&k, groups), super::layers::repeat_kv(&v, groups));
+        let dropout = if opts.train { self.dropout } else { 0.0 };
+        let (y, probs) = attend(&q, &k, &v, Mask::Causal, dropout, opts.capture_attention);
+        let y = y.transpose(1, 2).contiguous().view([b, t, self.heads * self.head_dim]);
+        (self.o_proj.forward(&y), probs)
+    }
+}
+
+struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: GatedMlp,
+}
+
+/// A Llama-style language model (`LlamaForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`).
+pub struct Llama {
+    config: LlamaConfig,
+    embed_tokens: nn::Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    /// `None` when the head is tied to `embed_tokens`.
+    lm_head: Option<nn::Linear>,
+    rotary: Rotary,
+}
+
+impl Llama {
+    /// Builds the model's variables under `p`, initialised as transformers does
+    /// (normal with `initializer_range`, norms at one).
+    pub fn new(p: &nn::Path, config: &LlamaConfig) -> Result<Self> {
+        config.validate()?;
+        let activation = Activation::parse(&config.hidden_act)?;
+        let m = &(p / "model");
+        let init = nn::Init::Randn { mean: 0.0, stdev: config.initializer_range };
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let l = &(m / "layers" / i);
+                Block {
+                    input_layernorm: RmsNorm::new(l / "input_layernorm", config.hidden_size, config.rms_norm_eps),
+                    self_attn: Attention::new(&(l / "self_attn"), config),
+                    post_attention_layernorm: RmsNorm::new(l / "post_attention_layernorm", config.hidden_size, config.rms_norm_eps),
+                    mlp: GatedMlp::new(&(l / "mlp"), config.hidden_size, config.intermediate_size, activation, config.mlp_bias, init),
+                }
+            })
+            .collect();
+        let (theta, scaling) = config.rope()?;
+        Ok(Llama {
+            config: config.clone(),
+            embed_tokens: nn::embedding(m / "embed_tokens", config.vocab_size, config.hidden_size, nn::EmbeddingConfig { ws_init: init, ..Default::default() }),
+            layers,
+            norm: RmsNorm::new(m / "norm", config.hidden_size, config.rms_norm_eps),
+            lm_head: (!config.tie_word_embeddings).then(|| nn::linear(p / "lm_head", config.hidden_size, config.vocab_size, linear_init(config, false))),
+            rotary: Rotary::new(config.head_dim(), theta, scaling, p.device()),
+        })
+    }
+}
+
+impl Network for Llama {
+    fn config(&self) -> ModelConfig {
+        self.config.clone().into()
+    }
+    fn task(&self) -> Task {
+        Task::LanguageModel
+    }
+    fn forward(&self, ids: &Tensor, mask: Option<&Tensor>, opts: &ForwardOptions, mut cache: Option<&mut KvCache>) -> Result<Output> {
+        let t = match ids.size().as_slice() {
+            &[_, t] => t,
+            shape => return invalid!("input ids must be (batch, time), got shape {shape:?}"),
+        };
+        if mask.is_some() {
+            return invalid!("a {} model takes no padding mask here: it reads every position causally", self.config.model_type);
+        }
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if past + t > self.config.max_position_embeddings {
+            return invalid!(
+                "{} tokens do not fit the model's context of {} positions; shorten the input or build a model with a larger context",
+                past + t,
+                self.config.max_position_embeddings
+            );
+        }
+        super::check_ids(ids, self.config.vocab_size)?;
+        let (cos, sin) = self.rotary.cos_sin(past, t);
+        let mut x = self.embed_tokens.forward(ids); // (B, T, C)
+        let mut attentions = opts.capture_attention.then(Vec::new);
+        for (i, block) in self.layers.iter().enumerate() {
+            let (a, probs) = block.self_attn.forward(&block.input_layernorm.forward(&x), (&cos, &sin), &mut cache, i, opts);
+            let h = &x + a;
+            x = &h + block.mlp.forward(&block.post_attention_layernorm.forward(&h));
+            if let (Some(all), Some(p)) = (attentions.as_mut(), probs) {
+                all.push(p);
+            }
+        }
+        let hidden = self.norm.forward(&x);
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(&hidden),
+            None => hidden.linear::<Tensor>(&self.embed_tokens.ws, None),
+        };
+        Ok(Output { hidden, logits: Some(logits), pooled: None, attentions })
+    }
+    fn var_for_key(&self, key: &str) -> Option<(String, bool)> {
+        if key.ends_with("rotary_emb.inv_freq") || (key == "lm_head.weight" && self.lm_head.is_none()) {
+            return None;
+        }
+        Some((key.to_string(), false))
+    }
+    fn key_for_var(&self, var: &str) -> (String, bool) {
+        (var.to_string(), false)
+    }
+    fn architecture(&self) -> &'static str {
+        match self.config.variant() {
+            Variant::Llama => "LlamaForCausalLM",
+            Variant::Qwen2 => "Qwen2ForCausalLM",
+            Variant::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+}
+
+fn linear_init(c: &LlamaConfig, bias: bool) -> nn::LinearConfig {
+    nn::LinearConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: c.initializer_range }, bs_init: Some(nn::Init::Const(0.0)), bias }
+}
+
+/// How llama.cpp's GGUF files of these architectures read: the config from the
+/// metadata, tensor names, and the Q/K row order.
+pub const GGUF: GgufFamily =
+    GgufFamily { architectures: &["llama", "qwen2", "qwen3"], config: gguf_config, tensor_name: gguf_tensor_name, unpermute: gguf_unpermute };
+
+/// `config.json` from a GGUF file's metadata, as transformers' GGUF loader makes it.
+fn gguf_config(meta: &Metadata) -> Result<Value> {
+    let arch = meta.string("general.architecture")?;
+    let key = |k: &str| format!("{arch}.{k}");
+    let int = |k: &str| meta.int(&key(k));
+    let layers = int("block_count")?;
+    let heads = int("attention.head_count")?;
+    let width = int("embedding_length")?;
+    let vocab = match meta.int(&key("vocab_size")) {
+        Ok(v) => v,
+        Err(_) => meta.array_len("tokenizer.ggml.tokens")? as i64,
+    };
+    let mut json = json!({
+        "model_type": arch,
+        "vocab_size": vocab,
+        "hidden_size": width,
+        "intermediate_size": int("feed_forward_length")?,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": meta.int(&key("attention.head_count_kv")).unwrap_or(heads),
+        "max_position_embeddings": int("context_length")?,
+        "rms_norm_eps": meta.float(&key("attention.layer_norm_rms_epsilon"))?,
+        "rope_theta": meta.float(&key("rope.freq_base")).unwrap_or(10_000.0),
+        "hidden_act": "silu",
+        "tie_word_embeddings": !meta.has_tensor("output.weight"),
+    });
+    if let Ok(head_dim) = meta.int(&key("attention.key_length")) {
+        json["head_dim"] = head_dim.into();
+    }
+    for (gguf_key, config_key) in
+        [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id"), ("tokenizer.ggml.padding_token_id", "pad_token_id")]
+    {
+        if let Ok(id) = meta.int(gguf_key) {
+            json[config_key] = id.into();
+        }
+    }
+    Ok(json)
+}
+
+/// The Hugging Face name of a llama.cpp tensor name.
+fn gguf_tensor_name(name: &str) -> Option<String> {
+    let top = match name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(top) = top {
+        return Some(top.to_string());
+    }
+    let rest = name.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    layer.parse::<u32>().ok()?;
+    let (part, suffix) = rest.rsplit_once('.')?;
+    let hf = match part {
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+}
+
+/// How many heads' rows llama.cpp interleaved for rotary embeddings in this tensor
+/// (its converter permutes Q and K of `llama` models only), for transformers' undoing.
+fn gguf_unpermute(arch: &str, name: &str, meta: &Metadata) -> Option<i64> {
+    if arch != "llama" {
+        return None;
+    }
+    if name.ends_with(".attn_q.weight") || name.ends_with(".attn_q.bias") {
+        return meta.int("llama.attention.head_count").ok();
+    }
+    if name.ends_with(".attn_k.weight") || name.ends_with(".attn_k.bias") {
+        return meta.int("llama.attention.head_count_kv").or_else(|_| meta.int("llama.attention.head_count")).ok();
+    }
+    None
+}
