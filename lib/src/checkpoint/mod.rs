@@ -62,7 +62,7 @@ pub struct Loaded {
 pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
     let path = path.as_ref();
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if meta.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+    if meta.is_file() && gguf::is_gguf(path) {
         return load_gguf(path, device);
     }
     let dir = if meta.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };

@@ -1,0 +1,117 @@
+//! Llama-style parity with `transformers`: random `LlamaForCausalLM` (grouped-query
+//! attention, `llama3` rope scaling, tied and untied heads), `Qwen2ForCausalLM` and
+//! `Qwen3ForCausalLM` checkpoints, config.json of transformers 4.x and 5.x: logits,
+//! greedy generation, eager attention probabilities, one AdamW step, and a save that
+//! transformers reads back.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use common::{assert_close, fixture_tensor, fixtures};
+use tch::{Device, Tensor};
+use tchlab::checkpoint::{self, safetensors};
+use tchlab::generate::{generate, GenerateOptions};
+use tchlab::models::{ForwardOptions, KvCache};
+use tchlab::train::optim::{Method, Optimizer};
+
+const MODELS: &[&str] = &["llama-gqa", "llama-tied", "qwen2", "qwen3", "llama-v5"];
+
+#[test]
+fn logits_greedy_generation_and_attention_match_transformers() {
+    for dir in MODELS {
+        let path = fixtures().join(dir);
+        let loaded = checkpoint::load(&path, Device::Cpu).unwrap();
+        assert!(loaded.report.missing.is_empty() && loaded.report.unexpected.is_empty(), "{dir}: {:?}", loaded.report);
+        let reference = path.join("reference.safetensors");
+        let ids = fixture_tensor(&reference, "input_ids");
+        let out = tch::no_grad(|| loaded.model.forward(&ids, None, &ForwardOptions::default(), None).unwrap());
+        assert_close(&out.logits.unwrap(), &fixture_tensor(&reference, "logits"), 1e-4, &format!("{dir} logits"));
+
+        let captured =
+            tch::no_grad(|| loaded.model.forward(&ids.narrow(0, 0, 1), None, &ForwardOptions { capture_attention: true, ..Default::default() }, None).unwrap());
+        for (layer, probs) in captured.attentions.unwrap().iter().enumerate() {
+            assert_close(probs, &fixture_tensor(&reference, &format!("attention.{layer}")), 1e-4, &format!("{dir} attention of layer {layer}"));
+        }
+
+        let prompt: Vec<i64> = Vec::try_from(fixture_tensor(&reference, "prompt")).unwrap();
+        let expected: Vec<i64> = Vec::try_from(fixture_tensor(&reference, "greedy")).unwrap();
+        let opts = GenerateOptions { max_new_tokens: 24, stop_ids: loaded.model.config().eos_token_ids(), ..Default::default() };
+        assert_eq!(generate(&loaded.model, &prompt, &opts).unwrap(), expected, "{dir}: greedy generation differs from transformers");
+    }
+}
+
+#[test]
+fn a_tied_checkpoint_has_no_lm_head_and_an_untied_one_does() {
+    for (dir, tied) in [("llama-tied", true), ("qwen3", true), ("llama-gqa", false), ("qwen2", false)] {
+        let file = checkpoint::read_file(&fixtures().join(dir).join("model.safetensors")).unwrap();
+        assert_eq!(file.iter().any(|(k, _)| k == "lm_head.weight"), !tied, "{dir}: lm_head.weight in the file");
+        let loaded = checkpoint::load(fixtures().join(dir), Device::Cpu).unwrap();
+        assert_eq!(loaded.model.vars.variables().contains_key("lm_head.weight"), !tied, "{dir}: an lm_head variable");
+    }
+}
+
+#[test]
+fn the_cache_gives_the_logits_of_the_whole_sequence() {
+    let loaded = checkpoint::load(fixtures().join("llama-gqa"), Device::Cpu).unwrap();
+    let ids = fixture_tensor(&fixtures().join("llama-gqa/reference.safetensors"), "input_ids").narrow(0, 0, 1);
+    let opts = ForwardOptions::default();
+    let logits = |ids: &Tensor, cache: Option<&mut KvCache>| tch::no_grad(|| loaded.model.forward(ids, None, &opts, cache).unwrap().logits.unwrap());
+    let full = logits(&ids, None);
+    let mut cache = KvCache::default();
+    let first = logits(&ids.narrow(1, 0, 10), Some(&mut cache));
+    let rest = logits(&ids.narrow(1, 10, 7), Some(&mut cache));
+    assert_eq!(cache.len(), 17);
+    assert_close(&Tensor::cat(&[first, rest], 1), &full, 1e-5, "cached vs whole");
+}
+
+#[test]
+fn one_adamw_step_matches_pytorch() {
+    let loaded = checkpoint::load(fixtures().join("llama-gqa"), Device::Cpu).unwrap();
+    let file = fixtures().join("llama_adamw_step.safetensors");
+    let ids = fixture_tensor(&file, "input_ids");
+    let t = ids.size()[1];
+    let logits = loaded.model.forward(&ids, None, &ForwardOptions { train: true, ..Default::default() }, None).unwrap().logits.unwrap();
+    let loss = tchlab::train::lm_loss(&logits.narrow(1, 0, t - 1), &ids.narrow(1, 1, t - 1));
+    let reference_loss = fixture_tensor(&file, "loss").double_value(&[0]);
+    assert!((loss.double_value(&[]) - reference_loss).abs() / reference_loss < 1e-5, "loss {} vs PyTorch {reference_loss}", loss.double_value(&[]));
+    let mut opt = Optimizer::new(&loaded.model.vars, Method::adamw(), 1e-3, 0.1).unwrap();
+    opt.zero_grad();
+    loss.backward();
+    opt.step().unwrap();
+    let updated = checkpoint::hf_state_dict(&loaded.model).unwrap();
+    assert_eq!(updated.len(), 3 + 2 * 9, "embeddings, final norm, head and 9 tensors per block are compared");
+    for (name, ours) in updated {
+        let theirs = fixture_tensor(&file, &format!("updated.{name}"));
+        let relative = common::max_abs_diff(&ours, &theirs) / theirs.abs().max().double_value(&[]).max(1e-12);
+        assert!(relative < 1e-5, "{name}: relative difference {relative:e}");
+    }
+}
+
+#[test]
+fn what_tchlab_saves_transformers_loads_with_the_same_logits() {
+    for dir in ["llama-gqa", "qwen3"] {
+        let loaded = checkpoint::load(fixtures().join(dir), Device::Cpu).unwrap();
+        let _ = tch::no_grad(|| loaded.model.vars.variables()["model.layers.0.self_attn.q_proj.weight"].shallow_clone().g_mul_scalar_(1.5));
+        let out = common::scratch(&format!("save-{dir}"));
+        checkpoint::save_hf(&loaded.model, None, &out).unwrap();
+        let ids = Tensor::from_slice(&[5i64, 17, 3, 90, 12, 7]).unsqueeze(0);
+        let logits = tch::no_grad(|| loaded.model.forward(&ids, None, &ForwardOptions::default(), None).unwrap().logits.unwrap());
+        safetensors::write(&out.join("ours.safetensors"), &[("ids".into(), ids), ("logits".into(), logits)], &BTreeMap::new()).unwrap();
+        let script = r#"
+import sys, torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+d = sys.argv[1]
+ours = load_file(d + "/ours.safetensors")
+model = AutoModelForCausalLM.from_pretrained(d).eval()
+with torch.no_grad():
+    theirs = model(ours["ids"]).logits
+diff = (theirs - ours["logits"]).abs().max().item()
+assert diff < 1e-4, f"max difference {diff}"
+"#;
+        let run = Command::new(common::python()).arg("-c").arg(script).arg(&out).env("HF_HUB_OFFLINE", "1").output().unwrap();
+        assert!(run.status.success(), "{dir}: transformers disagrees:\n{}", String::from_utf8_lossy(&run.stderr));
+    }
+}
