@@ -384,3 +384,77 @@ fn an_encoder_embeds_compares_attends_and_classifies() {
     let total: f64 = p["probabilities"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).sum();
     assert!((total - 1.0).abs() < 1e-6 && p["label"].is_string());
 }
+
+#[test]
+fn a_llama_from_scratch_trains_rewinds_saves_and_resumes() {
+    let _serial = serial();
+    let dir = common::scratch("session-llama");
+    let mut s = Session::new();
+    ok(&mut s, "%device cpu\n%seed 0\n%data synth reverse --length 5");
+    let model = ok(&mut s, "%model llama --layers 2 --heads 4 --kv-heads 2 --dim 32");
+    assert_eq!(model["model_type"], "llama");
+    assert_eq!(model["config"]["num_key_value_heads"], 2);
+    assert_eq!(model["config"]["architectures"][0], "LlamaForCausalLM");
+    ok(&mut s, "%set lr=3e-3 batch=32");
+    let first = ok(&mut s, "%step 1")["loss"].as_f64().unwrap();
+    ok(&mut s, "%snapshot start");
+    let trained = ok(&mut s, "%train 30");
+    assert!(trained["loss"].as_f64().unwrap() < first, "training lowers the loss: {first} → {}", trained["loss"]);
+    ok(&mut s, "%rewind start");
+    assert_eq!(ok(&mut s, "%status")["step"], 1);
+    ok(&mut s, "%train 5");
+    let path = dir.join("llama");
+    ok(&mut s, &format!("%save {}", path.display()));
+    let before = ok(&mut s, "%status --checksum")["weights_checksum"].clone();
+    let mut resumed = Session::new();
+    assert_eq!(ok(&mut resumed, &format!("%device cpu\n%load {}", path.display()))["resumed_step"], 6);
+    assert_eq!(ok(&mut resumed, "%status --checksum")["weights_checksum"], before);
+    assert_eq!(fail(&mut s, "%model llama --heads 4 --kv-heads 3").name, "UsageError");
+    assert_eq!(ok(&mut s, "%status --checksum")["weights_checksum"], before, "a refused model changes nothing");
+}
+
+#[test]
+fn smollm2_loads_by_name_chats_streams_and_attends() {
+    let _serial = serial();
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(common::fixtures().join("smollm2.json")).unwrap()).unwrap();
+    let models = common::scratch("models");
+    std::os::unix::fs::symlink(reference["file"].as_str().unwrap(), models.join("SmolLM2-135M-Instruct")).unwrap();
+    std::env::set_var("TCHLAB_MODELS", &models);
+    let mut s = Session::new();
+    let loaded = ok(&mut s, "%device cpu\n%load SmolLM2-135M-Instruct");
+    assert_eq!((loaded["model_type"].as_str(), loaded["loaded"].as_i64()), (Some("llama"), Some(272)));
+
+    let (outputs, result) = run(&mut s, "%chat \"What is the capital of France?\" --max-tokens 32");
+    result.unwrap();
+    let streamed: String = outputs.iter().filter_map(|o| if let Output::Stream { text, .. } = o { Some(text.as_str()) } else { None }).collect();
+    let reply = result_json(&outputs);
+    assert_eq!(reply["text"], reference["reply_texts"][0]);
+    assert_eq!(streamed.trim(), reference["reply_texts"][0].as_str().unwrap(), "the reply is streamed as it is made");
+    assert!(outputs.iter().filter(|o| matches!(o, Output::Stream { .. })).count() >= 2, "in more than one piece");
+    assert_eq!(reply["messages"].as_array().unwrap().len(), 2);
+
+    let shown = ok(&mut s, "%chat --show \"And of Italy?\"");
+    let prompt = shown["prompt"].as_str().unwrap();
+    assert!(prompt.contains("The capital of France is Paris.<|im_end|>") && prompt.ends_with("<|im_start|>assistant\n"), "{prompt}");
+    ok(&mut s, "%chat --reset");
+    let fresh = ok(&mut s, "%chat --show \"What is the capital of France?\"");
+    assert_eq!(fresh["prompt"], reference["rendered"][0]);
+    let with_system = ok(&mut s, "%chat --show --system \"You answer in one word.\" \"Name a colour.\"");
+    assert_eq!(with_system["prompt"], reference["rendered"][1]);
+
+    let attention = ok(&mut s, "%attention \"the cat sat on the mat\" --layer 15 --head 4");
+    let rows = attention["attention"].as_array().unwrap();
+    assert_eq!(rows.len(), attention["tokens"].as_array().unwrap().len());
+    let generated = ok(&mut s, "%generate \"The capital of France is\" --max-tokens 4");
+    assert_eq!(generated["generated_ids"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn chat_refuses_what_it_cannot_do_and_changes_nothing() {
+    let _serial = serial();
+    let mut s = reverse_session();
+    let e = fail(&mut s, "%chat \"hello\"");
+    assert!(e.message.contains("chat template"), "{e}");
+    let e = fail(&mut s, "%chat \"hello\" --max-tokens 100000000");
+    assert!(e.message.contains("chat template") || e.message.contains("--max-tokens"), "{e}");
+}
