@@ -11,7 +11,7 @@ use tchlab::models::Model;
 fn main() -> tchlab::Result<()> {
     tch::manual_seed(0);
     let config = GptConfig { n_layer: 12, n_head: 12, n_embd: 768, ..GptConfig::tiny(50257, 1024) };
-    let model = Model::new(config.clone(), tchlab::models::Task::LanguageModel, tch::Device::Cpu)?;
+    let model = Model::new(config, tchlab::models::Task::LanguageModel, tch::Device::Cpu)?;
     let prompt: Vec<i64> = (0..16).map(|i| (i * 977) % 50257).collect();
     let opts = GenerateOptions { max_new_tokens: 64, ..Default::default() };
     generate(&model, &prompt, &GenerateOptions { max_new_tokens: 4, ..opts.clone() })?; // warm-up

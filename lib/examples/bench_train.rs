@@ -34,7 +34,7 @@ fn main() -> tchlab::Result<()> {
 
     tch::manual_seed(0);
     let config = GptConfig { n_layer: layers as i64, n_head: heads as i64, n_embd: dim as i64, ..GptConfig::tiny(VOCAB as i64, ctx as i64) };
-    let model = Model::new(config.clone(), tchlab::models::Task::LanguageModel, device)?;
+    let model = Model::new(config, tchlab::models::Task::LanguageModel, device)?;
     let params = model.num_parameters();
     let hp = HParams { lr: 1e-3, batch, clip: 1.0, weight_decay: 0.01, ..Default::default() };
     let mut trainer = Trainer::new(model, tokenizer, DataSpec::Text { path: path.clone(), val_fraction: 0.0 }, hp, 0)?;

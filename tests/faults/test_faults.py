@@ -350,6 +350,130 @@ def test_bad_configs_and_formats_are_refused_before_anything_is_built(lab, tmp_p
     refused(kc, f"%tokenizer {bad_tokenizer}", "FileError", "tokenizer.json")
 
 
+# ---- model families, GGUF files, chat ----
+
+def gguf_bytes(arch="llama", dims=(64,), type_id=0, data=256, cut=0, extra_kv=()):
+    """A GGUF v3 file with `general.architecture = arch` and one tensor `w`."""
+    def string(s):
+        b = s.encode()
+        return struct.pack("<Q", len(b)) + b
+    kvs = [(k, 8, string(v)) for k, v in [("general.architecture", arch), *extra_kv]]
+    out = b"GGUF" + struct.pack("<IQQ", 3, 1, len(kvs))
+    for key, kind, value in kvs:
+        out += string(key) + struct.pack("<I", kind) + value
+    out += string("w") + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<IQ", type_id, 0)
+    out += b"\0" * (-len(out) % 32) + b"\0" * data
+    return out[: len(out) - cut] if cut else out
+
+
+def test_hostile_gguf_files_are_refused_naming_file_tensor_and_type(lab, tmp_path):
+    _, kc = lab
+    cases = {
+        "truncated.gguf": (gguf_bytes(cut=10), ["truncated.gguf", "truncated", "`w`", "F32"]),
+        "q3k.gguf": (gguf_bytes(dims=(256,), type_id=11, data=110), ["q3k.gguf", "`w`", "Q3_K"]),
+        "type-77.gguf": (gguf_bytes(type_id=77), ["type-77.gguf", "`w`", "ggml type 77"]),
+        "mamba.gguf": (gguf_bytes(arch="mamba"), ["mamba.gguf", "`mamba`", "llama"]),
+        "blocks.gguf": (gguf_bytes(dims=(40,), type_id=8, data=68), ["blocks.gguf", "`w`", "Q8_0", "block"]),
+        "overflow.gguf": (gguf_bytes(dims=(1 << 40, 1 << 40)), ["overflow.gguf", "`w`", "overflows"]),
+        "no-sizes.gguf": (gguf_bytes(), ["no-sizes.gguf", "llama.block_count"]),
+        "header.gguf": (gguf_bytes()[:20], ["header.gguf", "truncated"]),
+    }
+    for name, (data, contains) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        refused(kc, f"%load {path}", "FileError", *contains)
+
+
+@pytest.mark.parametrize(
+    "code, ename, contains",
+    [
+        ("%model llama --heads 4 --kv-heads 3 --dim 32", "UsageError", ["num_key_value_heads", "multiple"]),
+        ("%model llama --kv-heads 0", "UsageError", ["--kv-heads"]),
+        ("%model llama --heads 3 --dim 32", "UsageError", ["hidden_size", "multiple"]),
+        ("%model llama --layers 100000", "UsageError", ["num_hidden_layers", "4096"]),
+        ('%chat "hello"', "UsageError", ["no chat template"]),
+        ("%chat", "UsageError", ["no chat template"]),
+    ],
+)
+def test_hostile_model_and_chat_commands_change_nothing(lab, code, ename, contains):
+    _, kc = lab
+    refused(kc, code, ename, *contains)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    km, kc = start()
+    reply, _ = execute(kc, "%device cpu\n%load SmolLM2-135M-Instruct", timeout=TIMEOUT)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    yield km, kc
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+
+
+def chat_state(kc):
+    reply, outputs = execute(kc, '%chat --show "next"')
+    assert reply["content"]["status"] == "ok", reply["content"]
+    return result(outputs)["prompt"]
+
+
+def test_a_chat_with_bad_arguments_or_too_long_is_refused_and_keeps_the_conversation(smollm2):
+    _, kc = smollm2
+    reply, outputs = execute(kc, '%chat "Say hi." --max-tokens 3', timeout=TIMEOUT)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    before = chat_state(kc)
+    assert "Say hi." in before
+    for code, contains in [
+        ('%chat "x" --max-tokens 100000000', "--max-tokens"),
+        ('%chat "x" --temperature -1', "--temperature"),
+        ('%chat "x" --top-p 0', "--top-p"),
+        ('%chat "x" --top-k 0', "--top-k"),
+        ('%chat "x" --temperature nan', "--temperature"),
+        ('%chat "' + "word " * 9000 + '"', "at most 8192"),
+    ]:
+        refused(kc, code, "UsageError", contains)
+        assert chat_state(kc) == before, f"{code[:40]} changed the conversation"
+
+
+def test_an_interrupted_reply_leaves_the_conversation_as_it_was(smollm2):
+    km, kc = smollm2
+    before = chat_state(kc)
+    msg_id = kc.execute('%chat "Write a very long story about a dragon." --max-tokens 2000 --temperature 0.7 --seed 1')
+    time.sleep(3)
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=TIMEOUT)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt", reply["content"]
+    assert chat_state(kc) == before
+
+
+def test_chat_templates_that_loop_or_raise_are_stopped_with_an_error(tmp_path):
+    import shutil
+
+    km, kc = start()
+    try:
+        chars = tmp_path / "chars.txt"
+        chars.write_text("abcdefghij hello")
+        for name, template, contains in [
+            ("loop", "{% for i in range(100000000) %}{% for j in range(100000000) %}x{% endfor %}{% endfor %}", "chat template"),
+            ("raise", "{{ raise_exception('only user turns, please') }}", "only user turns, please"),
+            ("syntax", "{% for m in messages %}", "chat template"),
+        ]:
+            model = tmp_path / name
+            shutil.copytree(os.path.join(os.environ["TCHLAB_FIXTURES"], "llama-tied"), model)
+            (model / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+            reply, _ = execute(kc, f"%device cpu\n%load {model}\n%tokenizer char {chars}", timeout=TIMEOUT)
+            assert reply["content"]["status"] == "ok", reply["content"]
+            started = time.time()
+            reply, _ = execute(kc, '%chat "hello"', timeout=TIMEOUT)
+            assert reply["content"]["status"] == "error" and contains in reply["content"]["evalue"], reply["content"]
+            assert time.time() - started < 30, f"{name}: the template ran for {time.time() - started:.0f} s"
+            alive, _ = execute(kc, "%echo alive")
+            assert alive["content"]["status"] == "ok"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
 # ---- the wire ----
 
 def test_a_replay_with_an_upper_case_signature_is_dropped(lab):
