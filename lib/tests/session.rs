@@ -414,6 +414,22 @@ fn a_llama_from_scratch_trains_rewinds_saves_and_resumes() {
 }
 
 #[test]
+fn a_loaded_llama_fine_tunes_on_text() {
+    let _serial = serial();
+    let dir = common::scratch("session-llama-tune");
+    let corpus = dir.join("corpus.txt");
+    std::fs::write(&corpus, "the cat sat on the mat. ".repeat(200)).unwrap();
+    let mut s = Session::new();
+    let model = common::fixtures().join("llama-gqa");
+    ok(&mut s, &format!("%device cpu\n%seed 1\n%load {}\n%tokenizer char {}", model.display(), corpus.display()));
+    ok(&mut s, &format!("%data text {}", corpus.display()));
+    ok(&mut s, "%set lr=1e-3 batch=8 ctx=32");
+    let first = ok(&mut s, "%step 1")["loss"].as_f64().unwrap();
+    let later = ok(&mut s, "%train 20")["loss"].as_f64().unwrap();
+    assert!(later < first, "fine-tuning lowers the loss: {first} → {later}");
+}
+
+#[test]
 fn smollm2_loads_by_name_chats_streams_and_attends() {
     let _serial = serial();
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(common::fixtures().join("smollm2.json")).unwrap()).unwrap();

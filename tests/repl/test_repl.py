@@ -176,3 +176,19 @@ def test_a_panic_is_an_error_and_the_session_goes_on(tmp_path):
     child.expect("Leave anyway")
     child.sendline("y")
     child.expect(pexpect.EOF)
+
+
+def test_a_chat_reply_streams_into_the_terminal(tmp_path):
+    reference = json.loads((pathlib.Path(os.environ["TCHLAB_FIXTURES"]) / "smollm2.json").read_text())
+    child = spawn(tmp_path)
+    run_lines(child, ["%device cpu", f"%load {reference['file']}"])
+    child.sendline('%chat "What is the capital of France?" --max-tokens 32')
+    child.expect("The capital of France is Paris.")
+    child.expect(r"\[(\d+) tokens in [\d.]+ s")
+    assert int(child.match.group(1)) == len(reference["replies"][0])
+    child.expect(PROMPT)
+    child.sendline('%chat --show "And of Italy?"')
+    child.expect("Paris.<\\|im_end\\|>")
+    child.expect(PROMPT)
+    child.sendeof()
+    child.expect(pexpect.EOF)

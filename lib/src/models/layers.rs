@@ -1,6 +1,6 @@
 //! Layers the families share: RMSNorm, rotary position embeddings (default and
-//! Llama 3's scaling), grouped-query key/value expansion, the gated MLP, and the
-//! key/value cache every decoder uses. Attention itself is in [`super::attention`].
+//! Llama 3's scaling), the gated MLP, and the key/value cache every decoder uses.
+//! Attention itself is in [`super::attention`].
 //!
 //! Each mirrors its `transformers` counterpart numerically (dtypes included), so that
 //! parity holds to float32 precision.
@@ -130,16 +130,6 @@ impl Rotary {
         let rotated = Tensor::cat(&[&(-x2), &x1], -1);
         x * cos.to_kind(kind) + rotated * sin.to_kind(kind)
     }
-}
-
-/// Repeats each of `kv_heads` key/value heads `groups` times (`repeat_kv`): head `h`
-/// of the queries reads key/value head `h / groups`.
-pub fn repeat_kv(x: &Tensor, groups: i64) -> Tensor {
-    if groups == 1 {
-        return x.shallow_clone();
-    }
-    let (b, kv, t, d) = x.size4().expect("(B, kv_heads, T, head_dim)");
-    x.unsqueeze(2).expand([b, kv, groups, t, d], false).reshape([b, kv * groups, t, d])
 }
 
 /// The gated MLP of Llama-style models: `down(act(gate(x)) * up(x))`.

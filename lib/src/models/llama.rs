@@ -369,8 +369,6 @@ impl Attention {
         let k = Rotary::apply(&split(self.k_proj.forward(x), self.kv_heads, &self.k_norm), cos, sin);
         let v = split(self.v_proj.forward(x), self.kv_heads, &None);
         let (k, v) = cached(cache, layer, k, v);
-        let groups = self.heads / self.kv_heads;
-        let (k, v) = (super::layers::repeat_kv(&k, groups), super::layers::repeat_kv(&v, groups));
         let dropout = if opts.train { self.dropout } else { 0.0 };
         let (y, probs) = attend(&q, &k, &v, Mask::Causal, dropout, opts.capture_attention);
         let y = y.transpose(1, 2).contiguous().view([b, t, self.heads * self.head_dim]);
