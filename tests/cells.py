@@ -5,6 +5,10 @@ import time
 
 import zmq
 
+# Where every result's data is (beside text/plain, and text/html for tables): a vendor
+# type, so that notebook front ends show the text rather than a JSON tree.
+RESULT = "application/vnd.tchlab.result+json"
+
 
 def execute(kc, code, timeout=60, **kwargs):
     """Runs `code`; returns the execute_reply and the iopub messages it caused, each

@@ -4,18 +4,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use tch::{Device, Kind, Tensor};
 use tchlab::checkpoint::{self, safetensors};
 use tchlab::models::bert::BertConfig;
 use tchlab::models::{ForwardOptions, Model, Task};
-
-/// Runs `script` in the reference Python with the model directory as argv[1].
-fn python_agrees(script: &str, dir: &std::path::Path) {
-    let out = Command::new(common::python()).arg("-c").arg(script).arg(dir).env("HF_HUB_OFFLINE", "1").output().unwrap();
-    assert!(out.status.success(), "transformers disagrees:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-}
 
 #[test]
 fn saved_gpt_loads_in_transformers_with_the_same_logits() {
@@ -28,7 +21,7 @@ fn saved_gpt_loads_in_transformers_with_the_same_logits() {
     let ids = Tensor::from_slice(&[5i64, 17, 3, 99, 120, 7]).unsqueeze(0);
     let logits = tch::no_grad(|| gpt.forward(&ids, &ForwardOptions::default(), None).unwrap().logits);
     safetensors::write(&dir.join("ours.safetensors"), &[("ids".into(), ids), ("logits".into(), logits)], &BTreeMap::new()).unwrap();
-    python_agrees(
+    common::python_agrees(
         r#"
 import sys, torch
 from safetensors.torch import load_file
@@ -61,7 +54,7 @@ fn saved_bert_classifier_loads_in_transformers_with_the_same_logits() {
     assert_eq!(logits.size(), vec![2, 3]);
     let tensors = [("ids".into(), ids), ("mask".into(), mask), ("logits".into(), logits.to_kind(Kind::Float))];
     safetensors::write(&dir.join("ours.safetensors"), &tensors, &BTreeMap::new()).unwrap();
-    python_agrees(
+    common::python_agrees(
         r#"
 import sys, torch
 from safetensors.torch import load_file

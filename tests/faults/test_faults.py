@@ -20,7 +20,7 @@ import pytest
 import torch
 from jupyter_client.manager import start_new_kernel
 
-from cells import execute, shell_socket
+from cells import RESULT, execute, shell_socket
 
 TIMEOUT = 120
 SETUP = "%device cpu\n%seed 0\n%data synth reverse --length 4\n%model gpt --layers 1 --heads 2 --dim 32\n%set batch=8\n%train 5"
@@ -43,7 +43,7 @@ def lab():
 
 def result(outputs):
     results = [m for m in outputs if m["msg_type"] == "execute_result"]
-    return results[-1]["content"]["data"]["application/json"] if results else None
+    return results[-1]["content"]["data"][RESULT] if results else None
 
 
 def state(kc):

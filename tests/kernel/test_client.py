@@ -9,7 +9,7 @@ import zmq
 from jupyter_client.manager import start_new_kernel
 from jupyter_client.session import Session
 
-from cells import execute, shell_socket
+from cells import RESULT, execute, shell_socket
 
 TIMEOUT = 60
 SETUP = "%device cpu\n%seed 0\n%data synth reverse --length 5\n%model gpt --layers 1 --heads 2 --dim 32\n%set batch=16"
@@ -25,7 +25,7 @@ def kernel():
 
 def result_json(outputs):
     results = [m for m in outputs if m["msg_type"] == "execute_result"]
-    return results[-1]["content"]["data"]["application/json"]
+    return results[-1]["content"]["data"][RESULT]
 
 
 def test_training_updates_one_live_display(kernel):

@@ -75,10 +75,15 @@ def test_jupyterlab_runs_a_tchlab_notebook_and_shows_its_plot(tmp_path):
             width = image.evaluate("img => img.naturalWidth")
             page.screenshot(path=str(tmp_path / "jupyterlab.png"))
             errors = page.query_selector_all(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+            # Results show the text a command writes, not their data as a JSON tree.
+            json_trees = page.query_selector_all(".jp-RenderedJSON")
+            summary = page.get_by_text("gpt2 model:", exact=False).count()
             browser.close()
         # JupyterLab prefers the SVG (800 px wide) to the 2x PNG (1600 px).
         assert width in (800, 1600), f"the loss plot renders at its size, got {width}"
         assert not errors, "no cell failed"
+        assert not json_trees, "no output renders as a JSON tree"
+        assert summary >= 1, "the model summary's text is visible"
     finally:
         lab.terminate()
         lab.wait(timeout=30)

@@ -15,7 +15,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 from safetensors.numpy import load_file
 
-from cells import execute
+from cells import RESULT, execute
 
 # The first Rust cell on a fresh machine compiles libtorch's C++ shim and the library.
 FIRST_CELL_TIMEOUT = 1800
@@ -53,7 +53,7 @@ def result(outputs):
 
 
 def weights(kc, pattern):
-    return {row["name"]: row for row in result(ok(kc, f"%weights {pattern}"))["application/json"]}
+    return {row["name"]: row for row in result(ok(kc, f"%weights {pattern}"))[RESULT]}
 
 
 def test_a_rust_cell_reads_the_weights_that_commands_trained(kc, tmp_path):
@@ -70,16 +70,16 @@ def test_a_rust_cell_reads_the_weights_that_commands_trained(kc, tmp_path):
 
 
 def test_a_weight_written_by_a_rust_cell_is_what_eval_uses(kc):
-    before = result(ok(kc, "%eval"))["application/json"]["loss"]
+    before = result(ok(kc, "%eval"))[RESULT]["loss"]
     info = result(ok(kc, "let info = live::info()?;\ninfo.config[\"vocab_size\"].as_i64().unwrap()"))
     vocab = int(info["text/plain"])
     # Zero embeddings (tied to the output layer) make every logit 0: the loss is ln(vocab).
     ok(kc, 'let zero = Tensor::zeros(wte.size(), (Kind::Float, Device::Cpu));\nlive::set_weight("transformer.wte.weight", &zero)?;')
-    after = result(ok(kc, "%eval"))["application/json"]["loss"]
+    after = result(ok(kc, "%eval"))[RESULT]["loss"]
     assert after != pytest.approx(before)
     assert after == pytest.approx(math.log(vocab), rel=1e-5)
     assert weights(kc, "wte")["transformer.wte.weight"]["norm"] == 0.0
-    runs = result(ok(kc, "%runs"))["application/json"]
+    runs = result(ok(kc, "%runs"))[RESULT]
     assert any("weights=1 tensor set by a Rust cell" in r["changes"] for r in runs)
     # Put the trained values back, through a model copy this time, for the tests after.
     ok(kc, 'live::set_weight("transformer.wte.weight", &wte)?;')
@@ -150,7 +150,7 @@ def test_an_interrupted_endless_loop_keeps_the_kernel_and_the_model(kc):
     assert content["status"] == "error" and content["ename"] == "KeyboardInterrupt"
     assert "variables are gone" in content["evalue"] and "kept" in content["evalue"] and "model" in content["evalue"]
     assert weights(kc, "") == before
-    assert result(ok(kc, "%step"))["application/json"]["step"] == 21
+    assert result(ok(kc, "%step"))[RESULT]["step"] == 21
     assert result(ok(kc, "live::info()?.step"))["text/plain"] == "21", "a fresh Rust process reaches the session"
 
 

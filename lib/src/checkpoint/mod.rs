@@ -62,7 +62,7 @@ pub struct Loaded {
 pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
     let path = path.as_ref();
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if meta.is_file() && gguf::is_gguf(path) {
+    if meta.is_file() && (path.extension().is_some_and(|e| e == "gguf") || gguf::is_gguf(path)) {
         return load_gguf(path, device);
     }
     let dir = if meta.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
@@ -79,7 +79,7 @@ pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
     let files = if meta.is_dir() { weight_files(path)? } else { vec![path.to_path_buf()] };
     let tensors = read_files(&files)?;
     let task = config.task_for_checkpoint(&tensors);
-    let model = Model::new(config.clone(), task, device)?;
+    let model = Model::for_checkpoint(config.clone(), task, device)?;
     let mut report = assign(&model, tensors, path, true)?;
     report.files = files;
     let tokenizer = match dir.join("tokenizer.json") {
@@ -129,7 +129,7 @@ pub fn load_gguf(path: &Path, device: Device) -> Result<Loaded> {
         eos_token: token("tokenizer.ggml.eos_token_id").unwrap_or_default(),
     });
     // The model first: it is refused before anything is dequantised when it does not fit.
-    let model = Model::new(config, Task::LanguageModel, device)?;
+    let model = Model::for_checkpoint(config, Task::LanguageModel, device)?;
     let tensors = gguf::read_tensors(&meta, family)?;
     let mut report = assign(&model, tensors, path, true)?;
     report.files = vec![path.to_path_buf()];

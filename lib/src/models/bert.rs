@@ -406,7 +406,7 @@ impl Network for Bert {
 }
 
 fn normal_init() -> nn::Init {
-    nn::Init::Randn { mean: 0.0, stdev: 0.02 }
+    super::normal(0.02)
 }
 
 fn linear_init() -> nn::LinearConfig {

@@ -378,7 +378,7 @@ pub fn var_to_hf(var: &str) -> (String, bool) {
 }
 
 fn normal_init() -> nn::Init {
-    nn::Init::Randn { mean: 0.0, stdev: 0.02 }
+    super::normal(0.02)
 }
 
 fn linear_init() -> nn::LinearConfig {
@@ -387,5 +387,5 @@ fn linear_init() -> nn::LinearConfig {
 
 fn residual_init(c: &GptConfig) -> nn::LinearConfig {
     let stdev = 0.02 / (2.0 * c.n_layer as f64).sqrt();
-    nn::LinearConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev }, ..linear_init() }
+    nn::LinearConfig { ws_init: super::normal(stdev), ..linear_init() }
 }

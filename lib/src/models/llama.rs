@@ -401,7 +401,7 @@ impl Llama {
         config.validate()?;
         let activation = Activation::parse(&config.hidden_act)?;
         let m = &(p / "model");
-        let init = nn::Init::Randn { mean: 0.0, stdev: config.initializer_range };
+        let init = super::normal(config.initializer_range);
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let l = &(m / "layers" / i);
@@ -486,7 +486,7 @@ impl Network for Llama {
 }
 
 fn linear_init(c: &LlamaConfig, bias: bool) -> nn::LinearConfig {
-    nn::LinearConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: c.initializer_range }, bs_init: Some(nn::Init::Const(0.0)), bias }
+    nn::LinearConfig { ws_init: super::normal(c.initializer_range), bs_init: Some(nn::Init::Const(0.0)), bias }
 }
 
 /// How llama.cpp's GGUF files of these architectures read: the config from the

@@ -373,6 +373,22 @@ pub(crate) fn check_ids(ids: &Tensor, vocab_size: i64) -> Result<()> {
     Ok(())
 }
 
+thread_local! {
+    /// Set while a model is built only to be filled from a checkpoint.
+    static FILLED_FROM_CHECKPOINT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The initialisation of weights drawn from `N(0, stdev²)`, which every family uses.
+/// While [`Model::for_checkpoint`] builds, weights start at zero instead: a strict load
+/// overwrites every one, and drawing 100M random numbers takes a second.
+pub(crate) fn normal(stdev: f64) -> tch::nn::Init {
+    if FILLED_FROM_CHECKPOINT.with(std::cell::Cell::get) {
+        tch::nn::Init::Const(0.0)
+    } else {
+        tch::nn::Init::Randn { mean: 0.0, stdev }
+    }
+}
+
 /// Refuses to build a model whose float32 weights would not fit in `device`'s memory.
 fn ensure_weights_fit(config: &ModelConfig, device: Device) -> Result<()> {
     let parameters = config.parameter_estimate();
@@ -396,6 +412,20 @@ impl Model {
         let vars = VarStore::new(device);
         let network = config.build(&vars.root(), task)?;
         Ok(Model { vars, network })
+    }
+
+    /// A model whose every weight a strict load is about to fill: built as
+    /// [`Model::new`] builds it, without drawing random initial weights.
+    pub fn for_checkpoint(config: impl Into<ModelConfig>, task: Task, device: Device) -> Result<Self> {
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                FILLED_FROM_CHECKPOINT.with(|f| f.set(false));
+            }
+        }
+        FILLED_FROM_CHECKPOINT.with(|f| f.set(true));
+        let _reset = Reset;
+        Self::new(config, task, device)
     }
 
     /// The model's configuration.

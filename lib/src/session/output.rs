@@ -18,8 +18,14 @@ pub enum Stream {
     Stderr,
 }
 
+/// The MIME type of a result's machine-readable form. A vendor type, so that notebook
+/// front ends (which render `application/json` as a collapsible tree and prefer it to
+/// text) show the text and tables a command writes, while scripts, tests and Rust
+/// cells read the data.
+pub const RESULT_MIME: &str = "application/vnd.tchlab.result+json";
+
 /// One piece of data in several representations, keyed by MIME type: `text/plain`
-/// always; `text/html` for tables; `application/json` for data; `image/png` (base64)
+/// always; `text/html` for tables; [`RESULT_MIME`] for a result's data; `image/png` (base64)
 /// and `image/svg+xml` for figures.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Bundle(pub BTreeMap<String, Value>);
@@ -32,9 +38,9 @@ impl Bundle {
         b
     }
 
-    /// Adds the `application/json` form.
+    /// Adds the machine-readable form, under [`RESULT_MIME`].
     pub fn json(mut self, value: Value) -> Self {
-        self.0.insert("application/json".into(), value);
+        self.0.insert(RESULT_MIME.into(), value);
         self
     }
 
@@ -56,9 +62,9 @@ impl Bundle {
         self.0.get("text/plain").and_then(Value::as_str).unwrap_or("")
     }
 
-    /// The `application/json` form, if any.
+    /// The machine-readable form, if any.
     pub fn data(&self) -> Option<&Value> {
-        self.0.get("application/json")
+        self.0.get(RESULT_MIME)
     }
 
     /// The PNG bytes of a figure, if any.

@@ -22,6 +22,12 @@ pub fn python() -> PathBuf {
     std::env::var_os("TCHLAB_PYTHON").map(PathBuf::from).expect("TCHLAB_PYTHON is not set: run the tests through `make test`")
 }
 
+/// Runs `script` in the reference Python with `dir` as argv[1]; it asserts what it checks.
+pub fn python_agrees(script: &str, dir: &std::path::Path) {
+    let out = std::process::Command::new(python()).arg("-c").arg(script).arg(dir).env("HF_HUB_OFFLINE", "1").output().unwrap();
+    assert!(out.status.success(), "transformers disagrees:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
 /// Largest absolute difference between two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shapes differ");
@@ -63,5 +69,33 @@ impl Lm<'_> {
     pub fn forward(&self, ids: &Tensor, opts: &tchlab::models::ForwardOptions, cache: Option<&mut tchlab::models::KvCache>) -> tchlab::Result<LmOutput> {
         let out = self.0.forward(ids, None, opts, cache)?;
         Ok(LmOutput { logits: out.logits.expect("a language model has logits"), attentions: out.attentions })
+    }
+}
+
+/// Compares every weight of `updated` (Hugging Face names and layout) with
+/// `updated.NAME` in `file`, relative to the reference's largest magnitude (< 1e-5).
+///
+/// With `adam_lr`, elements whose reference gradient (`grad.NAME`) is at float32 noise
+/// level — below 1e-5 of the largest in its tensor, such as attention key biases, whose
+/// true gradient is zero because softmax ignores what they add — are held only to
+/// twice the learning rate: Adam divides a gradient by its own magnitude, so noise in
+/// either implementation becomes a step of up to `lr` in a sign nobody chose.
+pub fn assert_updated_like(updated: Vec<(String, Tensor)>, file: &std::path::Path, adam_lr: Option<f64>) {
+    for (name, ours) in updated {
+        let theirs = fixture_tensor(file, &format!("updated.{name}"));
+        let scale = theirs.abs().max().double_value(&[]).max(1e-12);
+        let diff = (ours.to_kind(Kind::Double) - theirs.to_kind(Kind::Double)).abs();
+        let diff = match adam_lr {
+            Some(lr) => {
+                let grad = fixture_tensor(file, &format!("grad.{name}")).abs().to_kind(Kind::Double);
+                let noise = grad.le(1e-5 * grad.max().double_value(&[]));
+                let noisy_gap = diff.masked_fill(&noise.logical_not(), 0.0).max().double_value(&[]);
+                assert!(noisy_gap <= 2.0 * lr, "{name}: an element with a noise-level gradient moved by {noisy_gap}, more than Adam's step bound");
+                diff.masked_fill(&noise, 0.0)
+            }
+            None => diff,
+        };
+        let relative = diff.max().double_value(&[]) / scale;
+        assert!(relative < 1e-5, "{name}: relative difference {relative:e}");
     }
 }

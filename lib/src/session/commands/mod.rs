@@ -146,7 +146,7 @@ pub struct Command {
     pub details: &'static str,
     /// An example invocation.
     pub example: &'static str,
-    /// The `application/json` result's shape, when it returns data.
+    /// The shape of the result's data (`application/vnd.tchlab.result+json`), when it returns data.
     pub json: &'static str,
     /// The handler.
     pub run: Handler,
@@ -198,7 +198,7 @@ impl Command {
         }
         out.push_str(&format!("\nexample: {}\n", self.example));
         if !self.json.is_empty() {
-            out.push_str(&format!("returns application/json: {}\n", self.json));
+            out.push_str(&format!("returns {}: {}\n", crate::session::output::RESULT_MIME, self.json));
         }
         out
     }
