@@ -102,7 +102,7 @@ impl Tokenizer {
                 Some(serde_json::json!({"id": i, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": kind == 3}))
             })
             .collect();
-        let unk = meta.int("tokenizer.ggml.unknown_token_id").ok().and_then(|i| tokens.get(usize::try_from(i).ok()?).copied());
+        let unk = meta.token("tokenizer.ggml.unknown_token_id");
         let json = serde_json::json!({
             "version": "1.0",
             "truncation": null,

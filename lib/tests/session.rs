@@ -473,4 +473,10 @@ fn chat_refuses_what_it_cannot_do_and_changes_nothing() {
     assert!(e.message.contains("chat template"), "{e}");
     let e = fail(&mut s, "%chat \"hello\" --max-tokens 100000000");
     assert!(e.message.contains("chat template") || e.message.contains("--max-tokens"), "{e}");
+    let (outputs, result) = run(&mut s, "%generate \"12\" --top-p 0");
+    assert!(result.is_err() && outputs.is_empty(), "refused options write nothing, not even the prompt: {outputs:?}");
+    let (outputs, result) = run(&mut s, "%generate \"12\" --max-tokens 0");
+    result.unwrap();
+    let streamed: String = outputs.iter().filter_map(|o| if let Output::Stream { text, .. } = o { Some(text.as_str()) } else { None }).collect();
+    assert_eq!(streamed, "12\n", "no tokens asked for: the prompt alone");
 }

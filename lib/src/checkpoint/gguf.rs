@@ -155,6 +155,16 @@ impl Metadata {
             .collect()
     }
 
+    /// The text of the token whose id the integer `key` holds
+    /// (`tokenizer.ggml.bos_token_id`), when both exist.
+    pub fn token(&self, key: &str) -> Option<&str> {
+        let id = usize::try_from(self.int(key).ok()?).ok()?;
+        match self.array("tokenizer.ggml.tokens").ok()?.get(id)? {
+            MetaValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Whether the file has a tensor of this (llama.cpp) name.
     pub fn has_tensor(&self, name: &str) -> bool {
         self.tensors.iter().any(|t| t.name == name)

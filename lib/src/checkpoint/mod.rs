@@ -119,14 +119,10 @@ pub fn load_gguf(path: &Path, device: Device) -> Result<Loaded> {
         other => other,
     })?;
     let tokenizer = Tokenizer::from_gguf(&meta, config.max_positions())?;
-    let token = |key: &str| {
-        let id = meta.int(key).ok()?;
-        meta.strings("tokenizer.ggml.tokens").ok()?.get(usize::try_from(id).ok()?).map(|t| t.to_string())
-    };
     let chat_template = meta.string("tokenizer.chat_template").ok().map(|source| crate::chat::Template {
         source: source.to_string(),
-        bos_token: token("tokenizer.ggml.bos_token_id").unwrap_or_default(),
-        eos_token: token("tokenizer.ggml.eos_token_id").unwrap_or_default(),
+        bos_token: meta.token("tokenizer.ggml.bos_token_id").unwrap_or_default().to_string(),
+        eos_token: meta.token("tokenizer.ggml.eos_token_id").unwrap_or_default().to_string(),
     });
     // The model first: it is refused before anything is dequantised when it does not fit.
     let model = Model::for_checkpoint(config, Task::LanguageModel, device)?;

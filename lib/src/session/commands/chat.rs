@@ -43,11 +43,14 @@ fn chat(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         ctx.result(Bundle::text("the conversation starts over").json(json!({ "messages": [] })));
         return Ok(());
     }
-    let system = args.get("system").map(str::to_string);
+    // The conversation as the next reply would see it; it replaces the session's only
+    // when the reply completes.
+    let mut conversation = s.conversation.clone();
+    if let Some(system) = args.get("system") {
+        conversation.system = Some(system.to_string());
+    }
     let message = args.get("message").map(|m| Message::new("user", m));
     if args.flag("show") || message.is_none() {
-        let mut conversation = s.conversation.clone();
-        conversation.system = system.or(conversation.system);
         let prompt = conversation.prompt(message.as_ref())?;
         let ids = s.tokenizer_or_err()?.encode(&prompt)?;
         let value = json!({ "prompt": prompt, "ids": ids, "messages": conversation.messages(message.as_ref()) });
@@ -57,10 +60,6 @@ fn chat(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let message = message.expect("checked above");
     let model = s.model_or_err()?;
     let tokenizer = s.tokenizer_or_err()?;
-    let mut conversation = s.conversation.clone();
-    if system.is_some() {
-        conversation.system = system;
-    }
     let prompt = conversation.prompt(Some(&message))?;
     let prompt_ids = tokenizer.encode_corpus(&prompt)?;
     let limit = model.config().max_positions() as usize;
@@ -70,7 +69,7 @@ fn chat(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         );
     }
     let opts = generation_options(args, stop_ids(&model.config().eos_token_ids(), tokenizer), 256)?;
-    let reply = stream(model, tokenizer, &prompt_ids, &opts, ctx)?;
+    let reply = stream(model, tokenizer, "", &prompt_ids, &opts, ctx)?;
     let text = reply.text.trim().to_string();
     conversation.turns.push(message);
     conversation.turns.push(Message::new("assistant", text.clone()));
@@ -103,7 +102,7 @@ pub(super) struct Reply {
 }
 
 impl Reply {
-    /// `12 tokens in 0.84 s (14.3 tokens/s)`.
+    /// `[12 tokens in 0.84 s, 14.3 tokens/s]`.
     pub fn summary(&self) -> String {
         let seconds = self.elapsed.as_secs_f64();
         format!("[{} tokens in {seconds:.2} s, {:.1} tokens/s]", self.ids.len(), self.ids.len() as f64 / seconds.max(1e-9))
@@ -114,35 +113,67 @@ impl Reply {
 /// that a notebook is not flooded with messages.
 const STREAM_EVERY: Duration = Duration::from_millis(50);
 
-/// Generates from `prompt_ids`, writing the text to stdout as it is made (throttled),
-/// and a newline at the end.
-pub(super) fn stream(model: &Model, tokenizer: &Tokenizer, prompt_ids: &[i64], opts: &GenerateOptions, ctx: &mut Ctx) -> Result<Reply, CellError> {
-    let started = Instant::now();
-    let mut ids: Vec<i64> = vec![];
-    let (mut shown, mut last_sent) = (0usize, Instant::now());
-    let mut send = |ids: &[i64], ctx: &mut Ctx, last: bool| -> crate::Result<()> {
-        if !last && last_sent.elapsed() < STREAM_EVERY {
-            return Ok(());
-        }
-        let text = tokenizer.decode(ids)?;
-        // A token can end inside a multi-byte character: wait for the rest of it.
-        let ready = if last { text.len() } else { text.trim_end_matches('\u{FFFD}').len() };
+/// What a streamed reply has shown so far.
+struct Streamed<'a> {
+    /// Written before the first piece of the reply (the prompt `%generate` continues).
+    prefix: &'a str,
+    /// Bytes of the reply's text shown; `None` until the prefix is out.
+    written: Option<usize>,
+    last_sent: Instant,
+}
+
+impl Streamed<'_> {
+    /// Whether enough time has passed since the last piece.
+    fn due(&self) -> bool {
+        self.last_sent.elapsed() >= STREAM_EVERY
+    }
+
+    /// Writes what `text` (the reply so far) adds to what was shown. A token can end
+    /// inside a multi-byte character: unless `complete`, the rest of it is waited for.
+    fn show(&mut self, text: &str, complete: bool, ctx: &mut Ctx) {
+        let prefix = self.prefix;
+        let shown = *self.written.get_or_insert_with(|| {
+            if !prefix.is_empty() {
+                ctx.write(prefix);
+            }
+            0
+        });
+        let ready = if complete { text.len() } else { text.trim_end_matches('\u{FFFD}').len() };
         if ready > shown && text.is_char_boundary(shown) {
             ctx.write(&text[shown..ready]);
-            shown = ready;
+            self.written = Some(ready);
         }
-        last_sent = Instant::now();
-        Ok(())
-    };
+        self.last_sent = Instant::now();
+    }
+}
+
+/// Generates from `prompt_ids`, writing `prefix` and then the reply to stdout as it is
+/// made (throttled), and a newline at the end. Nothing is written when generation is
+/// refused before its first token (bad options).
+pub(super) fn stream(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    prefix: &str,
+    prompt_ids: &[i64],
+    opts: &GenerateOptions,
+    ctx: &mut Ctx,
+) -> Result<Reply, CellError> {
+    let started = Instant::now();
+    let mut ids: Vec<i64> = vec![];
+    let mut streamed = Streamed { prefix, written: None, last_sent: Instant::now() };
     let result = generate_streaming(model, prompt_ids, opts, &mut |id| {
         ids.push(id);
-        let visible = ids.strip_suffix(&[id]).filter(|_| opts.stop_ids.contains(&id)).unwrap_or(&ids);
-        send(visible, ctx, false)
+        if streamed.due() {
+            let visible = ids.strip_suffix(&[id]).filter(|_| opts.stop_ids.contains(&id)).unwrap_or(&ids);
+            streamed.show(&tokenizer.decode(visible)?, false, ctx);
+        }
+        Ok(())
     });
     let visible: Vec<i64> = ids.iter().copied().filter(|id| !opts.stop_ids.contains(id)).collect();
-    send(&visible, ctx, true)?;
-    ctx.write("\n");
-    let ids = result?;
     let text = tokenizer.decode(&visible)?;
-    Ok(Reply { ids, text, elapsed: started.elapsed() })
+    if result.is_ok() || !ids.is_empty() {
+        streamed.show(&text, true, ctx);
+        ctx.write("\n");
+    }
+    Ok(Reply { ids: result?, text, elapsed: started.elapsed() })
 }

@@ -36,8 +36,7 @@ fn generate(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError
     stop.extend(tokenizer.token_id(crate::tokenize::END_OF_TEXT));
     let opts = super::chat::generation_options(args, stop, 32)?;
     let prompt_ids = tokenizer.encode(prompt)?;
-    ctx.write(prompt);
-    let reply = super::chat::stream(model, tokenizer, &prompt_ids, &opts, ctx)?;
+    let reply = super::chat::stream(model, tokenizer, prompt, &prompt_ids, &opts, ctx)?;
     let value = json!({ "prompt_ids": prompt_ids, "generated_ids": reply.ids, "text": reply.text });
     ctx.result(Bundle::text(reply.summary()).json(value));
     Ok(())
