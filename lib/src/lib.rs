@@ -1,13 +1,16 @@
 //! tchlab: a libtorch transformer library for interactive labs.
 //!
 //! - [`models`]: the registry of model families (GPT-2, BERT, Llama/Qwen2/Qwen3),
-//!   configured from `config.json`, built from shared layers, with attention capture.
+//!   configured from `config.json`, built from shared layers, with TransformerLens's
+//!   hook points.
 //! - [`checkpoint`]: Hugging Face directories, single weight files and GGUF files in,
 //!   Hugging Face directories out; strict and atomic.
 //! - [`chat`]: conversations rendered by the model's own chat template.
 //! - [`tokenize`]: `tokenizer.json`, character-level, trained BPE.
 //! - [`embedding`]: sentence embeddings as sentence-transformers computes them.
 //! - [`generate`]: greedy and sampled generation with a key/value cache.
+//! - [`inspect`]: looking inside through the hook points: caches, logit lens, ablation,
+//!   activation patching, head scores, direct logit attribution.
 //! - [`data`] and [`train`]: data sets and the step-by-step trainer.
 //! - [`sweep`]: grid, random and successive-halving sweeps; the learning-rate range test.
 //! - [`plot`]: training curves and attention maps as PNG and SVG.
@@ -26,6 +29,7 @@ pub mod data;
 pub mod embedding;
 pub mod error;
 pub mod generate;
+pub mod inspect;
 pub mod interrupt;
 pub mod limits;
 pub mod live;

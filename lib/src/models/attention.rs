@@ -1,13 +1,19 @@
 //! Scaled dot-product attention shared by the model families: multi-head or
 //! grouped-query (fewer key/value heads than query heads), causal, bidirectional or
-//! padded, with optional capture of the attention probabilities.
+//! padded, with its hook points and optional capture of the attention probabilities.
 //!
-//! Without capture it calls libtorch's fused kernel (flash / memory-efficient where
-//! available, grouped-query without copying keys and values); with capture it computes
-//! the same thing step by step so the probabilities exist to return, one map per query
-//! head. Capture costs nothing when it is not asked for.
+//! Unless the probabilities are wanted (captured, or read or written by a hook) it calls
+//! libtorch's fused kernel (flash / memory-efficient where available, grouped-query
+//! without copying keys and values); otherwise it computes the same thing step by step
+//! so the probabilities exist, one map per query head. Neither costs anything when it
+//! is not asked for.
 
+use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
+
+use super::hooks::{Point, Site};
+use super::ForwardOptions;
+use crate::error::Result;
 
 /// Which positions a query may attend to.
 #[derive(Clone, Copy)]
@@ -22,31 +28,70 @@ pub enum Mask<'a> {
     Additive(&'a Tensor),
 }
 
-/// `softmax(q k^T / sqrt(hs) + mask) v` for `q: (B, nh, tq, hs)`, `k, v: (B, nkv, tk, hs)`
-/// where `nkv` divides `nh` (query head `h` reads key/value head `h / (nh / nkv)`).
-/// Returns the output `(B, nh, tq, hs)` and, when `capture`, the probabilities
+/// One block's attention from projected heads to its output: `q: (B, nh, tq, hs)`,
+/// `k, v: (B, nkv, tk, hs)` where `nkv` divides `nh` (query head `h` reads key/value head
+/// `h / (nh / nkv)`), through the output projection `o_proj`. Runs the hook points
+/// `hook_pattern`, `hook_z` and (when asked for) `hook_result` of block `layer`. Returns
+/// the output `(B, tq, C)` and, when `opts.capture_attention`, the probabilities
 /// `(B, nh, tq, tk)` before dropout.
-pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask, dropout: f64, capture: bool) -> (Tensor, Option<Tensor>) {
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Mask,
+    dropout: f64,
+    o_proj: &nn::Linear,
+    layer: usize,
+    opts: &ForwardOptions,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (b, nh, tq, hs) = q.size4()?;
+    let pattern = Point::block(layer, Site::Pattern);
+    let (z, probs) = if opts.capture_attention || opts.touches(pattern) {
+        let groups = nh / k.size()[1];
+        let probs = opts.hook(pattern, probabilities(q, &repeat_kv(k, groups)?, mask))?;
+        (probs.dropout(dropout, dropout > 0.0).matmul(&repeat_kv(v, groups)?), Some(probs))
+    } else {
+        (fused(q, k, v, mask, dropout), None)
+    };
+    let z = opts.hook(Point::block(layer, Site::Z), z)?; // (B, nh, tq, hs)
+    let result = Point::block(layer, Site::HeadResult);
+    let out = if opts.touches(result) {
+        // Each head's share of the output: its slice of the projection's columns.
+        let w = o_proj.ws.f_view([-1, nh, hs])?; // (C, nh, hs)
+        let per_head = opts.hook(result, Tensor::f_einsum("bhtd,chd->bthc", &[&z, &w], None::<i64>)?)?; // (B, tq, nh, C)
+        let summed = per_head.f_sum_dim_intlist([2].as_slice(), false, per_head.kind())?;
+        match &o_proj.bs {
+            Some(bias) => summed + bias,
+            None => summed,
+        }
+    } else {
+        o_proj.forward(&z.transpose(1, 2).contiguous().view([b, tq, nh * hs]))
+    };
+    Ok((out, probs))
+}
+
+/// libtorch's fused kernel (flash / memory-efficient where available; grouped-query
+/// without copying keys and values).
+fn fused(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask, dropout: f64) -> Tensor {
     let (tq, tk) = (q.size()[2], k.size()[2]);
-    let groups = q.size()[1] / k.size()[1];
-    if !capture {
-        let gqa = groups > 1;
-        let y = match mask {
-            Mask::Full => Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, dropout, false, None, gqa),
-            // libtorch's `is_causal` aligns the mask top-left, which is only right when
-            // queries and keys are the same positions; a single new query sees all keys.
-            Mask::Causal if tq == tk => Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, dropout, true, None, gqa),
-            Mask::Causal if tq == 1 => Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, dropout, false, None, gqa),
-            Mask::Causal => {
-                let allowed = causal_allowed(tq, tk, q.device());
-                Tensor::scaled_dot_product_attention(q, k, v, Some(allowed), dropout, false, None, gqa)
-            }
-            Mask::Additive(m) => Tensor::scaled_dot_product_attention(q, k, v, Some(m.to_kind(q.kind())), dropout, false, None, gqa),
-        };
-        return (y, None);
+    let gqa = q.size()[1] != k.size()[1];
+    match mask {
+        Mask::Full => Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, dropout, false, None, gqa),
+        // libtorch's `is_causal` aligns the mask top-left, which is only right when
+        // queries and keys are the same positions; a single new query sees all keys.
+        Mask::Causal if tq == tk => Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, dropout, true, None, gqa),
+        Mask::Causal if tq == 1 => Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, dropout, false, None, gqa),
+        Mask::Causal => {
+            let allowed = causal_allowed(tq, tk, q.device());
+            Tensor::scaled_dot_product_attention(q, k, v, Some(allowed), dropout, false, None, gqa)
+        }
+        Mask::Additive(m) => Tensor::scaled_dot_product_attention(q, k, v, Some(m.to_kind(q.kind())), dropout, false, None, gqa),
     }
-    let (k, v) = (&repeat_kv(k, groups), &repeat_kv(v, groups));
-    let hs = q.size()[3];
+}
+
+/// The attention probabilities, step by step, for `q` and `k` with the same heads.
+fn probabilities(q: &Tensor, k: &Tensor, mask: Mask) -> Tensor {
+    let (tq, tk, hs) = (q.size()[2], k.size()[2], q.size()[3]);
     let mut scores = q.matmul(&k.transpose(-2, -1)) * (1.0 / (hs as f64).sqrt()); // (B, nh, tq, tk)
     match mask {
         Mask::Full => {}
@@ -56,9 +101,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask, dropout: f64, capt
         }
         Mask::Additive(m) => scores = &scores + m.to_kind(scores.kind()),
     }
-    let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
-    let y = probs.dropout(dropout, dropout > 0.0).matmul(v); // (B, nh, tq, hs)
-    (y, Some(probs))
+    scores.softmax(-1, Kind::Float).to_kind(q.kind())
 }
 
 /// `(tq, tk)` booleans, true where query `i` (position `tk - tq + i`) may see key `j`.
@@ -68,10 +111,10 @@ fn causal_allowed(tq: i64, tk: i64, device: tch::Device) -> Tensor {
 
 /// Repeats each of `kv_heads` key/value heads `groups` times (`repeat_kv`): head `h`
 /// of the queries reads key/value head `h / groups`.
-fn repeat_kv(x: &Tensor, groups: i64) -> Tensor {
+fn repeat_kv(x: &Tensor, groups: i64) -> Result<Tensor> {
     if groups == 1 {
-        return x.shallow_clone();
+        return Ok(x.shallow_clone());
     }
-    let (b, kv, t, d) = x.size4().expect("(B, kv_heads, T, head_dim)");
-    x.unsqueeze(2).expand([b, kv, groups, t, d], false).reshape([b, kv * groups, t, d])
+    let (b, kv, t, d) = x.size4()?;
+    Ok(x.unsqueeze(2).expand([b, kv, groups, t, d], false).reshape([b, kv * groups, t, d]))
 }

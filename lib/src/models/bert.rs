@@ -22,6 +22,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::attention::{attend, Mask};
+use super::hooks::{Point, Site};
 use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Task, TaskKind};
 use crate::error::{invalid, Error, Result};
 
@@ -251,21 +252,30 @@ impl Bert {
         let e = &self.embeddings;
         let positions = Tensor::arange(t, (Kind::Int64, ids.device()));
         let types = ids.zeros_like();
-        let x = e.word_embeddings.forward(ids) + e.position_embeddings.forward(&positions) + e.token_type_embeddings.forward(&types);
-        let mut x = e.layer_norm.forward(&x).dropout(dropout, opts.train); // (B, T, H)
-                                                                           // 0 where a key may be attended to, the dtype's minimum where it is padding.
+        let words = opts.hook(Point::outside(Site::Embed), e.word_embeddings.forward(ids))?;
+        let positions = opts.hook(Point::outside(Site::PosEmbed), e.position_embeddings.forward(&positions).unsqueeze(0))?;
+        let types = opts.hook(Point::outside(Site::TokenTypeEmbed), e.token_type_embeddings.forward(&types))?;
+        let mut x = e.layer_norm.forward(&(words + positions + types)).dropout(dropout, opts.train); // (B, T, H)
+                                                                                                     // 0 where a key may be attended to, the dtype's minimum where it is padding.
         let additive = attention_mask.map(|m| (m.to_kind(x.kind()).ones_like() - m.to_kind(x.kind())).view([b, 1, 1, t]) * f64::from(f32::MIN));
         let mask = additive.as_ref().map_or(Mask::Full, Mask::Additive);
         let mut attentions = opts.capture_attention.then(Vec::new);
-        for layer in &self.layers {
-            let h = self.config.hidden_size;
-            let heads = |z: Tensor| z.view([b, t, nh, h / nh]).transpose(1, 2); // (B, nh, T, hs)
-            let (q, k, v) = (heads(layer.query.forward(&x)), heads(layer.key.forward(&x)), heads(layer.value.forward(&x)));
-            let (y, probs) = attend(&q, &k, &v, mask, attn_dropout, opts.capture_attention);
-            let y = y.transpose(1, 2).contiguous().view([b, t, h]); // (B, T, H)
-            let y = layer.attention_norm.forward(&(layer.attention_output.forward(&y).dropout(dropout, opts.train) + &x));
-            let f = layer.output.forward(&self.activation.apply(&layer.intermediate.forward(&y)));
-            x = layer.output_norm.forward(&(f.dropout(dropout, opts.train) + &y));
+        let h = self.config.hidden_size;
+        for (i, layer) in self.layers.iter().enumerate() {
+            // Post-norm, named as TransformerLens's BERT: `resid_mid` and `resid_post` are
+            // the sums before each norm, `ln1`/`ln2.hook_normalized` what the norms give.
+            let hook = |site, x| opts.hook(Point::block(i, site), x);
+            x = hook(Site::ResidPre, x)?;
+            let heads = |z: Tensor, site| hook(site, z.view([b, t, nh, h / nh]).transpose(1, 2)); // (B, nh, T, hs)
+            let (q, k, v) = (heads(layer.query.forward(&x), Site::Q)?, heads(layer.key.forward(&x), Site::K)?, heads(layer.value.forward(&x), Site::V)?);
+            let (a, probs) = attend(&q, &k, &v, mask, attn_dropout, &layer.attention_output, i, opts)?;
+            let mid = hook(Site::ResidMid, hook(Site::AttnOut, a)?.dropout(dropout, opts.train) + &x)?;
+            let y = hook(Site::Ln1Normalized, layer.attention_norm.forward(&mid))?;
+            let pre = hook(Site::MlpPre, layer.intermediate.forward(&y))?;
+            let post = hook(Site::MlpPost, self.activation.apply(&pre))?;
+            let f = hook(Site::MlpOut, layer.output.forward(&post))?;
+            let resid_post = hook(Site::ResidPost, f.dropout(dropout, opts.train) + &y)?;
+            x = hook(Site::Ln2Normalized, layer.output_norm.forward(&resid_post))?;
             if let (Some(all), Some(p)) = (attentions.as_mut(), probs) {
                 all.push(p);
             }

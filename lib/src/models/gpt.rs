@@ -29,7 +29,8 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::attention::{attend, Mask};
-use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Task, TaskKind};
+use super::hooks::{Point, Site};
+use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Readout, Task, TaskKind};
 use crate::error::{invalid, Error, Result};
 
 /// The registry entry.
@@ -174,16 +175,14 @@ impl Attention {
         }
     }
 
-    fn forward(&self, x: &Tensor, cache: &mut Option<&mut KvCache>, layer: usize, opts: &ForwardOptions) -> (Tensor, Option<Tensor>) {
-        let (b, t, d) = x.size3().expect("(B, T, C) input");
-        let heads = |z: Tensor| z.view([b, t, self.n_head, d / self.n_head]).transpose(1, 2); // (B, nh, T, hs)
+    fn forward(&self, x: &Tensor, cache: &mut Option<&mut KvCache>, layer: usize, opts: &ForwardOptions) -> Result<(Tensor, Option<Tensor>)> {
+        let (b, t, d) = x.size3()?;
+        let heads = |z: &Tensor, site| opts.hook(Point::block(layer, site), z.view([b, t, self.n_head, d / self.n_head]).transpose(1, 2)); // (B, nh, T, hs)
         let qkv = self.c_attn.forward(x).split(d, 2);
-        let q = heads(qkv[0].shallow_clone());
-        let (k, v) = super::layers::cached(cache, layer, heads(qkv[1].shallow_clone()), heads(qkv[2].shallow_clone()));
+        let q = heads(&qkv[0], Site::Q)?;
+        let (k, v) = super::layers::cached(cache, layer, heads(&qkv[1], Site::K)?, heads(&qkv[2], Site::V)?);
         let dropout = if opts.train { self.dropout } else { 0.0 };
-        let (y, probs) = attend(&q, &k, &v, Mask::Causal, dropout, opts.capture_attention);
-        let y = y.transpose(1, 2).contiguous().view([b, t, d]); // (B, T, C)
-        (self.c_proj.forward(&y), probs)
+        attend(&q, &k, &v, Mask::Causal, dropout, &self.c_proj, layer, opts)
     }
 }
 
@@ -218,12 +217,17 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, cache: &mut Option<&mut KvCache>, layer: usize, opts: &ForwardOptions) -> (Tensor, Option<Tensor>) {
-        let (a, probs) = self.attn.forward(&self.ln_1.forward(x), cache, layer, opts);
-        let x = x + a.dropout(self.resid_pdrop, opts.train);
-        let h = self.mlp.activation.apply(&self.mlp.c_fc.forward(&self.ln_2.forward(&x)));
-        let x = &x + self.mlp.c_proj.forward(&h).dropout(self.resid_pdrop, opts.train);
-        (x, probs)
+    fn forward(&self, x: Tensor, cache: &mut Option<&mut KvCache>, layer: usize, opts: &ForwardOptions) -> Result<(Tensor, Option<Tensor>)> {
+        let hook = |site, x| opts.hook(Point::block(layer, site), x);
+        let x = hook(Site::ResidPre, x)?;
+        let (a, probs) = self.attn.forward(&hook(Site::Ln1Normalized, self.ln_1.forward(&x))?, cache, layer, opts)?;
+        let a = hook(Site::AttnOut, a)?;
+        let x = hook(Site::ResidMid, &x + a.dropout(self.resid_pdrop, opts.train))?;
+        let pre = hook(Site::MlpPre, self.mlp.c_fc.forward(&hook(Site::Ln2Normalized, self.ln_2.forward(&x))?))?;
+        let post = hook(Site::MlpPost, self.mlp.activation.apply(&pre))?;
+        let m = hook(Site::MlpOut, self.mlp.c_proj.forward(&post))?;
+        let x = hook(Site::ResidPost, &x + m.dropout(self.resid_pdrop, opts.train))?;
+        Ok((x, probs))
     }
 }
 
@@ -274,16 +278,18 @@ impl Gpt {
         }
         super::check_ids(ids, self.config.vocab_size)?;
         let positions = Tensor::arange_start(past, past + t, (tch::Kind::Int64, ids.device()));
-        let mut x = (self.wte.forward(ids) + self.wpe.forward(&positions)).dropout(self.config.embd_pdrop, opts.train); // (B, T, C)
+        let tokens = opts.hook(Point::outside(Site::Embed), self.wte.forward(ids))?;
+        let positions = opts.hook(Point::outside(Site::PosEmbed), self.wpe.forward(&positions).unsqueeze(0))?;
+        let mut x = (tokens + positions).dropout(self.config.embd_pdrop, opts.train); // (B, T, C)
         let mut attentions = opts.capture_attention.then(Vec::new);
         for (i, block) in self.h.iter().enumerate() {
-            let (y, probs) = block.forward(&x, &mut cache, i, opts);
+            let (y, probs) = block.forward(x, &mut cache, i, opts)?;
             x = y;
             if let (Some(all), Some(p)) = (attentions.as_mut(), probs) {
                 all.push(p);
             }
         }
-        let x = self.ln_f.forward(&x);
+        let x = opts.hook(Point::outside(Site::LnFinal), self.ln_f.forward(&x))?;
         // The LM head shares the token embedding's weights (weight tying).
         let logits = x.linear::<Tensor>(&self.wte.ws, None); // (B, T, vocab)
         Ok(GptOutput { logits, hidden: x, attentions })
@@ -355,6 +361,15 @@ impl Network for Gpt {
     }
     fn architecture(&self) -> &'static str {
         "GPT2LMHeadModel"
+    }
+    fn readout(&self) -> Option<Readout> {
+        Some(Readout {
+            weight: self.ln_f.ws.as_ref()?.shallow_clone(),
+            bias: self.ln_f.bs.as_ref().map(Tensor::shallow_clone),
+            centred: true,
+            eps: self.config.layer_norm_epsilon,
+            unembed: self.wte.ws.shallow_clone(),
+        })
     }
 }
 

@@ -8,7 +8,9 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+use super::hooks::Site;
 use super::Activation;
+use crate::error::Result;
 
 /// Keys and values of earlier positions, one pair per layer, so that generation runs
 /// each token once.
@@ -61,6 +63,11 @@ impl RmsNorm {
     /// A norm over the last `size` features, its scale starting at one.
     pub fn new(p: nn::Path, size: i64, eps: f64) -> Self {
         RmsNorm { weight: p.var("weight", &[size], nn::Init::Const(1.0)), eps }
+    }
+
+    /// The learned scale.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
     }
 }
 
@@ -154,8 +161,13 @@ impl GatedMlp {
     }
 }
 
-impl Module for GatedMlp {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        self.down_proj.forward(&(self.activation.apply(&self.gate_proj.forward(x)) * self.up_proj.forward(x)))
+impl GatedMlp {
+    /// `down(act(gate(x)) * up(x))`, through the hook points `mlp.hook_pre` (the gate),
+    /// `mlp.hook_pre_linear` (up) and `mlp.hook_post` that `hook` runs.
+    pub fn forward(&self, x: &Tensor, hook: impl Fn(Site, Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let gate = hook(Site::MlpPre, self.gate_proj.forward(x))?;
+        let up = hook(Site::MlpPreLinear, self.up_proj.forward(x))?;
+        let post = hook(Site::MlpPost, self.activation.apply(&gate) * up)?;
+        Ok(self.down_proj.forward(&post))
     }
 }

@@ -25,8 +25,9 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::attention::{attend, Mask};
+use super::hooks::{Point, Site};
 use super::layers::{cached, GatedMlp, Llama3Scaling, RmsNorm, Rotary};
-use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Task, TaskKind};
+use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Readout, Task, TaskKind};
 use crate::checkpoint::gguf::{GgufFamily, Metadata};
 use crate::error::{invalid, Error, Result};
 
@@ -357,22 +358,23 @@ impl Attention {
         cache: &mut Option<&mut KvCache>,
         layer: usize,
         opts: &ForwardOptions,
-    ) -> (Tensor, Option<Tensor>) {
-        let (b, t, _) = x.size3().expect("(B, T, C) input");
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (b, t, _) = x.size3()?;
+        let hook = |site, x| opts.hook(Point::block(layer, site), x);
         let split = |z: Tensor, n: i64, norm: &Option<RmsNorm>| {
             let z = z.view([b, t, n, self.head_dim]);
             let z = norm.as_ref().map_or(z.shallow_clone(), |n| n.forward(&z));
             z.transpose(1, 2) // (B, n, T, head_dim)
         };
         let (cos, sin) = rotary;
-        let q = Rotary::apply(&split(self.q_proj.forward(x), self.heads, &self.q_norm), cos, sin);
-        let k = Rotary::apply(&split(self.k_proj.forward(x), self.kv_heads, &self.k_norm), cos, sin);
-        let v = split(self.v_proj.forward(x), self.kv_heads, &None);
+        let q = hook(Site::Q, split(self.q_proj.forward(x), self.heads, &self.q_norm))?;
+        let k = hook(Site::K, split(self.k_proj.forward(x), self.kv_heads, &self.k_norm))?;
+        let v = hook(Site::V, split(self.v_proj.forward(x), self.kv_heads, &None))?;
+        let q = hook(Site::RotQ, Rotary::apply(&q, cos, sin))?;
+        let k = hook(Site::RotK, Rotary::apply(&k, cos, sin))?;
         let (k, v) = cached(cache, layer, k, v);
         let dropout = if opts.train { self.dropout } else { 0.0 };
-        let (y, probs) = attend(&q, &k, &v, Mask::Causal, dropout, opts.capture_attention);
-        let y = y.transpose(1, 2).contiguous().view([b, t, self.heads * self.head_dim]);
-        (self.o_proj.forward(&y), probs)
+        attend(&q, &k, &v, Mask::Causal, dropout, &self.o_proj, layer, opts)
     }
 }
 
@@ -450,17 +452,20 @@ impl Network for Llama {
         }
         super::check_ids(ids, self.config.vocab_size)?;
         let (cos, sin) = self.rotary.cos_sin(past, t);
-        let mut x = self.embed_tokens.forward(ids); // (B, T, C)
+        let mut x = opts.hook(Point::outside(Site::Embed), self.embed_tokens.forward(ids))?; // (B, T, C)
         let mut attentions = opts.capture_attention.then(Vec::new);
         for (i, block) in self.layers.iter().enumerate() {
-            let (a, probs) = block.self_attn.forward(&block.input_layernorm.forward(&x), (&cos, &sin), &mut cache, i, opts);
-            let h = &x + a;
-            x = &h + block.mlp.forward(&block.post_attention_layernorm.forward(&h));
+            let hook = |site, x| opts.hook(Point::block(i, site), x);
+            x = hook(Site::ResidPre, x)?;
+            let (a, probs) = block.self_attn.forward(&hook(Site::Ln1Normalized, block.input_layernorm.forward(&x))?, (&cos, &sin), &mut cache, i, opts)?;
+            let h = hook(Site::ResidMid, &x + hook(Site::AttnOut, a)?)?;
+            let m = block.mlp.forward(&hook(Site::Ln2Normalized, block.post_attention_layernorm.forward(&h))?, |site, x| hook(site, x))?;
+            x = hook(Site::ResidPost, &h + hook(Site::MlpOut, m)?)?;
             if let (Some(all), Some(p)) = (attentions.as_mut(), probs) {
                 all.push(p);
             }
         }
-        let hidden = self.norm.forward(&x);
+        let hidden = opts.hook(Point::outside(Site::LnFinal), self.norm.forward(&x))?;
         let logits = match &self.lm_head {
             Some(head) => head.forward(&hidden),
             None => hidden.linear::<Tensor>(&self.embed_tokens.ws, None),
@@ -475,6 +480,10 @@ impl Network for Llama {
     }
     fn key_for_var(&self, var: &str) -> (String, bool) {
         (var.to_string(), false)
+    }
+    fn readout(&self) -> Option<Readout> {
+        let unembed = self.lm_head.as_ref().map_or(&self.embed_tokens.ws, |h| &h.ws).shallow_clone();
+        Some(Readout { weight: self.norm.weight().shallow_clone(), bias: None, centred: false, eps: self.config.rms_norm_eps, unembed })
     }
     fn architecture(&self) -> &'static str {
         match self.config.variant() {

@@ -13,6 +13,7 @@
 pub mod attention;
 pub mod bert;
 pub mod gpt;
+pub mod hooks;
 pub mod layers;
 pub mod llama;
 
@@ -101,14 +102,70 @@ impl Task {
 
 /// Options of a forward pass.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ForwardOptions {
+pub struct ForwardOptions<'a> {
     /// Training mode: dropout is active.
     pub train: bool,
     /// Return every layer's attention probabilities.
     pub capture_attention: bool,
+    /// Hooks that read and write activations at the named hook points.
+    pub hooks: Option<&'a hooks::Hooks>,
+}
+
+/// How a language model reads its residual stream: the final norm, then the
+/// unembedding. The logit lens reads every layer through it; direct logit attribution
+/// uses it frozen at the last layer's scale, so that it is linear in each component.
+pub struct Readout {
+    /// The final norm's scale `(C,)`.
+    pub weight: Tensor,
+    /// Its shift (LayerNorm), `None` for RMSNorm.
+    pub bias: Option<Tensor>,
+    /// LayerNorm subtracts the mean; RMSNorm does not.
+    pub centred: bool,
+    /// The norm's epsilon.
+    pub eps: f64,
+    /// The unembedding `(vocab, C)`.
+    pub unembed: Tensor,
+}
+
+impl Readout {
+    /// `x` with the mean over features removed when the norm does that.
+    pub fn centre(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(if self.centred { x.f_sub(&x.f_mean_dim([-1].as_slice(), true, Kind::Float)?)? } else { x.shallow_clone() })
+    }
+
+    /// What the norm divides `x: (.., C)` by, `(.., 1)`.
+    pub fn scale(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.centre(&x.f_to_kind(Kind::Float)?)?;
+        Ok(x.f_pow_tensor_scalar(2)?.f_mean_dim([-1].as_slice(), true, Kind::Float)?.f_add_scalar(self.eps)?.f_sqrt()?)
+    }
+
+    /// Logits `(.., vocab)` for residual streams `x: (.., C)`.
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let normal = self.centre(&x.f_to_kind(Kind::Float)?)?.f_div(&self.scale(x)?)?.f_mul(&self.weight.f_to_kind(Kind::Float)?)?;
+        let normal = match &self.bias {
+            Some(b) => normal.f_add(&b.f_to_kind(Kind::Float)?)?,
+            None => normal,
+        };
+        Ok(normal.f_matmul(&self.unembed.f_to_kind(Kind::Float)?.f_transpose(0, 1)?)?)
+    }
+
+    /// The direction in the normalised stream whose dot product is token `token`'s
+    /// logit (before the norm's shift): `weight ∘ unembed[token]`, `(C,)`.
+    pub fn direction(&self, token: i64) -> Result<Tensor> {
+        Ok(self.unembed.f_get(token)?.f_to_kind(Kind::Float)?.f_mul(&self.weight.f_to_kind(Kind::Float)?)?)
+    }
+
+    /// What the norm's shift adds to token `token`'s logit.
+    pub fn bias_logit(&self, token: i64) -> Result<f64> {
+        Ok(match &self.bias {
+            Some(b) => b.f_to_kind(Kind::Float)?.f_dot(&self.unembed.f_get(token)?.f_to_kind(Kind::Float)?)?.double_value(&[]),
+            None => 0.0,
+        })
+    }
 }
 
 /// What a forward pass returns, in every family.
+#[derive(Debug)]
 pub struct Output {
     /// Final hidden states `(B, T, H)` (after the final norm in pre-norm families).
     pub hidden: Tensor,
@@ -198,6 +255,10 @@ pub trait Network: Send {
     fn key_for_var(&self, var: &str) -> (String, bool);
     /// `architectures[0]` in the `config.json` saved for it (`GPT2LMHeadModel`).
     fn architecture(&self) -> &'static str;
+    /// The final norm and unembedding of a language model; `None` for encoders.
+    fn readout(&self) -> Option<Readout> {
+        None
+    }
 }
 
 /// A feed-forward activation, by its Hugging Face name.

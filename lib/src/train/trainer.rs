@@ -463,7 +463,7 @@ impl Trainer {
 
     fn logits(&self, batch: &Batch, train: bool) -> Result<Tensor> {
         let device = self.model.device();
-        let opts = ForwardOptions { train, capture_attention: false };
+        let opts = ForwardOptions { train, ..Default::default() };
         let inputs = batch.inputs.to_device(device);
         let mask = batch.mask.as_ref().map(|m| m.to_device(device));
         let out = self.model.forward(&inputs, mask.as_ref(), &opts, None)?;

@@ -67,7 +67,7 @@ fn attention(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
     }
     let ids = Tensor::from_slice(&pairs.iter().map(|(i, _)| *i).collect::<Vec<_>>()).unsqueeze(0).to_device(model.device());
     let tokens: Vec<String> = pairs.iter().map(|(_, t)| t.clone()).collect();
-    let opts = ForwardOptions { train: false, capture_attention: true };
+    let opts = ForwardOptions { capture_attention: true, ..Default::default() };
     let attentions = tch::no_grad(|| -> crate::Result<Vec<Tensor>> { Ok(model.forward(&ids, None, &opts, None)?.attentions.expect("capture was asked for")) })?;
     let (layers, heads) = (attentions.len() as i64, attentions[0].size()[1]);
     let to_rows = |t: &Tensor| -> Vec<Vec<f64>> { Vec::<Vec<f64>>::try_from(t.to_kind(Kind::Double).to_device(tch::Device::Cpu)).expect("2-D") };
