@@ -6,6 +6,7 @@
 //! # use tchlab::live;
 //! # fn main() -> tchlab::Result<()> {
 //! let w = live::weight("transformer.h.0.attn.c_attn.weight")?; // the trained tensor
+//! let resid = live::activation("blocks.0.hook_resid_post")?; // kept by `%cache TEXT`
 //! live::set_weight("transformer.h.0.attn.c_attn.weight", &(w * 0.5))?;
 //! live::run("%eval")?; // commands see the change
 //! # Ok(())
@@ -72,6 +73,13 @@ pub enum Request {
     },
     /// The current branch's training history.
     History,
+    /// Write the activations `%cache` kept (every one when `names` is empty) to `file`.
+    Activations {
+        /// Hook names, as `%cache` lists them.
+        names: Vec<String>,
+        /// Where to write, in the socket's directory.
+        file: PathBuf,
+    },
     /// Run command lines (`%eval`, `%train 10`); their output shows in the cell.
     Run {
         /// One or more command lines.
@@ -173,6 +181,17 @@ pub fn history() -> Result<History> {
     decode(call(&Request::History)?)
 }
 
+/// One activation `%cache` kept, by its hook name (`blocks.0.hook_resid_post`).
+pub fn activation(name: &str) -> Result<Tensor> {
+    let mut all = fetch_tensors(|file| Request::Activations { names: vec![name.to_string()], file })?;
+    all.pop().map(|(_, t)| t).ok_or_else(|| Error::Invalid(format!("the session sent no activation `{name}`")))
+}
+
+/// Every activation `%cache` kept, by hook name.
+pub fn activations() -> Result<Vec<(String, Tensor)>> {
+    fetch_tensors(|file| Request::Activations { names: vec![], file })
+}
+
 /// Runs command lines in the session, as a command cell would; their output shows in
 /// this cell. Returns the last command's result as JSON (`null` when it has none).
 pub fn run(cell: &str) -> Result<Value> {
@@ -184,8 +203,13 @@ fn decode<T: serde::de::DeserializeOwned>(value: Value) -> Result<T> {
 }
 
 fn fetch_weights(names: Vec<String>) -> Result<Vec<(String, Tensor)>> {
-    let file = Scratch::new("weights.safetensors")?;
-    let reply = call(&Request::Weights { names, file: file.0.clone() })?;
+    fetch_tensors(|file| Request::Weights { names, file })
+}
+
+/// Sends the request for tensors that `request` makes with a scratch file, and reads them.
+fn fetch_tensors(request: impl FnOnce(PathBuf) -> Request) -> Result<Vec<(String, Tensor)>> {
+    let file = Scratch::new("tensors.safetensors")?;
+    let reply = call(&request(file.0.clone()))?;
     let device = device_of(&reply)?;
     let tensors = Tensor::read_safetensors(&file.0).map_err(|e| Error::format(&file.0, e.to_string()))?;
     let mut tensors: Vec<(String, Tensor)> = tensors.into_iter().map(|(n, t)| (n, t.to_device(device))).collect();

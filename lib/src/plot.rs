@@ -1,6 +1,7 @@
 //! Figures: training curves (raw and smoothed, log axis, validation points, several
-//! runs overlaid) and attention maps (one head with token labels, or a layers × heads
-//! grid). Each figure is rendered twice from the same drawing code: a PNG at 2×
+//! runs overlaid), heatmaps with labelled axes and a colour bar (one attention head
+//! with token labels, layers × heads scores, the logit lens), and a layers × heads grid
+//! of attention maps. Each figure is rendered twice from the same drawing code: a PNG at 2×
 //! pixel density and an SVG.
 //!
 //! Pure Rust through `plotters`, with DejaVu Sans embedded so that no system font is
@@ -267,52 +268,190 @@ fn format_number(v: f64) -> String {
     }
 }
 
-/// One head's attention `(queries, keys)` as a heatmap with the tokens on both axes.
-pub fn attention_map(probs: &[Vec<f64>], tokens: &[String], title: &str) -> Result<Figure> {
-    let n = probs.len();
-    if n == 0 || probs.iter().any(|r| r.len() != tokens.len()) || tokens.len() != n {
-        return invalid!("an attention map needs a square matrix with one token per row");
+/// How a heatmap maps values to colours.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ColourScale {
+    /// Viridis from `lo` to `hi` (probabilities, scores).
+    Sequential {
+        /// The value drawn darkest.
+        lo: f64,
+        /// The value drawn brightest.
+        hi: f64,
+    },
+    /// Blue through white to red, white at zero, saturated at `±limit` (effects that can
+    /// go either way).
+    Diverging {
+        /// The magnitude drawn fully saturated.
+        limit: f64,
+    },
+}
+
+impl ColourScale {
+    /// A diverging scale saturating at the largest magnitude in `values`.
+    pub fn diverging_for(values: &[Vec<f64>]) -> Self {
+        let limit = values.iter().flatten().filter(|v| v.is_finite()).fold(0.0f64, |m, v| m.max(v.abs()));
+        ColourScale::Diverging { limit: if limit > 0.0 { limit } else { 1.0 } }
     }
-    let cell = (480 / n as u32).clamp(8, 48);
-    let label_room = 12 + 7 * tokens.iter().map(|t| t.chars().count().min(12)).max().unwrap_or(1) as u32;
-    let (width, height) = (label_room + cell * n as u32 + 20, label_room + cell * n as u32 + 40);
-    render(width, height, &MapDrawing { probs, tokens, title, cell, label_room })
-}
 
-struct MapDrawing<'a> {
-    probs: &'a [Vec<f64>],
-    tokens: &'a [String],
-    title: &'a str,
-    cell: u32,
-    label_room: u32,
-}
+    /// A sequential scale over the range of `values`.
+    pub fn sequential_for(values: &[Vec<f64>]) -> Self {
+        let finite = values.iter().flatten().copied().filter(|v| v.is_finite());
+        let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        if lo < hi {
+            ColourScale::Sequential { lo, hi }
+        } else {
+            ColourScale::Sequential { lo: lo.min(0.0), hi: lo.max(0.0) + 1.0 }
+        }
+    }
 
-impl Drawing for MapDrawing<'_> {
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>, scale: f64) -> std::result::Result<(), String> {
-        let short = |t: &String| t.chars().take(12).collect::<String>();
-        let px = |v: f64| (v * scale) as i32;
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let font = (FONT, 11.0 * scale).into_font();
-        root.draw(&Text::new(self.title.to_string(), (px(8.0), px(6.0)), (FONT, 14.0 * scale, FontStyle::Bold).into_font())).map_err(|e| e.to_string())?;
-        let (left, top) = (px(f64::from(self.label_room)), px(f64::from(self.label_room) + 20.0));
-        let c = px(f64::from(self.cell));
-        for (i, row) in self.probs.iter().enumerate() {
-            for (j, &p) in row.iter().enumerate() {
-                let color = ViridisRGB::get_color_normalized(p as f32, 0.0, 1.0);
-                let (x, y) = (left + j as i32 * c, top + i as i32 * c);
-                root.draw(&Rectangle::new([(x, y), (x + c, y + c)], color.filled())).map_err(|e| e.to_string())?;
+    fn colour(self, v: f64) -> RGBColor {
+        match self {
+            ColourScale::Sequential { lo, hi } => ViridisRGB::get_color_normalized(v as f32, lo as f32, hi as f32),
+            ColourScale::Diverging { limit } => {
+                let t = (v / limit).clamp(-1.0, 1.0);
+                let fade = |c: u8| (255.0 - (255.0 - f64::from(c)) * t.abs()) as u8;
+                let (r, g, b) = if t >= 0.0 { (178, 24, 43) } else { (33, 102, 172) };
+                RGBColor(fade(r), fade(g), fade(b))
             }
         }
-        for (i, t) in self.tokens.iter().enumerate() {
-            let y = top + i as i32 * c + c / 2 - px(6.0);
-            root.draw(&Text::new(short(t), (px(4.0), y), font.clone())).map_err(|e| e.to_string())?;
-            // Key labels stand above their columns, turned upright so long tokens fit.
-            let x = left + i as i32 * c + c / 2 - px(6.0);
-            let upright = font.clone().transform(FontTransform::Rotate270);
-            root.draw(&Text::new(short(t), (x, top - px(4.0)), upright)).map_err(|e| e.to_string())?;
+    }
+
+    fn range(self) -> (f64, f64) {
+        match self {
+            ColourScale::Sequential { lo, hi } => (lo, hi),
+            ColourScale::Diverging { limit } => (-limit, limit),
         }
+    }
+}
+
+/// What a heatmap shows: a matrix with labelled rows and columns, a colour bar, and
+/// optionally a short text in each cell (the logit lens's top tokens).
+#[derive(Debug, Clone)]
+pub struct Heatmap<'a> {
+    /// Title above the map.
+    pub title: &'a str,
+    /// `[row][column]`; NaN cells are left blank (grey under a cell text).
+    pub values: &'a [Vec<f64>],
+    /// One label per row (drawn left).
+    pub rows: &'a [String],
+    /// One label per column (drawn above, upright).
+    pub columns: &'a [String],
+    /// What the rows are (`layer`, `query`).
+    pub row_axis: &'a str,
+    /// What the columns are (`head`, `key`, `position`).
+    pub column_axis: &'a str,
+    /// Colours.
+    pub scale: ColourScale,
+    /// The colour bar's caption (`probability`, `Δ loss`).
+    pub legend: &'a str,
+    /// Text written in each cell, when the cells are large enough.
+    pub cell_text: Option<&'a [Vec<String>]>,
+}
+
+/// Draws a heatmap; the error says what does not fit together.
+pub fn heatmap(map: &Heatmap) -> Result<Figure> {
+    let (n_rows, n_cols) = (map.values.len(), map.values.first().map_or(0, Vec::len));
+    if n_rows == 0 || n_cols == 0 || map.values.iter().any(|r| r.len() != n_cols) || map.rows.len() != n_rows || map.columns.len() != n_cols {
+        return invalid!("a heatmap needs a non-empty rectangular matrix with one label per row and per column");
+    }
+    if map.cell_text.is_some_and(|t| t.len() != n_rows || t.iter().any(|r| r.len() != n_cols)) {
+        return invalid!("a heatmap's cell texts must match its matrix");
+    }
+    let longest = |labels: &[String]| 7 * labels.iter().map(|t| t.chars().count().min(LABEL_CHARS)).max().unwrap_or(1) as u32;
+    let cell = if map.cell_text.is_some() { 56 } else { (560 / n_rows.max(n_cols) as u32).clamp(10, 40) };
+    let (cell_w, cell_h) = (cell, if map.cell_text.is_some() { 22 } else { cell });
+    let left = 24 + longest(map.rows);
+    let top = 34 + longest(map.columns) + 16;
+    let title_width = 16 + 9 * map.title.chars().count() as u32;
+    let width = (left + cell_w * n_cols as u32 + 110).max(title_width);
+    let height = (top + cell_h * n_rows as u32 + 30).max(top + 160);
+    render(width, height, &HeatmapDrawing { map, cell_w, cell_h, left, top })
+}
+
+/// Labels longer than this many characters are cut.
+const LABEL_CHARS: usize = 12;
+
+struct HeatmapDrawing<'a> {
+    map: &'a Heatmap<'a>,
+    cell_w: u32,
+    cell_h: u32,
+    left: u32,
+    top: u32,
+}
+
+impl Drawing for HeatmapDrawing<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>, scale: f64) -> std::result::Result<(), String> {
+        let m = self.map;
+        let short = |t: &String| t.chars().take(LABEL_CHARS).collect::<String>();
+        let px = |v: f64| (v * scale) as i32;
+        let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+        root.fill(&WHITE).map_err(e)?;
+        let font = (FONT, 11.0 * scale).into_font();
+        root.draw(&Text::new(m.title.to_string(), (px(8.0), px(6.0)), (FONT, 14.0 * scale, FontStyle::Bold).into_font())).map_err(e)?;
+        let (left, top) = (px(f64::from(self.left)), px(f64::from(self.top)));
+        let (cw, ch) = (px(f64::from(self.cell_w)), px(f64::from(self.cell_h)));
+        let axes = format!("{} ↓   {} →", m.row_axis, m.column_axis);
+        root.draw(&Text::new(axes, (px(8.0), px(24.0)), font.clone())).map_err(e)?;
+        for (i, row) in m.values.iter().enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                // A cell without a value is blank, or pale grey under its text (the logit
+                // lens's last position, which has no next token to score).
+                if !v.is_finite() && m.cell_text.is_none() {
+                    continue;
+                }
+                let (x, y) = (left + j as i32 * cw, top + i as i32 * ch);
+                let colour = if v.is_finite() { m.scale.colour(v) } else { RGBColor(235, 235, 235) };
+                root.draw(&Rectangle::new([(x, y), (x + cw, y + ch)], colour.filled())).map_err(e)?;
+                if let Some(text) = m.cell_text {
+                    let dark = f64::from(colour.0) * 0.299 + f64::from(colour.1) * 0.587 + f64::from(colour.2) * 0.114 < 140.0;
+                    let ink = if dark { WHITE } else { BLACK };
+                    let word: String = text[i][j].chars().take(7).collect();
+                    root.draw(&Text::new(word, (x + px(3.0), y + px(5.0)), font.clone().color(&ink))).map_err(e)?;
+                }
+            }
+        }
+        for (i, t) in m.rows.iter().enumerate() {
+            let y = top + i as i32 * ch + ch / 2 - px(6.0);
+            root.draw(&Text::new(short(t), (px(8.0), y), font.clone())).map_err(e)?;
+        }
+        let upright = font.clone().transform(FontTransform::Rotate270);
+        for (j, t) in m.columns.iter().enumerate() {
+            let x = left + j as i32 * cw + cw / 2 - px(6.0);
+            root.draw(&Text::new(short(t), (x, top - px(4.0)), upright.clone())).map_err(e)?;
+        }
+        // The colour bar: what the colours mean, with its ends and middle labelled.
+        let (bar_x, bar_h) = (left + cw * m.values[0].len() as i32 + px(16.0), px(120.0));
+        let (lo, hi) = m.scale.range();
+        let steps = 60;
+        for k in 0..steps {
+            let v = hi - (hi - lo) * f64::from(k) / f64::from(steps - 1);
+            let y = top + bar_h * k / steps;
+            root.draw(&Rectangle::new([(bar_x, y), (bar_x + px(14.0), y + bar_h / steps + 1)], m.scale.colour(v).filled())).map_err(e)?;
+        }
+        for (v, y) in [(hi, top), ((lo + hi) / 2.0, top + bar_h / 2), (lo, top + bar_h)] {
+            root.draw(&Text::new(format_number(v), (bar_x + px(18.0), y - px(6.0)), font.clone())).map_err(e)?;
+        }
+        root.draw(&Text::new(m.legend.to_string(), (bar_x, top + bar_h + px(10.0)), font.clone())).map_err(e)?;
         Ok(())
     }
+}
+
+/// One head's attention `(queries, keys)` as a heatmap with the tokens on both axes.
+pub fn attention_map(probs: &[Vec<f64>], tokens: &[String], title: &str) -> Result<Figure> {
+    if probs.len() != tokens.len() {
+        return invalid!("an attention map needs a square matrix with one token per row");
+    }
+    heatmap(&Heatmap {
+        title,
+        values: probs,
+        rows: tokens,
+        columns: tokens,
+        row_axis: "query",
+        column_axis: "key",
+        scale: ColourScale::Sequential { lo: 0.0, hi: 1.0 },
+        legend: "attention",
+        cell_text: None,
+    })
 }
 
 /// Every layer's and head's attention `[layer][head][query][key]` as a grid of small maps.

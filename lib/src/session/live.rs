@@ -11,6 +11,24 @@ use super::parse::{split_cell, Cell};
 use super::{Ctx, Session};
 use crate::live::{Info, Parameter, Reply, Request};
 
+/// Writes the tensors of `all` named in `names` (all when empty) to `file`; an unknown
+/// name is refused with the closest ones.
+fn write_chosen(all: &[(String, tch::Tensor)], names: &[String], file: &Path, missing: &str, listing: &str) -> Result<(), CellError> {
+    let mut chosen = vec![];
+    if names.is_empty() {
+        chosen.extend(all.iter().map(|(n, t)| (n.clone(), t.shallow_clone())));
+    }
+    for name in names {
+        let Some((_, t)) = all.iter().find(|(n, _)| n == name) else {
+            let close = crate::suggest::did_you_mean(name, all.iter().map(|(n, _)| n.as_str()));
+            return Err(CellError { name: "UsageError".into(), message: format!("{missing} `{name}`{close}; {listing}") });
+        };
+        chosen.push((name.clone(), t.shallow_clone()));
+    }
+    let cpu: Vec<(String, tch::Tensor)> = chosen.into_iter().map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
+    tch::Tensor::write_safetensors(&cpu, file).map_err(|e| CellError::from(crate::Error::from(e)))
+}
+
 impl Session {
     /// Answers one request line from a Rust cell. Files named in requests must lie in
     /// `scratch` (the socket's directory); command output (`live::run`) goes to `sink`.
@@ -62,24 +80,16 @@ impl Session {
             Request::Weights { names, file } => {
                 inside(&file)?;
                 let all = self.model_or_err()?.named_tensors();
-                let chosen: Vec<(String, tch::Tensor)> = if names.is_empty() {
-                    all
-                } else {
-                    let mut chosen = vec![];
-                    for name in names {
-                        let Some((_, t)) = all.iter().find(|(n, _)| *n == name) else {
-                            let close = crate::suggest::did_you_mean(&name, all.iter().map(|(n, _)| n.as_str()));
-                            return Err(CellError {
-                                name: "UsageError".into(),
-                                message: format!("the model has no weight `{name}`{close}; `%weights` lists them"),
-                            });
-                        };
-                        chosen.push((name, t.shallow_clone()));
-                    }
-                    chosen
-                };
-                let cpu: Vec<(String, tch::Tensor)> = chosen.into_iter().map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
-                tch::Tensor::write_safetensors(&cpu, &file).map_err(|e| CellError::from(crate::Error::from(e)))?;
+                write_chosen(&all, &names, &file, "the model has no weight", "`%weights` lists them")?;
+                Ok(device)
+            }
+            Request::Activations { names, file } => {
+                inside(&file)?;
+                let cache = self
+                    .activations
+                    .as_ref()
+                    .ok_or_else(|| CellError { name: "UsageError".into(), message: "no activations kept: `%cache \"some text\"` keeps them first".into() })?;
+                write_chosen(&cache.tensors, &names, &file, "`%cache` kept no activation", "`%cache` lists what it kept")?;
                 Ok(device)
             }
             Request::SetWeights { file } => {

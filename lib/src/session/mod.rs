@@ -45,6 +45,7 @@ pub struct Session {
     inputs: Vec<String>,
     saved_at: Option<(String, i64)>,
     conversation: crate::chat::Conversation,
+    activations: Option<commands::ActivationCache>,
 }
 
 /// A glance at the session, for prompts and exit questions.
@@ -163,6 +164,7 @@ impl Session {
             inputs: vec![],
             saved_at: None,
             conversation: Default::default(),
+            activations: None,
         }
     }
 
@@ -372,6 +374,7 @@ impl Session {
     ) -> Result<(), CellError> {
         let tokenizer = tokenizer.or_else(|| self.tokenizer().cloned());
         self.conversation = crate::chat::Conversation { template: chat_template, ..Default::default() };
+        self.activations = None;
         self.trainer = None;
         self.model = None;
         self.pooling = pooling;

@@ -408,9 +408,14 @@ impl Trainer {
         }
     }
 
+    /// The data set's fixed validation batches, as [`Trainer::evaluate`] reads them.
+    pub fn validation_batches(&self) -> Vec<Batch> {
+        self.data.val_batches(self.hp.batch, self.ctx(), self.hp.eval_batches)
+    }
+
     /// Validation metrics on the data set's fixed validation batches, in eval mode.
     pub fn evaluate(&self) -> Result<EvalMetrics> {
-        let batches = self.data.val_batches(self.hp.batch, self.ctx(), self.hp.eval_batches);
+        let batches = self.validation_batches();
         if batches.is_empty() {
             return invalid!("no validation data: load data with a validation fraction (`--val 0.1`)");
         }

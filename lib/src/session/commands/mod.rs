@@ -5,12 +5,15 @@
 //! Handlers live beside their kin: [`general`] (help, environment, timing),
 //! [`model`] (models, checkpoints, tokenizers), [`training`] (data, hyperparameters,
 //! training, the timeline, plots), [`explore`] (sweeps, the learning-rate range test,
-//! comparisons) and [`inference`] (generation, attention, embeddings, prediction).
+//! comparisons), [`inference`] (generation, attention, embeddings, prediction) and
+//! [`inside`] (hook points: the activation cache, logit lens, ablation, patching, head
+//! scores, attribution).
 
 mod chat;
 mod explore;
 mod general;
 mod inference;
+mod inside;
 mod model;
 mod training;
 
@@ -237,6 +240,12 @@ pub static COMMANDS: &[Command] = &[
     inference::GENERATE,
     chat::CHAT,
     inference::ATTENTION,
+    inside::CACHE,
+    inside::LOGIT_LENS,
+    inside::ATTRIBUTE,
+    inside::ABLATE,
+    inside::PATCH,
+    inside::HEADS,
     inference::EMBED,
     inference::SIMILARITY,
     inference::PREDICT,
@@ -247,6 +256,7 @@ pub static COMMANDS: &[Command] = &[
 ];
 
 pub(crate) use general::{device_name, parse_device};
+pub use inside::ActivationCache;
 
 /// The command named `name`.
 pub fn find(name: &str) -> Option<&'static Command> {
