@@ -10,6 +10,7 @@
 
 use tch::{Kind, Tensor};
 
+use crate::data::Batch;
 use crate::error::{invalid, Result};
 use crate::models::hooks::{Action, Collected, Edit, Hooks, Names, Point, Site};
 use crate::models::{ForwardOptions, Model, Output, Readout, Task};
@@ -62,18 +63,22 @@ pub enum Metric {
 }
 
 impl Metric {
-    /// The metric for each batch row of `logits: (B, T, vocab)` of `ids: (B, T)`.
-    pub fn per_row(self, logits: &Tensor, ids: &Tensor) -> Result<Vec<f64>> {
+    /// The metric for each batch row of `logits: (B, T, vocab)`; `targets: (B, T)` holds
+    /// each position's next token (-100 where there is none to score, see [`text_batch`]).
+    pub fn per_row(self, logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>> {
         let logits = logits.f_to_kind(Kind::Float)?;
         let values = match self {
             Metric::Loss => {
-                let t = ids.size()[1];
-                if t < 2 {
+                let targets = targets.f_to_device(logits.device())?;
+                let scored = targets.f_ne(-100)?;
+                if !bool::try_from(scored.f_any()?)? {
                     return invalid!("the loss needs at least two tokens: one to read and one to predict");
                 }
-                let logp = logits.f_narrow(1, 0, t - 1)?.f_log_softmax(-1, Kind::Float)?;
-                let next = ids.f_narrow(1, 1, t - 1)?.f_to_device(logp.device())?.f_unsqueeze(-1)?;
-                logp.f_gather(-1, &next, false)?.f_squeeze_dim(-1)?.f_mean_dim([1].as_slice(), false, Kind::Float)?.f_neg()?
+                let logp = logits.f_log_softmax(-1, Kind::Float)?;
+                let picked = logp.f_gather(-1, &targets.f_clamp_min(0)?.f_unsqueeze(-1)?, false)?.f_squeeze_dim(-1)?;
+                let weights = scored.f_to_kind(Kind::Float)?;
+                let counts = weights.f_sum_dim_intlist([1].as_slice(), false, Kind::Float)?.f_clamp_min(1.0)?;
+                picked.f_mul(&weights)?.f_sum_dim_intlist([1].as_slice(), false, Kind::Float)?.f_neg()?.f_div(&counts)?
             }
             Metric::LogitDiff(a, b) => {
                 let last = logits.f_select(1, -1)?;
@@ -82,6 +87,14 @@ impl Metric {
         };
         Ok(Vec::<f64>::try_from(values.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?)?)
     }
+}
+
+/// A text's ids `(B, T)` as a batch whose targets are the next tokens (none after the last).
+pub fn text_batch(ids: &Tensor) -> Result<Batch> {
+    let t = ids.size()[1];
+    let next = ids.f_narrow(1, 1, t - 1)?;
+    let none = Tensor::f_full([ids.size()[0], 1], -100, (Kind::Int64, ids.device()))?;
+    Ok(Batch { inputs: ids.shallow_clone(), targets: Tensor::f_cat(&[next, none], 1)?, mask: None })
 }
 
 /// The logit lens: what each layer's residual stream would predict if it were the last.
@@ -190,12 +203,12 @@ pub enum Ablation {
 
 /// The mean of each named activation over every batch row and position of `batches`,
 /// shaped to broadcast over an activation (`(1, 1, ...)`).
-fn means(model: &Model, batches: &[Tensor], names: &[String]) -> Result<Vec<(String, Tensor)>> {
+fn means(model: &Model, batches: &[Batch], names: &[String]) -> Result<Vec<(String, Tensor)>> {
     let filter = Names::parse(&names.join(","))?;
     let mut sums: Vec<(String, Tensor, i64)> = vec![];
-    for ids in batches {
+    for batch in batches {
         crate::interrupt::check("computing mean activations")?;
-        let (_, cache) = run_with_cache(model, ids, &filter, ANALYSIS_BUDGET)?;
+        let (_, cache) = run_with_cache(model, &batch.inputs, &filter, ANALYSIS_BUDGET)?;
         for (name, t) in cache {
             let count = t.size()[0] * t.size()[1];
             let sum = t.f_to_kind(Kind::Double)?.f_sum_dim_intlist([0, 1].as_slice(), true, Kind::Double)?;
@@ -211,7 +224,7 @@ fn means(model: &Model, batches: &[Tensor], names: &[String]) -> Result<Vec<(Str
     sums.into_iter().map(|(n, s, c)| Ok((n, s.f_div_scalar(c as f64)?.f_to_kind(Kind::Float)?))).collect()
 }
 
-fn ablation_edits(model: &Model, batches: &[Tensor], components: &[Component], ablation: Ablation) -> Result<Vec<Edit>> {
+fn ablation_edits(model: &Model, batches: &[Batch], components: &[Component], ablation: Ablation) -> Result<Vec<Edit>> {
     let points: Vec<(String, Option<i64>)> = components.iter().flat_map(|c| c.points()).collect();
     let means = match ablation {
         Ablation::Zero => vec![],
@@ -233,14 +246,14 @@ fn ablation_edits(model: &Model, batches: &[Tensor], components: &[Component], a
         .collect()
 }
 
-/// The metric averaged over `batches` (each `(B, T)` ids), with `edits` applied.
-fn mean_metric(model: &Model, batches: &[Tensor], metric: Metric, edits: impl Fn() -> Result<Vec<Edit>>) -> Result<f64> {
+/// The metric averaged over the rows of `batches`, with `edits` applied.
+fn mean_metric(model: &Model, batches: &[Batch], metric: Metric, edits: impl Fn() -> Result<Vec<Edit>>) -> Result<f64> {
     let (mut total, mut rows) = (0.0, 0usize);
-    for ids in batches {
+    for batch in batches {
         crate::interrupt::check("ablating")?;
         let hooks = edits()?.into_iter().fold(Hooks::new(), Hooks::edit);
-        let (out, _) = run_with_hooks(model, ids, hooks)?;
-        let values = metric.per_row(&out.logits.expect("a language model"), ids)?;
+        let (out, _) = run_with_hooks(model, &batch.inputs, hooks)?;
+        let values = metric.per_row(&out.logits.expect("a language model"), &batch.targets)?;
         rows += values.len();
         total += values.iter().sum::<f64>();
     }
@@ -248,7 +261,7 @@ fn mean_metric(model: &Model, batches: &[Tensor], metric: Metric, edits: impl Fn
 }
 
 /// The metric on `batches` before and after ablating every one of `components` at once.
-pub fn ablate(model: &Model, batches: &[Tensor], components: &[Component], ablation: Ablation, metric: Metric) -> Result<(f64, f64)> {
+pub fn ablate(model: &Model, batches: &[Batch], components: &[Component], ablation: Ablation, metric: Metric) -> Result<(f64, f64)> {
     readout(model, "ablation's metric")?;
     let base = mean_metric(model, batches, metric, || Ok(vec![]))?;
     let edits = ablation_edits(model, batches, components, ablation)?;
@@ -270,22 +283,23 @@ fn clone_edit(e: &Edit) -> Result<Edit> {
 pub fn ablate_each_head(model: &Model, ids: &Tensor, ablation: Ablation, metric: Metric) -> Result<(f64, Vec<Vec<f64>>)> {
     readout(model, "ablation's metric")?;
     let d = model.config().dims();
-    let base = mean_metric(model, std::slice::from_ref(ids), metric, || Ok(vec![]))?;
-    let rows = ids.f_expand([d.heads, ids.size()[1]], false)?;
+    let text = [text_batch(ids)?];
+    let base = mean_metric(model, &text, metric, || Ok(vec![]))?;
+    let rows = text_batch(&ids.f_expand([d.heads, ids.size()[1]], false)?)?;
     let mut effects = vec![];
     for layer in 0..d.layers as usize {
         crate::interrupt::check("ablating heads")?;
         let name = Point::name_of(layer, Site::Z);
         let mean = match ablation {
             Ablation::Zero => None,
-            Ablation::Mean => Some(cached(&means(model, std::slice::from_ref(ids), std::slice::from_ref(&name))?, &name)?.shallow_clone()),
+            Ablation::Mean => Some(cached(&means(model, &text, std::slice::from_ref(&name))?, &name)?.shallow_clone()),
         };
         let hooks = (0..d.heads).fold(Hooks::new(), |hooks, h| {
             let action = mean.as_ref().map_or(Action::Zero, |m| Action::Replace(m.shallow_clone()));
             hooks.edit(Edit::new(Names::one(name.clone()), action).row(h).head(h))
         });
-        let (out, _) = run_with_hooks(model, &rows, hooks)?;
-        effects.push(metric.per_row(&out.logits.expect("a language model"), &rows)?.into_iter().map(|v| v - base).collect());
+        let (out, _) = run_with_hooks(model, &rows.inputs, hooks)?;
+        effects.push(metric.per_row(&out.logits.expect("a language model"), &rows.targets)?.into_iter().map(|v| v - base).collect());
     }
     Ok((base, effects))
 }
@@ -340,8 +354,8 @@ pub fn patch(model: &Model, clean: &Tensor, corrupt: &Tensor, metric: Metric, ov
     let d = model.config().dims();
     let names: Vec<String> = (0..d.layers as usize).map(|l| Point::name_of(l, over.site())).collect();
     let (clean_out, clean_cache) = run_with_cache(model, clean, &Names::parse(&names.join(","))?, ANALYSIS_BUDGET)?;
-    let clean_value = metric.per_row(&clean_out.logits.expect("a language model"), clean)?[0];
-    let corrupt_value = mean_metric(model, std::slice::from_ref(corrupt), metric, || Ok(vec![]))?;
+    let clean_value = metric.per_row(&clean_out.logits.expect("a language model"), &text_batch(clean)?.targets)?[0];
+    let corrupt_value = mean_metric(model, &[text_batch(corrupt)?], metric, || Ok(vec![]))?;
     let gap = clean_value - corrupt_value;
     if !(gap.abs() > 1e-6) {
         return invalid!(
@@ -349,7 +363,7 @@ pub fn patch(model: &Model, clean: &Tensor, corrupt: &Tensor, metric: Metric, ov
         );
     }
     let width = if over == PatchOver::Heads { d.heads } else { tc };
-    let rows = corrupt.f_expand([width, tc], false)?;
+    let rows = text_batch(&corrupt.f_expand([width, tc], false)?)?;
     let mut restored = vec![];
     for name in &names {
         crate::interrupt::check("patching")?;
@@ -358,8 +372,8 @@ pub fn patch(model: &Model, clean: &Tensor, corrupt: &Tensor, metric: Metric, ov
             let edit = Edit::new(Names::one(name.clone()), Action::Replace(value.shallow_clone())).row(i);
             hooks.edit(if over == PatchOver::Heads { edit.head(i) } else { edit.position(i) })
         });
-        let (out, _) = run_with_hooks(model, &rows, hooks)?;
-        let patched = metric.per_row(&out.logits.expect("a language model"), &rows)?;
+        let (out, _) = run_with_hooks(model, &rows.inputs, hooks)?;
+        let patched = metric.per_row(&out.logits.expect("a language model"), &rows.targets)?;
         restored.push(patched.into_iter().map(|p| (p - corrupt_value) / gap).collect());
     }
     Ok(Patching { clean: clean_value, corrupt: corrupt_value, restored })

@@ -92,8 +92,9 @@ fn ablations_equal_the_same_ablations_in_pytorch() {
         let mean = cache[0].1.mean_dim([0, 1].as_slice(), true, Kind::Float);
         let (out, _) = inspect::run_with_hooks(&model, &ids, Hooks::new().edit(Edit::new(Names::one("blocks.0.hook_mlp_out"), Action::Replace(mean)))).unwrap();
         assert_close(&out.logits.unwrap(), &tensor("ablated.mlp_0_mean"), tol, &format!("{name}: MLP 0 mean-ablated"));
-        let (base, ablated) = inspect::ablate(&model, &[ids.shallow_clone()], &[Component::Mlp(0)], Ablation::Mean, Metric::Loss).unwrap();
-        let expected = Metric::Loss.per_row(&tensor("ablated.mlp_0_mean"), &ids).unwrap();
+        let batch = inspect::text_batch(&ids).unwrap();
+        let (base, ablated) = inspect::ablate(&model, std::slice::from_ref(&batch), &[Component::Mlp(0)], Ablation::Mean, Metric::Loss).unwrap();
+        let expected = Metric::Loss.per_row(&tensor("ablated.mlp_0_mean"), &batch.targets).unwrap();
         assert!((ablated - expected.iter().sum::<f64>() / expected.len() as f64).abs() < 1e-4, "{name}: {ablated} vs {expected:?}");
         assert!((base - ablated).abs() > 1e-6, "{name}: the ablation changed the loss");
     }

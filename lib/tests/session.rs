@@ -480,3 +480,108 @@ fn chat_refuses_what_it_cannot_do_and_changes_nothing() {
     let streamed: String = outputs.iter().filter_map(|o| if let Output::Stream { text, .. } = o { Some(text.as_str()) } else { None }).collect();
     assert_eq!(streamed, "12\n", "no tokens asked for: the prompt alone");
 }
+
+#[test]
+fn looking_inside_smollm2_finds_induction_heads_and_where_paris_comes_from() {
+    let _serial = serial();
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(common::fixtures().join("smollm2.json")).unwrap()).unwrap();
+    let models = common::scratch("models-inside");
+    std::os::unix::fs::symlink(reference["file"].as_str().unwrap(), models.join("SmolLM2-135M-Instruct")).unwrap();
+    std::env::set_var("TCHLAB_MODELS", &models);
+    let mut s = Session::new();
+    ok(&mut s, "%device cpu\n%load SmolLM2-135M-Instruct");
+    let eiffel = "\"The Eiffel Tower is in the city of\"";
+
+    let cached = ok(&mut s, &format!("%cache {eiffel} --names \"blocks.*.hook_resid_post,blocks.3.attn.hook_pattern\""));
+    let listed = cached["activations"].as_array().unwrap();
+    assert_eq!(listed.len(), 31);
+    let pattern = listed.iter().find(|a| a["name"] == "blocks.3.attn.hook_pattern").unwrap();
+    assert_eq!(pattern["shape"], serde_json::json!([1, 9, 9, 9]), "one map per query head");
+    let e = fail(&mut s, &format!("%cache {eiffel} --budget 0.01"));
+    assert!(e.name == "MemoryError" && e.message.contains("over the cache budget"), "{e}");
+    let e = fail(&mut s, &format!("%cache {eiffel} --names blocks.0.hook_resid_psot"));
+    assert!(e.message.contains("did you mean blocks.0.hook_resid_post"), "{e}");
+
+    let (outputs, result) = run(&mut s, &format!("%logit-lens {eiffel} --top 3"));
+    result.unwrap();
+    assert_eq!(figures(&outputs).len(), 1);
+    let lens = result_json(&outputs);
+    assert_eq!(lens["top"][30][8][0]["token"], "␣Paris", "the last layer answers Paris");
+    assert_eq!(lens["next_probability"][0][8], Value::Null, "nothing follows the last token");
+
+    let patched = ok(&mut s, &format!("%patch {eiffel} \"The Colosseum is in the city of\" --metric logit-diff:Paris,Rome"));
+    let restored = patched["restored"].as_array().unwrap();
+    assert_eq!(restored.len(), 30);
+    let at = |l: usize, p: usize| restored[l][p].as_f64().unwrap();
+    assert!(at(0, 2) > 0.5 && at(29, 2).abs() < 0.05, "early the subject carries it: {} {}", at(0, 2), at(29, 2));
+    assert!(at(29, 8) > 0.5 && at(0, 8).abs() < 0.05, "late the last position does: {} {}", at(29, 8), at(0, 8));
+    assert!(patched["clean"].as_f64().unwrap() > 0.0 && patched["corrupt"].as_f64().unwrap() < 0.0);
+
+    let heads = ok(&mut s, "%heads induction");
+    let top: Vec<&str> = heads["top"].as_array().unwrap().iter().take(4).map(|h| h["head"].as_str().unwrap()).collect();
+    assert!(top.contains(&"18.6") && top.contains(&"17.4"), "{top:?}");
+    assert!(heads["repeat_loss"].as_f64().unwrap() < heads["first_loss"].as_f64().unwrap() / 3.0);
+
+    let repeated = "\"one seven kettle orbit marble fig cloud. one seven kettle orbit marble fig cloud.\"";
+    let ablated = ok(&mut s, &format!("%ablate 17.3 17.4 17.5 18.6 {repeated}"));
+    assert!(ablated["change"].as_f64().unwrap() > 0.1, "the loss on a repeat rises without the induction heads: {ablated}");
+    let mean = ok(&mut s, &format!("%ablate 18.6 --mean --metric logit-diff:Paris,Rome {eiffel}"));
+    assert_eq!(mean["targets"], serde_json::json!(["18.6"]));
+
+    let attribution = ok(&mut s, &format!("%attribute {eiffel} --target Paris"));
+    let sum = |key: &str| attribution[key].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum::<f64>();
+    let total = attribution["embed"].as_f64().unwrap() + sum("attn") + sum("mlp");
+    assert!((total - attribution["logit"].as_f64().unwrap()).abs() < 1e-2, "{total} vs {}", attribution["logit"]);
+}
+
+#[test]
+fn looking_inside_refuses_what_it_cannot_do_and_changes_nothing() {
+    let _serial = serial();
+    let mut s = reverse_session();
+    ok(&mut s, "%train 5");
+    let before = snapshot_state(&mut s);
+    for (cell, expected) in [
+        ("%logit-lens \"12\" --top 0", "--top"),
+        ("%patch \"12\" \"123\" --metric logit-diff:1,2", "the same number"),
+        ("%patch \"12\" \"13\"", "--metric"),
+        ("%patch \"12\" \"13\" --metric logit-diff:1,2 --over everything", "--over"),
+        ("%patch \"12\" \"13\" --metric logit-diff:12,2", "not one token"),
+        ("%patch \"12\" \"13\" --metric logit-diff:#100000,2", "outside the vocabulary"),
+        ("%patch \"12\" \"12\" --metric logit-diff:1,2", "no difference"),
+        ("%ablate 9.1 \"1234\"", "outside the model's layers"),
+        ("%ablate 1.7 \"1234\"", "outside the model's heads"),
+        ("%ablate \"1234\"", "what to ablate"),
+        ("%ablate heads --data", "takes a text"),
+        ("%heads induction --length 100000", "--length"),
+        ("%heads induction --batch 0", "--batch"),
+        ("%heads sideways", "induction"),
+        ("%cache \"12\" --budget -1", "--budget"),
+        ("%cache \"12\" --budget 1e300", "--budget"),
+        ("%cache \"12\" --names \",\"", "empty pattern"),
+        ("%attribute \"12\"", "--target"),
+        ("%cache \"\"", "no tokens"),
+    ] {
+        let e = fail(&mut s, cell);
+        assert!(e.message.contains(expected), "{cell}: {e}");
+    }
+    assert_eq!(snapshot_state(&mut s), before, "failed commands changed the session");
+    let long = format!("%patch \"{}\" \"{}\" --metric logit-diff:1,2", "1".repeat(600), "2".repeat(600));
+    assert!(fail(&mut s, &long).message.contains("more than 512"));
+
+    let ablated = ok(&mut s, "%ablate 0 --data");
+    let eval = ok(&mut s, "%eval");
+    assert!((ablated["before"].as_f64().unwrap() - eval["loss"].as_f64().unwrap()).abs() < 1e-4, "--data scores what %eval scores: {ablated} {eval}");
+    assert!((ablated["after"].as_f64().unwrap() - ablated["before"].as_f64().unwrap()).abs() > 1e-4, "{ablated}");
+    let (outputs, result) = run(&mut s, "%ablate heads \"123=321\"");
+    result.unwrap();
+    assert_eq!(figures(&outputs).len(), 1);
+    assert_eq!(result_json(&outputs)["effects"].as_array().unwrap().len(), 2);
+
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(common::fixtures().join("minilm.json")).unwrap()).unwrap();
+    let mut encoder = Session::new();
+    ok(&mut encoder, &format!("%device cpu\n%load {}", json["model_dir"].as_str().unwrap()));
+    let e = fail(&mut encoder, "%logit-lens \"abc\"");
+    assert!(e.message.contains("language model"), "{e}");
+    let scores = ok(&mut encoder, "%heads first-token --length 3 --batch 1");
+    assert_eq!(scores["scores"].as_array().unwrap().len(), 6, "attention scores need no unembedding");
+}

@@ -500,8 +500,9 @@ fn positional_at(command: &commands::Command, typed: &[&str]) -> Option<&'static
             index += 1;
         }
     }
-    let positionals: Vec<&'static commands::Arg> = command.args.iter().filter(|a| matches!(a.kind, ArgKind::Positional | ArgKind::Rest)).collect();
-    positionals.get(index).copied().or_else(|| positionals.last().copied().filter(|a| a.kind == ArgKind::Rest))
+    let positionals: Vec<&'static commands::Arg> =
+        command.args.iter().filter(|a| matches!(a.kind, ArgKind::Positional | ArgKind::Rest | ArgKind::Words)).collect();
+    positionals.get(index).copied().or_else(|| positionals.last().copied().filter(|a| matches!(a.kind, ArgKind::Rest | ArgKind::Words)))
 }
 
 fn complete_path(word: &str) -> Vec<String> {

@@ -136,7 +136,8 @@ impl Args {
         let usage = command.usage();
         let fail = |message: String| Err(CellError { name: "UsageError".into(), message: format!("{message}\nusage: {usage}") });
         let mut args = Args { body, usage: usage.clone(), ..Default::default() };
-        let positionals: Vec<&Arg> = command.args.iter().filter(|a| matches!(a.kind, ArgKind::Positional | ArgKind::Rest)).collect();
+        let positionals: Vec<&Arg> = command.args.iter().filter(|a| matches!(a.kind, ArgKind::Positional | ArgKind::Rest | ArgKind::Words)).collect();
+        let rest_takes_options = command.args.iter().any(|a| a.kind == ArgKind::Rest);
         let takes_pairs = command.args.iter().any(|a| a.kind == ArgKind::Pairs);
         let mut next_positional = 0;
         let mut i = 0;
@@ -144,7 +145,7 @@ impl Args {
             let w = &words[i];
             // Once a rest argument has begun, every word is its own: `%timeit %generate "1"
             // --max-tokens 8` passes `--max-tokens` to %generate, not to %timeit.
-            if !args.rest.is_empty() {
+            if rest_takes_options && !args.rest.is_empty() {
                 args.rest.push(w.clone());
             } else if let Some(name) = w.strip_prefix("--").filter(|n| !n.is_empty()) {
                 let (name, inline) = match name.split_once('=') {
@@ -168,7 +169,7 @@ impl Args {
                 args.pairs.push((k.to_string(), v.to_string()));
             } else {
                 match positionals.get(next_positional) {
-                    Some(arg) if arg.kind == ArgKind::Rest => args.rest.push(w.clone()),
+                    Some(arg) if matches!(arg.kind, ArgKind::Rest | ArgKind::Words) => args.rest.push(w.clone()),
                     Some(arg) => {
                         args.positional.insert(arg.name, w.clone());
                         next_positional += 1;
@@ -180,7 +181,7 @@ impl Args {
         }
         for arg in &positionals {
             let given = match arg.kind {
-                ArgKind::Rest => !args.rest.is_empty(),
+                ArgKind::Rest | ArgKind::Words => !args.rest.is_empty(),
                 _ => args.positional.contains_key(arg.name),
             };
             if arg.required && !given {

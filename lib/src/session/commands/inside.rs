@@ -6,7 +6,7 @@
 use serde_json::json;
 use tch::Tensor;
 
-use super::{flag, option, pos, rest, Command};
+use super::{flag, option, pos, words, Command};
 use crate::inspect::{self, Ablation, Component, HeadScore, Metric, PatchOver};
 use crate::models::hooks::Names;
 use crate::models::Model;
@@ -58,11 +58,11 @@ fn single_token(tokenizer: &Tokenizer, model: &Model, word: &str, what: &str) ->
         return Ok(id);
     }
     for candidate in [format!(" {word}"), word.to_string()] {
-        if let [id] = tokenizer.encode(&candidate)?.as_slice() {
+        if let Ok([id]) = tokenizer.encode(&candidate).as_deref() {
             return Ok(*id);
         }
     }
-    let pieces = labels(tokenizer, &tokenizer.encode(&format!(" {word}"))?);
+    let pieces = labels(tokenizer, &tokenizer.encode(word)?);
     Err(usage(format!("{what}: `{word}` is not one token (it is {pieces:?}); give a word that is, or an id as `#123`")))
 }
 
@@ -212,7 +212,7 @@ pub const ABLATE: Command = Command {
     name: "ablate",
     summary: "zero- or mean-ablate heads (L.H), MLPs (L.mlp), attention (L.attn) or whole layers (L) and show the change in loss or a logit difference",
     args: &[
-        rest("targets", "what to ablate, then the text (quote it); `heads` ablates each head in turn"),
+        words("targets", "what to ablate, then the text (quote it); `heads` ablates each head in turn"),
         flag("mean", "replace with the mean over the text's (or data's) positions instead of zero"),
         flag("data", "measure on the validation batches of the loaded data instead of a text"),
         METRIC,
@@ -267,11 +267,11 @@ fn ablate(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> 
         return Ok(());
     }
     let components = words.iter().map(|w| Component::parse(w, d.layers, d.heads)).collect::<crate::Result<Vec<_>>>()?;
-    let batches: Vec<Tensor> = match text {
-        Some(text) => vec![encode(s, args, text)?.0],
+    let batches = match text {
+        Some(text) => vec![inspect::text_batch(&encode(s, args, text)?.0)?],
         None => {
             let trainer = s.trainer.as_ref().ok_or_else(|| args.usage_error("--data needs data: `%data ...` first"))?;
-            let batches: Vec<Tensor> = trainer.validation_batches().into_iter().map(|b| b.inputs).collect();
+            let batches = trainer.validation_batches();
             if batches.is_empty() {
                 return Err(args.usage_error("no validation data: load data with a validation fraction (`--val 0.1`)"));
             }

@@ -26,8 +26,10 @@ use super::{Ctx, Session};
 pub enum ArgKind {
     /// A word in its place.
     Positional,
-    /// All remaining words.
+    /// All remaining words, options included (`%timeit %generate "1" --max-tokens 8`).
     Rest,
+    /// Every positional word; options may stand anywhere among them.
+    Words,
     /// `--name VALUE`; the string is the value's placeholder.
     Option(&'static str),
     /// `--name`.
@@ -85,6 +87,11 @@ pub const fn opt_pos(name: &'static str, help: &'static str) -> Arg {
 /// All remaining words (at least one).
 pub const fn rest(name: &'static str, help: &'static str) -> Arg {
     arg(name, ArgKind::Rest, true, help)
+}
+
+/// Every positional word (at least one), with options anywhere among them.
+pub const fn words(name: &'static str, help: &'static str) -> Arg {
+    arg(name, ArgKind::Words, true, help)
 }
 
 /// An option with a value.
@@ -169,8 +176,8 @@ impl Command {
                         format!("[{name}]")
                     }
                 }
-                ArgKind::Rest if a.required => format!("{}...", a.name.to_uppercase()),
-                ArgKind::Rest => format!("[{}...]", a.name.to_uppercase()),
+                ArgKind::Rest | ArgKind::Words if a.required => format!("{}...", a.name.to_uppercase()),
+                ArgKind::Rest | ArgKind::Words => format!("[{}...]", a.name.to_uppercase()),
                 ArgKind::Option(value) => format!("[--{} {value}]", a.name),
                 ArgKind::Flag => format!("[--{}]", a.name),
                 ArgKind::Pairs => "[k=v ...]".to_string(),
