@@ -12,11 +12,32 @@ use tch::{Kind, Tensor};
 
 use crate::data::Batch;
 use crate::error::{invalid, Result};
-use crate::models::hooks::{Action, Collected, Edit, Hooks, Names, Point, Site};
+use crate::models::hooks::{Action, Along, Collected, Edit, Hooks, Names, Point, Site};
 use crate::models::{ForwardOptions, Model, Output, Readout, Task};
 
 /// The most memory an analysis's own caches may take.
 const ANALYSIS_BUDGET: u64 = 4 << 30;
+/// About how many tokens one forward pass of a batched analysis holds: long enough to
+/// batch well, short enough that an interrupt is answered quickly.
+const TOKENS_PER_PASS: i64 = 2048;
+
+/// The metric on `count` copies of `text`, copy `i` edited along `along` at `i` (a
+/// position or head) by `action`, at hook point `name`; in passes of about
+/// [`TOKENS_PER_PASS`] tokens.
+fn walk_rows(model: &Model, text: &Batch, count: i64, name: &str, along: Along, action: impl Fn() -> Action, metric: Metric) -> Result<Vec<f64>> {
+    let t = text.inputs.size()[1];
+    let chunk = (TOKENS_PER_PASS / t.max(1)).clamp(1, count.max(1));
+    let mut values = Vec::with_capacity(count as usize);
+    for start in (0..count).step_by(chunk as usize) {
+        crate::interrupt::check("running the model")?;
+        let rows = chunk.min(count - start);
+        let inputs = text.inputs.f_expand([rows, t], false)?;
+        let hooks = Hooks::new().edit(Edit::new(Names::one(name), action()).walk(along, start));
+        let (out, _) = run_with_hooks(model, &inputs, hooks)?;
+        values.extend(metric.per_row(&out.logits.expect("a language model"), &text.targets.f_expand([rows, t], false)?)?);
+    }
+    Ok(values)
+}
 
 /// A forward pass in eval mode without gradients, through `hooks`.
 pub fn run_with_hooks(model: &Model, ids: &Tensor, hooks: Hooks) -> Result<(Output, Collected)> {
@@ -275,31 +296,25 @@ fn clone_edit(e: &Edit) -> Result<Edit> {
         Action::Scale(s) => Action::Scale(*s),
         Action::Replace(t) => Action::Replace(t.shallow_clone()),
     };
-    Ok(Edit { names: e.names.clone(), row: e.row, head: e.head, position: e.position, action })
+    Ok(Edit { names: e.names.clone(), row: e.row, head: e.head, position: e.position, walk: e.walk, action })
 }
 
 /// The change in the metric on `ids: (1, T)` when each head alone is ablated:
-/// `[layer][head]`. One forward pass per layer, a batch row per head.
+/// `[layer][head]`. For each layer, a batch row per head.
 pub fn ablate_each_head(model: &Model, ids: &Tensor, ablation: Ablation, metric: Metric) -> Result<(f64, Vec<Vec<f64>>)> {
     readout(model, "ablation's metric")?;
     let d = model.config().dims();
     let text = [text_batch(ids)?];
     let base = mean_metric(model, &text, metric, || Ok(vec![]))?;
-    let rows = text_batch(&ids.f_expand([d.heads, ids.size()[1]], false)?)?;
     let mut effects = vec![];
     for layer in 0..d.layers as usize {
-        crate::interrupt::check("ablating heads")?;
         let name = Point::name_of(layer, Site::Z);
         let mean = match ablation {
             Ablation::Zero => None,
             Ablation::Mean => Some(cached(&means(model, &text, std::slice::from_ref(&name))?, &name)?.shallow_clone()),
         };
-        let hooks = (0..d.heads).fold(Hooks::new(), |hooks, h| {
-            let action = mean.as_ref().map_or(Action::Zero, |m| Action::Replace(m.shallow_clone()));
-            hooks.edit(Edit::new(Names::one(name.clone()), action).row(h).head(h))
-        });
-        let (out, _) = run_with_hooks(model, &rows.inputs, hooks)?;
-        effects.push(metric.per_row(&out.logits.expect("a language model"), &rows.targets)?.into_iter().map(|v| v - base).collect());
+        let action = || mean.as_ref().map_or(Action::Zero, |m| Action::Replace(m.shallow_clone()));
+        effects.push(walk_rows(model, &text[0], d.heads, &name, Along::Head, action, metric)?.into_iter().map(|v| v - base).collect());
     }
     Ok((base, effects))
 }
@@ -340,9 +355,9 @@ pub struct Patching {
     pub restored: Vec<Vec<f64>>,
 }
 
-/// Activation patching from `clean` into `corrupt` (both `(1, T)`, the same length).
-/// One forward pass per layer: a batch row per position (or head), row `i` patched at
-/// position (or head) `i`.
+/// Activation patching from `clean` into `corrupt` (both `(1, T)`, the same length):
+/// for each layer, a batch row per position (or head), row `i` patched at position (or
+/// head) `i`.
 pub fn patch(model: &Model, clean: &Tensor, corrupt: &Tensor, metric: Metric, over: PatchOver) -> Result<Patching> {
     readout(model, "patching's metric")?;
     let (tc, tk) = (clean.size()[1], corrupt.size()[1]);
@@ -362,18 +377,12 @@ pub fn patch(model: &Model, clean: &Tensor, corrupt: &Tensor, metric: Metric, ov
             "the metric is {clean_value:.4} on both texts: there is no difference for patching to restore; choose texts (or tokens) the model tells apart"
         );
     }
-    let width = if over == PatchOver::Heads { d.heads } else { tc };
-    let rows = text_batch(&corrupt.f_expand([width, tc], false)?)?;
+    let (width, along) = if over == PatchOver::Heads { (d.heads, Along::Head) } else { (tc, Along::Position) };
+    let corrupt = text_batch(corrupt)?;
     let mut restored = vec![];
     for name in &names {
-        crate::interrupt::check("patching")?;
         let value = cached(&clean_cache, name)?;
-        let hooks = (0..width).fold(Hooks::new(), |hooks, i| {
-            let edit = Edit::new(Names::one(name.clone()), Action::Replace(value.shallow_clone())).row(i);
-            hooks.edit(if over == PatchOver::Heads { edit.head(i) } else { edit.position(i) })
-        });
-        let (out, _) = run_with_hooks(model, &rows.inputs, hooks)?;
-        let patched = metric.per_row(&out.logits.expect("a language model"), &rows.targets)?;
+        let patched = walk_rows(model, &corrupt, width, name, along, || Action::Replace(value.shallow_clone()), metric)?;
         restored.push(patched.into_iter().map(|p| (p - corrupt_value) / gap).collect());
     }
     Ok(Patching { clean: clean_value, corrupt: corrupt_value, restored })

@@ -231,6 +231,15 @@ pub enum Action {
     Replace(Tensor),
 }
 
+/// An axis that [`Edit::walk`] steps along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Along {
+    /// Positions (for `hook_pattern`, queries).
+    Position,
+    /// Heads.
+    Head,
+}
+
 /// One write: at every point whose name matches, the selected part of the activation
 /// is replaced.
 #[derive(Debug)]
@@ -243,6 +252,9 @@ pub struct Edit {
     pub head: Option<i64>,
     /// Only this position (negative counts from the end); for `hook_pattern`, the query.
     pub position: Option<i64>,
+    /// Batch row `r` edits only position (or head) `start + r`: one pass tries every
+    /// position or head at once (activation patching).
+    pub walk: Option<(Along, i64)>,
     /// What goes in.
     pub action: Action,
 }
@@ -250,7 +262,7 @@ pub struct Edit {
 impl Edit {
     /// `action` on the whole activation at the points `names`.
     pub fn new(names: Names, action: Action) -> Self {
-        Edit { names, row: None, head: None, position: None, action }
+        Edit { names, row: None, head: None, position: None, walk: None, action }
     }
 
     /// Only head `head`.
@@ -266,6 +278,11 @@ impl Edit {
     /// Only batch row `row`.
     pub fn row(self, row: i64) -> Self {
         Edit { row: Some(row), ..self }
+    }
+
+    /// Row `r` edits only position (or head) `start + r`.
+    pub fn walk(self, along: Along, start: i64) -> Self {
+        Edit { walk: Some((along, start)), ..self }
     }
 }
 
@@ -356,6 +373,8 @@ impl Hooks {
         for edit in self.edits.iter().filter(|e| e.names.matches(&name)) {
             shown = apply(edit, &shown, layout, &name)?;
         }
+        // Analyses run long passes through hooks: each point is a place to stop.
+        crate::interrupt::check("running the model")?;
         let mut state = self.state.borrow_mut();
         state.seen.push((name.clone(), shown.size()));
         if let Some((names, budget)) = &self.cache {
@@ -408,10 +427,24 @@ fn apply(edit: &Edit, x: &Tensor, layout: Layout, name: &str) -> Result<Tensor> 
     if let Some(position) = edit.position {
         selection.push((position_axis, position, "position"));
     }
-    if selection.is_empty() {
+    let mut mask: Option<Tensor> = None;
+    if let Some((along, start)) = edit.walk {
+        let axis = match along {
+            Along::Position => position_axis,
+            Along::Head => head_axis.ok_or_else(|| Error::Invalid(format!("`{name}` has no head axis to walk along")))?,
+        };
+        let (rows, n) = (size[0], size[axis]);
+        if start < 0 || start + rows > n {
+            return invalid!("rows {start}..{} walk past `{name}`, which has {n} along that axis (shape {size:?})", start + rows);
+        }
+        let wanted = Tensor::f_arange_start(start, start + rows, (Kind::Int64, x.device()))?.f_unsqueeze(1)?;
+        let mut shape = vec![1; size.len()];
+        (shape[0], shape[axis]) = (rows, n);
+        mask = Some(Tensor::f_arange(n, (Kind::Int64, x.device()))?.f_unsqueeze(0)?.f_eq_tensor(&wanted)?.f_view(shape.as_slice())?);
+    }
+    if selection.is_empty() && mask.is_none() {
         return Ok(replacement);
     }
-    let mut mask: Option<Tensor> = None;
     for (axis, index, what) in selection {
         let n = size[axis];
         let i = if index < 0 { index + n } else { index };
@@ -475,6 +508,11 @@ mod tests {
         assert_eq!(y.get(0).get(2).get(1).sum(Kind::Float).double_value(&[]), 0.0);
         let far = Edit::new(Names::one("z"), Action::Zero).head(4);
         assert!(apply(&far, &x, Layout::Heads, "z").unwrap_err().to_string().contains("head 4 is outside"));
+        let walk = Edit::new(Names::one("z"), Action::Zero).walk(Along::Position, 1);
+        let y = apply(&walk, &x, Layout::Heads, "z").unwrap(); // row 0 position 1, row 1 position 2
+        assert_eq!(y.sum(Kind::Float).double_value(&[]), 120.0 - 40.0);
+        assert_eq!(y.get(0).get(1).sum(Kind::Float).double_value(&[]) + y.get(1).get(2).sum(Kind::Float).double_value(&[]), 0.0);
+        assert!(apply(&Edit::new(Names::one("z"), Action::Zero).walk(Along::Head, 3), &x, Layout::Heads, "z").is_err(), "rows 3..5 of 4 heads");
         let wrong = Edit::new(Names::one("z"), Action::Replace(Tensor::ones([2, 3, 4, 6], (Kind::Float, tch::Device::Cpu))));
         assert!(apply(&wrong, &x, Layout::Heads, "z").unwrap_err().to_string().contains("does not fit"));
     }
