@@ -19,14 +19,20 @@ use crate::models::{ForwardOptions, Model, Output, Readout, Task};
 const ANALYSIS_BUDGET: u64 = 4 << 30;
 /// About how many tokens one forward pass of a batched analysis holds: long enough to
 /// batch well, short enough that an interrupt is answered quickly.
-const TOKENS_PER_PASS: i64 = 2048;
+const TOKENS_PER_PASS: i64 = 512;
+
+/// How many of `count` rows of `t` tokens a batched analysis runs in one pass (what
+/// memory estimates should count).
+pub fn rows_per_pass(t: i64, count: i64) -> i64 {
+    (TOKENS_PER_PASS / t.max(1)).clamp(1, count.max(1))
+}
 
 /// The metric on `count` copies of `text`, copy `i` edited along `along` at `i` (a
 /// position or head) by `action`, at hook point `name`; in passes of about
 /// [`TOKENS_PER_PASS`] tokens.
 fn walk_rows(model: &Model, text: &Batch, count: i64, name: &str, along: Along, action: impl Fn() -> Action, metric: Metric) -> Result<Vec<f64>> {
     let t = text.inputs.size()[1];
-    let chunk = (TOKENS_PER_PASS / t.max(1)).clamp(1, count.max(1));
+    let chunk = rows_per_pass(t, count);
     let mut values = Vec::with_capacity(count as usize);
     for start in (0..count).step_by(chunk as usize) {
         crate::interrupt::check("running the model")?;
@@ -439,34 +445,48 @@ pub fn repeated_tokens(prefix: Option<i64>, length: i64, batch: i64, lo: i64, hi
 /// Per-head scores of `kind` on `ids: (B, prefix + 2 × length)`, sequences repeated
 /// after `prefix` tokens, and the loss on each copy.
 pub fn head_scores(model: &Model, ids: &Tensor, prefix: i64, kind: HeadScore) -> Result<HeadScores> {
-    let t = ids.size()[1];
+    let (b, t) = (ids.size()[0], ids.size()[1]);
     let length = (t - prefix) / 2;
     if length < 2 || prefix + 2 * length != t {
         return invalid!("head scores read a sequence repeated once after {prefix} start token(s); {t} tokens is not that");
     }
-    let out = tch::no_grad(|| model.forward(&ids.f_to_device(model.device())?, None, &ForwardOptions { capture_attention: true, ..Default::default() }, None))?;
-    let mut scores = vec![];
-    for pattern in out.attentions.as_deref().unwrap_or_default() {
+    let language_model = model.task() == Task::LanguageModel;
+    // Sums over rows, in passes of about TOKENS_PER_PASS tokens through (empty) hooks,
+    // so that an interrupt is answered within one pass's operation.
+    let (mut sums, mut first, mut repeat): (Vec<Tensor>, f64, f64) = (vec![], 0.0, 0.0);
+    let chunk = rows_per_pass(t, b);
+    for start in (0..b).step_by(chunk as usize) {
         crate::interrupt::check("scoring heads")?;
-        let p = pattern.f_to_kind(Kind::Double)?; // (B, nh, T, T)
-        let stripe = match kind {
-            HeadScore::Induction => p.f_diagonal(1 - length, -2, -1)?.f_narrow(-1, prefix + 1, length)?,
-            HeadScore::PreviousToken => p.f_diagonal(-1, -2, -1)?,
-            HeadScore::FirstToken => p.f_select(-1, 0)?.f_narrow(-1, 1, t - 1)?,
-        };
-        let per_head = stripe.f_mean_dim([0, 2].as_slice(), false, Kind::Double)?;
-        scores.push(Vec::<f64>::try_from(per_head.f_to_device(tch::Device::Cpu)?)?);
-    }
-    let (first_loss, repeat_loss) = match out.logits {
-        Some(logits) if model.task() == Task::LanguageModel => {
-            let logp = logits.f_to_kind(Kind::Float)?.f_narrow(1, 0, t - 1)?.f_log_softmax(-1, Kind::Float)?;
-            let next = ids.f_narrow(1, 1, t - 1)?.f_to_device(logp.device())?.f_unsqueeze(-1)?;
-            let loss = logp.f_gather(-1, &next, false)?.f_squeeze_dim(-1)?.f_neg()?; // (B, T - 1): predicting token j + 1
-            let span = |from: i64, n: i64| -> Result<f64> { Ok(loss.f_narrow(1, from, n)?.f_mean(Kind::Double)?.double_value(&[])) };
-            (span(prefix, length - 1)?, span(prefix + length, length - 1)?)
+        let rows = ids.f_narrow(0, start, chunk.min(b - start))?.f_to_device(model.device())?;
+        let hooks = Hooks::new();
+        let opts = ForwardOptions { capture_attention: true, hooks: Some(&hooks), ..Default::default() };
+        let out = tch::no_grad(|| model.forward(&rows, None, &opts, None))?;
+        for (layer, pattern) in out.attentions.as_deref().unwrap_or_default().iter().enumerate() {
+            let p = pattern.f_to_kind(Kind::Double)?; // (B, nh, T, T)
+            let stripe = match kind {
+                HeadScore::Induction => p.f_diagonal(1 - length, -2, -1)?.f_narrow(-1, prefix + 1, length)?,
+                HeadScore::PreviousToken => p.f_diagonal(-1, -2, -1)?,
+                HeadScore::FirstToken => p.f_select(-1, 0)?.f_narrow(-1, 1, t - 1)?,
+            };
+            let per_head = stripe.f_mean_dim([2].as_slice(), false, Kind::Double)?.f_sum_dim_intlist([0].as_slice(), false, Kind::Double)?;
+            match sums.get_mut(layer) {
+                Some(sum) => *sum = sum.f_add(&per_head)?,
+                None => sums.push(per_head),
+            }
         }
-        _ => (f64::NAN, f64::NAN),
-    };
+        if let (true, Some(logits)) = (language_model, out.logits) {
+            let logp = logits.f_to_kind(Kind::Float)?.f_narrow(1, 0, t - 1)?.f_log_softmax(-1, Kind::Float)?;
+            let next = rows.f_narrow(1, 1, t - 1)?.f_unsqueeze(-1)?;
+            let loss = logp.f_gather(-1, &next, false)?.f_squeeze_dim(-1)?.f_neg()?; // (B, T - 1): predicting token j + 1
+            let span = |from: i64, n: i64| -> Result<f64> {
+                Ok(loss.f_narrow(1, from, n)?.f_mean_dim([1].as_slice(), false, Kind::Double)?.f_sum(Kind::Double)?.double_value(&[]))
+            };
+            first += span(prefix, length - 1)?;
+            repeat += span(prefix + length, length - 1)?;
+        }
+    }
+    let scores = sums.iter().map(|s| Ok(Vec::<f64>::try_from(s.f_div_scalar(b as f64)?.f_to_device(tch::Device::Cpu)?)?)).collect::<Result<Vec<_>>>()?;
+    let (first_loss, repeat_loss) = if language_model { (first / b as f64, repeat / b as f64) } else { (f64::NAN, f64::NAN) };
     Ok(HeadScores { scores, first_loss, repeat_loss })
 }
 

@@ -400,6 +400,36 @@ def test_hostile_model_and_chat_commands_change_nothing(lab, code, ename, contai
     refused(kc, code, ename, *contains)
 
 
+@pytest.mark.parametrize(
+    "code, ename, contains",
+    [
+        ('%cache "12" --names "' + "*" * 20000 + 'x"', "UsageError", ["no hook point is named"]),
+        ('%cache "12" --names "blocks.0.hook_resid_pre,,"', "UsageError", ["empty pattern"]),
+        ('%cache "12" --budget nan', "UsageError", ["--budget"]),
+        ('%cache "12" --budget 0.000001', "MemoryError", ["over the cache budget"]),
+        ('%cache "' + "1" * 5000 + '"', "UsageError", ["context"]),
+        ('%logit-lens "12" --top 1000000000', "UsageError", ["--top"]),
+        ('%logit-lens "12" --top -1', "UsageError", ["--top"]),
+        ("%heads induction --length -5", "UsageError", ["--length"]),
+        ("%heads induction --length 100", "UsageError", ["--length", "positions"]),
+        ("%heads induction --seed -1", "UsageError", ["--seed"]),
+        ("%heads induction --batch 100000", "UsageError", ["--batch"]),
+        ('%ablate ' + "0.0 " * 2000 + '"12"', "UsageError", ["more than 1024"]),
+        ('%ablate 0.0 --metric logit-diff:1 "12"', "UsageError", ["logit-diff:A,B"]),
+        ('%ablate 0.x "12"', "UsageError", ["LAYER.HEAD"]),
+        ('%ablate -1 "12"', "UsageError", ["outside the model's layers"]),
+        ('%ablate 99999999999999999999 "12"', "UsageError", ["not a part of the model"]),
+        ('%patch "12" "13" --metric logit-diff:#-1,2', "UsageError", ["outside the vocabulary"]),
+        ('%patch "12" "1" --metric logit-diff:1,2', "UsageError", ["same number"]),
+        ('%attribute "12" --target 123456', "UsageError", ["not one token"]),
+        ('%attribute "" --target 1', "UsageError", ["no tokens"]),
+    ],
+)
+def test_hostile_inspection_commands_change_nothing(lab, code, ename, contains):
+    _, kc = lab
+    refused(kc, code, ename, *contains)
+
+
 @pytest.fixture(scope="module")
 def smollm2():
     km, kc = start()
@@ -443,6 +473,25 @@ def test_an_interrupted_reply_leaves_the_conversation_as_it_was(smollm2):
     reply = kc.get_shell_msg(timeout=TIMEOUT)
     assert reply["parent_header"]["msg_id"] == msg_id
     assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt", reply["content"]
+    assert chat_state(kc) == before
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        '%patch "{0} Paris" "{0} Rome" --metric logit-diff:Paris,Rome --over heads',
+        "%heads induction --length 250 --batch 64",
+        '%ablate heads "{0}"',
+        '%cache "{0}{0}{0}{0}{0}"',
+    ],
+)
+def test_inspecting_a_real_model_stops_within_a_second_of_an_interrupt(smollm2, code):
+    km, kc = smollm2
+    before = chat_state(kc)
+    text = " ".join(f"word{i} and" for i in range(100))
+    content, took = interrupted(km, kc, code.format(text), wait=4)
+    assert content["status"] == "error" and content["ename"] == "KeyboardInterrupt", content
+    assert took < 1.0, f"{code[:30]}: the interrupt took {took:.2f} s"
     assert chat_state(kc) == before
 
 

@@ -24,6 +24,9 @@ pub struct ActivationCache {
     pub tensors: Vec<(String, Tensor)>,
 }
 
+/// The most parts `%ablate` takes at once.
+const MAX_TARGETS: usize = 1024;
+
 /// The most tokens an analysis that runs a batch row per position takes.
 const MAX_PATCH_TOKENS: usize = 512;
 
@@ -111,8 +114,9 @@ fn check_batch(model: &Model, rows: usize, tokens: usize, what: &str) -> Result<
     if tokens > MAX_PATCH_TOKENS {
         return Err(usage(format!("{what} runs a batch row per position: {tokens} tokens are more than {MAX_PATCH_TOKENS}; use a shorter text")));
     }
+    let rows = inspect::rows_per_pass(tokens as i64, rows as i64) as usize;
     let bytes = model.config().activation_estimate(rows, tokens) / 2.0;
-    crate::limits::ensure_fits(&format!("{what} ({rows} rows of {tokens} tokens)"), bytes, model.device(), "use a shorter text")?;
+    crate::limits::ensure_fits(&format!("{what} ({rows} rows of {tokens} tokens at a time)"), bytes, model.device(), "use a shorter text")?;
     Ok(())
 }
 
@@ -266,6 +270,9 @@ fn ablate(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> 
         ctx.result(table.bundle(json!({ "metric": name, "before": before, "effects": effects })));
         return Ok(());
     }
+    if words.len() > MAX_TARGETS {
+        return Err(args.usage_error(format!("{} targets are more than {MAX_TARGETS}; `%ablate heads TEXT` tries every head", words.len())));
+    }
     let components = words.iter().map(|w| Component::parse(w, d.layers, d.heads)).collect::<crate::Result<Vec<_>>>()?;
     let batches = match text {
         Some(text) => vec![inspect::text_batch(&encode(s, args, text)?.0)?],
@@ -381,12 +388,8 @@ fn heads(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     if !(1..=256).contains(&batch) {
         return Err(args.usage_error(format!("--batch must be in 1..=256, got {batch}")));
     }
-    crate::limits::ensure_fits(
-        "scoring heads",
-        config.activation_estimate(batch as usize, total as usize) / 2.0,
-        model.device(),
-        "use a smaller --batch or --length",
-    )?;
+    let rows = inspect::rows_per_pass(total, batch) as usize;
+    crate::limits::ensure_fits("scoring heads", config.activation_estimate(rows, total as usize) / 2.0, model.device(), "use a smaller --length")?;
     // Real vocabularies keep control and byte tokens among the first ids.
     let vocab = config.vocab_size();
     let lo = if vocab > 1000 { 100 } else { 0 };
