@@ -103,6 +103,17 @@ def test_commands_run_from_rust_show_their_output_and_return_json(kc):
     assert any(m["msg_type"] == "execute_result" for m in outputs)
 
 
+def test_a_rust_cell_reads_the_activations_that_cache_kept(kc):
+    kept = result(ok(kc, '%cache "123=" --names "blocks.0.hook_resid_post,blocks.0.attn.hook_pattern"'))[RESULT]
+    assert [a["name"] for a in kept["activations"]] == ["blocks.0.attn.hook_pattern", "blocks.0.hook_resid_post"]
+    outputs = ok(kc, 'let p = live::activation("blocks.0.attn.hook_pattern")?;\nformat!("{:?} {:.3}", p.size(), p.sum(Kind::Float).double_value(&[]))')
+    assert result(outputs)["text/plain"] == '"[1, 2, 4, 4] 8.000"', "2 heads × 4 queries, each row summing to one"
+    outputs = ok(kc, 'live::activations()?.len()')
+    assert result(outputs)["text/plain"] == "2"
+    outputs = ok(kc, 'live::activation("blocks.0.hook_resid_pots").unwrap_err().to_string()')
+    assert "did you mean blocks.0.hook_resid_post" in result(outputs)["text/plain"]
+
+
 def test_values_show_rich_and_output_streams_while_the_cell_runs(kc):
     data = result(ok(kc, "live::weight(\"transformer.ln_f.weight\")?"))
     assert "Tensor [32] Float on cpu" in data["text/plain"] and "<pre>" in data["text/html"]
