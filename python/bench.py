@@ -245,7 +245,39 @@ def transformers_smollm2(path: str, prompt: list, expected: list) -> dict:
         out = model.generate(ids, max_new_tokens=128, min_new_tokens=128, **kwargs)
         generate = 128 / (time.perf_counter() - start)
     same = out[0, len(prompt):].tolist() == expected
-    return {"load_s": load, "prefill_tokens_per_s": prefill, "generate_tokens_per_s": generate, "same": same}
+    hooks = forward_with_hooks_ms(model, ids)
+    return {"load_s": load, "prefill_tokens_per_s": prefill, "generate_tokens_per_s": generate, "same": same, **hooks}
+
+
+def forward_with_hooks_ms(model, ids) -> dict:
+    """The forward pass as TransformerLens-style code in PyTorch runs it: a forward hook on
+    every module that does nothing, then one that keeps every module's output."""
+    def mean_ms(runs=10):
+        with torch.no_grad():
+            for _ in range(2):
+                model(ids)
+            start = time.perf_counter()
+            for _ in range(runs):
+                model(ids)
+        return (time.perf_counter() - start) / runs * 1000
+
+    plain = mean_ms()
+    handles = [m.register_forward_hook(lambda m, args, out: None) for m in model.modules()]
+    inert = mean_ms()
+    for h in handles:
+        h.remove()
+    cache = {}
+    def keep(name):
+        def hook(m, args, out):
+            out = out[0] if isinstance(out, tuple) else out
+            if isinstance(out, torch.Tensor):
+                cache[name] = out.detach()
+        return hook
+    handles = [m.register_forward_hook(keep(n)) for n, m in model.named_modules()]
+    cached = mean_ms()
+    for h in handles:
+        h.remove()
+    return {"forward_ms": plain, "forward_hooks_ms": inert, "forward_cache_all_ms": cached}
 
 
 def llama_cpp_smollm2(path: str, prompt: list):
@@ -293,6 +325,12 @@ def smollm2_tables() -> None:
     if not cpp:
         print("llama.cpp: NOT MEASURED — llama-cpp-python is not installed in this environment "
               "(`make bench` builds it from source with cmake; that build failed or was skipped)")
+    comparison("SmolLM2 32-token forward pass with hook points (ms); transformers with a forward hook on every module",
+               "tchlab ms", "transformers ms", [
+                   ("no hooks", ours["forward_ms"], theirs["forward_ms"], theirs["forward_ms"] / ours["forward_ms"]),
+                   ("hooks that match nothing", ours["forward_hooks_ms"], theirs["forward_hooks_ms"], theirs["forward_hooks_ms"] / ours["forward_hooks_ms"]),
+                   ("cache every activation", ours["forward_cache_all_ms"], theirs["forward_cache_all_ms"], theirs["forward_cache_all_ms"] / ours["forward_cache_all_ms"]),
+               ])
     sys.stdout.flush()
 
 

@@ -1,6 +1,8 @@
 //! SmolLM2-135M-Instruct speed for `make bench` (python/bench.py runs transformers and
 //! llama.cpp beside it): the time to load the GGUF file (dequantised to float32), prefill
-//! tokens/s of a 32-token prompt, and greedy generation of 128 new tokens.
+//! tokens/s of a 32-token prompt, greedy generation of 128 new tokens, and the 32-token
+//! forward pass without hooks, through hooks that match nothing, and caching every
+//! hook point.
 //!
 //! Usage: `bench_smollm2 FILE.gguf`; prints one JSON line, the prompt ids included so
 //! that the peers run the same prompt.
@@ -8,6 +10,7 @@
 use std::time::Instant;
 
 use tchlab::generate::{generate, GenerateOptions};
+use tchlab::models::hooks::{Hooks, Names};
 use tchlab::models::ForwardOptions;
 
 const PROMPT: &str = "The history of astronomy is long: people have watched the sky for thousands of years, \
@@ -35,6 +38,22 @@ fn main() -> tchlab::Result<()> {
     };
     prefill(2)?; // warm-up
     let prefill_tokens_per_s = prefill(10)?;
+    let forward_ms = |hooks: &dyn Fn() -> Hooks| -> tchlab::Result<f64> {
+        let runs = 10;
+        let mut total = 0.0;
+        for run in 0..runs + 2 {
+            let hooks = hooks();
+            let started = Instant::now();
+            tch::no_grad(|| loaded.model.forward(&input, None, &ForwardOptions { hooks: Some(&hooks), ..Default::default() }, None))?;
+            hooks.finish()?;
+            if run >= 2 {
+                total += started.elapsed().as_secs_f64();
+            }
+        }
+        Ok(total / f64::from(runs) * 1000.0)
+    };
+    let hooked_ms = forward_ms(&|| Hooks::new())?;
+    let cached_ms = forward_ms(&|| Hooks::new().cache(Names::all(), u64::MAX))?;
     let opts = GenerateOptions { max_new_tokens: 128, ..Default::default() };
     generate(&loaded.model, &ids, &GenerateOptions { max_new_tokens: 8, ..opts.clone() })?; // warm-up
     let started = Instant::now();
@@ -44,6 +63,7 @@ fn main() -> tchlab::Result<()> {
         "{}",
         serde_json::json!({
             "load_s": load_seconds, "prefill_tokens_per_s": prefill_tokens_per_s, "generate_tokens_per_s": generate_tokens_per_s,
+            "forward_ms": 1000.0 * ids.len() as f64 / prefill_tokens_per_s, "forward_hooks_ms": hooked_ms, "forward_cache_all_ms": cached_ms,
             "prompt_ids": ids, "generated_ids": generated,
         })
     );

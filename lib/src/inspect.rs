@@ -5,8 +5,8 @@
 //! the commands (`%cache`, `%logit-lens`, ...) turn text into ids and results into
 //! pictures.
 //!
-//! Long analyses run one batched forward pass per layer and check for an interrupt
-//! between them, so a cell can be stopped and the session keeps its state.
+//! Batched analyses run passes of about [`TOKENS_PER_PASS`] tokens, and every hook point
+//! checks for an interrupt, so a long analysis stops within a second and changes nothing.
 
 use tch::{Kind, Tensor};
 
@@ -40,7 +40,7 @@ fn walk_rows(model: &Model, text: &Batch, count: i64, name: &str, along: Along, 
         let inputs = text.inputs.f_expand([rows, t], false)?;
         let hooks = Hooks::new().edit(Edit::new(Names::one(name), action()).walk(along, start));
         let (out, _) = run_with_hooks(model, &inputs, hooks)?;
-        values.extend(metric.per_row(&out.logits.expect("a language model"), &text.targets.f_expand([rows, t], false)?)?);
+        values.extend(metric.per_row(&logits(out)?, &text.targets.f_expand([rows, t], false)?)?);
     }
     Ok(values)
 }
@@ -74,6 +74,11 @@ fn readout(model: &Model, analysis: &str) -> Result<Readout> {
         (Task::LanguageModel, Some(r)) => Ok(r),
         _ => invalid!("{analysis} reads the residual stream through the unembedding of a language model; this {} model has none", model.config().model_type()),
     }
+}
+
+/// The logits of a pass of a language model (callers check for a readout first).
+fn logits(out: Output) -> Result<Tensor> {
+    out.logits.ok_or_else(|| crate::Error::Invalid("this model has no logits to measure".into()))
 }
 
 fn cached<'a>(cache: &'a [(String, Tensor)], name: &str) -> Result<&'a Tensor> {
@@ -280,7 +285,7 @@ fn mean_metric(model: &Model, batches: &[Batch], metric: Metric, edits: impl Fn(
         crate::interrupt::check("ablating")?;
         let hooks = edits()?.into_iter().fold(Hooks::new(), Hooks::edit);
         let (out, _) = run_with_hooks(model, &batch.inputs, hooks)?;
-        let values = metric.per_row(&out.logits.expect("a language model"), &batch.targets)?;
+        let values = metric.per_row(&logits(out)?, &batch.targets)?;
         rows += values.len();
         total += values.iter().sum::<f64>();
     }
@@ -375,7 +380,7 @@ pub fn patch(model: &Model, clean: &Tensor, corrupt: &Tensor, metric: Metric, ov
     let d = model.config().dims();
     let names: Vec<String> = (0..d.layers as usize).map(|l| Point::name_of(l, over.site())).collect();
     let (clean_out, clean_cache) = run_with_cache(model, clean, &Names::parse(&names.join(","))?, ANALYSIS_BUDGET)?;
-    let clean_value = metric.per_row(&clean_out.logits.expect("a language model"), &text_batch(clean)?.targets)?[0];
+    let clean_value = metric.per_row(&logits(clean_out)?, &text_batch(clean)?.targets)?[0];
     let corrupt_value = mean_metric(model, &[text_batch(corrupt)?], metric, || Ok(vec![]))?;
     let gap = clean_value - corrupt_value;
     if !(gap.abs() > 1e-6) {
@@ -537,6 +542,6 @@ pub fn attribute(model: &Model, ids: &Tensor, target: i64) -> Result<Attribution
         mlp.push(share(&last(&Point::name_of(l, Site::MlpOut))?)?);
         heads.push(share_rows(&last(&Point::name_of(l, Site::HeadResult))?)?); // (nh, C) rows
     }
-    let logit = out.logits.expect("a language model").f_select(1, -1)?.f_get(0)?.f_get(target)?.double_value(&[]);
+    let logit = logits(out)?.f_select(1, -1)?.f_get(0)?.f_get(target)?.double_value(&[]);
     Ok(Attribution { target, logit, embed: share(&last(&names[0])?)?, attn, mlp, heads, norm_bias: readout.bias_logit(target)? })
 }

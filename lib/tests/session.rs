@@ -429,15 +429,23 @@ fn a_loaded_llama_fine_tunes_on_text() {
     assert!(later < first, "fine-tuning lowers the loss: {first} → {later}");
 }
 
-#[test]
-fn smollm2_loads_by_name_chats_streams_and_attends() {
-    let _serial = serial();
+/// A session with SmolLM2 loaded by name (linked in a scratch models directory), and
+/// what `%load` returned.
+fn smollm2_session(models_dir: &str) -> (Session, Value) {
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(common::fixtures().join("smollm2.json")).unwrap()).unwrap();
-    let models = common::scratch("models");
+    let models = common::scratch(models_dir);
     std::os::unix::fs::symlink(reference["file"].as_str().unwrap(), models.join("SmolLM2-135M-Instruct")).unwrap();
     std::env::set_var("TCHLAB_MODELS", &models);
     let mut s = Session::new();
     let loaded = ok(&mut s, "%device cpu\n%load SmolLM2-135M-Instruct");
+    (s, loaded)
+}
+
+#[test]
+fn smollm2_loads_by_name_chats_streams_and_attends() {
+    let _serial = serial();
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(common::fixtures().join("smollm2.json")).unwrap()).unwrap();
+    let (mut s, loaded) = smollm2_session("models");
     assert_eq!((loaded["model_type"].as_str(), loaded["loaded"].as_i64()), (Some("llama"), Some(272)));
 
     let (outputs, result) = run(&mut s, "%chat \"What is the capital of France?\" --max-tokens 32");
@@ -484,12 +492,7 @@ fn chat_refuses_what_it_cannot_do_and_changes_nothing() {
 #[test]
 fn looking_inside_smollm2_finds_induction_heads_and_where_paris_comes_from() {
     let _serial = serial();
-    let reference: Value = serde_json::from_str(&std::fs::read_to_string(common::fixtures().join("smollm2.json")).unwrap()).unwrap();
-    let models = common::scratch("models-inside");
-    std::os::unix::fs::symlink(reference["file"].as_str().unwrap(), models.join("SmolLM2-135M-Instruct")).unwrap();
-    std::env::set_var("TCHLAB_MODELS", &models);
-    let mut s = Session::new();
-    ok(&mut s, "%device cpu\n%load SmolLM2-135M-Instruct");
+    let (mut s, _) = smollm2_session("models-inside");
     let eiffel = "\"The Eiffel Tower is in the city of\"";
 
     let cached = ok(&mut s, &format!("%cache {eiffel} --names \"blocks.*.hook_resid_post,blocks.3.attn.hook_pattern\""));

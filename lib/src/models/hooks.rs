@@ -442,9 +442,6 @@ fn apply(edit: &Edit, x: &Tensor, layout: Layout, name: &str) -> Result<Tensor> 
         (shape[0], shape[axis]) = (rows, n);
         mask = Some(Tensor::f_arange(n, (Kind::Int64, x.device()))?.f_unsqueeze(0)?.f_eq_tensor(&wanted)?.f_view(shape.as_slice())?);
     }
-    if selection.is_empty() && mask.is_none() {
-        return Ok(replacement);
-    }
     for (axis, index, what) in selection {
         let n = size[axis];
         let i = if index < 0 { index + n } else { index };
@@ -460,7 +457,10 @@ fn apply(edit: &Edit, x: &Tensor, layout: Layout, name: &str) -> Result<Tensor> 
             None => one_hot,
         });
     }
-    Ok(replacement.f_where_self(&mask.expect("a selection"), x)?)
+    Ok(match mask {
+        Some(mask) => replacement.f_where_self(&mask, x)?,
+        None => replacement,
+    })
 }
 
 /// Whether a tensor of shape `from` broadcasts to `to` (same rank).

@@ -277,6 +277,11 @@ impl Table {
     pub fn bundle(&self, json: Value) -> Bundle {
         Bundle::text(self.to_text()).html(self.to_html()).json(json)
     }
+
+    /// The table under a line that sums it up, with `json` as the result's data.
+    pub fn bundle_under(&self, summary: &str, json: Value) -> Bundle {
+        Bundle::text(format!("{summary}\n\n{}", self.to_text())).html(format!("<p>{}</p>{}", escape_html(summary), self.to_html())).json(json)
+    }
 }
 
 /// Escapes text for HTML.

@@ -103,6 +103,13 @@ fn show(args: &Args, ctx: &mut Ctx, map: &Heatmap, caption: String) -> Result<()
     Ok(())
 }
 
+/// Every `(layer, head, value)` of a layers × heads matrix, largest `key(value)` first.
+fn ranked_heads(matrix: &[Vec<f64>], key: impl Fn(f64) -> f64) -> Vec<(usize, usize, f64)> {
+    let mut ranked: Vec<(usize, usize, f64)> = matrix.iter().enumerate().flat_map(|(l, r)| r.iter().enumerate().map(move |(h, &v)| (l, h, v))).collect();
+    ranked.sort_by(|a, b| key(b.2).total_cmp(&key(a.2)));
+    ranked
+}
+
 /// `L0`, `L1`, ... and `H0`, `H1`, ...
 fn numbered(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
@@ -161,7 +168,7 @@ fn cache(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let summary = format!("{} activations of {} tokens kept, {} in all", tensors.len(), tokens.len(), crate::limits::format_bytes(total as f64));
     let value = json!({ "tokens": tokens, "activations": listed, "total_bytes": total });
     s.activations = Some(ActivationCache { tokens, tensors });
-    ctx.result(Bundle::text(format!("{summary}\n\n{}", table.to_text())).html(format!("<p>{summary}</p>{}", table.to_html())).json(value));
+    ctx.result(table.bundle_under(&summary, value));
     Ok(())
 }
 
@@ -261,8 +268,7 @@ fn ablate(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> 
             cell_text: None,
         };
         show(args, ctx, &map, format!("<figure: ablation effect of {} heads>", d.layers * d.heads))?;
-        let mut ranked: Vec<(usize, usize, f64)> = effects.iter().enumerate().flat_map(|(l, r)| r.iter().enumerate().map(move |(h, &v)| (l, h, v))).collect();
-        ranked.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
+        let ranked = ranked_heads(&effects, f64::abs);
         let mut table = Table::new(["head", &format!("Δ {name}")]);
         for (l, h, v) in ranked.iter().take(5) {
             table.row([format!("{l}.{h}"), format!("{v:+.4}")]);
@@ -330,7 +336,7 @@ fn patch(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let width = if over == PatchOver::Heads { d.heads as usize } else { corrupt_tokens.len() };
     check_batch(model, width, corrupt_tokens.len(), "patching")?;
     let result = inspect::patch(model, &clean, &corrupt, metric, over)?;
-    let tokens: Vec<String> = clean_tokens.iter().zip(&corrupt_tokens).map(|(a, b)| if a == b { a.clone() } else { format!("{b}/{a}") }).collect();
+    let tokens: Vec<String> = clean_tokens.iter().zip(&corrupt_tokens).map(|(a, b)| if a == b { a.clone() } else { format!("{a}/{b}") }).collect();
     let columns = if over == PatchOver::Heads { numbered("H", width) } else { tokens.clone() };
     let name = metric_name(metric, s.tokenizer_or_err()?);
     let where_ = args.get("over").unwrap_or("resid");
@@ -408,8 +414,7 @@ fn heads(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         cell_text: None,
     };
     show(args, ctx, &map, format!("<figure: {title}, {} layers × {} heads>", d.layers, d.heads))?;
-    let mut ranked: Vec<(usize, usize, f64)> = result.scores.iter().enumerate().flat_map(|(l, r)| r.iter().enumerate().map(move |(h, &v)| (l, h, v))).collect();
-    ranked.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let ranked = ranked_heads(&result.scores, |v| v);
     let mut table = Table::new(["head", title]);
     for (l, h, v) in ranked.iter().take(5) {
         table.row([format!("{l}.{h}"), format!("{v:.3}")]);
@@ -465,6 +470,6 @@ fn attribute(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
     let summary = format!("logit[{word:?}] = {:.3}: embeddings {:+.3}, norm shift {:+.3}, layers below", a.logit, a.embed, a.norm_bias);
     let value =
         json!({ "target": word, "id": id, "logit": a.logit, "embed": a.embed, "attn": a.attn, "mlp": a.mlp, "heads": a.heads, "norm_bias": a.norm_bias });
-    ctx.result(Bundle::text(format!("{summary}\n\n{}", table.to_text())).html(format!("<p>{summary}</p>{}", table.to_html())).json(value));
+    ctx.result(table.bundle_under(&summary, value));
     Ok(())
 }
