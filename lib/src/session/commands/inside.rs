@@ -311,7 +311,7 @@ pub const PATCH: Command = Command {
         option("over", "WHERE", "resid (default: each block's input, per position), attn, mlp (per position) or heads"),
         SAVE,
     ],
-    details: "Each cell is (patched − corrupt) / (clean − corrupt) of the metric: 1 restores the clean behaviour, 0 does nothing.",
+    details: "Each cell is (patched − corrupt) / (clean − corrupt) of the metric: 1 restores the clean behaviour, 0 does nothing. Positions where the texts differ are labelled clean/corrupt.",
     example: "%patch \"The Eiffel Tower is in the city of\" \"The Colosseum is in the city of\" --metric logit-diff:Paris,Rome",
     json: r#"{"tokens", "over", "metric", "clean", "corrupt", "restored": [[row...]]}"#,
     run: patch,
