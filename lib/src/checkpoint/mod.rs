@@ -12,6 +12,7 @@
 //! Not here: training state (optimizer moments, schedule, RNG), which the trainer's
 //! checkpoints add on top of these files.
 
+pub mod find;
 pub mod gguf;
 mod pickle;
 pub mod quant;

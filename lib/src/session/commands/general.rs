@@ -340,7 +340,7 @@ pub const WRITEFILE: Command = Command {
 
 fn writefile(_: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let Some(body) = &args.body else { return Err(args.usage_error("%writefile takes the cell's body: start the cell with %%writefile PATH")) };
-    let path = super::model::expand_home(args.get("path").expect("required"));
+    let path = crate::checkpoint::find::expand_home(args.get("path").expect("required"));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     }

@@ -1,13 +1,13 @@
 //! Models, checkpoints and tokenizers.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde_json::{json, Value};
 use tch::Kind;
 
 use super::{flag, opt_pos, option, pos, rest, Command};
 use crate::checkpoint;
+use crate::checkpoint::find::{expand_home, find_model};
 use crate::data::DataSpec;
 use crate::models::bert::BertConfig;
 use crate::models::gpt::GptConfig;
@@ -190,41 +190,24 @@ pub const LOAD: Command = Command {
     name: "load",
     summary: "load a Hugging Face model directory, a weights file, or a tchlab training checkpoint",
     args: &[
-        pos("path", "directory, file, or the name of a model in ~/.cache/tchlab/models").path(),
+        pos("path", "directory, file, a name in ~/.cache/tchlab/models, or a Hugging Face id (org/name) in the Hugging Face cache").path(),
         option("classes", "N", "load a BERT encoder with a new N-class classification head"),
     ],
     details: "A directory saved by `%save` resumes training exactly (optimiser, schedule, data cursor, history). \
+              A name that is not a path is looked up in $TCHLAB_MODELS (~/.cache/tchlab/models), then in the Hugging Face cache \
+              ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub), offline, at the revision refs/main names. \
               Missing and unexpected tensors are reported; a shape mismatch is an error naming the tensor.",
     example: "%load ~/models/all-MiniLM-L6-v2",
     json: r#"{"path", "model_type", "parameters", "loaded", "missing", "unexpected", "resumed_step"}"#,
     run: load,
 };
 
-/// Where bare model names are looked up: `$TCHLAB_MODELS`, else the `models` folder of
-/// [`crate::cache_dir`] (`make` links the all-MiniLM-L6-v2 package there as `all-MiniLM-L6-v2`).
-fn models_dir() -> std::path::PathBuf {
-    std::env::var_os("TCHLAB_MODELS").map_or_else(|| crate::cache_dir().join("models"), Into::into)
-}
-
-/// A path as given, or a bare name found in the models directory.
-fn resolve_model(name: &str) -> Result<std::path::PathBuf, CellError> {
-    let path = expand_home(name);
-    if path.exists() || name.contains('/') {
-        return Ok(path);
-    }
-    let dir = models_dir();
-    let candidate = dir.join(name);
-    if candidate.exists() {
-        return Ok(candidate);
-    }
-    let known: Vec<String> =
-        std::fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
-    let hint = if known.is_empty() { String::new() } else { format!("; models in {}: {}", dir.display(), known.join(", ")) };
-    Err(CellError { name: "FileError".into(), message: format!("{name}: no such file or directory, and no model of that name{hint}") })
-}
-
 fn load(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
-    let path = resolve_model(args.get("path").expect("required"))?;
+    // A model not found is a file error, as a path that does not exist is.
+    let path = find_model(args.get("path").expect("required")).map_err(|e| match e {
+        crate::Error::Invalid(message) => CellError { name: "FileError".into(), message },
+        other => other.into(),
+    })?;
     if path.join("trainer.json").is_file() {
         let mut trainer = Trainer::load(&path, s.device)?;
         trainer.set_cancel_handle(s.cancel.clone());
@@ -262,13 +245,6 @@ fn load(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let value = json!({ "path": path, "model_type": model_type, "parameters": parameters, "loaded": report.loaded, "missing": report.missing, "unexpected": report.unexpected });
     ctx.result(Bundle::text(text).json(value));
     Ok(())
-}
-
-pub(crate) fn expand_home(path: &str) -> std::path::PathBuf {
-    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => Path::new(&home).join(rest),
-        _ => path.into(),
-    }
 }
 
 pub const SAVE: Command = Command {

@@ -13,7 +13,7 @@ use crate::session::{Ctx, Session};
 use crate::tokenize::Tokenizer;
 use crate::train::{EvalMetrics, Halt, History, StepRecord, Stop, Trainer};
 
-use super::model::expand_home;
+use crate::checkpoint::find::expand_home;
 
 pub const DATA: Command = Command {
     name: "data",
