@@ -38,7 +38,7 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// Drawn as markers rather than a line (validation points).
     pub markers: bool,
-    /// Drawn pale and left out of the legend (raw values behind a smoothed line).
+    /// Drawn pale, as raw values behind a smoothed line of the same name.
     pub faint: bool,
 }
 
@@ -55,8 +55,8 @@ pub struct LineChart {
     pub log_x: bool,
     /// Logarithmic y axis.
     pub log_y: bool,
-    /// The lines, each in its own colour, with a legend when there is more than one
-    /// name.
+    /// The lines, one colour per name, each named in the legend: `NAME (raw)` for faint
+    /// ones, `NAME (smoothed)` for the line over them, `NAME (validation)` for markers.
     pub series: Vec<Series>,
 }
 
@@ -177,7 +177,6 @@ pub fn line_chart(chart: &LineChart) -> Result<Figure> {
         n.dedup();
         n
     };
-    let legend = names.len() > 1;
     let series: Vec<(usize, Series)> = chart
         .series
         .iter()
@@ -191,7 +190,7 @@ pub fn line_chart(chart: &LineChart) -> Result<Figure> {
             (color, Series { points, ..s.clone() })
         })
         .collect();
-    render(WIDTH, HEIGHT, &LineDrawing { chart, series, x: x0..x1, y: y0..y1, legend })
+    render(WIDTH, HEIGHT, &LineDrawing { chart, series, x: x0..x1, y: y0..y1 })
 }
 
 struct LineDrawing<'a> {
@@ -199,12 +198,12 @@ struct LineDrawing<'a> {
     series: Vec<(usize, Series)>,
     x: std::ops::Range<f64>,
     y: std::ops::Range<f64>,
-    legend: bool,
 }
 
 impl Drawing for LineDrawing<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>, scale: f64) -> std::result::Result<(), String> {
-        let (chart, log_x, log_y, legend) = (self.chart, self.chart.log_x, self.chart.log_y, self.legend);
+        let (chart, log_x, log_y) = (self.chart, self.chart.log_x, self.chart.log_y);
+        let has_raw = |name: &str| self.series.iter().any(|(_, s)| s.faint && s.name == name);
         let px = |v: f64| (v * scale) as u32;
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let mut c = ChartBuilder::on(root)
@@ -226,32 +225,33 @@ impl Drawing for LineDrawing<'_> {
             .x_label_formatter(&|v| if log_x { format_number(10f64.powf(*v)) } else { format_number(*v) })
             .draw()
             .map_err(|e| e.to_string())?;
+        let mut named_raw = vec![];
         for (color, s) in &self.series {
             let base = PALETTE[color % PALETTE.len()];
             if s.markers {
                 let drawn = c.draw_series(s.points.iter().map(|p| Circle::new(*p, px(3.0), base.filled()))).map_err(|e| e.to_string())?;
-                if legend {
-                    drawn.label(format!("{} (val)", s.name)).legend(move |(x, y)| Circle::new((x + 8, y), 3, base.filled()));
-                }
+                drawn.label(format!("{} (validation)", s.name)).legend(move |(x, y)| Circle::new((x + 8, y), 3, base.filled()));
             } else if s.faint {
                 let style = ShapeStyle { color: base.mix(0.25), filled: false, stroke_width: px(1.0) };
-                c.draw_series(LineSeries::new(s.points.iter().copied(), style)).map_err(|e| e.to_string())?;
+                let drawn = c.draw_series(LineSeries::new(s.points.iter().copied(), style)).map_err(|e| e.to_string())?;
+                // Raw values may come in several pieces; the legend names them once.
+                if !named_raw.contains(&s.name) {
+                    named_raw.push(s.name.clone());
+                    drawn.label(format!("{} (raw)", s.name)).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], base.mix(0.25).stroke_width(2)));
+                }
             } else {
                 let style = ShapeStyle { color: base.to_rgba(), filled: false, stroke_width: px(1.5) };
                 let drawn = c.draw_series(LineSeries::new(s.points.iter().copied(), style)).map_err(|e| e.to_string())?;
-                if legend {
-                    drawn.label(s.name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], base.stroke_width(2)));
-                }
+                let label = if has_raw(&s.name) { format!("{} (smoothed)", s.name) } else { s.name.clone() };
+                drawn.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], base.stroke_width(2)));
             }
         }
-        if legend {
-            c.configure_series_labels()
-                .label_font(label_font)
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(200, 200, 200))
-                .draw()
-                .map_err(|e| e.to_string())?;
-        }
+        c.configure_series_labels()
+            .label_font(label_font)
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(200, 200, 200))
+            .draw()
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 }
@@ -419,21 +419,35 @@ impl Drawing for HeatmapDrawing<'_> {
             let x = left + j as i32 * cw + cw / 2 - px(6.0);
             root.draw(&Text::new(short(t), (x, top - px(4.0)), upright.clone())).map_err(e)?;
         }
-        // The colour bar: what the colours mean, with its ends and middle labelled.
-        let (bar_x, bar_h) = (left + cw * m.values[0].len() as i32 + px(16.0), px(120.0));
-        let (lo, hi) = m.scale.range();
-        let steps = 60;
-        for k in 0..steps {
-            let v = hi - (hi - lo) * f64::from(k) / f64::from(steps - 1);
-            let y = top + bar_h * k / steps;
-            root.draw(&Rectangle::new([(bar_x, y), (bar_x + px(14.0), y + bar_h / steps + 1)], m.scale.colour(v).filled())).map_err(e)?;
-        }
-        for (v, y) in [(hi, top), ((lo + hi) / 2.0, top + bar_h / 2), (lo, top + bar_h)] {
-            root.draw(&Text::new(format_number(v), (bar_x + px(18.0), y - px(6.0)), font.clone())).map_err(e)?;
-        }
-        root.draw(&Text::new(m.legend.to_string(), (bar_x, top + bar_h + px(10.0)), font.clone())).map_err(e)?;
-        Ok(())
+        colour_bar(root, m.scale, m.legend, (left + cw * m.values[0].len() as i32 + px(16.0), top), scale)
     }
+}
+
+/// A colour bar at `(x, top)`: what the colours of `scale` mean, its ends and middle
+/// labelled, `legend` below.
+fn colour_bar<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    colours: ColourScale,
+    legend: &str,
+    (x, top): (i32, i32),
+    scale: f64,
+) -> std::result::Result<(), String> {
+    let px = |v: f64| (v * scale) as i32;
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let font = (FONT, 11.0 * scale).into_font();
+    let height = px(120.0);
+    let (lo, hi) = colours.range();
+    let steps = 60;
+    for k in 0..steps {
+        let v = hi - (hi - lo) * f64::from(k) / f64::from(steps - 1);
+        let y = top + height * k / steps;
+        root.draw(&Rectangle::new([(x, y), (x + px(14.0), y + height / steps + 1)], colours.colour(v).filled())).map_err(e)?;
+    }
+    for (v, y) in [(hi, top), ((lo + hi) / 2.0, top + height / 2), (lo, top + height)] {
+        root.draw(&Text::new(format_number(v), (x + px(18.0), y - px(6.0)), font.clone())).map_err(e)?;
+    }
+    root.draw(&Text::new(legend.to_string(), (x, top + height + px(10.0)), font)).map_err(e)?;
+    Ok(())
 }
 
 /// One head's attention `(queries, keys)` as a heatmap with the tokens on both axes.
@@ -454,55 +468,81 @@ pub fn attention_map(probs: &[Vec<f64>], tokens: &[String], title: &str) -> Resu
     })
 }
 
-/// Every layer's and head's attention `[layer][head][query][key]` as a grid of small maps.
-pub fn attention_grid(maps: &[Vec<Vec<Vec<f64>>>], title: &str) -> Result<Figure> {
+/// Every layer's and head's attention `[layer][head][query][key]` as a grid of small
+/// maps, with a colour bar; up to 32 tokens, each layer's first map has the query tokens
+/// beside it and the first layer's maps have the key tokens above them.
+pub fn attention_grid(maps: &[Vec<Vec<Vec<f64>>>], tokens: &[String], title: &str) -> Result<Figure> {
     let layers = maps.len();
     let heads = maps.first().map_or(0, Vec::len);
     let n = maps.first().and_then(|l| l.first()).map_or(0, Vec::len);
-    if layers == 0 || heads == 0 || n == 0 {
-        return invalid!("no attention to draw");
+    if layers == 0 || heads == 0 || n == 0 || tokens.len() != n {
+        return invalid!("no attention to draw, or not one token per row");
     }
-    let cell = (96 / n as u32).max(1);
+    let labelled = n <= 32;
+    let cell = if labelled { (96 / n as u32).max(12) } else { (96 / n as u32).max(1) };
     let tile = cell * n as u32;
-    let gap = 6;
-    let (width, height) = (40 + heads as u32 * (tile + gap), 50 + layers as u32 * (tile + gap));
-    render(width, height, &GridDrawing { maps, title, cell, tile, gap })
+    let gap = 8;
+    let label_room = if labelled { 10 + 7 * tokens.iter().map(|t| t.chars().count().min(LABEL_CHARS)).max().unwrap_or(1) as u32 } else { 0 };
+    let (left, top) = (34 + label_room, 40 + label_room + 16);
+    let width = (left + heads as u32 * (tile + gap) + 90).max(16 + 9 * title.chars().count() as u32);
+    let height = (top + layers as u32 * (tile + gap) + 10).max(top + 170);
+    render(width, height, &GridDrawing { maps, tokens, title, cell, tile, gap, left, top, labelled })
 }
 
 struct GridDrawing<'a> {
     maps: &'a [Vec<Vec<Vec<f64>>>],
+    tokens: &'a [String],
     title: &'a str,
     cell: u32,
     tile: u32,
     gap: u32,
+    left: u32,
+    top: u32,
+    labelled: bool,
 }
 
 impl Drawing for GridDrawing<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>, scale: f64) -> std::result::Result<(), String> {
-        let (tile, gap) = (self.tile, self.gap);
+        let (tile, gap) = (f64::from(self.tile), f64::from(self.gap));
         let px = |v: f64| (v * scale) as i32;
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+        let short = |t: &String| t.chars().take(LABEL_CHARS).collect::<String>();
+        root.fill(&WHITE).map_err(e)?;
         let font = (FONT, 11.0 * scale).into_font();
-        root.draw(&Text::new(self.title.to_string(), (px(8.0), px(4.0)), (FONT, 14.0 * scale, FontStyle::Bold).into_font())).map_err(|e| e.to_string())?;
+        let upright = font.clone().transform(FontTransform::Rotate270);
+        root.draw(&Text::new(self.title.to_string(), (px(8.0), px(4.0)), (FONT, 14.0 * scale, FontStyle::Bold).into_font())).map_err(e)?;
+        root.draw(&Text::new("rows: queries, columns: keys".to_string(), (px(8.0), px(22.0)), font.clone())).map_err(e)?;
+        let (left, top) = (f64::from(self.left), f64::from(self.top));
+        let c = px(f64::from(self.cell));
+        let colours = ColourScale::Sequential { lo: 0.0, hi: 1.0 };
         for (l, layer) in self.maps.iter().enumerate() {
-            let y0 = px(36.0 + f64::from(l as u32 * (tile + gap)));
-            root.draw(&Text::new(format!("L{l}"), (px(4.0), y0 + px(f64::from(tile) / 2.0 - 6.0)), font.clone())).map_err(|e| e.to_string())?;
-            for (h, head) in layer.iter().enumerate() {
-                let x0 = px(30.0 + f64::from(h as u32 * (tile + gap)));
-                if l == 0 {
-                    root.draw(&Text::new(format!("H{h}"), (x0 + px(f64::from(tile) / 2.0 - 8.0), px(22.0)), font.clone())).map_err(|e| e.to_string())?;
+            let y0 = px(top + l as f64 * (tile + gap));
+            root.draw(&Text::new(format!("L{l}"), (px(4.0), y0 + px(tile / 2.0 - 6.0)), font.clone())).map_err(e)?;
+            if self.labelled {
+                for (i, t) in self.tokens.iter().enumerate() {
+                    root.draw(&Text::new(short(t), (px(30.0), y0 + i as i32 * c + c / 2 - px(6.0)), font.clone())).map_err(e)?;
                 }
-                let c = px(f64::from(self.cell));
+            }
+            for (h, head) in layer.iter().enumerate() {
+                let x0 = px(left + h as f64 * (tile + gap));
+                if l == 0 {
+                    root.draw(&Text::new(format!("H{h}"), (x0 + px(tile / 2.0 - 8.0), px(38.0)), font.clone())).map_err(e)?;
+                    if self.labelled {
+                        for (j, t) in self.tokens.iter().enumerate() {
+                            root.draw(&Text::new(short(t), (x0 + j as i32 * c + c / 2 - px(6.0), y0 - px(4.0)), upright.clone())).map_err(e)?;
+                        }
+                    }
+                }
                 for (i, row) in head.iter().enumerate() {
                     for (j, &p) in row.iter().enumerate() {
-                        let color = ViridisRGB::get_color_normalized(p as f32, 0.0, 1.0);
                         let (x, y) = (x0 + j as i32 * c, y0 + i as i32 * c);
-                        root.draw(&Rectangle::new([(x, y), (x + c, y + c)], color.filled())).map_err(|e| e.to_string())?;
+                        root.draw(&Rectangle::new([(x, y), (x + c, y + c)], colours.colour(p).filled())).map_err(e)?;
                     }
                 }
             }
         }
-        Ok(())
+        let bar_x = px(left + self.maps[0].len() as f64 * (tile + gap) + 8.0);
+        colour_bar(root, colours, "attention", (bar_x, px(top)), scale)
     }
 }
 
@@ -539,7 +579,9 @@ mod tests {
         };
         let f = line_chart(&chart).unwrap();
         assert_eq!(png_size(&f.png), (2 * f.width, 2 * f.height));
-        assert!(f.svg.starts_with("<svg") && f.svg.contains("fork"), "legend names the runs");
+        let text = |t: &str| f.svg.contains(&format!("\n{t}\n</text>"));
+        assert!(f.svg.starts_with("<svg") && text("fork (validation)"), "the legend names the runs");
+        assert!(text("main (raw)") && text("main (smoothed)"), "and what each line is");
     }
 
     #[test]
@@ -560,8 +602,11 @@ mod tests {
         let tokens: Vec<String> = ["the", "cat", "sat"].iter().map(|s| s.to_string()).collect();
         let f = attention_map(&probs, &tokens, "layer 0, head 0").unwrap();
         assert_eq!(png_size(&f.png), (2 * f.width, 2 * f.height));
-        let grid = attention_grid(&vec![vec![probs.clone(); 4]; 2], "all heads").unwrap();
+        let grid = attention_grid(&vec![vec![probs.clone(); 4]; 2], &tokens, "all heads").unwrap();
         assert_eq!(png_size(&grid.png), (2 * grid.width, 2 * grid.height));
         assert!(grid.width > grid.height, "4 heads across, 2 layers down");
+        let text = |svg: &str, t: &str| svg.contains(&format!("\n{t}\n</text>"));
+        assert!(text(&grid.svg, "cat") && text(&grid.svg, "attention") && text(&grid.svg, "H3"), "token labels, the colour bar's caption, head labels");
+        assert!(text(&f.svg, "attention"), "the single map has the colour bar too");
     }
 }

@@ -94,7 +94,7 @@ fn attention(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
                 .iter()
                 .map(|&l| (0..heads).filter(|h| head.is_none_or(|x| x == *h)).map(|h| to_rows(&attentions[l as usize].get(0).get(h))).collect())
                 .collect();
-            let figure = attention_grid(&maps, &format!("attention: {} layer(s) × {} head(s), {} tokens", maps.len(), maps[0].len(), tokens.len()))?;
+            let figure = attention_grid(&maps, &tokens, &format!("attention: {} layer(s) × {} head(s), {} tokens", maps.len(), maps[0].len(), tokens.len()))?;
             if let Some(path) = args.get("save") {
                 super::training::save_figure(&figure, path)?;
             }
