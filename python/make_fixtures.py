@@ -366,7 +366,7 @@ def zero_head(head: int, d_head: int):
 
 
 def mean_over_tokens(out):
-    return out.mean(dim=(0, 1), keepdim=True).expand_as(out)
+    return out.double().mean(dim=(0, 1), keepdim=True).float().expand_as(out)
 
 
 def make_hooks(out: Path) -> None:
