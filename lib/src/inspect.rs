@@ -101,16 +101,12 @@ impl Metric {
         let logits = logits.f_to_kind(Kind::Float)?;
         let values = match self {
             Metric::Loss => {
-                let targets = targets.f_to_device(logits.device())?;
-                let scored = targets.f_ne(-100)?;
+                let (losses, scored) = token_losses(&logits, targets)?;
                 if !bool::try_from(scored.f_any()?)? {
                     return invalid!("the loss needs at least two tokens: one to read and one to predict");
                 }
-                let logp = logits.f_log_softmax(-1, Kind::Float)?;
-                let picked = logp.f_gather(-1, &targets.f_clamp_min(0)?.f_unsqueeze(-1)?, false)?.f_squeeze_dim(-1)?;
-                let weights = scored.f_to_kind(Kind::Float)?;
-                let counts = weights.f_sum_dim_intlist([1].as_slice(), false, Kind::Float)?.f_clamp_min(1.0)?;
-                picked.f_mul(&weights)?.f_sum_dim_intlist([1].as_slice(), false, Kind::Float)?.f_neg()?.f_div(&counts)?
+                let counts = scored.f_sum_dim_intlist([1].as_slice(), false, Kind::Float)?.f_clamp_min(1.0)?;
+                losses.f_sum_dim_intlist([1].as_slice(), false, Kind::Float)?.f_div(&counts)?
             }
             Metric::LogitDiff(a, b) => {
                 let last = logits.f_select(1, -1)?;
@@ -119,6 +115,16 @@ impl Metric {
         };
         Ok(Vec::<f64>::try_from(values.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?)?)
     }
+}
+
+/// Each position's loss on its target, `(B, T)` (0 where the target is -100), and which
+/// positions have a target.
+fn token_losses(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    let targets = targets.f_to_device(logits.device())?;
+    let scored = targets.f_ne(-100)?;
+    let logp = logits.f_to_kind(Kind::Float)?.f_log_softmax(-1, Kind::Float)?;
+    let picked = logp.f_gather(-1, &targets.f_clamp_min(0)?.f_unsqueeze(-1)?, false)?.f_squeeze_dim(-1)?;
+    Ok((picked.f_neg()?.f_mul(&scored.f_to_kind(Kind::Float)?)?, scored))
 }
 
 /// A text's ids `(B, T)` as a batch whose targets are the next tokens (none after the last).
@@ -480,9 +486,7 @@ pub fn head_scores(model: &Model, ids: &Tensor, prefix: i64, kind: HeadScore) ->
             }
         }
         if let (true, Some(logits)) = (language_model, out.logits) {
-            let logp = logits.f_to_kind(Kind::Float)?.f_narrow(1, 0, t - 1)?.f_log_softmax(-1, Kind::Float)?;
-            let next = rows.f_narrow(1, 1, t - 1)?.f_unsqueeze(-1)?;
-            let loss = logp.f_gather(-1, &next, false)?.f_squeeze_dim(-1)?.f_neg()?; // (B, T - 1): predicting token j + 1
+            let (loss, _) = token_losses(&logits, &text_batch(&rows)?.targets)?; // (B, T): position j predicting token j + 1
             let span = |from: i64, n: i64| -> Result<f64> {
                 Ok(loss.f_narrow(1, from, n)?.f_mean_dim([1].as_slice(), false, Kind::Double)?.f_sum(Kind::Double)?.double_value(&[]))
             };

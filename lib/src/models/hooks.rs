@@ -450,8 +450,7 @@ fn apply(edit: &Edit, x: &Tensor, layout: Layout, name: &str) -> Result<Tensor> 
         }
         let mut shape = vec![1; size.len()];
         shape[axis] = n;
-        let one_hot =
-            Tensor::f_zeros([n], (Kind::Bool, x.device()))?.f_index_fill(0, &Tensor::from(i).to_device(x.device()).view([1]), 1)?.f_view(shape.as_slice())?;
+        let one_hot = Tensor::f_arange(n, (Kind::Int64, x.device()))?.f_eq(i)?.f_view(shape.as_slice())?;
         mask = Some(match mask {
             Some(m) => m.f_logical_and(&one_hot)?,
             None => one_hot,

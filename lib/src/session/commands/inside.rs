@@ -121,9 +121,15 @@ fn check_batch(model: &Model, rows: usize, tokens: usize, what: &str) -> Result<
     if tokens > MAX_PATCH_TOKENS {
         return Err(usage(format!("{what} runs a batch row per position: {tokens} tokens are more than {MAX_PATCH_TOKENS}; use a shorter text")));
     }
+    ensure_pass_fits(model, rows, tokens, what, "use a shorter text")
+}
+
+/// Refuses an analysis whose passes (of [`inspect::rows_per_pass`] of `rows` rows of
+/// `tokens` tokens) would not fit in the device's memory.
+fn ensure_pass_fits(model: &Model, rows: usize, tokens: usize, what: &str, advice: &str) -> Result<(), CellError> {
     let rows = inspect::rows_per_pass(tokens as i64, rows as i64) as usize;
     let bytes = model.config().activation_estimate(rows, tokens) / 2.0;
-    crate::limits::ensure_fits(&format!("{what} ({rows} rows of {tokens} tokens at a time)"), bytes, model.device(), "use a shorter text")?;
+    crate::limits::ensure_fits(&format!("{what} ({rows} rows of {tokens} tokens at a time)"), bytes, model.device(), advice)?;
     Ok(())
 }
 
@@ -394,8 +400,7 @@ fn heads(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     if !(1..=256).contains(&batch) {
         return Err(args.usage_error(format!("--batch must be in 1..=256, got {batch}")));
     }
-    let rows = inspect::rows_per_pass(total, batch) as usize;
-    crate::limits::ensure_fits("scoring heads", config.activation_estimate(rows, total as usize) / 2.0, model.device(), "use a smaller --length")?;
+    ensure_pass_fits(model, batch as usize, total as usize, "scoring heads", "use a smaller --length")?;
     // Real vocabularies keep control and byte tokens among the first ids.
     let vocab = config.vocab_size();
     let lo = if vocab > 1000 { 100 } else { 0 };
