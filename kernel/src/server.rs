@@ -87,6 +87,16 @@ impl Shared {
     }
 }
 
+/// The `iopub_welcome` for a subscription frame (`\x01` and the topic); `None` for an
+/// unsubscription or anything else.
+fn welcome(frames: &ZmqMessage, session: &str) -> Option<Message> {
+    let frame = frames.get(0)?;
+    let topic = frame.strip_prefix(&[1u8])?;
+    let topic = std::str::from_utf8(topic).ok()?;
+    let identities = if topic.is_empty() { vec![] } else { vec![Bytes::copy_from_slice(topic.as_bytes())] };
+    Some(Message::new("iopub_welcome", &json!({}), json!({ "subscription": topic }), session, identities))
+}
+
 fn kernel_info() -> Value {
     json!({
         "status": "ok",
@@ -113,7 +123,11 @@ async fn serve(info: ConnectionInfo) -> Result<(), String> {
     let mut shell = jupyter_zmq_client::create_kernel_shell_connection(&info, &session_id).await.map_err(|e| fail("shell", e))?.socket;
     let mut control = jupyter_zmq_client::create_kernel_control_connection(&info, &session_id).await.map_err(|e| fail("control", e))?.socket;
     let _stdin = jupyter_zmq_client::create_kernel_stdin_connection(&info, &session_id).await.map_err(|e| fail("stdin", e))?;
-    let mut iopub_socket = jupyter_zmq_client::create_kernel_iopub_connection(&info, &session_id).await.map_err(|e| fail("iopub", e))?.socket;
+    // XPUB, as ipykernel's: a subscriber is greeted with `iopub_welcome` (JEP 65), so a
+    // client knows when IOPub reaches it instead of waiting for a status that was
+    // published before it had subscribed (jupyter_client's `wait_for_ready` asks again
+    // after 1 s then).
+    let mut iopub_socket = jupyter_zmq_client::create_kernel_iopub_xpub_connection(&info, &session_id).await.map_err(|e| fail("iopub", e))?.socket;
     let mut heartbeat = jupyter_zmq_client::create_kernel_heartbeat_connection(&info).await.map_err(|e| fail("heartbeat", e))?.socket;
 
     let (iopub, mut outgoing) = mpsc::unbounded_channel::<Message>();
@@ -121,7 +135,17 @@ async fn serve(info: ConnectionInfo) -> Result<(), String> {
 
     let publisher = shared.clone();
     tokio::spawn(async move {
-        while let Some(message) = outgoing.recv().await {
+        loop {
+            let message = tokio::select! {
+                outgoing = outgoing.recv() => match outgoing {
+                    Some(message) => message,
+                    None => break,
+                },
+                subscription = iopub_socket.recv() => match subscription.ok().and_then(|frames| welcome(&frames, &publisher.session)) {
+                    Some(welcome) => welcome,
+                    None => continue,
+                },
+            };
             if let Err(e) = iopub_socket.send(publisher.frames(&message)).await {
                 log(format!("iopub send failed: {e}"));
             }

@@ -16,6 +16,7 @@
 //! - [`plot`]: training curves and attention maps as PNG and SVG.
 //! - [`session`]: the command language (`%train 200`, `%plot loss`) that front ends drive.
 //! - [`live`]: Rust cells in another process reaching the live session.
+//! - [`cuda`]: libtorch's CUDA half, opened only where there is a GPU.
 //! - [`interrupt`] and [`limits`]: what keeps a session alive — interrupts, panics
 //!   caught at the boundary, and bounds checked before anything is allocated.
 //!
@@ -25,6 +26,7 @@
 
 pub mod chat;
 pub mod checkpoint;
+pub mod cuda;
 pub mod data;
 pub mod embedding;
 pub mod error;

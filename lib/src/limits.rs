@@ -29,7 +29,10 @@ const CHUNK: usize = 4 << 20;
 pub fn available_bytes(device: Device) -> Option<u64> {
     match device {
         Device::Cpu => cpu_available(),
-        Device::Cuda(i) => cuda_free(i),
+        Device::Cuda(i) => {
+            crate::cuda::prepare(device);
+            cuda_free(i)
+        }
         _ => None,
     }
 }
@@ -50,7 +53,7 @@ fn cuda_free(device: usize) -> Option<u64> {
     type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
     type SetDevice = unsafe extern "C" fn(i32) -> i32;
     type GetDevice = unsafe extern "C" fn(*mut i32) -> i32;
-    // libtorch_cuda brings the CUDA runtime into the process; ask it, when it is there.
+    // libtorch_cuda (see `crate::cuda`) brings the CUDA runtime; ask it, when it is there.
     // SAFETY: dlsym on the process's own symbols; the functions have these C signatures
     // (cuda_runtime_api.h) and are called with valid pointers.
     unsafe {

@@ -10,8 +10,9 @@ use tchlab::train::{HParams, Stop, Trainer};
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn cuda_is_available() {
-    assert!(tch::Cuda::is_available(), "libtorch_cuda is linked but CUDA is not available");
-    assert!(tch::Cuda::device_count() >= 1);
+    // libtorch_cuda is not linked: tchlab::cuda opens it, before any other CUDA query.
+    assert!(tchlab::cuda::is_available(), "this machine has a GPU but libtorch's CUDA did not load or found no device");
+    assert!(tchlab::cuda::device_count() >= 1);
 }
 
 /// A tiny GPT on the reverse task, trained on `cuda:0` at `precision`; returns the
@@ -40,4 +41,16 @@ fn a_tiny_gpt_trains_on_cuda_in_f32_bf16_and_f16() {
         assert!(last < first / 4.0, "{precision}: loss fell from {first} to {last}");
     }
     assert_eq!(tch::Tensor::zeros([1], (Kind::Float, Device::Cuda(0))).device(), Device::Cuda(0));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_terminal_session_starts_on_cuda() {
+    // The binaries open CUDA at run time; a session on a GPU machine must start there.
+    let binary = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/tchlab");
+    let out = std::process::Command::new(binary).args(["-c", "%device", "--json"]).output().expect("run target/release/tchlab");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON result");
+    assert_eq!(result["device"], "cuda:0", "{result}");
+    assert_eq!(result["cuda_available"], true);
 }

@@ -2,6 +2,7 @@
 training displays, interrupts, stop_on_error, forged / replayed / malformed messages,
 restart, heartbeat."""
 
+import os
 import time
 
 import pytest
@@ -172,3 +173,36 @@ def test_a_connection_file_with_another_signature_scheme_is_refused(tmp_path):
     assert result.returncode == 2
     assert "hmac-md5" in result.stderr and "hmac-sha256" in result.stderr
     assert "secret" not in result.stderr, "the key is never logged"
+
+
+def gpu_present():
+    return any(name[len("nvidia"):].isdigit() for name in os.listdir("/dev") if name.startswith("nvidia"))
+
+
+def test_libtorch_cuda_is_loaded_only_where_there_is_a_gpu(kernel):
+    km, kc = kernel
+    execute(kc, "%echo ready")
+    with open(f"/proc/{km.provisioner.pid}/maps") as maps:
+        libraries = {line.split("/")[-1].strip() for line in maps if ".so" in line}
+    assert "libtorch_cpu.so" in libraries
+    # Opening CUDA costs every start a fifth of a second; only a GPU is worth it.
+    assert ("libtorch_cuda.so" in libraries) == gpu_present(), sorted(libraries)
+
+
+def test_a_subscriber_is_welcomed_on_iopub_as_ipykernel_does(kernel):
+    km, kc = kernel
+    # JEP 65: XPUB greets each subscription, so a client knows IOPub reaches it.
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.connect(f"{km.transport}://{km.ip}:{km.iopub_port}")
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    try:
+        assert sub.poll(10_000), "no welcome within 10 s"
+        frames = sub.recv_multipart()
+        session = Session(key=km.session.key)
+        _, frames = session.feed_identities(frames)
+        welcome = session.deserialize(frames)
+        assert welcome["msg_type"] == "iopub_welcome"
+        assert welcome["content"] == {"subscription": ""}
+        assert welcome["parent_header"] == {}
+    finally:
+        sub.close(linger=0)

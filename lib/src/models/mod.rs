@@ -469,6 +469,7 @@ impl Model {
         if !config.family().tasks.contains(&task.kind()) {
             return invalid!("a {} model cannot serve {:?}; its family serves {:?}", config.model_type(), task.kind(), config.family().tasks);
         }
+        crate::cuda::prepare(device);
         ensure_weights_fit(&config, device)?;
         let vars = VarStore::new(device);
         let network = config.build(&vars.root(), task)?;

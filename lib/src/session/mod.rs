@@ -151,7 +151,7 @@ impl Session {
     /// An empty session on the best device available (CUDA if present).
     pub fn new() -> Self {
         Session {
-            device: Device::cuda_if_available(),
+            device: crate::cuda::best_device(),
             seed: 0,
             hp: HParams::default(),
             tokenizer: None,

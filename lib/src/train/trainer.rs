@@ -208,6 +208,7 @@ impl Trainer {
         if self.hp.precision == Precision::F16 && device == tch::Device::Cpu {
             return invalid!("precision=f16 needs CUDA; `%set precision=bf16` before moving to the CPU");
         }
+        crate::cuda::prepare(device);
         self.model.vars.set_device(device);
         self.opt.to_device(device);
         Ok(())

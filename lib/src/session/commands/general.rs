@@ -138,12 +138,17 @@ pub const DEVICE: Command = Command {
 fn device(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     if let Some(name) = args.get("device") {
         let device = match name {
-            "auto" => Device::cuda_if_available(),
+            "auto" => crate::cuda::best_device(),
             other => parse_device(other).ok_or_else(|| args.usage_error(format!("unknown device `{other}`")))?,
         };
         if let Device::Cuda(i) = device {
-            if !tch::Cuda::is_available() || i as i64 >= tch::Cuda::device_count() {
-                return Err(args.usage_error(format!("{} is not available: this machine has {} CUDA devices", device_name(device), tch::Cuda::device_count())));
+            crate::cuda::prepare(device);
+            if !crate::cuda::is_available() || i as i64 >= crate::cuda::device_count() {
+                return Err(args.usage_error(format!(
+                    "{} is not available: this machine has {} CUDA devices",
+                    device_name(device),
+                    crate::cuda::device_count()
+                )));
             }
         }
         if let Some(t) = s.trainer.as_mut() {
@@ -154,7 +159,7 @@ fn device(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> 
         }
         s.device = device;
     }
-    let value = json!({ "device": device_name(s.device), "cuda_available": tch::Cuda::is_available(), "cuda_devices": tch::Cuda::device_count() });
+    let value = json!({ "device": device_name(s.device), "cuda_available": crate::cuda::is_available(), "cuda_devices": crate::cuda::device_count() });
     ctx.result(Bundle::text(format!("device: {}", device_name(s.device))).json(value));
     Ok(())
 }
@@ -253,7 +258,7 @@ fn run_timed(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<f64, CellErr
     }
     if let Device::Cuda(i) = s.device {
         // Kernels run asynchronously: wait for them, or the time is only the launch.
-        tch::Cuda::synchronize(i as i64);
+        crate::cuda::synchronize(i);
     }
     Ok(started.elapsed().as_secs_f64())
 }
