@@ -110,6 +110,40 @@ def test_ctrl_c_stops_training_at_a_step_boundary_and_keeps_state(tmp_path):
     assert child.exitstatus == 0
 
 
+def test_lines_typed_ahead_all_run_in_order(tmp_path):
+    child = spawn(tmp_path)
+    # Two lines in one write, as tmux or a fast typist sends them.
+    child.send("%echo ahead-1\r%echo ahead-2\r")
+    child.expect("\nahead-1\r\n")
+    child.expect("\nahead-2\r\n")
+    # And lines typed while a command runs: they wait in the terminal, then all run.
+    run_lines(child, SETUP)
+    child.sendline("%train 300")
+    child.expect("loss")
+    child.send("%echo during-1\r%echo during-2\r%step\r")
+    child.expect("\nduring-1\r\n")
+    child.expect("\nduring-2\r\n")
+    child.expect("step\\s+301\\s+loss")
+    settle(child)
+    child.sendeof()
+    child.sendline("y")
+    child.expect(pexpect.EOF)
+
+
+def test_a_bracketed_paste_of_several_lines_runs_as_one_cell(tmp_path):
+    child = spawn(tmp_path)
+    child.send("\x1b[200~%echo pasted-1\r%echo pasted-2\r%echo pasted-3\x1b[201~")
+    child.send("\r")
+    child.expect("\npasted-1\r\n")
+    child.expect("\npasted-3\r\n")
+    # One cell: no prompt between its outputs.
+    assert "pasted-2" in child.before and "tchlab [" not in child.before, child.before
+    child.expect(PROMPT)
+    settle(child)
+    child.sendeof()
+    child.expect(pexpect.EOF)
+
+
 def run(*args, cwd=None):
     return subprocess.run([str(TCHLAB), *args], capture_output=True, text=True, env=environment(pathlib.Path(cwd or "/tmp")), cwd=cwd, timeout=120)
 
