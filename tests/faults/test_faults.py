@@ -430,6 +430,28 @@ def test_hostile_inspection_commands_change_nothing(lab, code, ename, contains):
     refused(kc, code, ename, *contains)
 
 
+@pytest.mark.parametrize(
+    "code, ename, contains",
+    [
+        ("%params 1x=2", "UsageError", ["1x=2"]),
+        ("%params lr=abc fresh=1", "UsageError", ["lr"]),
+        ("%params batch=0 fresh=1", "UsageError", ["batch"]),
+        ("%params big=" + "x" * (65 << 10), "UsageError", ["at most 64 KiB"]),
+        ("%params " + " ".join(f"p{i}=1" for i in range(1100)), "UsageError", ["at most 1024 parameters"]),
+        # 40 KiB, expanded 30 times in one word: refused before the word is built.
+        ("%params wide=" + "w" * (40 << 10) + "\n%echo " + "$wide" * 30, "UsageError", ["$wide", "longer than 1024 KiB"]),
+        ("%params n=-3\n%train $n", "UsageError", ["-3"]),
+    ],
+)
+def test_hostile_params_are_refused_and_change_nothing(lab, code, ename, contains):
+    _, kc = lab
+    refused(kc, code, ename, *contains)
+    _, outputs = execute(kc, "%params")
+    assert "fresh" not in result(outputs)["params"], "a refused %params kept a parameter"
+    _, outputs = execute(kc, "%hparams")
+    assert result(outputs)["lr"] != "abc"
+
+
 @pytest.fixture(scope="module")
 def smollm2():
     km, kc = start()

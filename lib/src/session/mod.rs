@@ -46,6 +46,8 @@ pub struct Session {
     saved_at: Option<(String, i64)>,
     conversation: crate::chat::Conversation,
     activations: Option<commands::ActivationCache>,
+    /// `%params`: values that `$name` stands for in command lines.
+    params: std::collections::BTreeMap<String, String>,
 }
 
 /// A glance at the session, for prompts and exit questions.
@@ -165,6 +167,7 @@ impl Session {
             saved_at: None,
             conversation: Default::default(),
             activations: None,
+            params: Default::default(),
         }
     }
 
@@ -214,7 +217,8 @@ impl Session {
             ctx.page(command.help());
             return Ok(());
         }
-        let args = Args::parse(command, &inv.words, inv.body.clone())?;
+        let words = inv.words.iter().map(|w| expand_params(w, &self.params)).collect::<Result<Vec<_>, _>>()?;
+        let args = Args::parse(command, &words, inv.body.clone())?;
         (command.run)(self, &args, ctx)
     }
 
@@ -327,6 +331,22 @@ impl Session {
 
     // ---- state, for the handlers ----
 
+    /// Applies `pairs` to the session's (and trainer's) hyperparameters: all or none.
+    fn set_hparams(&mut self, pairs: &[(String, String)]) -> Result<(), CellError> {
+        let mut hp = self.hparams().clone();
+        for (k, v) in pairs {
+            hp.set(k, v)?;
+        }
+        if let Some(t) = self.trainer.as_mut() {
+            t.check_hparams(&hp)?;
+            for (k, v) in pairs {
+                t.set(k, v)?;
+            }
+        }
+        self.hp = hp;
+        Ok(())
+    }
+
     fn hparams(&self) -> &HParams {
         self.trainer.as_ref().map_or(&self.hp, Trainer::hparams)
     }
@@ -434,6 +454,52 @@ fn inject_fault(words: &[String]) -> Result<(), CellError> {
     }
 }
 
+/// The longest word `$name` expansion may make.
+const MAX_EXPANDED_WORD: usize = 1 << 20;
+
+/// `word` with each `$name` or `${name}` of a `%params` parameter replaced by its value,
+/// as IPython expands `$name` in magics: other `$`s stay as they are, `$$` is one `$`.
+/// Values are not expanded again, and a word may not grow past [`MAX_EXPANDED_WORD`].
+fn expand_params(word: &str, params: &std::collections::BTreeMap<String, String>) -> Result<String, CellError> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(word.len());
+    let mut rest = word;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+            continue;
+        }
+        let (name, tail) = match after.strip_prefix('{').and_then(|b| b.split_once('}')) {
+            Some((name, tail)) => (name, tail),
+            None => {
+                let end = after.find(|c: char| !is_name(c)).unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            }
+        };
+        match params.get(name) {
+            Some(value) => {
+                if out.len() + value.len() > MAX_EXPANDED_WORD {
+                    return Err(CellError {
+                        name: "UsageError".into(),
+                        message: format!("`${name}` makes a word longer than {} KiB; use fewer or shorter parameters", MAX_EXPANDED_WORD >> 10),
+                    });
+                }
+                out.push_str(value);
+                rest = tail;
+            }
+            None => {
+                out.push('$');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// Rust source without string and character literals and comments, so that brackets
 /// inside them do not count.
 fn strip_rust_literals(code: &str) -> String {
@@ -519,4 +585,26 @@ fn complete_path(word: &str) -> Vec<String> {
             (name.starts_with(prefix) && !name.starts_with('.')).then(|| format!("{dir}{name}{slash}"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_expand_as_ipython_expands_magics() {
+        let params: std::collections::BTreeMap<String, String> =
+            [("steps", "200"), ("name", "run a")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let expand = |word: &str| expand_params(word, &params).unwrap();
+        assert_eq!(expand("$steps"), "200");
+        assert_eq!(expand("runs/$name.png"), "runs/run a.png");
+        assert_eq!(expand("${steps}x"), "200x");
+        assert_eq!(expand("$stepsx"), "$stepsx", "a longer name that is no parameter stays");
+        assert_eq!(expand("costs $5 or $$steps"), "costs $5 or $steps");
+        assert_eq!(expand("${unclosed"), "${unclosed");
+        assert_eq!(expand("$"), "$");
+        let wide: std::collections::BTreeMap<String, String> = [("w".to_string(), "w".repeat(1 << 19))].into();
+        assert!(expand_params("$w$w", &wide).is_ok());
+        assert!(expand_params("$w$w$w", &wide).unwrap_err().message.contains("longer than 1024 KiB"));
+    }
 }

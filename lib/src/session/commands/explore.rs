@@ -122,7 +122,7 @@ fn sweep_command(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), Cell
         None => "every trial diverged".into(),
     };
     if let (true, Some(values)) = (args.flag("adopt"), &best_values) {
-        super::training::set_hparams(s, values)?;
+        s.set_hparams(values)?;
         text.push_str("; adopted");
     }
     let value = json!({

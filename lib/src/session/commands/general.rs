@@ -5,7 +5,7 @@ use std::time::Instant;
 use serde_json::json;
 use tch::Device;
 
-use super::{flag, opt_pos, option, pos, rest, Command, COMMANDS};
+use super::{flag, opt_pos, option, pairs, pos, rest, Command, COMMANDS};
 use crate::session::output::{Bundle, CellError, Table};
 use crate::session::parse::{split_cell, Args, Cell, Invocation};
 use crate::session::{Ctx, Session};
@@ -125,6 +125,51 @@ pub(crate) fn parse_device(name: &str) -> Option<Device> {
     }
 }
 
+pub const PARAMS: Command = Command {
+    name: "params",
+    summary: "notebook parameters: `$name` in later commands stands for the value",
+    args: &[pairs("name=value (hyperparameters among them are also set, as %set sets them)").hparams()],
+    details: "As IPython expands `$name` in magics: `%train $steps`, `--save runs/$name.png`; `${name}` where letters follow, \
+              `$$` for a `$`; a `$` that names no parameter stays as it is. Hyperparameter names (lr, batch, ...) are set as well, \
+              all checked before any is kept. papermill writes its injected cell with this command \
+              (`papermill nb.ipynb out.ipynb -p steps 200`, through the `tchlab-papermill` translator). Without pairs, lists them.",
+    example: "%params steps=200 prompt=\"the cat\" lr=3e-3",
+    json: r#"{"params": {name: value}, "hparams": [names also set as hyperparameters]}"#,
+    run: params,
+};
+
+/// The most parameters a session keeps, and the longest value.
+const MAX_PARAMS: usize = 1024;
+const MAX_PARAM_VALUE: usize = 64 << 10;
+
+fn params(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    for (name, value) in &args.pairs {
+        let identifier =
+            name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !identifier {
+            return Err(args.usage_error(format!("`{name}` is not a parameter name: letters, digits and `_`, not starting with a digit")));
+        }
+        if value.len() > MAX_PARAM_VALUE {
+            return Err(args.usage_error(format!("the value of `{name}` is {} KiB; parameters hold at most {} KiB", value.len() >> 10, MAX_PARAM_VALUE >> 10)));
+        }
+    }
+    let new_names = args.pairs.iter().filter(|(name, _)| !s.params.contains_key(name)).map(|(name, _)| name).collect::<std::collections::BTreeSet<_>>();
+    if s.params.len() + new_names.len() > MAX_PARAMS {
+        return Err(args.usage_error(format!("a session keeps at most {MAX_PARAMS} parameters ({} now, {} new)", s.params.len(), new_names.len())));
+    }
+    let hparams: Vec<(String, String)> = args.pairs.iter().filter(|(name, _)| s.hparams().get(name).is_some()).cloned().collect();
+    s.set_hparams(&hparams)?;
+    s.params.extend(args.pairs.iter().cloned());
+    let mut table = Table::new(["parameter", "value", ""]);
+    for (name, value) in &s.params {
+        let note = if s.hparams().get(name).is_some() { "hyperparameter" } else { "" };
+        table.row([format!("${name}"), value.clone(), note.to_string()]);
+    }
+    let value = json!({ "params": s.params, "hparams": hparams.iter().map(|(name, _)| name).collect::<Vec<_>>() });
+    ctx.result(table.bundle(value));
+    Ok(())
+}
+
 pub const DEVICE: Command = Command {
     name: "device",
     summary: "show or choose the device: auto, cpu, cuda, cuda:N",
@@ -176,7 +221,7 @@ pub const PRECISION: Command = Command {
 
 fn precision(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let value = args.get("precision").expect("required");
-    super::training::set_hparams(s, &[("precision".to_string(), value.to_string())])?;
+    s.set_hparams(&[("precision".to_string(), value.to_string())])?;
     ctx.result(Bundle::text(format!("precision: {value}")).json(json!({ "precision": value })));
     Ok(())
 }

@@ -223,6 +223,7 @@ pub static COMMANDS: &[Command] = &[
     general::PRECISION,
     general::SEED,
     general::THREADS,
+    general::PARAMS,
     model::MODEL,
     model::LOAD,
     model::SAVE,

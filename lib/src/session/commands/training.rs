@@ -107,27 +107,11 @@ pub const SET: Command = Command {
     run: set,
 };
 
-/// Applies `pairs` to the session's (and trainer's) hyperparameters: all or none.
-pub(crate) fn set_hparams(s: &mut Session, pairs: &[(String, String)]) -> Result<(), CellError> {
-    let mut hp = s.hparams().clone();
-    for (k, v) in pairs {
-        hp.set(k, v)?;
-    }
-    if let Some(t) = s.trainer.as_mut() {
-        t.check_hparams(&hp)?;
-        for (k, v) in pairs {
-            t.set(k, v)?;
-        }
-    }
-    s.hp = hp;
-    Ok(())
-}
-
 fn set(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     if args.pairs.is_empty() {
         return Err(args.usage_error("nothing to set: give key=value pairs (`%hparams` lists the keys)"));
     }
-    set_hparams(s, &args.pairs)?;
+    s.set_hparams(&args.pairs)?;
     let hp = s.hparams();
     let value: serde_json::Map<String, Value> = args.pairs.iter().map(|(k, _)| (k.clone(), json!(hp.get(k)))).collect();
     let text = args.pairs.iter().map(|(k, _)| format!("{k}={}", hp.get(k).unwrap_or_default())).collect::<Vec<_>>().join(" ");
