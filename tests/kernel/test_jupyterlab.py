@@ -1,18 +1,23 @@
 """End to end: JupyterLab (from PyPI) in headless Chromium (Debian's) on localhost
-opens a notebook with the tchlab kernel, runs it, and renders its plot."""
+opens the first teaching notebook with the tchlab kernel, runs it all, and shows what
+a new user sees: text rather than JSON trees, and a loss plot with its legend. The
+screenshot it takes is the README's (target/screenshots/jupyterlab-first-steps.png,
+copied to docs/ by hand)."""
 
 import os
+import pathlib
 import shutil
+import urllib.parse
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
-import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook
 
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+NOTEBOOK = ROOT / "notebooks" / "01-first-steps.ipynb"
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (`make test` installs it when run as root)")
 
@@ -23,12 +28,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_jupyterlab_runs_a_tchlab_notebook_and_shows_its_plot(tmp_path):
+def test_jupyterlab_runs_the_first_notebook_and_shows_text_and_a_legible_loss_plot(tmp_path):
     from playwright.sync_api import sync_playwright
 
-    cells = ["%data synth reverse --length 4\n%model gpt --layers 1 --heads 2 --dim 32", "%train 30", "%plot loss"]
-    nb = new_notebook(cells=[new_code_cell(c) for c in cells], metadata={"kernelspec": {"name": "tchlab", "display_name": "tchlab (Rust, libtorch)", "language": "rust"}})
-    nbformat.write(nb, tmp_path / "lab.ipynb")
+    shutil.copy(NOTEBOOK, tmp_path / "lab.ipynb")
+    code_cells = NOTEBOOK.read_text().count('"cell_type": "code"')
     port, token = free_port(), "tchlab-e2e"
     log = open(tmp_path / "jupyterlab.log", "w")
     lab = subprocess.Popen(
@@ -67,23 +71,39 @@ def test_jupyterlab_runs_a_tchlab_notebook_and_shows_its_plot(tmp_path):
                 except Exception:
                     assert attempt < 3, "JupyterLab never ran the cells"
             try:
-                image = page.wait_for_selector(".jp-OutputArea-output img", timeout=120_000)
+                page.wait_for_selector(f".jp-InputPrompt:has-text('[{code_cells}]')", timeout=240_000)
+                loss_cell = page.locator(".jp-CodeCell", has_text="%plot loss")
+                image = loss_cell.locator(".jp-OutputArea-output img").element_handle(timeout=60_000)
             except Exception:
                 page.screenshot(path=str(tmp_path / "jupyterlab-failed.png"))
                 raise
             page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image, timeout=30_000)
             width = image.evaluate("img => img.naturalWidth")
-            page.screenshot(path=str(tmp_path / "jupyterlab.png"))
-            errors = page.query_selector_all(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+            source = urllib.parse.unquote(image.evaluate("img => img.src"))
+            errors = page.query_selector_all(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'], .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
             # Results show the text a command writes, not their data as a JSON tree.
             json_trees = page.query_selector_all(".jp-RenderedJSON")
-            summary = page.get_by_text("gpt2 model:", exact=False).count()
+            visible = {text: page.get_by_text(text, exact=False).first.is_visible() for text in ["data ready; an example:", "gpt2 model:"]}
+            # The README's screenshot: the training cell's last line and the loss plot under it,
+            # without JupyterLab's question about news.
+            news = page.get_by_role("button", name="No", exact=True)
+            if news.count():
+                news.first.click()
+                page.wait_for_timeout(1500)  # the toast slides away
+            page.locator(".jp-CodeCell", has_text="%train 150").scroll_into_view_if_needed()
+            loss_cell.scroll_into_view_if_needed()
+            shot = ROOT / "target" / "screenshots" / "jupyterlab-first-steps.png"
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot))
             browser.close()
         # JupyterLab prefers the SVG (800 px wide) to the 2x PNG (1600 px).
         assert width in (800, 1600), f"the loss plot renders at its size, got {width}"
+        assert source.startswith("data:image/svg+xml"), source[:80]
+        for entry in ["main (raw)", "main (smoothed)", "main (validation)"]:
+            assert entry in source, f"the loss plot's legend names `{entry}`"
         assert not errors, "no cell failed"
         assert not json_trees, "no output renders as a JSON tree"
-        assert summary >= 1, "the model summary's text is visible"
+        assert all(visible.values()), f"the text commands write is visible: {visible}"
     finally:
         lab.terminate()
         lab.wait(timeout=30)
