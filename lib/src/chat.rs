@@ -13,7 +13,7 @@ use crate::error::{invalid, Result};
 use crate::tokenize::Tokenizer;
 
 /// One turn of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Message {
     /// `system`, `user` or `assistant`.
     pub role: String,

@@ -219,7 +219,7 @@ fn fetch_tensors(request: impl FnOnce(PathBuf) -> Request) -> Result<Vec<(String
 
 fn device_of(reply: &Value) -> Result<Device> {
     let name = reply["device"].as_str().unwrap_or("cpu");
-    crate::session::commands::parse_device(name).ok_or_else(|| Error::Invalid(format!("the session is on `{name}`, which this process cannot use")))
+    crate::session::format::parse_device(name).ok_or_else(|| Error::Invalid(format!("the session is on `{name}`, which this process cannot use")))
 }
 
 /// Sends one request and waits for the answer.

@@ -12,7 +12,7 @@ use crate::error::{invalid, Error, Result};
 use crate::train::{Halt, StepRecord, Stop, Trainer};
 
 /// Where a hyperparameter's values come from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub enum Space {
     /// These values (`[a,b,c]`).
     List(Vec<String>),
@@ -23,7 +23,7 @@ pub enum Space {
 }
 
 /// One swept hyperparameter.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Param {
     /// Its name.
     pub key: String,
@@ -95,7 +95,7 @@ fn format_value(v: f64) -> String {
 }
 
 /// How trials are chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Every combination of listed values.
@@ -119,7 +119,7 @@ impl Method {
 }
 
 /// One trial.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Trial {
     /// Its number, from 1.
     pub id: usize,
@@ -135,7 +135,7 @@ pub struct Trial {
 }
 
 /// What a sweep found.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct SweepResult {
     /// Every trial, in the order run.
     pub trials: Vec<Trial>,
@@ -273,7 +273,7 @@ fn score(trainer: &Trainer, trial: &Trial) -> Result<f64> {
 }
 
 /// The learning-rate range test (Smith, 2017; fastai's `lr_find`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct LrFind {
     /// Learning rates tried, one per step, rising exponentially.
     pub lrs: Vec<f64>,

@@ -43,7 +43,7 @@ impl Rng {
 }
 
 /// How a data set was made: enough to make it again (checkpoints store this).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DataSpec {
     /// A synthetic task.

@@ -9,9 +9,13 @@
 //! Commands either finish or change nothing.
 
 pub mod commands;
+mod figures;
+pub(crate) mod format;
+mod generation;
 mod live;
 pub mod output;
 pub mod parse;
+mod shape;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -70,6 +74,8 @@ impl Default for Session {
 /// Where a command's output goes, with helpers for each kind of event.
 pub struct Ctx<'a> {
     sink: &'a mut dyn FnMut(Output),
+    /// The result type the running command declares.
+    declared: Option<commands::Returns>,
 }
 
 static DISPLAY_IDS: AtomicU64 = AtomicU64::new(1);
@@ -107,9 +113,18 @@ impl Ctx<'_> {
         (self.sink)(Output::Update { id: id.to_string(), bundle });
     }
 
-    /// The command's result.
+    /// The command's result, for commands that return no data.
     pub fn result(&mut self, bundle: Bundle) {
         (self.sink)(Output::Result(bundle));
+    }
+
+    /// The command's result with its data: `data` must be of the type the command
+    /// declares (`returns: returns::<T>()`), so that `%help`'s description is the truth.
+    pub fn returns<T: serde::Serialize + 'static>(&mut self, bundle: Bundle, data: &T) {
+        let declared = self.declared.map(|r| (r.type_name)());
+        assert_eq!(declared, Some(std::any::type_name::<T>()), "a command returned data of a type it does not declare");
+        let value = serde_json::to_value(data).expect("result types serialize");
+        (self.sink)(Output::Result(bundle.json(value)));
     }
 
     /// Help for a pager.
@@ -186,7 +201,7 @@ impl Session {
     pub fn run_cell(&mut self, cell: &str, sink: &mut dyn FnMut(Output)) -> Result<(), CellError> {
         self.record_input(cell);
         let _scope = interrupt::Scope::enter(&self.cancel);
-        let mut ctx = Ctx { sink };
+        let mut ctx = Ctx { sink, declared: None };
         let result = match interrupt::contain("splitting the cell", || split_cell(cell)) {
             Err(e) => Err(e),
             Ok(Cell::Rust(_)) => Err(CellError {
@@ -219,7 +234,11 @@ impl Session {
         }
         let words = inv.words.iter().map(|w| expand_params(w, &self.params)).collect::<Result<Vec<_>, _>>()?;
         let args = Args::parse(command, &words, inv.body.clone())?;
-        (command.run)(self, &args, ctx)
+        // `%time CMD` runs CMD inside: each command declares its own result.
+        let outer = std::mem::replace(&mut ctx.declared, command.returns);
+        let result = (command.run)(self, &args, ctx);
+        ctx.declared = outer;
+        result
     }
 
     /// Adds a cell to the input history (what [`Session::run_cell`] does first), for
@@ -318,7 +337,7 @@ impl Session {
     pub fn glance(&self) -> Glance {
         let position = self.trainer.as_ref().map(|t| (t.branch().to_string(), t.step_count()));
         Glance {
-            device: commands::device_name(self.device),
+            device: format::device_name(self.device),
             step: position.as_ref().map_or(0, |p| p.1),
             unsaved: position.is_some_and(|p| p.1 > 0 && Some(&p) != self.saved_at.as_ref()),
         }

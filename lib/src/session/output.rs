@@ -123,7 +123,7 @@ impl Show for tch::Tensor {
         if !self.defined() {
             return Bundle::text("<undefined tensor>");
         }
-        let header = format!("Tensor {:?} {:?} on {}", self.size(), self.kind(), super::commands::device_name(self.device()));
+        let header = format!("Tensor {:?} {:?} on {}", self.size(), self.kind(), super::format::device_name(self.device()));
         let values = format!("{self}");
         Bundle::text(format!("{header}\n{values}")).html(format!("<div><b>{}</b><pre>{}</pre></div>", escape_html(&header), escape_html(&values)))
     }
@@ -273,14 +273,14 @@ impl Table {
         out
     }
 
-    /// A bundle with both forms and the given JSON.
-    pub fn bundle(&self, json: Value) -> Bundle {
-        Bundle::text(self.to_text()).html(self.to_html()).json(json)
+    /// A bundle with both forms.
+    pub fn bundle(&self) -> Bundle {
+        Bundle::text(self.to_text()).html(self.to_html())
     }
 
-    /// The table under a line that sums it up, with `json` as the result's data.
-    pub fn bundle_under(&self, summary: &str, json: Value) -> Bundle {
-        Bundle::text(format!("{summary}\n\n{}", self.to_text())).html(format!("<p>{}</p>{}", escape_html(summary), self.to_html())).json(json)
+    /// The table under a line that sums it up.
+    pub fn bundle_under(&self, summary: &str) -> Bundle {
+        Bundle::text(format!("{summary}\n\n{}", self.to_text())).html(format!("<p>{}</p>{}", escape_html(summary), self.to_html()))
     }
 }
 

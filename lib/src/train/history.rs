@@ -10,7 +10,7 @@ use crate::error::Result;
 
 /// Validation metrics. Language models have `perplexity`; classifiers `accuracy`,
 /// `macro_f1` and a confusion matrix (rows: true class, columns: predicted).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct EvalMetrics {
     /// Mean validation loss.
     pub loss: f64,
@@ -61,7 +61,7 @@ impl EvalMetrics {
 }
 
 /// One optimiser step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepRecord {
     /// The step's number (the first is 1).
     pub step: i64,
@@ -81,7 +81,7 @@ pub struct StepRecord {
 }
 
 /// A hyperparameter change, effective from the step after `step`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Change {
     /// Steps taken when the change was made.
     pub step: i64,

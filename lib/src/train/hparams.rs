@@ -8,7 +8,7 @@ use crate::error::{invalid, Result};
 use crate::suggest::did_you_mean;
 
 /// The learning-rate schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     /// `lr` after warm-up.
@@ -23,7 +23,7 @@ pub enum Schedule {
 }
 
 /// Arithmetic precision of the model's weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// 32-bit floats throughout.
@@ -46,7 +46,7 @@ impl Precision {
 }
 
 /// Which optimiser.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     /// AdamW with `beta1`, `beta2`, `eps`.
@@ -56,7 +56,7 @@ pub enum OptimizerKind {
 }
 
 /// Every hyperparameter of training.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HParams {
     /// Peak learning rate.
     pub lr: f64,

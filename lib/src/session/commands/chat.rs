@@ -1,18 +1,14 @@
-//! Conversations (`%chat`) and what every generating command shares: the sampling
-//! options and a reply streamed to the output as it is made.
+//! Conversations: `%chat`.
 
-use std::time::{Duration, Instant};
+use schemars::JsonSchema;
+use serde::Serialize;
 
-use serde_json::json;
-
-use super::{flag, opt_pos, option, Command};
+use super::{flag, opt_pos, option, returns, Command};
 use crate::chat::{stop_ids, Message};
-use crate::generate::{generate_streaming, GenerateOptions};
-use crate::models::Model;
+use crate::session::generation::{generation_options, stream};
 use crate::session::output::{Bundle, CellError};
 use crate::session::parse::Args;
 use crate::session::{Ctx, Session};
-use crate::tokenize::Tokenizer;
 
 pub const CHAT: Command = Command {
     name: "chat",
@@ -32,7 +28,7 @@ pub const CHAT: Command = Command {
               The reply appears as it is made and ends at the model's end-of-turn or end-of-text token. \
               An interrupted or failed reply leaves the conversation as it was.",
     example: "%chat \"What is the capital of France?\"",
-    json: r#"{"text", "ids", "messages": [{"role", "content"}]}"#,
+    returns: returns::<ChatResult>(),
     run: chat,
 };
 
@@ -40,7 +36,7 @@ fn chat(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     if args.flag("reset") {
         s.conversation.turns.clear();
         s.conversation.system = None;
-        ctx.result(Bundle::text("the conversation starts over").json(json!({ "messages": [] })));
+        ctx.returns(Bundle::text("the conversation starts over"), &ChatResult { text: None, prompt: None, ids: None, messages: vec![] });
         return Ok(());
     }
     // The conversation as the next reply would see it; it replaces the session's only
@@ -53,8 +49,9 @@ fn chat(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     if args.flag("show") || message.is_none() {
         let prompt = conversation.prompt(message.as_ref())?;
         let ids = s.tokenizer_or_err()?.encode(&prompt)?;
-        let value = json!({ "prompt": prompt, "ids": ids, "messages": conversation.messages(message.as_ref()) });
-        ctx.result(Bundle::text(format!("{prompt}\n({} tokens)", ids.len())).json(value));
+        let text = format!("{prompt}\n({} tokens)", ids.len());
+        let shown = ChatResult { text: None, prompt: Some(prompt), ids: Some(ids), messages: conversation.messages(message.as_ref()) };
+        ctx.returns(Bundle::text(text), &shown);
         return Ok(());
     }
     let message = message.expect("checked above");
@@ -73,107 +70,25 @@ fn chat(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let text = reply.text.trim().to_string();
     conversation.turns.push(message);
     conversation.turns.push(Message::new("assistant", text.clone()));
-    let value = json!({ "text": text, "ids": reply.ids, "messages": conversation.messages(None) });
+    let result = ChatResult { text: Some(text), prompt: None, ids: Some(reply.ids.clone()), messages: conversation.messages(None) };
     s.conversation = conversation;
-    ctx.result(Bundle::text(reply.summary()).json(value));
+    ctx.returns(Bundle::text(reply.summary()), &result);
     Ok(())
 }
 
-/// The sampling options of a generating command, stopping at `stop_ids`, adding at most
-/// `default_max` tokens unless `--max-tokens` says otherwise.
-pub(super) fn generation_options(args: &Args, stop_ids: Vec<i64>, default_max: usize) -> Result<GenerateOptions, CellError> {
-    Ok(GenerateOptions {
-        max_new_tokens: args.parse_as("max-tokens")?.unwrap_or(default_max),
-        temperature: args.parse_as("temperature")?.unwrap_or(0.0),
-        top_k: args.parse_as("top-k")?,
-        top_p: args.parse_as("top-p")?,
-        seed: args.parse_as("seed")?,
-        stop_ids,
-    })
-}
-
-/// A generated reply.
-pub(super) struct Reply {
-    /// The new ids, the stop token included when one came.
-    pub ids: Vec<i64>,
-    /// Their text, without the stop token.
-    pub text: String,
-    elapsed: Duration,
-}
-
-impl Reply {
-    /// `[12 tokens in 0.84 s, 14.3 tokens/s]`.
-    pub fn summary(&self) -> String {
-        let seconds = self.elapsed.as_secs_f64();
-        format!("[{} tokens in {seconds:.2} s, {:.1} tokens/s]", self.ids.len(), self.ids.len() as f64 / seconds.max(1e-9))
-    }
-}
-
-/// How often streamed text is sent: often enough to read as it comes, seldom enough
-/// that a notebook is not flooded with messages.
-const STREAM_EVERY: Duration = Duration::from_millis(50);
-
-/// What a streamed reply has shown so far.
-struct Streamed<'a> {
-    /// Written before the first piece of the reply (the prompt `%generate` continues).
-    prefix: &'a str,
-    /// Bytes of the reply's text shown; `None` until the prefix is out.
-    written: Option<usize>,
-    last_sent: Instant,
-}
-
-impl Streamed<'_> {
-    /// Whether enough time has passed since the last piece.
-    fn due(&self) -> bool {
-        self.last_sent.elapsed() >= STREAM_EVERY
-    }
-
-    /// Writes what `text` (the reply so far) adds to what was shown. A token can end
-    /// inside a multi-byte character: unless `complete`, the rest of it is waited for.
-    fn show(&mut self, text: &str, complete: bool, ctx: &mut Ctx) {
-        let prefix = self.prefix;
-        let shown = *self.written.get_or_insert_with(|| {
-            if !prefix.is_empty() {
-                ctx.write(prefix);
-            }
-            0
-        });
-        let ready = if complete { text.len() } else { text.trim_end_matches('\u{FFFD}').len() };
-        if ready > shown && text.is_char_boundary(shown) {
-            ctx.write(&text[shown..ready]);
-            self.written = Some(ready);
-        }
-        self.last_sent = Instant::now();
-    }
-}
-
-/// Generates from `prompt_ids`, writing `prefix` and then the reply to stdout as it is
-/// made (throttled), and a newline at the end. Nothing is written when generation is
-/// refused before its first token (bad options).
-pub(super) fn stream(
-    model: &Model,
-    tokenizer: &Tokenizer,
-    prefix: &str,
-    prompt_ids: &[i64],
-    opts: &GenerateOptions,
-    ctx: &mut Ctx,
-) -> Result<Reply, CellError> {
-    let started = Instant::now();
-    let mut ids: Vec<i64> = vec![];
-    let mut streamed = Streamed { prefix, written: None, last_sent: Instant::now() };
-    let result = generate_streaming(model, prompt_ids, opts, &mut |id| {
-        ids.push(id);
-        if streamed.due() {
-            let visible = ids.strip_suffix(&[id]).filter(|_| opts.stop_ids.contains(&id)).unwrap_or(&ids);
-            streamed.show(&tokenizer.decode(visible)?, false, ctx);
-        }
-        Ok(())
-    });
-    let visible: Vec<i64> = ids.iter().copied().filter(|id| !opts.stop_ids.contains(id)).collect();
-    let text = tokenizer.decode(&visible)?;
-    if result.is_ok() || !ids.is_empty() {
-        streamed.show(&text, true, ctx);
-        ctx.write("\n");
-    }
-    Ok(Reply { ids: result?, text, elapsed: started.elapsed() })
+/// What `%chat` returns: the reply (`text`, `ids`), or with `--show` or no message the
+/// prompt the model would read next (`prompt`, `ids`); the conversation either way.
+#[derive(Serialize, JsonSchema)]
+pub struct ChatResult {
+    /// The reply, without its end-of-turn token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// `--show`: the prompt, special tokens included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The reply's ids (the stop token included when one came), or the prompt's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<i64>>,
+    /// The conversation: the system message first, then every turn.
+    pub messages: Vec<Message>,
 }

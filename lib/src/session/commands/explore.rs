@@ -3,14 +3,15 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use schemars::JsonSchema;
+use serde::Serialize;
 
-use super::{flag, option, pairs, rest, Command};
+use super::{flag, option, pairs, rest, returns, Command};
 use crate::plot::{line_chart, LineChart, Series};
 use crate::session::output::{Bundle, CellError, Table};
 use crate::session::parse::Args;
 use crate::session::{Ctx, Session};
-use crate::sweep::{lr_find, sweep, Method, Param, Space, Trial};
+use crate::sweep::{lr_find, sweep, LrFind, Method, Param, Space, Trial};
 
 pub const SWEEP: Command = Command {
     name: "sweep",
@@ -25,7 +26,7 @@ pub const SWEEP: Command = Command {
     details: "Every trial starts from the current state and the state is put back afterwards. \
               Trials are ranked by validation loss (or, without validation data, their last training losses).",
     example: "%sweep lr=[1e-3,3e-3,1e-2] --steps 100",
-    json: r#"{"trials": [{"id", "values", "score", "status", "losses"}], "best", "best_values"}"#,
+    returns: returns::<Swept>(),
     run: sweep_command,
 };
 
@@ -125,13 +126,20 @@ fn sweep_command(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), Cell
         s.set_hparams(values)?;
         text.push_str("; adopted");
     }
-    let value = json!({
-        "trials": result.trials,
-        "best": result.best,
-        "best_values": best_values.map(|v| v.into_iter().collect::<BTreeMap<_, _>>()),
-    });
-    ctx.result(Bundle::text(text).json(value));
+    let swept = Swept { trials: result.trials, best: result.best, best_values: best_values.map(|v| v.into_iter().collect()) };
+    ctx.returns(Bundle::text(text), &swept);
     Ok(())
+}
+
+/// What `%sweep` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Swept {
+    /// Every trial, in the order they ran.
+    pub trials: Vec<Trial>,
+    /// The best trial's id (none when every trial diverged).
+    pub best: Option<usize>,
+    /// The best trial's hyperparameters.
+    pub best_values: Option<BTreeMap<String, String>>,
 }
 
 pub const LR_FIND: Command = Command {
@@ -145,7 +153,7 @@ pub const LR_FIND: Command = Command {
     details: "Trains from the current state with an exponentially rising learning rate until the loss blows up, then puts everything back. \
               The suggestion is fastai's valley: two thirds down the longest fall of the smoothed loss.",
     example: "%lr-find --steps 80",
-    json: r#"{"lrs", "losses", "suggestion"}"#,
+    returns: returns::<LrFind>(),
     run: lr_find_command,
 };
 
@@ -173,7 +181,7 @@ fn lr_find_command(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), Ce
         Some(lr) => format!("suggested learning rate: {lr:.2e} (`%set lr={lr:.2e}`)"),
         None => "no suggestion: the loss did not fall; try a wider range".into(),
     };
-    ctx.result(Bundle::text(text).json(serde_json::to_value(&found).expect("serializes")));
+    ctx.returns(Bundle::text(text), &found);
     Ok(())
 }
 
@@ -183,7 +191,7 @@ pub const COMPARE: Command = Command {
     args: &[rest("runs", "two or more branch names (`%runs` lists them), or `all`")],
     details: "",
     example: "%compare main high-lr",
-    json: r#"{"runs", "differences": {key: {branch: value}}}"#,
+    returns: returns::<Compared>(),
     run: compare,
 };
 
@@ -203,7 +211,7 @@ fn compare(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError>
     if runs.len() < 2 {
         return Err(args.usage_error("name at least two branches to compare"));
     }
-    let figure = super::training::loss_figure(&runs, 0.9, true)?;
+    let figure = crate::session::figures::loss_figure(&runs, 0.9, true)?;
     ctx.display(Bundle::text(format!("<figure: loss of {}>", names.join(", "))).figure(&figure));
     // Each branch's value of every key any branch changed: its last change, else the
     // value the first change of that key started from.
@@ -234,7 +242,16 @@ fn compare(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError>
     } else {
         format!("{}\n\n{}", summary.to_text(), table.to_text())
     };
-    let value = json!({ "runs": names, "differences": differences });
-    ctx.result(Bundle::text(text).html(format!("{}{}", summary.to_html(), table.to_html())).json(value));
+    let html = format!("{}{}", summary.to_html(), table.to_html());
+    ctx.returns(Bundle::text(text).html(html), &Compared { runs: names, differences });
     Ok(())
+}
+
+/// What `%compare` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Compared {
+    /// The branches compared.
+    pub runs: Vec<String>,
+    /// Each hyperparameter that differs: its value on each branch.
+    pub differences: BTreeMap<String, BTreeMap<String, String>>,
 }

@@ -2,10 +2,12 @@
 
 use std::time::Instant;
 
-use serde_json::json;
+use schemars::JsonSchema;
+use serde::Serialize;
 use tch::Device;
 
-use super::{flag, opt_pos, option, pairs, pos, rest, Command, COMMANDS};
+use super::{flag, opt_pos, option, pairs, pos, rest, returns, Command, COMMANDS};
+use crate::session::format::{device_name, format_seconds, parse_device};
 use crate::session::output::{Bundle, CellError, Table};
 use crate::session::parse::{split_cell, Args, Cell, Invocation};
 use crate::session::{Ctx, Session};
@@ -16,7 +18,7 @@ pub const HELP: Command = Command {
     args: &[opt_pos("command", "a command's name").commands()],
     details: "`CMD?` shows the same help as `%help CMD`.",
     example: "%help train",
-    json: "",
+    returns: None,
     run: help,
 };
 
@@ -43,7 +45,7 @@ pub const ECHO: Command = Command {
     args: &[flag("stderr", "print on stderr instead of stdout"), rest("text", "what to print")],
     details: "",
     example: "%echo hello, class",
-    json: "",
+    returns: None,
     run: echo,
 };
 
@@ -63,7 +65,7 @@ pub const STATUS: Command = Command {
     args: &[flag("checksum", "also a hash of every weight's bytes (equal exactly when the weights are)")],
     details: "",
     example: "%status",
-    json: r#"{"step", "optimizer_steps", "device", "model", "parameters", "precision", "tokenizer_vocab", "data", "branch", "snapshots", "snapshot_memory_mb", "threads", "source", "weights_checksum"?}"#,
+    returns: returns::<Status>(),
     run: status,
 };
 
@@ -74,24 +76,23 @@ fn status(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> 
         Some(m) => Some(format!("{:016x}", m.checksum()?)),
         None => None,
     };
-    let mut value = json!({
-        "step": trainer.map_or(0, |t| t.step_count()),
-        "optimizer_steps": trainer.map_or(0, |t| t.optimizer_steps()),
-        "device": device_name(s.device),
-        "model": model.map(|m| m.config().model_type().to_string()),
-        "parameters": model.map(|m| m.num_parameters()),
-        "precision": s.hparams().precision,
-        "tokenizer_vocab": s.tokenizer().map(|t| t.vocab_size()),
-        "data": s.data.as_ref().map(|d| serde_json::to_value(d).expect("serializes")),
-        "branch": trainer.map(|t| t.branch().to_string()),
-        "snapshots": trainer.map_or(0, |t| t.timeline().snapshots().len()),
-        "snapshot_memory_mb": trainer.map_or(0.0, |t| t.timeline().bytes() as f64 / (1 << 20) as f64),
-        "threads": tch::get_num_threads(),
-        "source": s.model_source,
-    });
-    if let Some(checksum) = checksum {
-        value["weights_checksum"] = checksum.into();
-    }
+    let status = Status {
+        step: trainer.map_or(0, |t| t.step_count()),
+        optimizer_steps: trainer.map_or(0, |t| t.optimizer_steps()),
+        device: device_name(s.device),
+        model: model.map(|m| m.config().model_type().to_string()),
+        parameters: model.map(|m| m.num_parameters()),
+        precision: s.hparams().precision,
+        tokenizer_vocab: s.tokenizer().map(|t| t.vocab_size()),
+        data: s.data.clone(),
+        branch: trainer.map(|t| t.branch().to_string()),
+        snapshots: trainer.map_or(0, |t| t.timeline().snapshots().len()),
+        snapshot_memory_mb: trainer.map_or(0.0, |t| t.timeline().bytes() as f64 / (1 << 20) as f64),
+        threads: tch::get_num_threads(),
+        source: s.model_source.clone(),
+        weights_checksum: checksum,
+    };
+    let value = serde_json::to_value(&status).expect("serializes");
     let mut table = Table::new(["", ""]);
     for (k, v) in value.as_object().expect("object") {
         let text = match v {
@@ -101,28 +102,42 @@ fn status(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> 
         };
         table.row([k.clone(), text]);
     }
-    ctx.result(table.bundle(value));
+    ctx.returns(table.bundle(), &status);
     Ok(())
 }
 
-/// `cpu`, `cuda:0`.
-pub(crate) fn device_name(d: Device) -> String {
-    match d {
-        Device::Cuda(i) => format!("cuda:{i}"),
-        Device::Mps => "mps".into(),
-        Device::Vulkan => "vulkan".into(),
-        Device::Cpu => "cpu".into(),
-    }
-}
-
-/// `cpu`, `cuda` (device 0), `cuda:N`, `mps`: the names [`device_name`] writes.
-pub(crate) fn parse_device(name: &str) -> Option<Device> {
-    match name {
-        "cpu" => Some(Device::Cpu),
-        "cuda" => Some(Device::Cuda(0)),
-        "mps" => Some(Device::Mps),
-        other => other.strip_prefix("cuda:")?.parse().ok().map(Device::Cuda),
-    }
+/// What `%status` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Status {
+    /// Steps taken on the current branch.
+    pub step: i64,
+    /// Optimiser updates (fewer than steps under gradient accumulation).
+    pub optimizer_steps: i64,
+    /// `cpu`, `cuda:0`.
+    pub device: String,
+    /// The model's family (`model_type`), when there is a model.
+    pub model: Option<String>,
+    /// Its parameter count.
+    pub parameters: Option<i64>,
+    /// f32, bf16 or f16.
+    pub precision: crate::train::Precision,
+    /// The tokenizer's vocabulary size.
+    pub tokenizer_vocab: Option<usize>,
+    /// The data set, as `%data` described it.
+    pub data: Option<crate::data::DataSpec>,
+    /// The current branch of the timeline.
+    pub branch: Option<String>,
+    /// Snapshots kept in memory.
+    pub snapshots: usize,
+    /// The memory they take, MiB.
+    pub snapshot_memory_mb: f64,
+    /// CPU threads libtorch uses.
+    pub threads: i32,
+    /// Where the model came from (`%load`'s path or name).
+    pub source: Option<String>,
+    /// With `--checksum`: a hash of every weight's bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights_checksum: Option<String>,
 }
 
 pub const PARAMS: Command = Command {
@@ -134,7 +149,7 @@ pub const PARAMS: Command = Command {
               all checked before any is kept. papermill writes its injected cell with this command \
               (`papermill nb.ipynb out.ipynb -p steps 200`, through the `tchlab-papermill` translator). Without pairs, lists them.",
     example: "%params steps=200 prompt=\"the cat\" lr=3e-3",
-    json: r#"{"params": {name: value}, "hparams": [names also set as hyperparameters]}"#,
+    returns: returns::<Params>(),
     run: params,
 };
 
@@ -165,9 +180,18 @@ fn params(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> 
         let note = if s.hparams().get(name).is_some() { "hyperparameter" } else { "" };
         table.row([format!("${name}"), value.clone(), note.to_string()]);
     }
-    let value = json!({ "params": s.params, "hparams": hparams.iter().map(|(name, _)| name).collect::<Vec<_>>() });
-    ctx.result(table.bundle(value));
+    let result = Params { params: s.params.clone(), hparams: hparams.into_iter().map(|(name, _)| name).collect() };
+    ctx.returns(table.bundle(), &result);
     Ok(())
+}
+
+/// What `%params` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Params {
+    /// Every parameter the session holds, by name.
+    pub params: std::collections::BTreeMap<String, String>,
+    /// The names this command also set as hyperparameters.
+    pub hparams: Vec<String>,
 }
 
 pub const DEVICE: Command = Command {
@@ -176,7 +200,7 @@ pub const DEVICE: Command = Command {
     args: &[opt_pos("device", "auto | cpu | cuda | cuda:N")],
     details: "The model, optimiser state and later work move to the device. `auto` picks CUDA when available.",
     example: "%device cpu",
-    json: r#"{"device", "cuda_available", "cuda_devices"}"#,
+    returns: returns::<DeviceInfo>(),
     run: device,
 };
 
@@ -204,9 +228,20 @@ fn device(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> 
         }
         s.device = device;
     }
-    let value = json!({ "device": device_name(s.device), "cuda_available": crate::cuda::is_available(), "cuda_devices": crate::cuda::device_count() });
-    ctx.result(Bundle::text(format!("device: {}", device_name(s.device))).json(value));
+    let info = DeviceInfo { device: device_name(s.device), cuda_available: crate::cuda::is_available(), cuda_devices: crate::cuda::device_count() };
+    ctx.returns(Bundle::text(format!("device: {}", info.device)), &info);
     Ok(())
+}
+
+/// What `%device` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct DeviceInfo {
+    /// The session's device: `cpu`, `cuda:0`.
+    pub device: String,
+    /// Whether CUDA can be used here.
+    pub cuda_available: bool,
+    /// How many CUDA devices there are.
+    pub cuda_devices: i64,
 }
 
 pub const PRECISION: Command = Command {
@@ -215,15 +250,22 @@ pub const PRECISION: Command = Command {
     args: &[pos("precision", "f32 | bf16 | f16").choices(&["f32", "bf16", "f16"])],
     details: "The same as `%set precision=...`; low precision keeps float32 master weights in the optimiser.",
     example: "%precision bf16",
-    json: r#"{"precision"}"#,
+    returns: returns::<PrecisionSet>(),
     run: precision,
 };
 
 fn precision(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let value = args.get("precision").expect("required");
     s.set_hparams(&[("precision".to_string(), value.to_string())])?;
-    ctx.result(Bundle::text(format!("precision: {value}")).json(json!({ "precision": value })));
+    ctx.returns(Bundle::text(format!("precision: {value}")), &PrecisionSet { precision: value.to_string() });
     Ok(())
+}
+
+/// What `%precision` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct PrecisionSet {
+    /// f32, bf16 or f16.
+    pub precision: String,
 }
 
 pub const SEED: Command = Command {
@@ -232,7 +274,7 @@ pub const SEED: Command = Command {
     args: &[pos("n", "a whole number")],
     details: "Runs with the same seed, data and commands give the same numbers.",
     example: "%seed 42",
-    json: "",
+    returns: None,
     run: seed,
 };
 
@@ -250,7 +292,7 @@ pub const THREADS: Command = Command {
     args: &[opt_pos("n", "threads")],
     details: "",
     example: "%threads 2",
-    json: r#"{"threads"}"#,
+    returns: returns::<Threads>(),
     run: threads,
 };
 
@@ -263,8 +305,15 @@ fn threads(_: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError>
         tch::set_num_threads(n);
     }
     let n = tch::get_num_threads();
-    ctx.result(Bundle::text(format!("threads: {n}")).json(json!({ "threads": n })));
+    ctx.returns(Bundle::text(format!("threads: {n}")), &Threads { threads: n });
     Ok(())
+}
+
+/// What `%threads` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Threads {
+    /// CPU threads libtorch uses.
+    pub threads: i32,
 }
 
 pub const TIME: Command = Command {
@@ -273,7 +322,7 @@ pub const TIME: Command = Command {
     args: &[rest("command", "the command line to time").commands().optional()],
     details: "As a cell command, `%%time` times the whole cell body.",
     example: "%time %step 10",
-    json: r#"{"seconds"}"#,
+    returns: None,
     run: time,
 };
 
@@ -323,17 +372,6 @@ fn time(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     Ok(())
 }
 
-/// `12.3 ms`, `1.52 s`, `850 µs`.
-pub(crate) fn format_seconds(s: f64) -> String {
-    if s >= 1.0 {
-        format!("{s:.2} s")
-    } else if s >= 1e-3 {
-        format!("{:.1} ms", s * 1e3)
-    } else {
-        format!("{:.0} µs", s * 1e6)
-    }
-}
-
 pub const TIMEIT: Command = Command {
     name: "timeit",
     summary: "time a command over many runs: mean and spread per run",
@@ -344,7 +382,7 @@ pub const TIMEIT: Command = Command {
     ],
     details: "The first run is a warm-up and is not counted.",
     example: "%timeit --runs 10 %generate \"12\" --max-tokens 8",
-    json: r#"{"mean_s", "std_s", "runs"}"#,
+    returns: returns::<Timing>(),
     run: timeit,
 };
 
@@ -359,7 +397,7 @@ fn timeit(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> 
     let timed_run = |s: &mut Session, ctx: &mut Ctx| {
         if args.flag("quiet") {
             let mut discard = |_: crate::session::output::Output| {};
-            run_timed(s, args, &mut Ctx { sink: &mut discard })
+            run_timed(s, args, &mut Ctx { sink: &mut discard, declared: None })
         } else {
             run_timed(s, args, ctx)
         }
@@ -374,8 +412,19 @@ fn timeit(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> 
     let mean = times.iter().sum::<f64>() / runs as f64;
     let std = (times.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / runs as f64).sqrt();
     let text = format!("{} ± {} per run (mean ± std. dev. of {runs} runs)", format_seconds(mean), format_seconds(std));
-    ctx.result(Bundle::text(text).json(json!({ "mean_s": mean, "std_s": std, "runs": runs })));
+    ctx.returns(Bundle::text(text), &Timing { mean_s: mean, std_s: std, runs });
     Ok(())
+}
+
+/// What `%timeit` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Timing {
+    /// Mean seconds per run.
+    pub mean_s: f64,
+    /// Their standard deviation.
+    pub std_s: f64,
+    /// Timed runs (the warm-up not counted).
+    pub runs: usize,
 }
 
 pub const WRITEFILE: Command = Command {
@@ -384,7 +433,7 @@ pub const WRITEFILE: Command = Command {
     args: &[pos("path", "the file to write").path()],
     details: "Handy for small data sets made in a notebook. Missing directories are made; the write is atomic.",
     example: "%%writefile reviews.csv",
-    json: r#"{"path", "bytes"}"#,
+    returns: None,
     run: writefile,
 };
 
@@ -399,7 +448,7 @@ fn writefile(_: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
     Ok(())
 }
 
-pub const CLEAR: Command = Command { name: "clear", summary: "clear the cell's output", args: &[], details: "", example: "%clear", json: "", run: clear };
+pub const CLEAR: Command = Command { name: "clear", summary: "clear the cell's output", args: &[], details: "", example: "%clear", returns: None, run: clear };
 
 fn clear(_: &mut Session, _: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     ctx.clear(false);

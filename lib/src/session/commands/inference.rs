@@ -1,9 +1,12 @@
 //! Generation, attention maps, embeddings, similarity and prediction.
 
-use serde_json::json;
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Serialize;
 use tch::{Kind, Tensor};
 
-use super::{option, pos, rest, Command};
+use super::{option, pos, rest, returns, Command};
 use crate::embedding::{embed, pad_batch};
 use crate::models::{ForwardOptions, Task};
 use crate::plot::{attention_grid, attention_map};
@@ -24,7 +27,7 @@ pub const GENERATE: Command = Command {
     ],
     details: "Stops at the end-of-text token or after --max-tokens. The text appears as it is made; the result says how many tokens came, how fast.",
     example: "%generate \"314159=\" --max-tokens 6",
-    json: r#"{"prompt_ids", "generated_ids", "text"}"#,
+    returns: returns::<Generated>(),
     run: generate,
 };
 
@@ -34,12 +37,23 @@ fn generate(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError
     let model = s.model_or_err()?;
     let mut stop = model.config().eos_token_ids();
     stop.extend(tokenizer.token_id(crate::tokenize::END_OF_TEXT));
-    let opts = super::chat::generation_options(args, stop, 32)?;
+    let opts = crate::session::generation::generation_options(args, stop, 32)?;
     let prompt_ids = tokenizer.encode(prompt)?;
-    let reply = super::chat::stream(model, tokenizer, prompt, &prompt_ids, &opts, ctx)?;
-    let value = json!({ "prompt_ids": prompt_ids, "generated_ids": reply.ids, "text": reply.text });
-    ctx.result(Bundle::text(reply.summary()).json(value));
+    let reply = crate::session::generation::stream(model, tokenizer, prompt, &prompt_ids, &opts, ctx)?;
+    let summary = reply.summary();
+    ctx.returns(Bundle::text(summary), &Generated { prompt_ids, generated_ids: reply.ids, text: reply.text });
     Ok(())
+}
+
+/// What `%generate` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Generated {
+    /// The prompt's ids.
+    pub prompt_ids: Vec<i64>,
+    /// The new ids, the stop token included when one came.
+    pub generated_ids: Vec<i64>,
+    /// The new text, without the stop token.
+    pub text: String,
 }
 
 pub const ATTENTION: Command = Command {
@@ -53,7 +67,7 @@ pub const ATTENTION: Command = Command {
     ],
     details: "Rows are queries, columns keys; each row sums to one. Without --layer and --head, every head of every layer.",
     example: "%attention \"the cat sat on the mat\" --layer 0 --head 1",
-    json: r#"{"tokens", "layers", "heads", "attention": [[row...]] (one head) }"#,
+    returns: returns::<Attention>(),
     run: attention,
 };
 
@@ -83,10 +97,11 @@ fn attention(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
             let rows = to_rows(&attentions[l as usize].get(0).get(h));
             let figure = attention_map(&rows, &tokens, &format!("layer {l}, head {h}"))?;
             if let Some(path) = args.get("save") {
-                super::training::save_figure(&figure, path)?;
+                crate::session::figures::save_figure(&figure, path)?;
             }
             ctx.display(Bundle::text(format!("<figure: attention, layer {l}, head {h}, {} tokens>", tokens.len())).figure(&figure));
-            ctx.result(Bundle::text(format!("tokens: {tokens:?}")).json(json!({ "tokens": tokens, "layer": l, "head": h, "attention": rows })));
+            let text = format!("tokens: {tokens:?}");
+            ctx.returns(Bundle::text(text), &Attention { tokens, layers: None, heads: None, layer: Some(l), head: Some(h), attention: Some(rows) });
         }
         _ => {
             let chosen: Vec<i64> = layer.map_or_else(|| (0..layers).collect(), |l| vec![l]);
@@ -96,13 +111,36 @@ fn attention(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
                 .collect();
             let figure = attention_grid(&maps, &tokens, &format!("attention: {} layer(s) × {} head(s), {} tokens", maps.len(), maps[0].len(), tokens.len()))?;
             if let Some(path) = args.get("save") {
-                super::training::save_figure(&figure, path)?;
+                crate::session::figures::save_figure(&figure, path)?;
             }
             ctx.display(Bundle::text(format!("<figure: attention grid, {} layers × {} heads>", maps.len(), maps[0].len())).figure(&figure));
-            ctx.result(Bundle::text(format!("tokens: {tokens:?}")).json(json!({ "tokens": tokens, "layers": layers, "heads": heads })));
+            let text = format!("tokens: {tokens:?}");
+            ctx.returns(Bundle::text(text), &Attention { tokens, layers: Some(layers), heads: Some(heads), layer: None, head: None, attention: None });
         }
     }
     Ok(())
+}
+
+/// What `%attention` returns: for one head, its map; for a grid, the model's size.
+#[derive(Serialize, JsonSchema)]
+pub struct Attention {
+    /// The text's tokens, the map's rows and columns.
+    pub tokens: Vec<String>,
+    /// Grid: the model's layers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<i64>,
+    /// Grid: heads per layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heads: Option<i64>,
+    /// One head: its layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<i64>,
+    /// One head: its index.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<i64>,
+    /// One head: the attention of each query (row) to each key (column); rows sum to one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention: Option<Vec<Vec<f64>>>,
 }
 
 fn embeddings(s: &Session, texts: &[String]) -> Result<Tensor, CellError> {
@@ -118,7 +156,7 @@ pub const EMBED: Command = Command {
     args: &[rest("texts", "one or more texts (quote each)")],
     details: "Pooling and normalisation follow the checkpoint's sentence-transformers files (mean pooling, normalised, when it has none).",
     example: "%embed \"the cat sat\" \"a dog ran\"",
-    json: r#"{"texts", "embeddings"}"#,
+    returns: returns::<Embedded>(),
     run: embed_command,
 };
 
@@ -131,8 +169,17 @@ fn embed_command(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), Cell
         .zip(&rows)
         .map(|(t, r)| format!("{t:?}: [{}, ...] ({} dims)", r.iter().take(4).map(|v| format!("{v:.4}")).collect::<Vec<_>>().join(", "), r.len()))
         .collect();
-    ctx.result(Bundle::text(preview.join("\n")).json(json!({ "texts": args.rest(), "embeddings": rows })));
+    ctx.returns(Bundle::text(preview.join("\n")), &Embedded { texts: args.rest().to_vec(), embeddings: rows });
     Ok(())
+}
+
+/// What `%embed` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Embedded {
+    /// The texts, in order.
+    pub texts: Vec<String>,
+    /// One embedding per text.
+    pub embeddings: Vec<Vec<f64>>,
 }
 
 pub const SIMILARITY: Command = Command {
@@ -141,7 +188,7 @@ pub const SIMILARITY: Command = Command {
     args: &[rest("texts", "two or more texts (quote each)")],
     details: "",
     example: "%similarity \"the cat sat\" \"a cat was sitting\" \"stock prices fell\"",
-    json: r#"{"texts", "matrix"}"#,
+    returns: returns::<Similarity>(),
     run: similarity,
 };
 
@@ -157,8 +204,17 @@ fn similarity(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErr
     for (i, row) in matrix.iter().enumerate() {
         table.row(std::iter::once(format!("{} {:?}", i + 1, args.rest()[i])).chain(row.iter().map(|v| format!("{v:.3}"))));
     }
-    ctx.result(table.bundle(json!({ "texts": args.rest(), "matrix": matrix })));
+    ctx.returns(table.bundle(), &Similarity { texts: args.rest().to_vec(), matrix });
     Ok(())
+}
+
+/// What `%similarity` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Similarity {
+    /// The texts, in order.
+    pub texts: Vec<String>,
+    /// The cosine similarity of every pair: `matrix[i][j]` for texts i and j.
+    pub matrix: Vec<Vec<f64>>,
 }
 
 pub const PREDICT: Command = Command {
@@ -167,7 +223,7 @@ pub const PREDICT: Command = Command {
     args: &[pos("text", "the text (quote it)")],
     details: "",
     example: "%predict \"what a wonderful film\"",
-    json: r#"{"label", "probabilities": {label: p}}"#,
+    returns: returns::<Prediction>(),
     run: predict,
 };
 
@@ -193,7 +249,16 @@ fn predict(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError>
     for (l, p) in labels.iter().zip(&probs) {
         table.row([l.clone(), format!("{p:.4}")]);
     }
-    let value = json!({ "label": labels[best], "probabilities": labels.iter().cloned().zip(probs.iter().map(|p| json!(p))).collect::<serde_json::Map<String, serde_json::Value>>() });
-    ctx.result(Bundle::text(format!("{}\n\n{}", labels[best], table.to_text())).html(table.to_html()).json(value));
+    let prediction = Prediction { label: labels[best].clone(), probabilities: labels.iter().cloned().zip(probs.iter().copied()).collect() };
+    ctx.returns(Bundle::text(format!("{}\n\n{}", labels[best], table.to_text())).html(table.to_html()), &prediction);
     Ok(())
+}
+
+/// What `%predict` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Prediction {
+    /// The likeliest label.
+    pub label: String,
+    /// Every label's probability.
+    pub probabilities: BTreeMap<String, f64>,
 }

@@ -3,10 +3,11 @@
 //! heatmap with its labels and returned as JSON. The analyses are
 //! [`crate::inspect`]'s; this file reads arguments and draws.
 
-use serde_json::json;
+use schemars::JsonSchema;
+use serde::Serialize;
 use tch::Tensor;
 
-use super::{flag, option, pos, words, Command};
+use super::{flag, option, pos, returns, words, Command};
 use crate::inspect::{self, Ablation, Component, HeadScore, Metric, PatchOver};
 use crate::models::hooks::Names;
 use crate::models::Model;
@@ -97,7 +98,7 @@ fn metric_name(metric: Metric, tokenizer: &Tokenizer) -> String {
 fn show(args: &Args, ctx: &mut Ctx, map: &Heatmap, caption: String) -> Result<(), CellError> {
     let figure = heatmap(map)?;
     if let Some(path) = args.get("save") {
-        super::training::save_figure(&figure, path)?;
+        crate::session::figures::save_figure(&figure, path)?;
     }
     ctx.display(Bundle::text(caption).figure(&figure));
     Ok(())
@@ -146,7 +147,7 @@ pub const CACHE: Command = Command {
     ],
     details: "Hook points: hook_embed, hook_pos_embed, blocks.L.hook_resid_pre / hook_resid_mid / hook_resid_post, blocks.L.ln1/ln2.hook_normalized, blocks.L.attn.hook_q / hook_k / hook_v / hook_rot_q / hook_rot_k / hook_pattern / hook_z / hook_result, blocks.L.hook_attn_out, blocks.L.mlp.hook_pre / hook_pre_linear / hook_post, blocks.L.hook_mlp_out, ln_final.hook_normalized (each where the family has it). A cache over the budget is refused, with what it would take. In a Rust cell, `live::activation(\"blocks.0.hook_resid_post\")` reads one.",
     example: "%cache \"the cat sat on the mat\" --names \"blocks.*.hook_resid_post,*hook_pattern\"",
-    json: r#"{"tokens", "activations": [{"name", "shape", "bytes"}], "total_bytes"}"#,
+    returns: returns::<Cached>(),
     run: cache,
 };
 
@@ -169,13 +170,35 @@ fn cache(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         let bytes = (t.numel() * t.kind().elt_size_in_bytes()) as u64;
         total += bytes;
         table.row([name.clone(), format!("{:?}", t.size()), crate::limits::format_bytes(bytes as f64)]);
-        listed.push(json!({ "name": name, "shape": t.size(), "bytes": bytes }));
+        listed.push(CachedActivation { name: name.clone(), shape: t.size(), bytes });
     }
     let summary = format!("{} activations of {} tokens kept, {} in all", tensors.len(), tokens.len(), crate::limits::format_bytes(total as f64));
-    let value = json!({ "tokens": tokens, "activations": listed, "total_bytes": total });
+    let cached = Cached { tokens: tokens.clone(), activations: listed, total_bytes: total };
     s.activations = Some(ActivationCache { tokens, tensors });
-    ctx.result(table.bundle_under(&summary, value));
+    ctx.returns(table.bundle_under(&summary), &cached);
     Ok(())
+}
+
+/// What `%cache` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Cached {
+    /// The text's tokens.
+    pub tokens: Vec<String>,
+    /// Every activation kept, in the order the forward pass reached them.
+    pub activations: Vec<CachedActivation>,
+    /// Their memory in all, bytes.
+    pub total_bytes: u64,
+}
+
+/// One activation `%cache` kept.
+#[derive(Serialize, JsonSchema)]
+pub struct CachedActivation {
+    /// Its hook point, as TransformerLens names it (`blocks.0.hook_resid_pre`).
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<i64>,
+    /// Its memory, bytes.
+    pub bytes: u64,
 }
 
 pub const LOGIT_LENS: Command = Command {
@@ -184,7 +207,7 @@ pub const LOGIT_LENS: Command = Command {
     args: &[pos("text", "the text (quote it)"), option("top", "K", "top tokens kept per layer and position (default 5)"), SAVE],
     details: "Rows are the embeddings and each block's output; columns the positions. Colour: the probability of the token that actually follows; text: the likeliest token.",
     example: "%logit-lens \"The capital of France is\"",
-    json: r#"{"tokens", "rows", "top": [[[{"token", "p"}]]], "next_probability": [[p or null]]}"#,
+    returns: returns::<LogitLens>(),
     run: logit_lens,
 };
 
@@ -218,11 +241,34 @@ fn logit_lens(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErr
         let last = top.last().expect("a position");
         table.row([row.clone(), last.iter().map(|(id, p)| format!("{:?} {p:.3}", word(*id))).collect::<Vec<_>>().join(", ")]);
     }
-    let top_json: Vec<Vec<Vec<serde_json::Value>>> =
-        lens.top.iter().map(|r| r.iter().map(|t| t.iter().map(|(id, p)| json!({ "token": word(*id), "id": id, "p": p })).collect()).collect()).collect();
-    let value = json!({ "tokens": tokens, "rows": lens.rows, "top": top_json, "next_probability": lens.next });
-    ctx.result(table.bundle(value));
+    let top =
+        lens.top.iter().map(|r| r.iter().map(|t| t.iter().map(|(id, p)| TokenProbability { token: word(*id), id: *id, p: *p }).collect()).collect()).collect();
+    ctx.returns(table.bundle(), &LogitLens { tokens, rows: lens.rows, top, next_probability: lens.next });
     Ok(())
+}
+
+/// What `%logit-lens` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct LogitLens {
+    /// The text's tokens (the positions).
+    pub tokens: Vec<String>,
+    /// The rows: `embed`, then each block's number.
+    pub rows: Vec<String>,
+    /// For each row and position, the likeliest next tokens.
+    pub top: Vec<Vec<Vec<TokenProbability>>>,
+    /// For each row and position, the probability of the token that actually follows (null at the last position).
+    pub next_probability: Vec<Vec<Option<f64>>>,
+}
+
+/// A token and its probability.
+#[derive(Serialize, JsonSchema)]
+pub struct TokenProbability {
+    /// Its text.
+    pub token: String,
+    /// Its id.
+    pub id: i64,
+    /// Its probability.
+    pub p: f64,
 }
 
 pub const ABLATE: Command = Command {
@@ -237,7 +283,7 @@ pub const ABLATE: Command = Command {
     ],
     details: "`%ablate 3.1 5.mlp TEXT` ablates all the targets at once. `%ablate heads TEXT` ablates every head alone and draws each one's effect as a layers × heads heatmap (red: the metric rises).",
     example: "%ablate 4.2 \"the cat sat on the mat. the cat sat on the mat.\"",
-    json: r#"{"targets", "metric", "before", "after", "change"} or {"metric", "before", "effects": [[Δ per head]]}"#,
+    returns: returns::<Ablated>(),
     run: ablate,
 };
 
@@ -279,7 +325,7 @@ fn ablate(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> 
         for (l, h, v) in ranked.iter().take(5) {
             table.row([format!("{l}.{h}"), format!("{v:+.4}")]);
         }
-        ctx.result(table.bundle(json!({ "metric": name, "before": before, "effects": effects })));
+        ctx.returns(table.bundle(), &Ablated { metric: name, before, targets: None, after: None, change: None, effects: Some(effects) });
         return Ok(());
     }
     if words.len() > MAX_TARGETS {
@@ -303,8 +349,31 @@ fn ablate(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> 
     table.row(["before".to_string(), format!("{before:.4}")]);
     table.row([format!("{} ablated", targets.join(", ")), format!("{after:.4}")]);
     table.row(["change".to_string(), format!("{:+.4}", after - before)]);
-    ctx.result(table.bundle(json!({ "targets": targets, "metric": name, "before": before, "after": after, "change": after - before })));
+    let ablated = Ablated { metric: name, before, targets: Some(targets), after: Some(after), change: Some(after - before), effects: None };
+    ctx.returns(table.bundle(), &ablated);
     Ok(())
+}
+
+/// What `%ablate` returns: for targets, the metric before and after; for `heads`, each
+/// head's effect.
+#[derive(Serialize, JsonSchema)]
+pub struct Ablated {
+    /// `loss` or `logit-diff:A,B`.
+    pub metric: String,
+    /// The metric without ablation.
+    pub before: f64,
+    /// The parts ablated together (`17.3`, `4.mlp`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub targets: Option<Vec<String>>,
+    /// The metric with them ablated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<f64>,
+    /// after − before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<f64>,
+    /// `heads`: the change when each head alone is ablated, per layer and head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effects: Option<Vec<Vec<f64>>>,
 }
 
 pub const PATCH: Command = Command {
@@ -319,7 +388,7 @@ pub const PATCH: Command = Command {
     ],
     details: "Each cell is (patched − corrupt) / (clean − corrupt) of the metric: 1 restores the clean behaviour, 0 does nothing. Positions where the texts differ are labelled clean/corrupt.",
     example: "%patch \"The Eiffel Tower is in the city of\" \"The Colosseum is in the city of\" --metric logit-diff:Paris,Rome",
-    json: r#"{"tokens", "over", "metric", "clean", "corrupt", "restored": [[row...]]}"#,
+    returns: returns::<Patched>(),
     run: patch,
 };
 
@@ -360,9 +429,26 @@ fn patch(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     };
     show(args, ctx, &map, format!("<figure: activation patching over {where_}>"))?;
     let summary = format!("{name}: clean {:.3}, corrupt {:.3}", result.clean, result.corrupt);
-    let value = json!({ "tokens": tokens, "over": where_, "metric": name, "clean": result.clean, "corrupt": result.corrupt, "restored": result.restored });
-    ctx.result(Bundle::text(summary).json(value));
+    let patched = Patched { tokens, over: where_.to_string(), metric: name, clean: result.clean, corrupt: result.corrupt, restored: result.restored };
+    ctx.returns(Bundle::text(summary), &patched);
     Ok(())
+}
+
+/// What `%patch` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Patched {
+    /// The corrupt text's tokens.
+    pub tokens: Vec<String>,
+    /// What was patched: `resid`, `attn`, `mlp` or `heads`.
+    pub over: String,
+    /// The metric.
+    pub metric: String,
+    /// Its value on the clean run.
+    pub clean: f64,
+    /// Its value on the corrupt run.
+    pub corrupt: f64,
+    /// The share of clean − corrupt each patch restores, per layer and position (or head).
+    pub restored: Vec<Vec<f64>>,
 }
 
 pub const HEADS: Command = Command {
@@ -377,7 +463,7 @@ pub const HEADS: Command = Command {
     ],
     details: "The sequences are a start token, N random tokens, and the same N again. Induction: attention from each token of the repeat to the token after its first occurrence. Also shows the loss on the first copy and on the repeat, which induction heads make low.",
     example: "%heads induction",
-    json: r#"{"score", "scores": [[per head]], "top": [{"head", "score"}], "tokens": [[ids]], "first_loss", "repeat_loss"}"#,
+    returns: returns::<HeadScores>(),
     run: heads,
 };
 
@@ -424,19 +510,49 @@ fn heads(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     for (l, h, v) in ranked.iter().take(5) {
         table.row([format!("{l}.{h}"), format!("{v:.3}")]);
     }
-    let top: Vec<serde_json::Value> = ranked.iter().take(10).map(|(l, h, v)| json!({ "head": format!("{l}.{h}"), "score": v })).collect();
+    let top = ranked.iter().take(10).map(|(l, h, v)| RankedHead { head: format!("{l}.{h}"), score: *v }).collect();
     let losses = if result.first_loss.is_finite() {
         format!("\nloss on the first copy {:.3}, on the repeat {:.3}", result.first_loss, result.repeat_loss)
     } else {
         String::new()
     };
     let tokens: Vec<Vec<i64>> = Vec::try_from(&ids).map_err(crate::Error::from)?;
-    let value = json!({
-        "score": args.get("score"), "scores": result.scores, "top": top, "tokens": tokens,
-        "first_loss": result.first_loss.is_finite().then_some(result.first_loss), "repeat_loss": result.repeat_loss.is_finite().then_some(result.repeat_loss),
-    });
-    ctx.result(Bundle::text(format!("{}{losses}", table.to_text())).html(table.to_html()).json(value));
+    let scores = HeadScores {
+        score: args.get("score").expect("required").to_string(),
+        scores: result.scores,
+        top,
+        tokens,
+        first_loss: result.first_loss.is_finite().then_some(result.first_loss),
+        repeat_loss: result.repeat_loss.is_finite().then_some(result.repeat_loss),
+    };
+    ctx.returns(Bundle::text(format!("{}{losses}", table.to_text())).html(table.to_html()), &scores);
     Ok(())
+}
+
+/// What `%heads` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct HeadScores {
+    /// `induction`, `previous-token` or `first-token`.
+    pub score: String,
+    /// Every head's score, per layer and head.
+    pub scores: Vec<Vec<f64>>,
+    /// The ten best heads.
+    pub top: Vec<RankedHead>,
+    /// The repeated random token ids scored on, one row per sequence.
+    pub tokens: Vec<Vec<i64>>,
+    /// The loss on the first copy of the tokens (induction).
+    pub first_loss: Option<f64>,
+    /// The loss on the repeat.
+    pub repeat_loss: Option<f64>,
+}
+
+/// A head and its score.
+#[derive(Serialize, JsonSchema)]
+pub struct RankedHead {
+    /// `LAYER.HEAD`.
+    pub head: String,
+    /// Its score.
+    pub score: f64,
 }
 
 pub const ATTRIBUTE: Command = Command {
@@ -445,7 +561,7 @@ pub const ATTRIBUTE: Command = Command {
     args: &[pos("text", "the text (quote it)"), option("target", "TOKEN", "the token whose logit is explained (a word, or an id as #123)"), SAVE],
     details: "Each component's output is read through the final norm frozen at the last layer's scale, so the parts (with the embeddings and the norm's shift) add up to the logit.",
     example: "%attribute \"The capital of France is\" --target Paris",
-    json: r#"{"target", "logit", "embed", "attn": [per layer], "mlp": [per layer], "heads": [[per head]], "norm_bias"}"#,
+    returns: returns::<Attribution>(),
     run: attribute,
 };
 
@@ -473,8 +589,28 @@ fn attribute(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
         table.row([l.to_string(), format!("{at:+.3}"), format!("{m:+.3}")]);
     }
     let summary = format!("logit[{word:?}] = {:.3}: embeddings {:+.3}, norm shift {:+.3}, layers below", a.logit, a.embed, a.norm_bias);
-    let value =
-        json!({ "target": word, "id": id, "logit": a.logit, "embed": a.embed, "attn": a.attn, "mlp": a.mlp, "heads": a.heads, "norm_bias": a.norm_bias });
-    ctx.result(table.bundle_under(&summary, value));
+    let attribution = Attribution { target: word, id, logit: a.logit, embed: a.embed, attn: a.attn, mlp: a.mlp, heads: a.heads, norm_bias: a.norm_bias };
+    ctx.returns(table.bundle_under(&summary), &attribution);
     Ok(())
+}
+
+/// What `%attribute` returns: the parts that add up to the target's logit.
+#[derive(Serialize, JsonSchema)]
+pub struct Attribution {
+    /// The target token's text.
+    pub target: String,
+    /// Its id.
+    pub id: i64,
+    /// Its logit at the last position.
+    pub logit: f64,
+    /// The embeddings' direct effect.
+    pub embed: f64,
+    /// Each layer's attention's direct effect.
+    pub attn: Vec<f64>,
+    /// Each layer's MLP's direct effect.
+    pub mlp: Vec<f64>,
+    /// Each head's direct effect, per layer and head.
+    pub heads: Vec<Vec<f64>>,
+    /// The final norm's shift.
+    pub norm_bias: f64,
 }

@@ -156,8 +156,9 @@ pub struct Command {
     pub details: &'static str,
     /// An example invocation.
     pub example: &'static str,
-    /// The shape of the result's data (`application/vnd.tchlab.result+json`), when it returns data.
-    pub json: &'static str,
+    /// The type of the result's data (`application/vnd.tchlab.result+json`), when it
+    /// returns data: [`returns`]`::<T>()`. `%help` shows its fields from its JSON Schema.
+    pub returns: Option<Returns>,
     /// The handler.
     pub run: Handler,
 }
@@ -207,10 +208,35 @@ impl Command {
             out.push_str(&format!("\n{}\n", self.details));
         }
         out.push_str(&format!("\nexample: {}\n", self.example));
-        if !self.json.is_empty() {
-            out.push_str(&format!("returns {}: {}\n", crate::session::output::RESULT_MIME, self.json));
+        if let Some(returns) = self.returns {
+            out.push_str(&format!("\nreturns {}:\n{}", crate::session::output::RESULT_MIME, super::shape::describe(&(returns.schema)())));
         }
         out
+    }
+}
+
+/// The type a command's result data has.
+#[derive(Clone, Copy)]
+pub struct Returns {
+    /// The type's Rust name: [`Ctx::returns`](super::Ctx::returns) checks that a handler
+    /// returns the type its command declares.
+    pub type_name: fn() -> &'static str,
+    /// The type's JSON Schema (field names, types, and the doc comments as descriptions).
+    pub schema: fn() -> schemars::Schema,
+}
+
+/// Declares that a command's result data is a `T`.
+pub const fn returns<T: schemars::JsonSchema + serde::Serialize + 'static>() -> Option<Returns> {
+    Some(Returns { type_name: std::any::type_name::<T>, schema: schema_of::<T> })
+}
+
+fn schema_of<T: schemars::JsonSchema>() -> schemars::Schema {
+    schemars::schema_for!(T)
+}
+
+impl std::fmt::Debug for Returns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str((self.type_name)())
     }
 }
 
@@ -263,7 +289,6 @@ pub static COMMANDS: &[Command] = &[
     general::CLEAR,
 ];
 
-pub(crate) use general::{device_name, parse_device};
 pub use inside::ActivationCache;
 
 /// The command named `name`.
@@ -278,4 +303,27 @@ pub fn reference_markdown() -> String {
         out.push_str(&format!("| `{}` | {} |\n", c.usage().replace('|', "\\|"), c.summary));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_result_field_is_described_in_help() {
+        for command in COMMANDS {
+            if command.returns.is_none() {
+                continue;
+            }
+            let help = command.help();
+            let fields =
+                help.split_once(crate::session::output::RESULT_MIME).map(|(_, rest)| rest).unwrap_or_else(|| panic!("%{}: no returns section", command.name));
+            let lines: Vec<&str> = fields.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
+            assert!(!lines.is_empty(), "%{}: no fields", command.name);
+            for line in lines {
+                // `  name  type  meaning`: three columns, the meaning from the field's doc comment.
+                assert!(line.split("  ").filter(|c| !c.trim().is_empty()).count() >= 3, "%{}: undocumented field: {line:?}", command.name);
+            }
+        }
+    }
 }

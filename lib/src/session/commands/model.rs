@@ -2,10 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Value};
+use schemars::JsonSchema;
+use serde::Serialize;
 use tch::Kind;
 
-use super::{flag, opt_pos, option, pos, rest, Command};
+use super::{flag, opt_pos, option, pos, rest, returns, Command};
 use crate::checkpoint;
 use crate::checkpoint::find::{expand_home, find_model};
 use crate::data::DataSpec;
@@ -35,7 +36,7 @@ pub const MODEL: Command = Command {
     ],
     details: "Without arguments, a summary: modules, parameters, dtype, device, memory.",
     example: "%model gpt --layers 2 --heads 4 --dim 64",
-    json: r#"{"model_type", "parameters", "dtype", "device", "memory_mb", "config", "modules": [{"name", "parameters"}]}"#,
+    returns: returns::<ModelSummary>(),
     run: model,
 };
 
@@ -103,7 +104,7 @@ fn model(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
                 }),
                 _ => None,
             };
-            let config: BertConfig = serde_json::from_value(json!({
+            let config: BertConfig = serde_json::from_value(serde_json::json!({
                 "vocab_size": vocab, "hidden_size": dim, "num_hidden_layers": layers, "num_attention_heads": heads,
                 "intermediate_size": 4 * dim, "max_position_embeddings": ctx_len,
                 "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout,
@@ -153,20 +154,48 @@ fn summary(s: &Session, ctx: &mut Ctx) -> Result<(), CellError> {
         model.config().model_type(),
         group_digits(total),
         kind,
-        super::general::device_name(model.device()),
+        crate::session::format::device_name(model.device()),
         bytes as f64 / (1 << 20) as f64
     );
-    let value = json!({
-        "model_type": model.config().model_type(),
-        "parameters": total,
-        "dtype": format!("{kind:?}"),
-        "device": super::general::device_name(model.device()),
-        "memory_mb": bytes as f64 / (1 << 20) as f64,
-        "config": config,
-        "modules": order.iter().map(|k| json!({"name": k, "parameters": groups[k]})).collect::<Vec<_>>(),
-    });
-    ctx.result(Bundle::text(format!("{head}\n{}", table.to_text())).html(format!("<p>{head}</p>{}", table.to_html())).json(value));
+    let summary = ModelSummary {
+        model_type: model.config().model_type().to_string(),
+        parameters: total,
+        dtype: format!("{kind:?}"),
+        device: crate::session::format::device_name(model.device()),
+        memory_mb: bytes as f64 / (1 << 20) as f64,
+        config,
+        modules: order.iter().map(|k| ModuleSize { name: k.clone(), parameters: groups[k] }).collect(),
+    };
+    ctx.returns(Bundle::text(format!("{head}\n{}", table.to_text())).html(format!("<p>{head}</p>{}", table.to_html())), &summary);
     Ok(())
+}
+
+/// What `%model` returns: the model's summary.
+#[derive(Serialize, JsonSchema)]
+pub struct ModelSummary {
+    /// The family (`gpt2`, `bert`, `llama`, ...).
+    pub model_type: String,
+    /// Parameters in all.
+    pub parameters: i64,
+    /// The weights' kind (`Float`, `BFloat16`).
+    pub dtype: String,
+    /// `cpu`, `cuda:0`.
+    pub device: String,
+    /// The weights' memory, MiB.
+    pub memory_mb: f64,
+    /// The configuration as `config.json` would hold it.
+    pub config: serde_json::Value,
+    /// Parameters per module, in the model's order.
+    pub modules: Vec<ModuleSize>,
+}
+
+/// A module and its parameter count.
+#[derive(Serialize, JsonSchema)]
+pub struct ModuleSize {
+    /// `wte`, `h.0`, `encoder.layer.3`.
+    pub name: String,
+    /// Its parameters.
+    pub parameters: i64,
 }
 
 /// `1,234,567`.
@@ -198,7 +227,7 @@ pub const LOAD: Command = Command {
               ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub), offline, at the revision refs/main names. \
               Missing and unexpected tensors are reported; a shape mismatch is an error naming the tensor.",
     example: "%load ~/models/all-MiniLM-L6-v2",
-    json: r#"{"path", "model_type", "parameters", "loaded", "missing", "unexpected", "resumed_step"}"#,
+    returns: returns::<Loaded>(),
     run: load,
 };
 
@@ -219,10 +248,18 @@ fn load(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         s.model_source = Some(path.display().to_string());
         s.conversation = Default::default();
         let model = trainer.model();
-        let value = json!({ "path": path, "model_type": model.config().model_type(), "parameters": model.num_parameters(), "resumed_step": step });
+        let loaded = Loaded {
+            model_type: model.config().model_type().to_string(),
+            parameters: model.num_parameters(),
+            resumed_step: Some(step),
+            loaded: None,
+            missing: None,
+            unexpected: None,
+            path: path.clone(),
+        };
         s.saved_at = Some((trainer.branch().to_string(), step));
         s.trainer = Some(trainer);
-        ctx.result(Bundle::text(format!("resumed training checkpoint {} at step {step}", path.display())).json(value));
+        ctx.returns(Bundle::text(format!("resumed training checkpoint {} at step {step}", path.display())), &loaded);
         return Ok(());
     }
     let classes: Option<i64> = args.parse_as("classes")?;
@@ -242,9 +279,41 @@ fn load(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     if !report.unexpected.is_empty() {
         text.push_str(&format!("\nunused (no place in this model): {}", report.unexpected.join(", ")));
     }
-    let value = json!({ "path": path, "model_type": model_type, "parameters": parameters, "loaded": report.loaded, "missing": report.missing, "unexpected": report.unexpected });
-    ctx.result(Bundle::text(text).json(value));
+    let loaded = Loaded {
+        path,
+        model_type,
+        parameters,
+        resumed_step: None,
+        loaded: Some(report.loaded),
+        missing: Some(report.missing),
+        unexpected: Some(report.unexpected),
+    };
+    ctx.returns(Bundle::text(text), &loaded);
     Ok(())
+}
+
+/// What `%load` returns: a model (what was loaded, missing, unused) or a training
+/// checkpoint (the step it resumed at).
+#[derive(Serialize, JsonSchema)]
+pub struct Loaded {
+    /// Where it was found.
+    pub path: std::path::PathBuf,
+    /// The family.
+    pub model_type: String,
+    /// Parameters in all.
+    pub parameters: i64,
+    /// A training checkpoint: the step training resumes from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_step: Option<i64>,
+    /// A model: tensors read from the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loaded: Option<usize>,
+    /// The model's tensors the file does not have (newly initialised).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing: Option<Vec<String>>,
+    /// The file's tensors the model has no place for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unexpected: Option<Vec<String>>,
 }
 
 pub const SAVE: Command = Command {
@@ -254,7 +323,7 @@ pub const SAVE: Command = Command {
     details: "The directory always holds config.json, model.safetensors and tokenizer.json, which `transformers` reads. \
               While training, it also holds the optimiser and trainer state. Saves are atomic.",
     example: "%save runs/reverse",
-    json: r#"{"path", "step", "resumable"}"#,
+    returns: returns::<Saved>(),
     run: save,
 };
 
@@ -270,8 +339,19 @@ fn save(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         s.saved_at = s.trainer.as_ref().map(|t| (t.branch().to_string(), step));
     }
     let what = if resumable { format!("training checkpoint at step {step} (resumes exactly with %load)") } else { "model (Hugging Face format)".into() };
-    ctx.result(Bundle::text(format!("saved {what} to {}", path.display())).json(json!({ "path": path, "step": step, "resumable": resumable })));
+    ctx.returns(Bundle::text(format!("saved {what} to {}", path.display())), &Saved { path, step, resumable });
     Ok(())
+}
+
+/// What `%save` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Saved {
+    /// The directory written.
+    pub path: std::path::PathBuf,
+    /// The step saved.
+    pub step: i64,
+    /// Whether `%load` resumes training from it exactly.
+    pub resumable: bool,
 }
 
 pub const TOKENIZER: Command = Command {
@@ -284,7 +364,7 @@ pub const TOKENIZER: Command = Command {
     ],
     details: "With a model loaded, the tokenizer's vocabulary must fit the model's.",
     example: "%tokenizer bpe corpus.txt --vocab 512",
-    json: r#"{"kind", "vocab"}"#,
+    returns: returns::<TokenizerInfo>(),
     run: tokenizer,
 };
 
@@ -320,8 +400,17 @@ fn tokenizer(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
         (Some(t), Some(spec)) => t.replace_data(tokenizer, spec)?,
         _ => s.tokenizer = Some(tokenizer),
     }
-    ctx.result(Bundle::text(format!("tokenizer: {kind}, {vocab} ids")).json(json!({ "kind": kind, "vocab": vocab })));
+    ctx.returns(Bundle::text(format!("tokenizer: {kind}, {vocab} ids")), &TokenizerInfo { kind: kind.to_string(), vocab });
     Ok(())
+}
+
+/// What `%tokenizer` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct TokenizerInfo {
+    /// `char`, `bpe` or `tokenizer.json`.
+    pub kind: String,
+    /// Its vocabulary size.
+    pub vocab: usize,
 }
 
 pub const TOKENIZE: Command = Command {
@@ -330,7 +419,7 @@ pub const TOKENIZE: Command = Command {
     args: &[rest("text", "the text (quote it to keep spaces exact)")],
     details: "",
     example: "%tokenize \"the cat sat\"",
-    json: r#"{"tokens", "ids"}"#,
+    returns: returns::<Tokens>(),
     run: tokenize,
 };
 
@@ -341,9 +430,18 @@ fn tokenize(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError
     for (i, (id, token)) in pairs.iter().enumerate() {
         table.row([i.to_string(), format!("{token:?}"), id.to_string()]);
     }
-    let value = json!({ "tokens": pairs.iter().map(|(_, t)| t).collect::<Vec<_>>(), "ids": pairs.iter().map(|(i, _)| i).collect::<Vec<_>>() });
-    ctx.result(table.bundle(value));
+    let tokens = Tokens { tokens: pairs.iter().map(|(_, t)| t.clone()).collect(), ids: pairs.iter().map(|(i, _)| *i).collect() };
+    ctx.returns(table.bundle(), &tokens);
     Ok(())
+}
+
+/// What `%tokenize` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Tokens {
+    /// Each token's text.
+    pub tokens: Vec<String>,
+    /// Each token's id.
+    pub ids: Vec<i64>,
 }
 
 pub const WEIGHTS: Command = Command {
@@ -352,7 +450,7 @@ pub const WEIGHTS: Command = Command {
     args: &[opt_pos("pattern", "part of a name, or a glob with *")],
     details: "",
     example: "%weights attn.c_attn",
-    json: r#"[{"name", "shape", "dtype", "mean", "std", "min", "max", "norm"}]"#,
+    returns: returns::<Vec<WeightStats>>(),
     run: weights,
 };
 
@@ -360,22 +458,41 @@ fn weights(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError>
     let pattern = args.get("pattern").unwrap_or("");
     let model = s.model_or_err()?;
     let mut table = Table::new(["name", "shape", "dtype", "mean", "std", "min", "max", "norm"]);
-    let mut rows: Vec<Value> = vec![];
+    let mut rows: Vec<WeightStats> = vec![];
     for (name, t) in model.named_tensors().into_iter().filter(|(n, _)| matches_pattern(n, pattern)) {
         let f = t.detach().to_kind(Kind::Double);
         let stat = |v: tch::Tensor| v.double_value(&[]);
         let (mean, std, min, max, norm) = (stat(f.mean(Kind::Double)), stat(f.std(true)), stat(f.min()), stat(f.max()), stat(f.norm()));
         let fmt = |v: f64| format!("{v:.4}");
         table.row([name.clone(), format!("{:?}", t.size()), format!("{:?}", t.kind()), fmt(mean), fmt(std), fmt(min), fmt(max), fmt(norm)]);
-        rows.push(
-            json!({ "name": name, "shape": t.size(), "dtype": format!("{:?}", t.kind()), "mean": mean, "std": std, "min": min, "max": max, "norm": norm }),
-        );
+        rows.push(WeightStats { name, shape: t.size(), dtype: format!("{:?}", t.kind()), mean, std, min, max, norm });
     }
     if rows.is_empty() {
         return Err(args.usage_error(format!("no weight matches `{pattern}`; `%weights` lists them all")));
     }
-    ctx.result(table.bundle(Value::Array(rows)));
+    ctx.returns(table.bundle(), &rows);
     Ok(())
+}
+
+/// One weight's statistics, as `%weights` lists them.
+#[derive(Serialize, JsonSchema)]
+pub struct WeightStats {
+    /// The tensor's Hugging Face name.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<i64>,
+    /// Its kind.
+    pub dtype: String,
+    /// Mean.
+    pub mean: f64,
+    /// Standard deviation.
+    pub std: f64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+    /// L2 norm.
+    pub norm: f64,
 }
 
 /// A substring, or a glob where `*` matches anything.

@@ -2,16 +2,20 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
-use super::{flag, opt_pos, option, pairs, pos, Command};
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use super::{flag, opt_pos, option, pairs, pos, returns, Command};
 use crate::data::DataSpec;
-use crate::plot::{ema, line_chart, LineChart, Series};
+use crate::plot::{line_chart, LineChart, Series};
+use crate::session::figures::{loss_figure, save_figure};
 use crate::session::output::{escape_html, Bundle, CellError, Table};
 use crate::session::parse::Args;
 use crate::session::{Ctx, Session};
 use crate::tokenize::Tokenizer;
-use crate::train::{EvalMetrics, Halt, History, StepRecord, Stop, Trainer};
+use crate::train::{EvalMetrics, HParams, Halt, History, StepRecord, Stop, Trainer};
 
 use crate::checkpoint::find::expand_home;
 
@@ -29,7 +33,7 @@ pub const DATA: Command = Command {
     ],
     details: "A text corpus without a tokenizer gets a character tokenizer built from it. Classification files are CSV with a header, or JSONL.",
     example: "%data synth reverse --length 6",
-    json: r#"{"kind", "train", "val", "vocab"}"#,
+    returns: returns::<DataReady>(),
     run: data,
 };
 
@@ -68,17 +72,16 @@ fn data(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     };
     s.install_data(tokenizer, spec)?;
     let vocab = s.tokenizer().map(Tokenizer::vocab_size);
-    let (text, value) = match s.trainer.as_ref().map(Trainer::data) {
+    let (text, ready) = match s.trainer.as_ref().map(Trainer::data) {
         Some(crate::data::Dataset::Text(c)) => {
             let (train, val) = c.sizes();
-            (format!("text corpus: {train} training tokens, {val} validation tokens"), json!({ "kind": "text", "train": train, "val": val, "vocab": vocab }))
+            let ready = DataReady { kind: "text".into(), train: Some(train), val: Some(val), labels: None, vocab };
+            (format!("text corpus: {train} training tokens, {val} validation tokens"), ready)
         }
         Some(crate::data::Dataset::Classify(c)) => {
             let (train, val) = c.sizes();
-            (
-                format!("{train} training and {val} validation examples; labels: {}", c.labels.join(", ")),
-                json!({ "kind": "classify", "train": train, "val": val, "labels": c.labels, "vocab": vocab }),
-            )
+            let ready = DataReady { kind: "classify".into(), train: Some(train), val: Some(val), labels: Some(c.labels.clone()), vocab };
+            (format!("{train} training and {val} validation examples; labels: {}", c.labels.join(", ")), ready)
         }
         _ => {
             let example = match &s.data {
@@ -90,11 +93,28 @@ fn data(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
                 _ => String::new(),
             };
             let next = if s.model().is_none() { " — now `%model gpt` builds a model for it" } else { "" };
-            (format!("data ready{example}{next}"), json!({ "kind": args.get("kind"), "train": Value::Null, "val": Value::Null, "vocab": vocab }))
+            let ready = DataReady { kind: args.get("kind").expect("required").to_string(), train: None, val: None, labels: None, vocab };
+            (format!("data ready{example}{next}"), ready)
         }
     };
-    ctx.result(Bundle::text(text).json(value));
+    ctx.returns(Bundle::text(text), &ready);
     Ok(())
+}
+
+/// What `%data` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct DataReady {
+    /// `synth`, `text` or `classify`.
+    pub kind: String,
+    /// Training tokens (text) or examples (classify); null until a model is built for synthetic data.
+    pub train: Option<usize>,
+    /// Validation tokens or examples.
+    pub val: Option<usize>,
+    /// Classify: the labels, in class order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// The tokenizer's vocabulary size.
+    pub vocab: Option<usize>,
 }
 
 pub const SET: Command = Command {
@@ -103,7 +123,7 @@ pub const SET: Command = Command {
     args: &[pairs("hyperparameters").hparams()],
     details: "Changes apply from the next step and are recorded in the history. All are checked before any is applied.",
     example: "%set lr=3e-3 batch=64 schedule=cosine warmup=20",
-    json: r#"{name: value}"#,
+    returns: returns::<HParamsSet>(),
     run: set,
 };
 
@@ -113,11 +133,16 @@ fn set(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     }
     s.set_hparams(&args.pairs)?;
     let hp = s.hparams();
-    let value: serde_json::Map<String, Value> = args.pairs.iter().map(|(k, _)| (k.clone(), json!(hp.get(k)))).collect();
+    let set = HParamsSet(args.pairs.iter().map(|(k, _)| (k.clone(), hp.get(k))).collect());
     let text = args.pairs.iter().map(|(k, _)| format!("{k}={}", hp.get(k).unwrap_or_default())).collect::<Vec<_>>().join(" ");
-    ctx.result(Bundle::text(text).json(Value::Object(value)));
+    ctx.returns(Bundle::text(text), &set);
     Ok(())
 }
+
+/// What `%set` returns: each hyperparameter it set, with its value as `%hparams` shows it.
+#[derive(Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct HParamsSet(pub BTreeMap<String, Option<String>>);
 
 pub const HPARAMS: Command = Command {
     name: "hparams",
@@ -125,7 +150,7 @@ pub const HPARAMS: Command = Command {
     args: &[],
     details: "",
     example: "%hparams",
-    json: r#"{name: value}"#,
+    returns: returns::<HParams>(),
     run: hparams,
 };
 
@@ -135,7 +160,8 @@ fn hparams(s: &mut Session, _: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     for (k, meaning) in crate::train::hparams::KEYS {
         table.row([k.to_string(), hp.get(k).unwrap_or_default(), meaning.to_string()]);
     }
-    ctx.result(table.bundle(serde_json::to_value(hp).expect("serializes")));
+    let hp = hp.clone();
+    ctx.returns(table.bundle(), &hp);
     Ok(())
 }
 
@@ -144,21 +170,13 @@ fn step_line(r: &StepRecord) -> String {
     format!("step {:>5}  loss {:.4}  lr {:.2e}  grad-norm {:.3}  {:>9.0} tok/s{val}", r.step, r.loss, r.lr, r.grad_norm, r.tokens_per_s)
 }
 
-fn record_bundle(r: &StepRecord, extra: Value) -> Bundle {
-    let mut value = serde_json::to_value(r).expect("serializes");
-    if let (Value::Object(v), Value::Object(e)) = (&mut value, extra) {
-        v.extend(e);
-    }
-    Bundle::text(step_line(r)).json(value)
-}
-
 pub const STEP: Command = Command {
     name: "step",
     summary: "take N optimiser steps (default 1), printing each",
     args: &[opt_pos("n", "steps")],
     details: "",
     example: "%step 5",
-    json: r#"{"step", "loss", "lr", "grad_norm", "tokens_per_s", "wall_time", "val"?}"#,
+    returns: returns::<StepRecord>(),
     run: step,
 };
 
@@ -172,7 +190,7 @@ fn step(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         last = Some(record);
     }
     if let Some(r) = last {
-        ctx.result(record_bundle(&r, json!({})));
+        ctx.returns(Bundle::text(step_line(&r)), &r);
     }
     Ok(())
 }
@@ -183,7 +201,7 @@ pub const TRAIN: Command = Command {
     args: &[opt_pos("n", "steps"), option("time", "DUR", "train for a duration: 30s, 2m, 1h")],
     details: "Interrupting stops at the next step boundary; the model, optimiser and history stay consistent.",
     example: "%train 200",
-    json: r#"{"step", "loss", "lr", "grad_norm", "tokens_per_s", "wall_time", "val"?, "steps"}"#,
+    returns: returns::<Trained>(),
     run: train,
 };
 
@@ -217,7 +235,8 @@ fn progress(branch: &str, history: &History, stop: Stop, started: Instant, done:
         Stop::Time(d) => (elapsed / d.as_secs_f64().max(1e-9), format!("{done} steps, {elapsed:.0}/{:.0} s", d.as_secs_f64())),
     };
     let fraction = fraction.clamp(0.0, 1.0);
-    let eta = if finished || fraction <= 0.0 { String::new() } else { format!("  ETA {}", super::general::format_seconds(elapsed / fraction - elapsed)) };
+    let eta =
+        if finished || fraction <= 0.0 { String::new() } else { format!("  ETA {}", crate::session::format::format_seconds(elapsed / fraction - elapsed)) };
     let bar: String = (0..30).map(|i| if (i as f64) < fraction * 30.0 { '█' } else { '░' }).collect();
     let metrics = last.map(|r| format!("  loss {:.4}  lr {:.2e}  {:.0} tok/s", r.loss, r.lr, r.tokens_per_s)).unwrap_or_default();
     let status = format!("{goal}{metrics}{eta}");
@@ -268,11 +287,21 @@ fn train(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         Some(Halt::NonFinite(message)) => Err(CellError { name: "NonFiniteError".into(), message }),
         None => {
             if let Some(r) = last {
-                ctx.result(record_bundle(&r, json!({ "steps": report.steps })));
+                ctx.returns(Bundle::text(step_line(&r)), &Trained { last: r, steps: report.steps });
             }
             Ok(())
         }
     }
+}
+
+/// What `%train` returns: its last step, and how many it took.
+#[derive(Serialize, JsonSchema)]
+pub struct Trained {
+    /// The last step's record.
+    #[serde(flatten)]
+    pub last: StepRecord,
+    /// Steps this `%train` took.
+    pub steps: u64,
 }
 
 pub const EVAL: Command = Command {
@@ -281,7 +310,7 @@ pub const EVAL: Command = Command {
     args: &[],
     details: "",
     example: "%eval",
-    json: r#"{"loss", "perplexity"?, "accuracy"?, "macro_f1"?, "confusion"?, "labels"?}"#,
+    returns: returns::<EvalMetrics>(),
     run: eval,
 };
 
@@ -294,17 +323,15 @@ fn eval(s: &mut Session, _: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
             table.row([name.to_string(), format!("{v:.4}")]);
         }
     }
-    let mut bundle = table.bundle(serde_json::to_value(&metrics).expect("serializes"));
+    let mut bundle = table.bundle();
     if let (Some(confusion), Some(labels)) = (&metrics.confusion, &metrics.labels) {
         let mut c = Table::new(std::iter::once("true \\ predicted".to_string()).chain(labels.iter().cloned()));
         for (label, row) in labels.iter().zip(confusion) {
             c.row(std::iter::once(label.clone()).chain(row.iter().map(u64::to_string)));
         }
-        bundle = Bundle::text(format!("{}\n\n{}", table.to_text(), c.to_text()))
-            .html(format!("{}<p>confusion matrix</p>{}", table.to_html(), c.to_html()))
-            .json(serde_json::to_value(&metrics).expect("serializes"));
+        bundle = Bundle::text(format!("{}\n\n{}", table.to_text(), c.to_text())).html(format!("{}<p>confusion matrix</p>{}", table.to_html(), c.to_html()));
     }
-    ctx.result(bundle);
+    ctx.returns(bundle, &metrics);
     Ok(())
 }
 
@@ -314,7 +341,7 @@ pub const SNAPSHOT: Command = Command {
     args: &[opt_pos("name", "a name (default snapshot-STEP)")],
     details: "`%set snapshot_every=N` takes automatic ones within `snapshot_budget_mb`.",
     example: "%snapshot before-warmup",
-    json: r#"{"name", "step", "memory_mb"}"#,
+    returns: returns::<Snapshot>(),
     run: snapshot,
 };
 
@@ -324,11 +351,20 @@ fn snapshot(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError
     let snap = trainer.snapshot(&name)?;
     let (step, mb) = (snap.step, snap.bytes() as f64 / (1 << 20) as f64);
     let total = trainer.timeline().bytes() as f64 / (1 << 20) as f64;
-    ctx.result(
-        Bundle::text(format!("snapshot {name} at step {step} ({mb:.1} MiB; {total:.1} MiB in all)"))
-            .json(json!({ "name": name, "step": step, "memory_mb": mb })),
-    );
+    let text = format!("snapshot {name} at step {step} ({mb:.1} MiB; {total:.1} MiB in all)");
+    ctx.returns(Bundle::text(text), &Snapshot { name, step, memory_mb: mb });
     Ok(())
+}
+
+/// What `%snapshot` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Snapshot {
+    /// Its name.
+    pub name: String,
+    /// The step it holds.
+    pub step: i64,
+    /// Its memory, MiB.
+    pub memory_mb: f64,
 }
 
 pub const REWIND: Command = Command {
@@ -337,7 +373,7 @@ pub const REWIND: Command = Command {
     args: &[pos("target", "a snapshot's name or step")],
     details: "",
     example: "%rewind before-warmup",
-    json: r#"{"step", "branch"}"#,
+    returns: returns::<Rewound>(),
     run: rewind,
 };
 
@@ -346,8 +382,17 @@ fn rewind(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> 
     trainer.rewind(args.get("target").expect("required"))?;
     let (step, branch) = (trainer.step_count(), trainer.branch().to_string());
     s.hp = s.hparams().clone();
-    ctx.result(Bundle::text(format!("rewound to step {step} on {branch}")).json(json!({ "step": step, "branch": branch })));
+    ctx.returns(Bundle::text(format!("rewound to step {step} on {branch}")), &Rewound { step, branch });
     Ok(())
+}
+
+/// What `%rewind` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Rewound {
+    /// The step training is back at.
+    pub step: i64,
+    /// The branch it is on.
+    pub branch: String,
 }
 
 pub const FORK: Command = Command {
@@ -360,7 +405,7 @@ pub const FORK: Command = Command {
     ],
     details: "The branch left behind keeps its history: `%runs` lists branches, `%plot loss --runs a,b` compares them.",
     example: "%fork high-lr --from before-warmup lr=1e-2",
-    json: r#"{"branch", "step", "changes"}"#,
+    returns: returns::<Forked>(),
     run: fork,
 };
 
@@ -371,11 +416,20 @@ fn fork(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let step = trainer.step_count();
     s.hp = s.hparams().clone();
     let changes = args.pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
-    ctx.result(
-        Bundle::text(format!("branch {name} from step {step}{}", if changes.is_empty() { String::new() } else { format!(" with {changes}") }))
-            .json(json!({ "branch": name, "step": step, "changes": changes })),
-    );
+    let text = format!("branch {name} from step {step}{}", if changes.is_empty() { String::new() } else { format!(" with {changes}") });
+    ctx.returns(Bundle::text(text), &Forked { branch: name.to_string(), step, changes });
     Ok(())
+}
+
+/// What `%fork` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Forked {
+    /// The new branch.
+    pub branch: String,
+    /// The step it starts from.
+    pub step: i64,
+    /// Its hyperparameter changes, `k=v` separated by spaces.
+    pub changes: String,
 }
 
 pub const RUNS: Command = Command {
@@ -384,7 +438,7 @@ pub const RUNS: Command = Command {
     args: &[],
     details: "",
     example: "%runs",
-    json: r#"[{"branch", "steps", "loss", "best_val_loss", "changes", "current"}]"#,
+    returns: returns::<Vec<Run>>(),
     run: runs,
 };
 
@@ -405,10 +459,27 @@ fn runs(s: &mut Session, _: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
             best.map_or("—".into(), |l| format!("{l:.4}")),
             changes.clone(),
         ]);
-        rows.push(json!({ "branch": name, "steps": h.steps.len(), "loss": loss, "best_val_loss": best, "changes": changes, "current": name == current }));
+        rows.push(Run { branch: name.to_string(), steps: h.steps.len(), loss, best_val_loss: best, changes, current: name == current });
     }
-    ctx.result(table.bundle(Value::Array(rows)));
+    ctx.returns(table.bundle(), &rows);
     Ok(())
+}
+
+/// One branch, as `%runs` lists it.
+#[derive(Serialize, JsonSchema)]
+pub struct Run {
+    /// Its name.
+    pub branch: String,
+    /// Steps in its history.
+    pub steps: usize,
+    /// Its last training loss.
+    pub loss: Option<f64>,
+    /// Its best validation loss.
+    pub best_val_loss: Option<f64>,
+    /// Its hyperparameter changes, `k=v@step` separated by spaces.
+    pub changes: String,
+    /// Whether it is the current branch.
+    pub current: bool,
 }
 
 pub const PLOT: Command = Command {
@@ -423,34 +494,9 @@ pub const PLOT: Command = Command {
     ],
     details: "The loss plot shows the raw loss faintly, its debiased exponential moving average, and validation points.",
     example: "%plot loss --runs all --log",
-    json: "",
+    returns: None,
     run: plot,
 };
-
-/// The loss figure of `runs`: raw (faint), smoothed, validation points.
-pub(crate) fn loss_figure(runs: &[(&str, &History)], smooth: f64, log_y: bool) -> crate::Result<crate::plot::Figure> {
-    let mut series = vec![];
-    for (name, h) in runs {
-        let raw: Vec<(f64, f64)> = h.steps.iter().map(|r| (r.step as f64, r.loss)).collect();
-        if smooth > 0.0 {
-            let ys: Vec<f64> = raw.iter().map(|p| p.1).collect();
-            series.push(Series { name: name.to_string(), points: raw.clone(), markers: false, faint: true });
-            series.push(Series {
-                name: name.to_string(),
-                points: raw.iter().zip(ema(&ys, smooth)).map(|((x, _), y)| (*x, y)).collect(),
-                markers: false,
-                faint: false,
-            });
-        } else {
-            series.push(Series { name: name.to_string(), points: raw, markers: false, faint: false });
-        }
-        let val: Vec<(f64, f64)> = h.steps.iter().filter_map(|r| r.val.as_ref().map(|v| (r.step as f64, v.loss))).collect();
-        if !val.is_empty() {
-            series.push(Series { name: name.to_string(), points: val, markers: true, faint: false });
-        }
-    }
-    line_chart(&LineChart { title: "training loss".into(), x_label: "step".into(), y_label: "loss".into(), log_x: false, log_y, series })
-}
 
 fn plot(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let metric = args.get("metric").expect("required");
@@ -528,23 +574,13 @@ fn plot(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     Ok(())
 }
 
-/// Writes a figure to `path`: SVG for `.svg`, PNG otherwise; missing directories are made.
-pub(crate) fn save_figure(figure: &crate::plot::Figure, path: &str) -> crate::Result<()> {
-    let path = expand_home(path);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
-    }
-    let bytes = if path.extension().is_some_and(|e| e == "svg") { figure.svg.clone().into_bytes() } else { figure.png.clone() };
-    crate::checkpoint::atomic_write(&path, |w| std::io::Write::write_all(w, &bytes))
-}
-
 pub const HISTORY: Command = Command {
     name: "history",
     summary: "the last training steps as a table, or the whole history exported to .jsonl or .csv",
     args: &[option("last", "N", "how many steps to show (default 10)"), option("export", "PATH", "write the history to PATH (.jsonl or .csv)")],
     details: "",
     example: "%history --export runs/reverse.csv",
-    json: r#"[{"step", "loss", "lr", "grad_norm", "tokens_per_s", "wall_time", "val"?}]"#,
+    returns: returns::<Vec<StepRecord>>(),
     run: history,
 };
 
@@ -569,7 +605,8 @@ fn history(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError>
             r.val.as_ref().map_or(String::new(), |v| format!("{:.4}", v.loss)),
         ]);
     }
-    ctx.result(table.bundle(serde_json::to_value(shown).expect("serializes")));
+    let shown = shown.to_vec();
+    ctx.returns(table.bundle(), &shown);
     Ok(())
 }
 
