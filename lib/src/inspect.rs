@@ -500,9 +500,10 @@ pub fn head_scores(model: &Model, ids: &Tensor, prefix: i64, kind: HeadScore) ->
 }
 
 /// Direct logit attribution of one token's logit at the last position.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct Attribution {
-    /// The token.
+    /// The token's id.
+    #[serde(rename = "id")]
     pub target: i64,
     /// Its logit.
     pub logit: f64,

@@ -35,7 +35,11 @@ fn help(_: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         table.row([format!("%{}", c.name), c.summary.to_string()]);
     }
     let more = "`%help CMD` or `CMD?` explains one. A cell that is not commands is Rust, where `live::weight(NAME)`, `live::set_weight`, `live::run(\"%eval\")` and the rest of `tchlab::live` reach this session.";
-    ctx.display(Bundle::text(format!("{}\n\n{more}", table.to_text())).html(format!("{}<p>{}</p>", table.to_html(), crate::session::output::escape_html(more))));
+    ctx.display(Bundle::text(format!("{}\n\n{more}", table.to_text())).html(format!(
+        "{}<p>{}</p>",
+        table.to_html(),
+        crate::session::output::escape_html(more)
+    )));
     Ok(())
 }
 

@@ -561,7 +561,7 @@ pub const ATTRIBUTE: Command = Command {
     args: &[pos("text", "the text (quote it)"), option("target", "TOKEN", "the token whose logit is explained (a word, or an id as #123)"), SAVE],
     details: "Each component's output is read through the final norm frozen at the last layer's scale, so the parts (with the embeddings and the norm's shift) add up to the logit.",
     example: "%attribute \"The capital of France is\" --target Paris",
-    returns: returns::<Attribution>(),
+    returns: returns::<Attributed>(),
     run: attribute,
 };
 
@@ -589,28 +589,16 @@ fn attribute(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
         table.row([l.to_string(), format!("{at:+.3}"), format!("{m:+.3}")]);
     }
     let summary = format!("logit[{word:?}] = {:.3}: embeddings {:+.3}, norm shift {:+.3}, layers below", a.logit, a.embed, a.norm_bias);
-    let attribution = Attribution { target: word, id, logit: a.logit, embed: a.embed, attn: a.attn, mlp: a.mlp, heads: a.heads, norm_bias: a.norm_bias };
-    ctx.returns(table.bundle_under(&summary), &attribution);
+    ctx.returns(table.bundle_under(&summary), &Attributed { target: word, parts: a });
     Ok(())
 }
 
 /// What `%attribute` returns: the parts that add up to the target's logit.
 #[derive(Serialize, JsonSchema)]
-pub struct Attribution {
+pub struct Attributed {
     /// The target token's text.
     pub target: String,
-    /// Its id.
-    pub id: i64,
-    /// Its logit at the last position.
-    pub logit: f64,
-    /// The embeddings' direct effect.
-    pub embed: f64,
-    /// Each layer's attention's direct effect.
-    pub attn: Vec<f64>,
-    /// Each layer's MLP's direct effect.
-    pub mlp: Vec<f64>,
-    /// Each head's direct effect, per layer and head.
-    pub heads: Vec<Vec<f64>>,
-    /// The final norm's shift.
-    pub norm_bias: f64,
+    /// The parts.
+    #[serde(flatten)]
+    pub parts: inspect::Attribution,
 }
