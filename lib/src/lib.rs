@@ -12,7 +12,8 @@
 //! - [`inspect`]: looking inside through the hook points: caches, logit lens, ablation,
 //!   activation patching, head scores, direct logit attribution.
 //! - [`data`] and [`train`]: data sets and the step-by-step trainer.
-//! - [`sweep`]: grid, random and successive-halving sweeps; the learning-rate range test.
+//! - [`sweep`]: search in parts — spaces, samplers (grid, random, TPE), schedules (to
+//!   the end, successive halving) — run from snapshots; the learning-rate range test.
 //! - [`plot`]: training curves and attention maps as PNG and SVG.
 //! - [`session`]: the command language (`%train 200`, `%plot loss`) that front ends drive.
 //! - [`live`]: Rust cells in another process reaching the live session.

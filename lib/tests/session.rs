@@ -243,6 +243,14 @@ fn sweeps_range_tests_and_comparisons_explore_without_moving_the_model() {
     assert_eq!(statuses.iter().filter(|s| **s == "stopped").count(), 3, "4 trials halve to 2, then to 1: {statuses:?}");
     let longest = halving["trials"].as_array().unwrap().iter().map(|t| t["losses"].as_array().unwrap().len()).max().unwrap();
     assert_eq!(longest, 5 + 10 + 20, "rungs of 5, 10 and 20 steps: the last survivor trains through all three");
+    // TPE (ten random trials, then two from the model) under successive halving.
+    let tpe = ok(&mut s, "%sweep lr=log(1e-4,1e-2) warmup=int(0,5) --method tpe --schedule halving --trials 12 --steps 2");
+    let trials = tpe["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 12);
+    assert!(trials.iter().all(|t| t["values"][1][1].as_str().unwrap().parse::<i64>().is_ok_and(|w| (0..=5).contains(&w))), "{tpe}");
+    assert_eq!(trials.iter().filter(|t| t["status"] == "stopped").count(), 11, "12 halve to 6, 3, 2, 1");
+    assert_eq!(snapshot_state(&mut s), before, "a TPE sweep puts the model back");
+    assert!(fail(&mut s, "%sweep lr=log(1e-4,1e-2) --schedule sometimes").message.contains("none or halving"));
     ok(&mut s, "%sweep lr=[1e-4,3e-3] --steps 10 --adopt");
     assert_eq!(ok(&mut s, "%hparams")["lr"], 0.003, "--adopt sets the best trial's values");
     assert!(fail(&mut s, "%sweep lr=log(1e-4,1e-2) --method grid").message.contains("--method random"));

@@ -11,20 +11,23 @@ use crate::plot::{line_chart, LineChart, Series};
 use crate::session::output::{Bundle, CellError, Table};
 use crate::session::parse::Args;
 use crate::session::{Ctx, Session};
-use crate::sweep::{lr_find, sweep, LrFind, Method, Param, Space, Trial};
+use crate::sweep::{lr_find, sweep, LrFind, Method, Param, Schedule, Space, Trial};
 
 pub const SWEEP: Command = Command {
     name: "sweep",
-    summary: "try hyperparameters from the current state: grid, random or successive halving",
+    summary: "try hyperparameters from the current state: grid, random or TPE search, run to the end or by successive halving",
     args: &[
-        pairs("values: key=[a,b] (listed) or key=log(lo,hi) / key=uniform(lo,hi) (ranges)").hparams(),
+        pairs("values: key=[a,b] (listed), key=log(lo,hi), key=uniform(lo,hi), key=int(lo,hi) (ranges)").hparams(),
         option("steps", "N", "steps per trial (halving: in the first rung) (default 50)"),
-        option("trials", "N", "random and halving: how many trials (default 8)"),
-        option("method", "M", "grid (default for lists) | random (default for ranges) | halving"),
+        option("trials", "N", "random and tpe: how many trials (default 8)"),
+        option("method", "M", "grid (default for lists) | random (default for ranges) | tpe"),
+        option("schedule", "S", "none (default): every trial trains --steps | halving: the better half goes on at twice the steps"),
         flag("adopt", "set the best trial's hyperparameters afterwards"),
     ],
     details: "Every trial starts from the current state and the state is put back afterwards. \
-              Trials are ranked by validation loss (or, without validation data, their last training losses).",
+              Trials are ranked by validation loss (or, without validation data, their last training losses). \
+              `tpe` is the tree-structured Parzen estimator as Optuna's TPESampler runs it: ten random trials, then each trial where \
+              the best tenth of those before it are dense and the rest sparse. `--method halving` is `--method random --schedule halving`.",
     example: "%sweep lr=[1e-3,3e-3,1e-2] --steps 100",
     returns: returns::<Swept>(),
     run: sweep_command,
@@ -50,17 +53,21 @@ fn trials_table(trials: &[Trial]) -> Table {
 fn sweep_command(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let params = args.pairs.iter().map(|(k, v)| Param::parse(k, v)).collect::<crate::Result<Vec<_>>>()?;
     let ranges = params.iter().any(|p| !matches!(p.space, Space::List(_)));
-    let method = match args.get("method") {
-        Some(m) => Method::parse(m)?,
-        None if ranges => Method::Random,
-        None => Method::Grid,
+    let (method, mut schedule) = match args.get("method") {
+        Some("halving") => (Method::Random, Schedule::Halving),
+        Some(m) => (Method::parse(m)?, Schedule::None),
+        None if ranges => (Method::Random, Schedule::None),
+        None => (Method::Grid, Schedule::None),
     };
+    if let Some(name) = args.get("schedule") {
+        schedule = Schedule::parse(name)?;
+    }
     let steps: u64 = args.parse_as("steps")?.unwrap_or(50);
     let trials: usize = args.parse_as("trials")?.unwrap_or(8);
     let trainer = s.trainer_or_err()?;
     let id = ctx.live(Bundle::text("sweep starting"));
     let mut last_update = Instant::now() - Duration::from_secs(1);
-    let result = sweep(trainer, &params, method, steps, trials, &mut |trials| {
+    let result = sweep(trainer, &params, method, schedule, steps, trials, &mut |trials| {
         if last_update.elapsed() >= Duration::from_millis(250) {
             let table = trials_table(trials);
             ctx.update(&id, Bundle::text(table.to_text()).html(table.to_html()));
