@@ -18,8 +18,13 @@ const LIBTORCH_LIB: &str = env!("TCHLAB_LIBTORCH_LIB");
 static LOADED: OnceLock<bool> = OnceLock::new();
 
 /// Whether this machine shows an NVIDIA GPU to this process: a device node, and
-/// `CUDA_VISIBLE_DEVICES` not hiding every device.
+/// `CUDA_VISIBLE_DEVICES` not hiding every device (looked at once).
 fn gpu_present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    *PRESENT.get_or_init(scan_for_gpu)
+}
+
+fn scan_for_gpu() -> bool {
     if matches!(std::env::var("CUDA_VISIBLE_DEVICES").as_deref(), Ok("") | Ok("-1")) {
         return false;
     }

@@ -162,12 +162,8 @@ const MAX_PARAMS: usize = 1024;
 const MAX_PARAM_VALUE: usize = 64 << 10;
 
 fn params(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    // Names are identifiers already: the argument parser takes no other word as a pair.
     for (name, value) in &args.pairs {
-        let identifier =
-            name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !identifier {
-            return Err(args.usage_error(format!("`{name}` is not a parameter name: letters, digits and `_`, not starting with a digit")));
-        }
         if value.len() > MAX_PARAM_VALUE {
             return Err(args.usage_error(format!("the value of `{name}` is {} KiB; parameters hold at most {} KiB", value.len() >> 10, MAX_PARAM_VALUE >> 10)));
         }

@@ -160,8 +160,7 @@ fn hparams(s: &mut Session, _: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     for (k, meaning) in crate::train::hparams::KEYS {
         table.row([k.to_string(), hp.get(k).unwrap_or_default(), meaning.to_string()]);
     }
-    let hp = hp.clone();
-    ctx.returns(table.bundle(), &hp);
+    ctx.returns(table.bundle(), hp);
     Ok(())
 }
 
