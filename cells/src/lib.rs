@@ -127,6 +127,15 @@ impl Lab {
         result
     }
 
+    /// Runs what an explorer's control asks ([`Session::panel_event`]), like a cell: an
+    /// interrupt announced with [`Interrupter::cell_arriving`] is for it.
+    pub fn panel_event(&mut self, panel: &str, event: tchlab::session::panel::PanelEvent, sink: &mut dyn FnMut(Output)) -> Result<(), CellError> {
+        self.interrupter.cell_arriving();
+        let result = self.session.panel_event(panel, event, sink);
+        self.interrupter.cell_done();
+        result
+    }
+
     fn run_rust(&mut self, code: &str, sink: &mut dyn FnMut(Output)) -> Result<(), CellError> {
         if let Some(line) =
             code.lines().find(|l| l.trim_start().strip_prefix('%').is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '%')))

@@ -6,6 +6,7 @@
 
 mod install;
 mod server;
+mod widgets;
 mod wire;
 mod worker;
 

@@ -250,6 +250,17 @@ async fn handle_shell(
     aborting: bool,
 ) -> Option<Message> {
     let msg_type = request.msg_type().to_string();
+    if matches!(msg_type.as_str(), "comm_open" | "comm_msg" | "comm_close") {
+        // No reply; busy and idle around it, as ipykernel does.
+        shared.status(request, "busy");
+        let (done, handled) = oneshot::channel();
+        let job = Job::Comm { parent: request.header.clone(), msg_type, content: request.content.clone(), done };
+        if jobs.send(job).is_ok() {
+            let _ = handled.await;
+        }
+        shared.status(request, "idle");
+        return None;
+    }
     let reply_type = match msg_type.strip_suffix("_request") {
         Some(base) => format!("{base}_reply"),
         None => {
@@ -261,7 +272,6 @@ async fn handle_shell(
     let mut failed = false;
     let content = match msg_type.as_str() {
         "kernel_info_request" => kernel_info(),
-        "comm_info_request" => json!({ "status": "ok", "comms": {} }),
         "shutdown_request" => json!({ "status": "ok", "restart": request.content["restart"].as_bool().unwrap_or(false) }),
         "execute_request" if aborting => json!({ "status": "aborted", "execution_count": Value::Null, "user_expressions": {}, "payload": [] }),
         "execute_request" => {
@@ -283,7 +293,7 @@ async fn handle_shell(
             failed = content["status"] == "error";
             content
         }
-        "complete_request" | "inspect_request" | "is_complete_request" | "history_request" => {
+        "complete_request" | "inspect_request" | "is_complete_request" | "history_request" | "comm_info_request" => {
             let (reply, answer) = oneshot::channel();
             let job = Job::Query { msg_type: msg_type.clone(), content: request.content.clone(), reply };
             let content = if jobs.send(job).is_ok() { answer.await.ok() } else { None };

@@ -27,6 +27,8 @@ pub struct Message {
     pub metadata: Value,
     /// Content.
     pub content: Value,
+    /// Binary buffers after the content (widgets' images).
+    pub buffers: Vec<Bytes>,
 }
 
 impl Message {
@@ -45,7 +47,7 @@ impl Message {
             "msg_type": msg_type,
             "version": "5.3",
         });
-        Message { identities, header, parent_header: parent.clone(), metadata: json!({}), content }
+        Message { identities, header, parent_header: parent.clone(), metadata: json!({}), content, buffers: vec![] }
     }
 
     /// The reply to `self` on the same socket.
@@ -135,6 +137,7 @@ impl Signer {
             parent_header: json(&body[1], "parent_header")?,
             metadata: json(&body[2], "metadata")?,
             content: json(&body[3], "content")?,
+            buffers: parts[5..].to_vec(),
         })
     }
 
@@ -147,6 +150,7 @@ impl Signer {
         frames.push(Bytes::from_static(DELIMITER));
         frames.push(Bytes::from(signature));
         frames.extend(body.into_iter().map(Bytes::from));
+        frames.extend(message.buffers.iter().cloned());
         frames
     }
 }

@@ -11,7 +11,18 @@ use tchlab_cells::Lab;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
+use crate::widgets::{nbformat_error, nbformat_output, Outgoing, Widgets};
 use crate::wire::Message;
+
+/// Sends widget messages to IOPub.
+fn publish(iopub: &UnboundedSender<Message>, parent: &Value, session: &str, messages: Vec<Outgoing>) {
+    for m in messages {
+        let mut message = Message::new(m.msg_type, parent, m.content, session, topic(m.msg_type));
+        message.metadata = m.metadata;
+        message.buffers = m.buffers;
+        let _ = iopub.send(message);
+    }
+}
 
 /// Work for the session.
 pub enum Job {
@@ -25,6 +36,18 @@ pub enum Job {
         silent: bool,
         /// Where the reply content goes.
         reply: oneshot::Sender<Value>,
+    },
+    /// A widget's message from the front end (`comm_open`, `comm_msg`, `comm_close`):
+    /// what it changes runs like a cell.
+    Comm {
+        /// The message's header (the parent of what it causes).
+        parent: Value,
+        /// Its type.
+        msg_type: String,
+        /// Its content.
+        content: Value,
+        /// Sent when it has been handled.
+        done: oneshot::Sender<()>,
     },
     /// Compute a `*_reply` content for a request that only reads the session.
     Query {
@@ -40,6 +63,7 @@ pub enum Job {
 /// Runs jobs until the channel closes.
 pub fn run(mut lab: Lab, jobs: Receiver<Job>, iopub: UnboundedSender<Message>, kernel_session: String) {
     let mut execution_count: u64 = 0;
+    let mut widgets = Widgets::default();
     for job in jobs {
         match job {
             Job::Execute { parent, code, silent, reply } => {
@@ -55,7 +79,11 @@ pub fn run(mut lab: Lab, jobs: Receiver<Job>, iopub: UnboundedSender<Message>, k
                 }
                 let mut payload = vec![];
                 let result = lab.run_cell(&code, &mut |output| {
-                    if let Some((msg_type, content)) = to_iopub(output, execution_count, silent, &mut payload) {
+                    if let Output::Panel(panel) = &output {
+                        if !silent {
+                            publish(&iopub, &parent, &kernel_session, widgets.show(panel));
+                        }
+                    } else if let Some((msg_type, content)) = to_iopub(output, execution_count, silent, &mut payload) {
                         let _ = iopub.send(Message::new(msg_type, &parent, content, &kernel_session, topic(msg_type)));
                     }
                 });
@@ -73,6 +101,29 @@ pub fn run(mut lab: Lab, jobs: Receiver<Job>, iopub: UnboundedSender<Message>, k
                     }
                 };
                 let _ = reply.send(content);
+            }
+            Job::Comm { parent, msg_type, content, done } => {
+                let incoming = widgets.receive(&msg_type, &content);
+                publish(&iopub, &parent, &kernel_session, incoming.replies);
+                if let Some((panel, why)) = incoming.refused {
+                    let error = nbformat_error(&tchlab::session::output::CellError { name: "UsageError".into(), message: why });
+                    publish(&iopub, &parent, &kernel_session, widgets.messages(&panel, vec![error]));
+                }
+                if let Some((panel, event)) = incoming.event {
+                    let mut said = vec![];
+                    let result = lab.panel_event(&panel, event, &mut |output| match &output {
+                        Output::Panel(p) => publish(&iopub, &parent, &kernel_session, widgets.show(p)),
+                        other => said.extend(nbformat_output(other)),
+                    });
+                    if let Err(e) = result {
+                        said.push(nbformat_error(&e));
+                    }
+                    publish(&iopub, &parent, &kernel_session, widgets.messages(&panel, said));
+                }
+                let _ = done.send(());
+            }
+            Job::Query { msg_type, content, reply } if msg_type == "comm_info_request" => {
+                let _ = reply.send(widgets.comm_info(content["target_name"].as_str()));
             }
             Job::Query { msg_type, content, reply } => {
                 let _ = reply.send(query(&mut lab, &msg_type, &content));
@@ -108,6 +159,7 @@ fn to_iopub(output: Output, count: u64, silent: bool, payload: &mut Vec<Value>) 
             return None;
         }
         Output::Clear { wait } => ("clear_output", json!({ "wait": wait })),
+        Output::Panel(_) => return None,
     })
 }
 

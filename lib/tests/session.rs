@@ -596,3 +596,122 @@ fn looking_inside_refuses_what_it_cannot_do_and_changes_nothing() {
     let scores = ok(&mut encoder, "%heads first-token --length 3 --batch 1");
     assert_eq!(scores["scores"].as_array().unwrap().len(), 6, "attention scores need no unembedding");
 }
+
+/// Sends an explorer's control an event; returns the panels shown and the result.
+fn event(s: &mut Session, panel: &str, event: tchlab::session::panel::PanelEvent) -> (Vec<tchlab::session::panel::Panel>, Result<(), CellError>) {
+    let mut panels = vec![];
+    let result = s.panel_event(panel, event, &mut |o| {
+        if let Output::Panel(p) = o {
+            panels.push(p)
+        }
+    });
+    (panels, result)
+}
+
+fn set(control: &str, value: tchlab::session::panel::Setting) -> tchlab::session::panel::PanelEvent {
+    tchlab::session::panel::PanelEvent::Set { control: control.into(), value }
+}
+
+fn press(control: &str) -> tchlab::session::panel::PanelEvent {
+    tchlab::session::panel::PanelEvent::Press { control: control.into() }
+}
+
+#[test]
+fn explorers_redraw_on_their_controls_and_refuse_bad_values_changing_nothing() {
+    use tchlab::session::panel::Setting::{Flag, Number};
+    let _serial = serial();
+    let mut s = reverse_session();
+    ok(&mut s, "%train 30");
+
+    // Generation: the seed and temperature change the text; the same values give it again.
+    let (outputs, result) = run(&mut s, "%explore generate \"3141=\"");
+    result.unwrap();
+    let Some(Output::Panel(panel)) = outputs.iter().find(|o| matches!(o, Output::Panel(_))) else { panic!("a panel: {outputs:?}") };
+    assert!(panel.picture.plain().starts_with("3141="), "{}", panel.picture.plain());
+    assert_eq!(result_json(&outputs)["controls"][0]["name"], "temperature");
+    let id = panel.id.clone();
+    let mut texts = std::collections::BTreeSet::new();
+    for seed in 1..6 {
+        let (panels, result) = event(&mut s, &id, set("seed", Number(seed as f64)));
+        result.unwrap();
+        texts.insert(panels.last().unwrap().picture.plain().to_string());
+    }
+    assert!(texts.len() > 1, "five seeds at temperature 0.8 gave one text: {texts:?}");
+    let (first, _) = event(&mut s, &id, set("temperature", Number(0.0)));
+    let (again, _) = event(&mut s, &id, set("seed", Number(3.0)));
+    assert_eq!(first.last().unwrap().picture, again.last().unwrap().picture, "greedy ignores the seed");
+
+    // Bad values: refused by name, the panel shown again as it was, nothing kept.
+    let before: tchlab::session::panel::Panel = (*s.panels().last().unwrap()).clone();
+    for (control, value) in [
+        ("temperature", Number(f64::NAN)),
+        ("temperature", Number(7.0)),
+        ("top_k", Number(2.5)),
+        ("max_tokens", Number(1e12)),
+        ("seed", Flag(true)),
+        ("nonsense", Number(1.0)),
+    ] {
+        let (panels, result) = event(&mut s, &id, set(control, value.clone()));
+        let e = result.expect_err(&format!("{control} = {value:?}"));
+        assert!(e.message.contains(control), "{e}");
+        assert_eq!(panels.last(), Some(&before), "a refused value shows the panel as it was");
+    }
+    assert!(event(&mut s, &id, press("seed")).1.unwrap_err().message.contains("not a button"));
+    assert!(event(&mut s, "explore-0", press("train")).1.unwrap_err().message.contains("no open explorer"));
+
+    // Attention: the layer slider redraws the figure; the grid shows every head.
+    let (outputs, result) = run(&mut s, "%explore attention \"3141=\"");
+    result.unwrap();
+    let Some(Output::Panel(attention)) = outputs.iter().find(|o| matches!(o, Output::Panel(_))) else { panic!() };
+    let layer0 = attention.picture.png().expect("a figure");
+    let (panels, result) = event(&mut s, &attention.id, set("layer", Number(1.0)));
+    result.unwrap();
+    assert_ne!(panels.last().unwrap().picture.png().unwrap(), layer0);
+    assert!(event(&mut s, &attention.id, set("layer", Number(2.0))).1.unwrap_err().message.contains("outside 0..1"));
+    let (panels, _) = event(&mut s, &attention.id, set("grid", Flag(true)));
+    assert!(panels.last().unwrap().picture.plain().contains("all 2 heads"));
+
+    // Training: each press forks a try from the snapshot; rewind goes back; keep finishes.
+    let step = ok(&mut s, "%status")["step"].clone();
+    let (outputs, result) = run(&mut s, "%explore train");
+    result.unwrap();
+    let Some(Output::Panel(train)) = outputs.iter().find(|o| matches!(o, Output::Panel(_))) else { panic!() };
+    let train = train.id.clone();
+    event(&mut s, &train, set("steps", Number(10.0))).1.unwrap();
+    event(&mut s, &train, set("lr", Number(1e-2))).1.unwrap();
+    let (panels, result) = event(&mut s, &train, press("train"));
+    result.unwrap();
+    assert!(panels.last().unwrap().picture.png().is_some(), "the loss plot");
+    assert_eq!(ok(&mut s, "%status")["step"], step.as_i64().unwrap() + 10);
+    event(&mut s, &train, set("lr", Number(1e-3))).1.unwrap();
+    event(&mut s, &train, press("train")).1.unwrap();
+    let runs = ok(&mut s, "%runs");
+    let names: Vec<&str> = runs.as_array().unwrap().iter().map(|r| r["branch"].as_str().unwrap()).collect();
+    assert!(names.contains(&"try-1") && names.contains(&"try-2"), "{names:?}");
+    let try1 = runs.as_array().unwrap().iter().find(|r| r["branch"] == "try-1").unwrap();
+    assert!(try1["changes"].as_str().unwrap().contains("lr=0.01@"), "{try1}");
+    let (panels, result) = event(&mut s, &train, press("rewind"));
+    result.unwrap();
+    assert_eq!(ok(&mut s, "%status")["step"], step);
+    assert!(panels.last().unwrap().picture.plain().contains("try-2"), "rewinding keeps the tries drawn");
+    event(&mut s, &train, press("train")).1.unwrap();
+    event(&mut s, &train, press("keep")).1.unwrap();
+    assert!(s.panels().iter().find(|p| p.id == train).unwrap().finished);
+    assert!(event(&mut s, &train, press("train")).1.unwrap_err().message.contains("finished"));
+    assert_eq!(ok(&mut s, "%status")["branch"], "try-3");
+
+    // An interrupted try keeps its steps, as %train does, and is drawn.
+    let (outputs, _) = run(&mut s, "%explore train");
+    let Some(Output::Panel(again)) = outputs.iter().find(|o| matches!(o, Output::Panel(_))) else { panic!() };
+    let again = again.id.clone();
+    event(&mut s, &again, set("steps", Number(2000.0))).1.unwrap();
+    let cancel = s.cancel_handle();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        cancel.store(true, Ordering::SeqCst);
+    });
+    let e = event(&mut s, &again, press("train")).1.unwrap_err();
+    stopper.join().unwrap();
+    assert_eq!(e.name, "KeyboardInterrupt", "{e}");
+    assert!(s.panels().iter().find(|p| p.id == again).unwrap().picture.plain().contains("try-4"));
+}

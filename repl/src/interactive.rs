@@ -130,6 +130,9 @@ pub fn run() -> i32 {
                     Ok(()) => renderer.finish(),
                     Err(e) => renderer.error(&e, ""),
                 }
+                if let Some(panel) = renderer.take_panel() {
+                    crate::explorer::run(&mut lab.borrow_mut(), panel, images);
+                }
             }
             Err(ReadlineError::Interrupted) => continue,
             Err(ReadlineError::Eof) => {

@@ -5,6 +5,7 @@
 //! script of commands; `tchlab -c "CMD"` runs one cell. Only this crate knows about
 //! terminals; the session engine in `tchlab` does the work.
 
+mod explorer;
 mod interactive;
 mod render;
 
@@ -89,6 +90,9 @@ fn run_cells(cells: &[(usize, String)], origin: &str, keep_going: bool, json: bo
     let mut status = 0;
     for (line, cell) in cells {
         let result = lab.run_cell(cell, &mut |o| renderer.show(o));
+        if let Some(panel) = renderer.take_panel().filter(|_| !json) {
+            eprintln!("({}: its controls run in the interactive terminal, `tchlab`, or a notebook with widgets)", panel.id);
+        }
         match result {
             Ok(()) => renderer.finish(),
             Err(e) => {

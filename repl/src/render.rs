@@ -7,6 +7,7 @@ use std::io::{IsTerminal, Write};
 
 use base64::encode;
 use tchlab::session::output::{Bundle, CellError, Output, Stream};
+use tchlab::session::panel::Panel;
 
 /// How figures are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,12 +65,14 @@ pub struct Renderer {
     in_place: bool,
     live: HashMap<String, Bundle>,
     live_line_open: bool,
+    /// The explorer the cell opened, for the interactive loop to drive.
+    panel: Option<Panel>,
 }
 
 impl Renderer {
     /// A renderer for stdout.
     pub fn new(images: Images, json: bool) -> Self {
-        Renderer { images, json, in_place: std::io::stdout().is_terminal(), live: HashMap::new(), live_line_open: false }
+        Renderer { images, json, in_place: std::io::stdout().is_terminal(), live: HashMap::new(), live_line_open: false, panel: None }
     }
 
     /// Shows one output.
@@ -98,6 +101,11 @@ impl Renderer {
             }
             Output::Display { id: None, bundle } | Output::Result(bundle) => self.bundle(&bundle),
             Output::Page(text) => println!("{text}"),
+            Output::Panel(panel) => {
+                // Its picture now; the interactive loop then takes over its controls.
+                self.bundle(&panel.picture);
+                self.panel = Some(panel);
+            }
             Output::Clear { .. } => {
                 if self.in_place {
                     print!("\x1b[2J\x1b[H");
@@ -125,6 +133,11 @@ impl Renderer {
         let _ = std::io::stdout().flush();
     }
 
+    /// The explorer the cell opened, if any.
+    pub fn take_panel(&mut self) -> Option<Panel> {
+        self.panel.take()
+    }
+
     /// Shows a cell's error on stderr.
     pub fn error(&mut self, e: &CellError, location: &str) {
         self.finish();
@@ -148,7 +161,8 @@ impl Renderer {
         }
     }
 
-    fn bundle(&mut self, bundle: &Bundle) {
+    /// Shows a bundle: its figure if it has one, else its text.
+    pub fn bundle(&mut self, bundle: &Bundle) {
         if bundle.png().is_some() {
             self.figure(bundle);
         } else {

@@ -1,5 +1,5 @@
-//! Figures several commands draw or write: the loss plot of training histories, and a
-//! figure saved to a file.
+//! Figures several commands draw or write: the loss plot of training histories, the
+//! attention maps of a text, and a figure saved to a file.
 
 use crate::checkpoint::find::expand_home;
 use crate::plot::{ema, line_chart, LineChart, Series};
@@ -38,4 +38,57 @@ pub(crate) fn save_figure(figure: &crate::plot::Figure, path: &str) -> crate::Re
     }
     let bytes = if path.extension().is_some_and(|e| e == "svg") { figure.svg.clone().into_bytes() } else { figure.png.clone() };
     crate::checkpoint::atomic_write(&path, |w| std::io::Write::write_all(w, &bytes))
+}
+
+/// The attention probabilities of every layer for one text.
+pub(crate) struct AttentionMaps {
+    /// The text's tokens: each map's rows (queries) and columns (keys).
+    pub tokens: Vec<String>,
+    /// One `(1, heads, tokens, tokens)` tensor per layer.
+    maps: Vec<tch::Tensor>,
+}
+
+impl AttentionMaps {
+    /// Runs `model` over `text` once, keeping its attention probabilities.
+    pub fn of(model: &crate::models::Model, tokenizer: &crate::tokenize::Tokenizer, text: &str) -> crate::Result<Self> {
+        let pairs = tokenizer.encode_tokens(text)?;
+        if pairs.is_empty() {
+            return crate::error::invalid!("the text has no tokens");
+        }
+        let ids = tch::Tensor::from_slice(&pairs.iter().map(|(i, _)| *i).collect::<Vec<_>>()).unsqueeze(0).to_device(model.device());
+        let opts = crate::models::ForwardOptions { capture_attention: true, ..Default::default() };
+        let maps = tch::no_grad(|| -> crate::Result<Vec<tch::Tensor>> { Ok(model.forward(&ids, None, &opts, None)?.attentions.unwrap_or_default()) })?;
+        if maps.is_empty() {
+            return crate::error::invalid!("this model has no attention layers to show");
+        }
+        Ok(AttentionMaps { tokens: pairs.into_iter().map(|(_, t)| t).collect(), maps })
+    }
+
+    /// Layers.
+    pub fn layers(&self) -> i64 {
+        self.maps.len() as i64
+    }
+
+    /// Heads per layer.
+    pub fn heads(&self) -> i64 {
+        self.maps[0].size()[1]
+    }
+
+    /// One head's map: a row per query, summing to one.
+    pub fn rows(&self, layer: i64, head: i64) -> Vec<Vec<f64>> {
+        let map = self.maps[layer as usize].get(0).get(head).to_kind(tch::Kind::Double).to_device(tch::Device::Cpu);
+        Vec::<Vec<f64>>::try_from(map).expect("a 2-D map")
+    }
+
+    /// One head's map as a figure.
+    pub fn head_figure(&self, layer: i64, head: i64) -> crate::Result<crate::plot::Figure> {
+        crate::plot::attention_map(&self.rows(layer, head), &self.tokens, &format!("layer {layer}, head {head}"))
+    }
+
+    /// A grid of maps: the given layers (rows) by the given heads (columns).
+    pub fn grid_figure(&self, layers: &[i64], heads: &[i64]) -> crate::Result<crate::plot::Figure> {
+        let maps: Vec<Vec<Vec<Vec<f64>>>> = layers.iter().map(|&l| heads.iter().map(|&h| self.rows(l, h)).collect()).collect();
+        let title = format!("attention: {} layer(s) × {} head(s), {} tokens", layers.len(), heads.len(), self.tokens.len());
+        crate::plot::attention_grid(&maps, &self.tokens, &title)
+    }
 }

@@ -14,6 +14,7 @@ pub(crate) mod format;
 mod generation;
 mod live;
 pub mod output;
+pub mod panel;
 pub mod parse;
 mod shape;
 
@@ -52,6 +53,8 @@ pub struct Session {
     activations: Option<commands::ActivationCache>,
     /// `%params`: values that `$name` stands for in command lines.
     params: std::collections::BTreeMap<String, String>,
+    /// `%explore`'s open explorers, oldest first (at most [`panel::MAX_PANELS`]).
+    panels: Vec<panel::Explorer>,
 }
 
 /// A glance at the session, for prompts and exit questions.
@@ -183,6 +186,7 @@ impl Session {
             conversation: Default::default(),
             activations: None,
             params: Default::default(),
+            panels: vec![],
         }
     }
 

@@ -1,5 +1,6 @@
 //! What commands emit: text on stdout or stderr, displays (MIME bundles), updates of
-//! an earlier display by id, the command's result, and requests to clear the output.
+//! an earlier display by id, the command's result, explorers' panels, and requests to
+//! clear the output.
 //! Front ends map these to Jupyter messages or to the terminal; the session never
 //! prints.
 
@@ -170,6 +171,9 @@ pub enum Output {
     Result(Bundle),
     /// Help text for a pager (Jupyter's `payload` for `CMD?`).
     Page(String),
+    /// An explorer's controls and picture (`%explore`): shown the first time an id
+    /// comes, redrawn each later time. Front ends without controls show the picture.
+    Panel(super::panel::Panel),
     /// Clears the cell's output.
     Clear {
         /// Wait for the next output before clearing.

@@ -559,6 +559,21 @@ impl Trainer {
         Ok(())
     }
 
+    /// Goes back to a snapshot on the branch it was taken on. Unlike [`Trainer::rewind`],
+    /// which stays on the current branch, the current branch's history is kept for
+    /// comparison (as a fork keeps it) and the snapshot's branch is current again.
+    pub fn return_to(&mut self, target: &str) -> Result<()> {
+        let snapshot = self.timeline.find(target, &self.branch)?.clone_shallow();
+        let left = self.history.clone();
+        self.restore(&snapshot)?;
+        if snapshot.branch != self.branch {
+            let previous = std::mem::replace(&mut self.branch, snapshot.branch.clone());
+            self.timeline.branches.insert(previous, left);
+            self.timeline.branches.remove(&snapshot.branch);
+        }
+        Ok(())
+    }
+
     /// Every branch's history, the current one last.
     pub fn runs(&self) -> Vec<(&str, &History)> {
         let mut runs: Vec<(&str, &History)> = self.timeline.branches.iter().filter(|(n, _)| **n != self.branch).map(|(n, h)| (n.as_str(), h)).collect();

@@ -1,4 +1,5 @@
-//! Exploration: sweeps, the learning-rate range test, and comparing branches.
+//! Exploration: explorers with controls, sweeps, the learning-rate range test, and
+//! comparing branches.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -6,12 +7,92 @@ use std::time::{Duration, Instant};
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::{flag, option, pairs, rest, returns, Command};
+use super::{flag, opt_pos, option, pairs, pos, rest, returns, Command};
 use crate::plot::{line_chart, LineChart, Series};
 use crate::session::output::{Bundle, CellError, Table};
+use crate::session::panel::{ControlKind, Explorer, Setting};
 use crate::session::parse::Args;
 use crate::session::{Ctx, Session};
 use crate::sweep::{lr_find, sweep, LrFind, Method, Param, Schedule, Space, Trial};
+
+pub const EXPLORE: Command = Command {
+    name: "explore",
+    summary: "controls that redraw a picture: sampling over a continuation, layer and head over attention, hyperparameters over training tries",
+    args: &[
+        pos("what", "generate | attention | train").choices(&["generate", "attention", "train"]),
+        opt_pos("text", "generate: the prompt; attention: the text (quote it)"),
+        option("from", "SNAPSHOT", "train: the snapshot every try starts from (default: one taken now)"),
+    ],
+    details: "In a notebook the controls are Jupyter widgets (JupyterLab, Notebook 7, VS Code): moving one redraws the picture; \
+              without a widget manager the picture shows alone. In the terminal, arrows choose and change a control, Enter runs, Esc leaves. \
+              `train`: each press of `train` forks a branch try-N from the snapshot with the controls' hyperparameters and trains it; \
+              `rewind` goes back to the snapshot; `keep this branch` stays on the current try and closes the explorer. \
+              Controls run like cells: an interrupt stops them, and a failure changes nothing and shows its error beside the controls.",
+    example: "%explore attention \"the cat sat on the mat\"",
+    returns: returns::<Explored>(),
+    run: explore,
+};
+
+fn explore(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let text = args.get("text");
+    let explorer = match (args.get("what").expect("required"), text) {
+        ("generate", Some(prompt)) => Explorer::generate(prompt),
+        ("attention", Some(text)) => Explorer::attention(s, text)?,
+        ("train", None) => Explorer::train(s, args.get("from"))?,
+        ("train", Some(_)) => return Err(args.usage_error("`%explore train` takes no text")),
+        (what, None) => return Err(args.usage_error(format!("`%explore {what}` needs a text (quote it)"))),
+        (other, _) => unreachable!("the parser admits only the choices, not {other}"),
+    };
+    if args.get("from").is_some() && args.get("what") != Some("train") {
+        return Err(args.usage_error("--from is for `%explore train`"));
+    }
+    let panel = s.open_panel(explorer, ctx)?;
+    let controls = panel
+        .controls
+        .iter()
+        .map(|c| ExploreControl {
+            name: c.name.to_string(),
+            kind: match &c.kind {
+                ControlKind::Float { .. } => "float",
+                ControlKind::LogFloat { .. } => "log",
+                ControlKind::Int { .. } => "int",
+                ControlKind::Choice(_) => "choice",
+                ControlKind::Toggle => "toggle",
+                ControlKind::Button => "button",
+            }
+            .to_string(),
+            value: match &c.value {
+                Setting::Number(x) => serde_json::json!(x),
+                Setting::Choice(name) => serde_json::json!(name),
+                Setting::Flag(on) => serde_json::json!(on),
+                Setting::Nothing => serde_json::Value::Null,
+            },
+        })
+        .collect();
+    let names: Vec<&str> = panel.controls.iter().map(|c| c.name).collect();
+    ctx.returns(Bundle::text(format!("{}: {}", panel.id, names.join(", "))), &Explored { panel: panel.id.clone(), controls });
+    Ok(())
+}
+
+/// What `%explore` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Explored {
+    /// The explorer's id, which its controls' events name.
+    pub panel: String,
+    /// Its controls.
+    pub controls: Vec<ExploreControl>,
+}
+
+/// One control of an explorer.
+#[derive(Serialize, JsonSchema)]
+pub struct ExploreControl {
+    /// Its name.
+    pub name: String,
+    /// float, log, int, choice, toggle or button.
+    pub kind: String,
+    /// Its value (null for buttons).
+    pub value: serde_json::Value,
+}
 
 pub const SWEEP: Command = Command {
     name: "sweep",

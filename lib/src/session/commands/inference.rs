@@ -9,7 +9,7 @@ use tch::{Kind, Tensor};
 use super::{option, pos, rest, returns, Command};
 use crate::embedding::{embed, pad_batch};
 use crate::models::{ForwardOptions, Task};
-use crate::plot::{attention_grid, attention_map};
+use crate::session::figures::AttentionMaps;
 use crate::session::output::{Bundle, CellError, Table};
 use crate::session::parse::Args;
 use crate::session::{Ctx, Session};
@@ -73,18 +73,8 @@ pub const ATTENTION: Command = Command {
 
 fn attention(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let text = args.get("text").expect("required");
-    let tokenizer = s.tokenizer_or_err()?;
-    let model = s.model_or_err()?;
-    let pairs = tokenizer.encode_tokens(text)?;
-    if pairs.is_empty() {
-        return Err(args.usage_error("the text has no tokens"));
-    }
-    let ids = Tensor::from_slice(&pairs.iter().map(|(i, _)| *i).collect::<Vec<_>>()).unsqueeze(0).to_device(model.device());
-    let tokens: Vec<String> = pairs.iter().map(|(_, t)| t.clone()).collect();
-    let opts = ForwardOptions { capture_attention: true, ..Default::default() };
-    let attentions = tch::no_grad(|| -> crate::Result<Vec<Tensor>> { Ok(model.forward(&ids, None, &opts, None)?.attentions.expect("capture was asked for")) })?;
-    let (layers, heads) = (attentions.len() as i64, attentions[0].size()[1]);
-    let to_rows = |t: &Tensor| -> Vec<Vec<f64>> { Vec::<Vec<f64>>::try_from(t.to_kind(Kind::Double).to_device(tch::Device::Cpu)).expect("2-D") };
+    let maps = AttentionMaps::of(s.model_or_err()?, s.tokenizer_or_err()?, text)?;
+    let (layers, heads) = (maps.layers(), maps.heads());
     let check = |name: &str, limit: i64| -> Result<Option<i64>, CellError> {
         match args.parse_as::<i64>(name)? {
             Some(v) if !(0..limit).contains(&v) => Err(args.usage_error(format!("--{name} must be in 0..{}, got {v}", limit - 1))),
@@ -92,32 +82,27 @@ fn attention(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
         }
     };
     let (layer, head) = (check("layer", layers)?, check("head", heads)?);
-    match (layer, head) {
-        (Some(l), Some(h)) => {
-            let rows = to_rows(&attentions[l as usize].get(0).get(h));
-            let figure = attention_map(&rows, &tokens, &format!("layer {l}, head {h}"))?;
-            if let Some(path) = args.get("save") {
-                crate::session::figures::save_figure(&figure, path)?;
-            }
-            ctx.display(Bundle::text(format!("<figure: attention, layer {l}, head {h}, {} tokens>", tokens.len())).figure(&figure));
-            let text = format!("tokens: {tokens:?}");
-            ctx.returns(Bundle::text(text), &Attention { tokens, layers: None, heads: None, layer: Some(l), head: Some(h), attention: Some(rows) });
-        }
+    let (figure, caption, result) = match (layer, head) {
+        (Some(l), Some(h)) => (
+            maps.head_figure(l, h)?,
+            format!("<figure: attention, layer {l}, head {h}, {} tokens>", maps.tokens.len()),
+            Attention { tokens: maps.tokens.clone(), layers: None, heads: None, layer: Some(l), head: Some(h), attention: Some(maps.rows(l, h)) },
+        ),
         _ => {
-            let chosen: Vec<i64> = layer.map_or_else(|| (0..layers).collect(), |l| vec![l]);
-            let maps: Vec<Vec<Vec<Vec<f64>>>> = chosen
-                .iter()
-                .map(|&l| (0..heads).filter(|h| head.is_none_or(|x| x == *h)).map(|h| to_rows(&attentions[l as usize].get(0).get(h))).collect())
-                .collect();
-            let figure = attention_grid(&maps, &tokens, &format!("attention: {} layer(s) × {} head(s), {} tokens", maps.len(), maps[0].len(), tokens.len()))?;
-            if let Some(path) = args.get("save") {
-                crate::session::figures::save_figure(&figure, path)?;
-            }
-            ctx.display(Bundle::text(format!("<figure: attention grid, {} layers × {} heads>", maps.len(), maps[0].len())).figure(&figure));
-            let text = format!("tokens: {tokens:?}");
-            ctx.returns(Bundle::text(text), &Attention { tokens, layers: Some(layers), heads: Some(heads), layer: None, head: None, attention: None });
+            let chosen_layers: Vec<i64> = layer.map_or_else(|| (0..layers).collect(), |l| vec![l]);
+            let chosen_heads: Vec<i64> = head.map_or_else(|| (0..heads).collect(), |h| vec![h]);
+            (
+                maps.grid_figure(&chosen_layers, &chosen_heads)?,
+                format!("<figure: attention grid, {} layers × {} heads>", chosen_layers.len(), chosen_heads.len()),
+                Attention { tokens: maps.tokens.clone(), layers: Some(layers), heads: Some(heads), layer: None, head: None, attention: None },
+            )
         }
+    };
+    if let Some(path) = args.get("save") {
+        crate::session::figures::save_figure(&figure, path)?;
     }
+    ctx.display(Bundle::text(caption).figure(&figure));
+    ctx.returns(Bundle::text(format!("tokens: {:?}", result.tokens)), &result);
     Ok(())
 }
 

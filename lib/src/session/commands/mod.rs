@@ -268,6 +268,7 @@ pub static COMMANDS: &[Command] = &[
     training::RUNS,
     training::PLOT,
     training::HISTORY,
+    explore::EXPLORE,
     explore::SWEEP,
     explore::LR_FIND,
     explore::COMPARE,
