@@ -148,7 +148,9 @@ fn control_model(control: &Control) -> (&'static str, &'static str, Value) {
             "SliderStyleModel",
             json!({ "base": 10.0, "min": min.log10(), "max": max.log10(), "step": 0.1, "continuous_update": false }),
         ),
-        ControlKind::Int { min, max } => ("IntSliderModel", "SliderStyleModel", json!({ "min": min, "max": max, "step": 1, "continuous_update": false })),
+        ControlKind::Int { min, max, step } => {
+            ("IntSliderModel", "SliderStyleModel", json!({ "min": min, "max": max, "step": step, "continuous_update": false }))
+        }
         ControlKind::Choice(options) => ("DropdownModel", "DescriptionStyleModel", json!({ "_options_labels": options })),
         ControlKind::Toggle => ("CheckboxModel", "CheckboxStyleModel", json!({ "indent": false })),
         ControlKind::Button => ("ButtonModel", "ButtonStyleModel", json!({})),

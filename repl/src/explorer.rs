@@ -3,7 +3,7 @@
 //! the chosen button), Esc or q leaves, and the last picture stays in the scrollback.
 //! Ctrl-C still interrupts what a control runs (the terminal keeps its signals).
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 use tchlab::session::output::{CellError, Output};
 use tchlab::session::panel::{Control, ControlKind, Panel, PanelEvent, Setting};
@@ -61,11 +61,18 @@ fn byte_within(ms: i32) -> bool {
     unsafe { libc::poll(&mut fd, 1, ms) > 0 }
 }
 
+/// One byte from the terminal, unbuffered: [`byte_within`] asks the descriptor what
+/// waits, so nothing may sit in a reader's buffer.
 fn read_byte() -> Option<u8> {
-    let mut byte = [0u8];
-    match std::io::stdin().lock().read(&mut byte) {
-        Ok(1) => Some(byte[0]),
-        _ => None,
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: reads at most one byte into `byte`.
+        let n = unsafe { libc::read(libc::STDIN_FILENO, (&mut byte as *mut u8).cast(), 1) };
+        match n {
+            1 => return Some(byte),
+            -1 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => continue,
+            _ => return None,
+        }
     }
 }
 
@@ -91,10 +98,7 @@ fn stepped(control: &Control, value: &Setting, direction: f64) -> Setting {
     match (&control.kind, value) {
         (ControlKind::Float { min, max, step }, Setting::Number(x)) => Setting::Number(((x + direction * step) / step).round() * step).clamp_to(*min, *max),
         (ControlKind::LogFloat { min, max }, Setting::Number(x)) => Setting::Number(x * 10f64.powf(0.1 * direction)).clamp_to(*min, *max),
-        (ControlKind::Int { min, max }, Setting::Number(x)) => {
-            let step = (((max - min) as f64) / 100.0).round().max(1.0);
-            Setting::Number(x + direction * step).clamp_to(*min as f64, *max as f64)
-        }
+        (ControlKind::Int { min, max, step }, Setting::Number(x)) => Setting::Number(x + direction * *step as f64).clamp_to(*min as f64, *max as f64),
         (ControlKind::Choice(options), Setting::Choice(name)) => {
             let at = options.iter().position(|o| o == name).unwrap_or(0) as i64;
             let next = (at + direction as i64).rem_euclid(options.len().max(1) as i64) as usize;

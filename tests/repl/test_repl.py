@@ -226,3 +226,58 @@ def test_a_chat_reply_streams_into_the_terminal(tmp_path):
     child.expect(PROMPT)
     child.sendeof()
     child.expect(pexpect.EOF)
+
+
+def test_explore_in_the_terminal_changes_controls_with_arrows_runs_with_enter_and_leaves_with_esc(tmp_path):
+    child = spawn(tmp_path)
+    run_lines(child, SETUP + ["%seed 0", "%train 30"])
+    child.sendline('%explore generate "3141="')
+    # The panel on the alternate screen: the controls, the chosen one marked, the picture.
+    child.expect(r"\x1b\[\?1049h")
+    child.expect("Esc leaves")
+    child.expect(r"3141=\S*")
+    first = child.after
+    # Down to the seed (the fifth control), three steps right: marked as changed, not yet run.
+    child.send("\x1b[B" * 4 + "\x1b[C" * 3)
+    child.expect(r"seed\s+3 \*")
+    child.send("\r")
+    child.expect(r"seed\s+3\r\n")
+    child.expect("Esc leaves")
+    # Temperature to zero (sixteen steps left of 0.8) is greedy: seeds then change nothing.
+    child.send("\x1b[A" * 4 + "\x1b[D" * 16 + "\r")
+    child.expect(r"temperature\s+0\.00\r\n")
+    child.expect("Esc leaves")
+    child.expect(r"3141=\S*")
+    greedy = child.after
+    child.send("\x1b[B" * 4 + "\x1b[C\r")
+    child.expect(r"seed\s+4\r\n")
+    child.expect("Esc leaves")
+    child.expect(r"3141=\S*")
+    assert child.after == greedy, (first, greedy, child.after)
+    # Past the end of a range a control stays at its end: top-p 1 is its top.
+    child.send("\x1b[A" * 2 + "\x1b[C\r")
+    child.expect(r"top-p\s+1\.00\r\n")
+    # Esc leaves: back to the normal screen, the last picture kept, the session going on.
+    child.send("\x1b")
+    child.expect(r"\x1b\[\?1049l")
+    child.expect(f"3141=")
+    child.expect(PROMPT)
+    assert child.match.group(1) == "30"
+    settle(child)
+
+    # Training tries from the keys: the button runs, the tries show in %runs.
+    child.sendline("%explore train")
+    child.expect("Esc leaves")
+    child.send("\x1b[B" * 5 + "\x1b[D" * 4)  # steps per try down to 10 ...
+    child.send("\x1b[B\r")  # ... then `train`
+    child.expect("try-1: 10 steps from snapshot")
+    child.send("q")
+    child.expect(r"\x1b\[\?1049l")
+    child.expect(PROMPT)
+    child.sendline("%runs")
+    child.expect(r"try-1 \*")
+    child.expect(PROMPT)
+    child.sendeof()
+    child.expect("Leave anyway")
+    child.sendline("y")
+    child.expect(pexpect.EOF)

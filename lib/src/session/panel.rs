@@ -33,12 +33,14 @@ pub enum ControlKind {
         /// The highest value.
         max: f64,
     },
-    /// A whole number in `min..=max`.
+    /// A whole number in `min..=max`, moved by `step` (any whole number in range is taken).
     Int {
         /// The lowest value.
         min: i64,
         /// The highest value.
         max: i64,
+        /// The step between values a slider offers.
+        step: i64,
     },
     /// One of these names.
     Choice(Vec<String>),
@@ -96,7 +98,7 @@ impl Control {
         };
         match (&self.kind, value) {
             (ControlKind::Float { min, max, .. } | ControlKind::LogFloat { min, max }, Setting::Number(x)) => Ok(Setting::Number(within(*x, *min, *max)?)),
-            (ControlKind::Int { min, max }, Setting::Number(x)) if x.fract() == 0.0 => Ok(Setting::Number(within(*x, *min as f64, *max as f64)?)),
+            (ControlKind::Int { min, max, .. }, Setting::Number(x)) if x.fract() == 0.0 => Ok(Setting::Number(within(*x, *min as f64, *max as f64)?)),
             (ControlKind::Int { .. }, Setting::Number(x)) => Err(refuse(format!("takes whole numbers, not {x}"))),
             (ControlKind::Choice(options), Setting::Choice(c)) if options.contains(c) => Ok(value.clone()),
             (ControlKind::Choice(options), Setting::Choice(c)) => Err(refuse(format!("`{c}` is not one of {}", options.join(", ")))),
@@ -190,10 +192,10 @@ impl Explorer {
     pub fn generate(prompt: &str) -> Self {
         let controls = vec![
             Control::new("temperature", "temperature", ControlKind::Float { min: 0.0, max: 2.0, step: 0.05 }, number(0.8)),
-            Control::new("top_k", "top-k (0: all)", ControlKind::Int { min: 0, max: 200 }, number(0.0)),
+            Control::new("top_k", "top-k (0: all)", ControlKind::Int { min: 0, max: 200, step: 1 }, number(0.0)),
             Control::new("top_p", "top-p", ControlKind::Float { min: 0.05, max: 1.0, step: 0.05 }, number(1.0)),
-            Control::new("max_tokens", "max tokens", ControlKind::Int { min: 1, max: 256 }, number(32.0)),
-            Control::new("seed", "seed", ControlKind::Int { min: 0, max: 9999 }, number(0.0)),
+            Control::new("max_tokens", "max tokens", ControlKind::Int { min: 1, max: 256, step: 1 }, number(32.0)),
+            Control::new("seed", "seed", ControlKind::Int { min: 0, max: 9999, step: 1 }, number(0.0)),
         ];
         Explorer::new(format!("%explore generate {prompt:?}"), controls, Subject::Generate { prompt: prompt.to_string() })
     }
@@ -202,8 +204,8 @@ impl Explorer {
     pub fn attention(s: &Session, text: &str) -> Result<Self, CellError> {
         let maps = AttentionMaps::of(s.model_or_err()?, s.tokenizer_or_err()?, text)?;
         let controls = vec![
-            Control::new("layer", "layer", ControlKind::Int { min: 0, max: maps.layers() - 1 }, number(0.0)),
-            Control::new("head", "head", ControlKind::Int { min: 0, max: maps.heads() - 1 }, number(0.0)),
+            Control::new("layer", "layer", ControlKind::Int { min: 0, max: maps.layers() - 1, step: 1 }, number(0.0)),
+            Control::new("head", "head", ControlKind::Int { min: 0, max: maps.heads() - 1, step: 1 }, number(0.0)),
             Control::new("grid", "all heads", ControlKind::Toggle, Setting::Flag(false)),
         ];
         Ok(Explorer::new(format!("%explore attention {text:?}"), controls, Subject::Attention { text: text.to_string() }))
@@ -230,11 +232,11 @@ impl Explorer {
         let schedules = ["constant", "linear", "cosine", "onecycle"].map(String::from).to_vec();
         let controls = vec![
             Control::new("lr", "learning rate", ControlKind::LogFloat { min: 1e-5, max: 1e-1 }, number(hp.lr.clamp(1e-5, 1e-1))),
-            Control::new("warmup", "warm-up steps", ControlKind::Int { min: 0, max: 1000 }, number(hp.warmup.clamp(0, 1000) as f64)),
-            Control::new("batch", "batch", ControlKind::Int { min: 1, max: 512 }, number(hp.batch.clamp(1, 512) as f64)),
+            Control::new("warmup", "warm-up steps", ControlKind::Int { min: 0, max: 1000, step: 10 }, number(hp.warmup.clamp(0, 1000) as f64)),
+            Control::new("batch", "batch", ControlKind::Int { min: 1, max: 512, step: 1 }, number(hp.batch.clamp(1, 512) as f64)),
             Control::new("weight_decay", "weight decay", ControlKind::Float { min: 0.0, max: 0.5, step: 0.01 }, number(hp.weight_decay.clamp(0.0, 0.5))),
             Control::new("schedule", "schedule", ControlKind::Choice(schedules), Setting::Choice(hp.get("schedule").unwrap_or_default())),
-            Control::new("steps", "steps per try", ControlKind::Int { min: 1, max: 2000 }, number(50.0)),
+            Control::new("steps", "steps per try", ControlKind::Int { min: 10, max: 2000, step: 10 }, number(50.0)),
             Control::new("train", "train", ControlKind::Button, Setting::Nothing),
             Control::new("rewind", "rewind", ControlKind::Button, Setting::Nothing),
             Control::new("keep", "keep this branch", ControlKind::Button, Setting::Nothing),
