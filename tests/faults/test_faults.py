@@ -663,3 +663,64 @@ def test_every_kind_of_request_survives_a_burst_of_garbage(lab):
     kc.get_shell_msg(timeout=TIMEOUT)
     assert state(kc) == before
     assert execute(kc, "%echo alive")[0]["content"]["status"] == "ok"
+
+
+# ---- explorers and their widgets ----
+
+@pytest.mark.parametrize(
+    "code, ename, contains",
+    [
+        ("%explore", "UsageError", ["WHAT"]),
+        ("%explore nonsense", "UsageError", ["generate, attention, train", "nonsense"]),
+        ("%explore generate", "UsageError", ["needs a text"]),
+        ('%explore attention ""', "UsageError", ["no tokens"]),
+        ('%explore attention "xyz"', "UsageError", ["'x'", "vocabulary"]),
+        ('%explore train "text"', "UsageError", ["takes no text"]),
+        ("%explore train --from no-such-snapshot", "UsageError", ["no-such-snapshot"]),
+        ('%explore generate "1" --from early', "UsageError", ["--from is for `%explore train`"]),
+    ],
+)
+def test_hostile_explore_commands_are_refused_and_change_nothing(lab, code, ename, contains):
+    refused(lab[1], code, ename, *contains)
+
+
+def comm(kc, comm_id, data):
+    """Sends a comm message as a front end does; returns the IOPub messages it caused."""
+    msg = kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data})
+    kc.shell_channel.send(msg)
+    caused = []
+    while True:
+        m = kc.get_iopub_msg(timeout=TIMEOUT)
+        if m["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+            if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+                return caused
+            caused.append(m)
+
+
+def test_hostile_widget_values_are_refused_in_the_explorer_and_change_nothing(lab):
+    _, kc = lab
+    before = state(kc)
+    _, outputs = execute(kc, "%explore train")
+    opens = {m["content"]["comm_id"]: m["content"]["data"]["state"] for m in outputs if m["msg_type"] == "comm_open"}
+    named = {s.get("description"): cid for cid, s in opens.items() if s.get("description")}
+    for control, value, says in [
+        ("batch", 0, "outside 1..512"),
+        ("batch", 10**30, "outside 1..512"),
+        ("learning rate", 10.0, "outside"),
+        ("learning rate", -1e-3, "outside"),
+        ("weight decay", float("nan"), "cannot take"),
+        ("warm-up steps", 2.5, "whole numbers"),
+        ("schedule", 99, "cannot take"),
+        ("schedule", -1, "cannot take"),
+        ("steps per try", "many", "cannot take"),
+        ("steps per try", [1, 2], "cannot take"),
+    ]:
+        caused = comm(kc, named[control], {"method": "update", "state": {"value" if control != "schedule" else "index": value}, "buffer_paths": []})
+        errors = [o for m in caused if m["msg_type"] == "comm_msg" for o in m["content"]["data"].get("state", {}).get("outputs", []) if o["output_type"] == "error"]
+        assert errors and says in errors[-1]["evalue"], (control, value, errors)
+    # Nothing reached the trainer: a click trains with the controls' own values.
+    assert state(kc) == before
+    caused = comm(kc, named["train"], {"method": "custom", "content": {"event": "click"}})
+    said = [o for m in caused if m["msg_type"] == "comm_msg" for o in m["content"]["data"].get("state", {}).get("outputs", [])]
+    assert said and "try-1: 50 steps" in said[-1]["text"] and "batch=8 " in said[-1]["text"], said
+    assert execute(kc, "%echo alive")[0]["content"]["status"] == "ok"
