@@ -34,3 +34,18 @@ def shell_socket(km):
     socket.linger = 0
     socket.connect(f"{km.transport}://{km.ip}:{km.shell_port}")
     return socket
+
+
+def send_comm(kc, comm_id, data, msg_type="comm_msg", timeout=60, **content):
+    """Sends a comm message (with more `content`, a `comm_open`'s `target_name`) on shell
+    as a widget front end does; returns the IOPub messages it caused, up to its idle status."""
+    msg = kc.session.msg(msg_type, {"comm_id": comm_id, "data": data, **content})
+    kc.shell_channel.send(msg)
+    caused = []
+    while True:
+        m = kc.get_iopub_msg(timeout=timeout)
+        if m["parent_header"].get("msg_id") != msg["header"]["msg_id"]:
+            continue
+        if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+            return caused
+        caused.append(m)

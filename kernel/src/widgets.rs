@@ -21,6 +21,9 @@ use tchlab::session::panel::{Control, ControlKind, Panel, PanelEvent, Setting};
 
 /// The comm target of widget models.
 pub const TARGET: &str = "jupyter.widget";
+/// The comm target a widget manager opens to ask for every model's state at once (on a
+/// page reload, say).
+const CONTROL_TARGET: &str = "jupyter.widget.control";
 /// The widget protocol these messages follow.
 const PROTOCOL_VERSION: &str = "2.1.0";
 /// The MIME type of a widget's view in a display.
@@ -99,6 +102,8 @@ pub struct Widgets {
     panels: HashMap<String, PanelWidgets>,
     /// Panel ids, oldest first.
     order: Vec<String>,
+    /// Comms the front end opened with [`CONTROL_TARGET`].
+    control_comms: std::collections::HashSet<String>,
 }
 
 fn comm_id() -> String {
@@ -358,6 +363,25 @@ impl Widgets {
             .collect()
     }
 
+    /// `update_states` on a control comm: every model's state, as ipywidgets sends it,
+    /// images as buffers at `[model id, "state", "value"]`.
+    fn all_states(&self, control: &str) -> Outgoing {
+        let mut states = Map::new();
+        let (mut paths, mut buffers) = (vec![], vec![]);
+        for (id, model) in &self.models {
+            let field = |k: &str| model.state.get(k).cloned().unwrap_or(Value::Null);
+            states.insert(
+                id.clone(),
+                json!({ "model_name": field("_model_name"), "model_module": field("_model_module"), "model_module_version": field("_model_module_version"), "state": model.state }),
+            );
+            if let Some(image) = &model.image {
+                paths.push(json!([id, "state", "value"]));
+                buffers.push(image.clone());
+            }
+        }
+        Outgoing::comm("comm_msg", json!({ "comm_id": control, "data": { "method": "update_states", "states": states, "buffer_paths": paths } }), buffers)
+    }
+
     /// `comm_info_reply`'s comms: every open model, or those of `target`.
     pub fn comm_info(&self, target: Option<&str>) -> Value {
         let comms: Map<String, Value> =
@@ -370,9 +394,18 @@ impl Widgets {
         let mut incoming = Incoming::default();
         let id = content["comm_id"].as_str().unwrap_or("").to_string();
         match msg_type {
-            // The kernel opens every widget; a comm the front end opens has no target
-            // here, and is closed as ipykernel closes it.
+            "comm_open" if content["target_name"] == CONTROL_TARGET && !id.is_empty() && self.control_comms.len() < MAX_PANELS => {
+                self.control_comms.insert(id);
+            }
+            // The kernel opens every widget; another comm the front end opens has no
+            // target here, and is closed as ipykernel closes it.
             "comm_open" => incoming.replies.push(Outgoing::comm("comm_close", json!({ "comm_id": id, "data": {} }), vec![])),
+            "comm_msg" if self.control_comms.contains(&id) => {
+                if content["data"]["method"] == "request_states" {
+                    incoming.replies.push(self.all_states(&id));
+                }
+            }
+            "comm_close" if self.control_comms.remove(&id) => {}
             "comm_close" => {
                 let panel = self.models.get(&id).and_then(|m| m.bound.as_ref().map(|b| b.panel.clone()));
                 if let Some(panel) = panel.or_else(|| self.panels.iter().find(|(_, w)| w.root == id).map(|(p, _)| p.clone())) {

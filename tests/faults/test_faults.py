@@ -20,7 +20,7 @@ import pytest
 import torch
 from jupyter_client.manager import start_new_kernel
 
-from cells import RESULT, execute, shell_socket
+from cells import RESULT, execute, send_comm, shell_socket
 
 TIMEOUT = 120
 SETUP = "%device cpu\n%seed 0\n%data synth reverse --length 4\n%model gpt --layers 1 --heads 2 --dim 32\n%set batch=8\n%train 5"
@@ -684,19 +684,6 @@ def test_hostile_explore_commands_are_refused_and_change_nothing(lab, code, enam
     refused(lab[1], code, ename, *contains)
 
 
-def comm(kc, comm_id, data):
-    """Sends a comm message as a front end does; returns the IOPub messages it caused."""
-    msg = kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data})
-    kc.shell_channel.send(msg)
-    caused = []
-    while True:
-        m = kc.get_iopub_msg(timeout=TIMEOUT)
-        if m["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
-            if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
-                return caused
-            caused.append(m)
-
-
 def test_hostile_widget_values_are_refused_in_the_explorer_and_change_nothing(lab):
     _, kc = lab
     before = state(kc)
@@ -715,12 +702,12 @@ def test_hostile_widget_values_are_refused_in_the_explorer_and_change_nothing(la
         ("steps per try", "many", "cannot take"),
         ("steps per try", [1, 2], "cannot take"),
     ]:
-        caused = comm(kc, named[control], {"method": "update", "state": {"value" if control != "schedule" else "index": value}, "buffer_paths": []})
+        caused = send_comm(kc, named[control], {"method": "update", "state": {"value" if control != "schedule" else "index": value}, "buffer_paths": []})
         errors = [o for m in caused if m["msg_type"] == "comm_msg" for o in m["content"]["data"].get("state", {}).get("outputs", []) if o["output_type"] == "error"]
         assert errors and says in errors[-1]["evalue"], (control, value, errors)
     # Nothing reached the trainer: a click trains with the controls' own values.
     assert state(kc) == before
-    caused = comm(kc, named["train"], {"method": "custom", "content": {"event": "click"}})
+    caused = send_comm(kc, named["train"], {"method": "custom", "content": {"event": "click"}})
     said = [o for m in caused if m["msg_type"] == "comm_msg" for o in m["content"]["data"].get("state", {}).get("outputs", [])]
     assert said and "try-1: 50 steps" in said[-1]["text"] and "batch=8 " in said[-1]["text"], said
     assert execute(kc, "%echo alive")[0]["content"]["status"] == "ok"

@@ -5,23 +5,13 @@ restart, heartbeat."""
 import os
 import time
 
-import pytest
 import zmq
-from jupyter_client.manager import start_new_kernel
 from jupyter_client.session import Session
 
 from cells import RESULT, execute, shell_socket
 
 TIMEOUT = 60
 SETUP = "%device cpu\n%seed 0\n%data synth reverse --length 5\n%model gpt --layers 1 --heads 2 --dim 32\n%set batch=16"
-
-
-@pytest.fixture
-def kernel():
-    km, kc = start_new_kernel(kernel_name="tchlab", startup_timeout=TIMEOUT)
-    yield km, kc
-    kc.stop_channels()
-    km.shutdown_kernel(now=True)
 
 
 def result_json(outputs):

@@ -10,10 +10,9 @@ import subprocess
 import sys
 import time
 
-import pytest
 from jupyter_client.manager import start_new_kernel
 
-from cells import RESULT, execute
+from cells import RESULT, execute, send_comm
 
 TIMEOUT = 60
 SETUP = "%device cpu\n%seed 0\n%data synth reverse --length 5\n%model gpt --layers 2 --heads 2 --dim 32\n%set batch=16\n%train 20"
@@ -32,34 +31,12 @@ display(box)
 """
 
 
-@pytest.fixture
-def kernel():
-    km, kc = start_new_kernel(kernel_name="tchlab", startup_timeout=TIMEOUT)
-    yield km, kc
-    kc.stop_channels()
-    km.shutdown_kernel(now=True)
-
-
 def comm_opens(outputs):
     return {m["content"]["comm_id"]: m for m in outputs if m["msg_type"] == "comm_open"}
 
 
 def by_model(opens):
     return {m["content"]["data"]["state"]["_model_name"]: m for m in opens.values()}
-
-
-def send_comm(kc, comm_id, data, msg_type="comm_msg"):
-    """Sends a comm message on shell as a front end does; returns the iopub messages it caused."""
-    msg = kc.session.msg(msg_type, {"comm_id": comm_id, "data": data})
-    kc.shell_channel.send(msg)
-    outputs = []
-    while True:
-        m = kc.get_iopub_msg(timeout=TIMEOUT)
-        if m["parent_header"].get("msg_id") != msg["header"]["msg_id"]:
-            continue
-        if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
-            return outputs
-        outputs.append(m)
 
 
 def control(opens, description):
@@ -161,6 +138,17 @@ def test_an_update_is_echoed_and_changes_what_the_next_command_sees_and_a_click_
     info = kc.comm_info(target_name="jupyter.widget", reply=True)["content"]
     assert set(opens) <= set(info["comms"]) and all(c["target_name"] == "jupyter.widget" for c in info["comms"].values())
 
+    # A widget manager reconnecting asks for every state at once on a control comm.
+    caused = send_comm(kc, "control-1", {}, msg_type="comm_open", target_name="jupyter.widget.control")
+    assert not [m for m in caused if m["msg_type"] == "comm_close"], "the control comm stays open"
+    caused = send_comm(kc, "control-1", {"method": "request_states"})
+    states = [m for m in caused if m["msg_type"] == "comm_msg" and m["content"]["data"]["method"] == "update_states"][0]
+    assert set(opens) <= set(states["content"]["data"]["states"])
+    assert states["content"]["data"]["states"][lr]["state"]["value"] == 0.01
+    assert states["content"]["data"]["states"][lr]["model_name"] == "FloatLogSliderModel"
+    assert [image, "state", "value"] in states["content"]["data"]["buffer_paths"] and states["buffers"][0][:4] == b"\x89PNG"
+    send_comm(kc, "control-1", {}, msg_type="comm_close")
+
     # Closing the panel's root closes its models.
     root = next(cid for cid, m in opens.items() if m["content"]["data"]["state"]["_model_name"] == "VBoxModel")
     caused = send_comm(kc, root, {}, msg_type="comm_close")
@@ -207,7 +195,7 @@ def test_bad_values_and_hostile_comm_messages_change_nothing_and_say_why(kernel)
     for comm_id in ["", "no-such-comm", None, 5]:
         send_comm(kc, comm_id, {"method": "update", "state": {"value": 1}})
     # A comm the front end opens has no target here: closed, as ipykernel closes it.
-    caused = send_comm(kc, "client-side", {}, msg_type="comm_open")
+    caused = send_comm(kc, "client-side", {}, msg_type="comm_open", target_name="some.target")
     assert [m["content"]["comm_id"] for m in caused if m["msg_type"] == "comm_close"] == ["client-side"]
 
     _, outputs = execute(kc, "%explore generate \"3141=\"")
