@@ -19,6 +19,8 @@ const USAGE: &str = "usage:
 fn main() {
     // Rust cells run in a copy of this program; in that copy, this call never returns.
     tchlab_cells::runtime_hook();
+    // `%sweep --jobs N` runs its trials in copies of this program, which end here.
+    tchlab::sweep::worker::hook();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match words.as_slice() {

@@ -1,7 +1,7 @@
 //! Figures: training curves (raw and smoothed, log axis, validation points, several
 //! runs overlaid), heatmaps with labelled axes and a colour bar (one attention head
-//! with token labels, layers × heads scores, the logit lens), and a layers × heads grid
-//! of attention maps. Each figure is rendered twice from the same drawing code: a PNG at 2×
+//! with token labels, layers × heads scores, the logit lens), a layers × heads grid
+//! of attention maps, and parallel coordinates (a sweep's hyperparameters and scores). Each figure is rendered twice from the same drawing code: a PNG at 2×
 //! pixel density and an SVG.
 //!
 //! Pure Rust through `plotters`, with DejaVu Sans embedded so that no system font is
@@ -450,6 +450,113 @@ fn colour_bar<DB: DrawingBackend>(
     Ok(())
 }
 
+/// One vertical axis of a parallel-coordinates plot.
+#[derive(Debug, Clone)]
+pub struct Axis {
+    /// Its label.
+    pub name: String,
+    /// Spaced logarithmically (positive values only).
+    pub log: bool,
+}
+
+/// What a parallel-coordinates plot shows: one vertical axis per coordinate and one line
+/// per row across them, coloured by its last coordinate (a sweep's score: the lowest
+/// brightest). Values that do not all read as numbers make a categorical axis.
+#[derive(Debug, Clone)]
+pub struct ParallelCoordinates {
+    /// Title above the plot.
+    pub title: String,
+    /// The axes, left to right; the last colours the lines.
+    pub axes: Vec<Axis>,
+    /// One value per axis in each row.
+    pub rows: Vec<Vec<String>>,
+}
+
+/// Where each value of one axis sits, from 0 (bottom) to 1 (top), and the labels of its
+/// ends (or of each category).
+fn axis_positions(axis: &Axis, values: &[&str]) -> (Vec<f64>, Vec<(f64, String)>) {
+    let numbers: Option<Vec<f64>> = values.iter().map(|v| v.parse::<f64>().ok().filter(|x| x.is_finite() && (!axis.log || *x > 0.0))).collect();
+    match numbers {
+        Some(xs) if !xs.is_empty() => {
+            let t = |x: f64| if axis.log { x.log10() } else { x };
+            let (lo, hi) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(t(x)), b.max(t(x))));
+            let width = if hi > lo { hi - lo } else { 1.0 };
+            let at = xs.iter().map(|&x| if hi > lo { (t(x) - lo) / width } else { 0.5 }).collect();
+            let back = |v: f64| if axis.log { 10f64.powf(v) } else { v };
+            let ticks = if hi > lo { vec![(0.0, format_number(back(lo))), (1.0, format_number(back(hi)))] } else { vec![(0.5, format_number(back(lo)))] };
+            (at, ticks)
+        }
+        _ => {
+            let mut categories: Vec<&str> = values.to_vec();
+            categories.sort_unstable();
+            categories.dedup();
+            let place = |i: usize| if categories.len() > 1 { i as f64 / (categories.len() - 1) as f64 } else { 0.5 };
+            let at = values.iter().map(|v| place(categories.iter().position(|c| c == v).expect("listed"))).collect();
+            (at, categories.iter().enumerate().map(|(i, c)| (place(i), c.to_string())).collect())
+        }
+    }
+}
+
+/// Hyperparameters against score: a line per trial across an axis per hyperparameter.
+pub fn parallel_coordinates(plot: &ParallelCoordinates) -> Result<Figure> {
+    if plot.axes.len() < 2 || plot.rows.is_empty() || plot.rows.iter().any(|r| r.len() != plot.axes.len()) {
+        return invalid!("parallel coordinates need two axes or more and a value for each in every row");
+    }
+    let columns: Vec<(Vec<f64>, Vec<(f64, String)>)> =
+        plot.axes.iter().enumerate().map(|(i, a)| axis_positions(a, &plot.rows.iter().map(|r| r[i].as_str()).collect::<Vec<_>>())).collect();
+    let colour_by: Vec<f64> = plot.rows.iter().map(|r| r.last().and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN)).collect();
+    render(WIDTH, HEIGHT, &ParallelDrawing { plot, columns, colour_by })
+}
+
+struct ParallelDrawing<'a> {
+    plot: &'a ParallelCoordinates,
+    /// Each axis's positions of the rows' values, and its tick labels.
+    columns: Vec<(Vec<f64>, Vec<(f64, String)>)>,
+    colour_by: Vec<f64>,
+}
+
+impl Drawing for ParallelDrawing<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>, scale: f64) -> std::result::Result<(), String> {
+        let px = |v: f64| (v * scale) as i32;
+        let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+        root.fill(&WHITE).map_err(e)?;
+        let (w, h) = root.dim_in_pixel();
+        let (w, h) = (w as i32, h as i32);
+        root.draw(&Text::new(self.plot.title.clone(), (px(12.0), px(8.0)), (FONT, 16.0 * scale, FontStyle::Bold).into_font())).map_err(e)?;
+        let (left, right, top, bottom) = (px(70.0), w - px(70.0), px(44.0), h - px(44.0));
+        let n = self.plot.axes.len() as i32;
+        let x_of = |i: usize| left + (right - left) * i as i32 / (n - 1).max(1);
+        let y_of = |at: f64| bottom - ((bottom - top) as f64 * at) as i32;
+        // The lowest (best) score brightest, drawn last so that it lies on top.
+        let finite: Vec<f64> = self.colour_by.iter().copied().filter(|v| v.is_finite()).collect();
+        let (lo, hi) = finite.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        let mut order: Vec<usize> = (0..self.colour_by.len()).collect();
+        order.sort_by(|&a, &b| self.colour_by[b].total_cmp(&self.colour_by[a]));
+        for row in order {
+            let v = self.colour_by[row];
+            let colour =
+                if v.is_finite() && hi > lo { ViridisRGB::get_color_normalized((hi - v) as f32, 0.0, (hi - lo) as f32) } else { ViridisRGB::get_color(0.5) };
+            let points: Vec<(i32, i32)> = self.columns.iter().enumerate().map(|(i, (at, _))| (x_of(i), y_of(at[row]))).collect();
+            root.draw(&PathElement::new(points, ShapeStyle { color: colour.to_rgba(), filled: false, stroke_width: px(1.5) as u32 })).map_err(e)?;
+        }
+        let font = (FONT, 11.0 * scale).into_font();
+        for (i, (axis, (_, ticks))) in self.plot.axes.iter().zip(&self.columns).enumerate() {
+            let x = x_of(i);
+            root.draw(&PathElement::new(
+                vec![(x, top), (x, bottom)],
+                ShapeStyle { color: RGBColor(90, 90, 90).to_rgba(), filled: false, stroke_width: px(1.0) as u32 },
+            ))
+            .map_err(e)?;
+            let name = if axis.log { format!("{} (log)", axis.name) } else { axis.name.clone() };
+            root.draw(&Text::new(name, (x - px(30.0), bottom + px(14.0)), (FONT, 12.0 * scale, FontStyle::Bold).into_font())).map_err(e)?;
+            for (at, label) in ticks {
+                root.draw(&Text::new(label.clone(), (x + px(4.0), y_of(*at) - px(6.0)), font.clone())).map_err(e)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One head's attention `(queries, keys)` as a heatmap with the tokens on both axes.
 pub fn attention_map(probs: &[Vec<f64>], tokens: &[String], title: &str) -> Result<Figure> {
     if probs.len() != tokens.len() {
@@ -582,6 +689,26 @@ mod tests {
         let text = |t: &str| f.svg.contains(&format!("\n{t}\n</text>"));
         assert!(f.svg.starts_with("<svg") && text("fork (validation)"), "the legend names the runs");
         assert!(text("main (raw)") && text("main (smoothed)"), "and what each line is");
+    }
+
+    #[test]
+    fn parallel_coordinates_place_numbers_logs_and_categories() {
+        let log = Axis { name: "lr".into(), log: true };
+        let (at, ticks) = axis_positions(&log, &["1e-4", "1e-3", "1e-2"]);
+        assert!((at[1] - 0.5).abs() < 1e-12 && at[0] == 0.0 && at[2] == 1.0, "{at:?}");
+        assert_eq!(ticks.len(), 2);
+        let (at, ticks) = axis_positions(&Axis { name: "schedule".into(), log: false }, &["linear", "cosine", "linear"]);
+        assert_eq!(at, vec![1.0, 0.0, 1.0]);
+        assert_eq!(ticks.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>(), ["cosine", "linear"]);
+        let plot = ParallelCoordinates {
+            title: "t".into(),
+            axes: vec![log, Axis { name: "score".into(), log: false }],
+            rows: vec![vec!["1e-4".into(), "0.5".into()], vec!["1e-2".into(), "0.2".into()]],
+        };
+        let figure = parallel_coordinates(&plot).unwrap();
+        assert_eq!(png_size(&figure.png), (2 * WIDTH, 2 * HEIGHT));
+        assert!(figure.svg.contains("lr (log)"));
+        assert!(parallel_coordinates(&ParallelCoordinates { rows: vec![vec!["1".into()]], ..plot }).is_err());
     }
 
     #[test]

@@ -234,7 +234,7 @@ fn sweeps_range_tests_and_comparisons_explore_without_moving_the_model() {
     assert_eq!(trials.len(), 2);
     assert!(trials.iter().all(|t| t["status"] == "done" && t["losses"].as_array().unwrap().len() == 30));
     assert_eq!(sweep["best_values"]["lr"], "3e-3", "the larger rate learns faster in 30 steps: {sweep}");
-    assert_eq!(figures(&outputs).len(), 2, "the trials' curves, and score against lr");
+    assert_eq!(figures(&outputs).len(), 4, "the trials' curves, the optimisation history, parallel coordinates, score against lr");
     assert!(matches!(&outputs[0], Output::Display { id: Some(_), .. }), "a live results table");
     assert_eq!(snapshot_state(&mut s), before, "a sweep puts the model back");
 
@@ -714,4 +714,56 @@ fn explorers_redraw_on_their_controls_and_refuse_bad_values_changing_nothing() {
     stopper.join().unwrap();
     assert_eq!(e.name, "KeyboardInterrupt", "{e}");
     assert!(s.panels().iter().find(|p| p.id == again).unwrap().picture.plain().contains("try-4"));
+}
+
+#[test]
+fn a_sweep_writes_its_study_as_trials_finish_and_show_draws_it_again() {
+    let _serial = serial();
+    let dir = common::scratch("study");
+    let mut s = reverse_session();
+    let study = dir.join("lr");
+    let swept = ok(&mut s, &format!("%sweep lr=log(1e-4,1e-2) schedule=[constant,cosine] --trials 4 --steps 5 --study {}", study.display()));
+    let text = std::fs::read_to_string(study.join("study.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 1 + 4, "a header and a line per trial:\n{text}");
+    let (outputs, result) = run(&mut s, &format!("%sweep --show {}", study.display()));
+    result.unwrap();
+    assert_eq!(result_json(&outputs)["trials"], swept["trials"], "the study holds the trials exactly");
+    assert_eq!(result_json(&outputs)["best"], swept["best"]);
+    assert_eq!(figures(&outputs).len(), 4, "curves, history, parallel coordinates (a log axis and a categorical one), score against lr");
+    let e = fail(&mut s, &format!("%sweep lr=[1e-3] --study {}", study.display()));
+    assert!(e.message.contains("holds a study already"), "{e}");
+    assert!(fail(&mut s, &format!("%sweep lr=[1e-3] --show {}", study.display())).message.contains("takes no values"));
+
+    // Halving records trials as they are stopped too; the last record of each wins.
+    let halving = dir.join("halving");
+    ok(&mut s, &format!("%sweep lr=log(1e-4,1e-2) --method halving --trials 4 --steps 3 --study {}", halving.display()));
+    let shown = ok(&mut s, &format!("%sweep --show {}", halving.display()));
+    let statuses: Vec<&str> = shown["trials"].as_array().unwrap().iter().map(|t| t["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == "stopped").count(), 3, "{statuses:?}");
+
+    // An interrupted sweep keeps every trial that finished.
+    let interrupted = dir.join("interrupted");
+    let cancel = s.cancel_handle();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        cancel.store(true, Ordering::SeqCst);
+    });
+    let e = fail(&mut s, &format!("%sweep lr=log(1e-4,1e-2) --trials 200 --steps 20 --study {}", interrupted.display()));
+    stopper.join().unwrap();
+    assert_eq!(e.name, "KeyboardInterrupt");
+    assert!(e.message.contains("in the study"), "{e}");
+    let kept = ok(&mut s, &format!("%sweep --show {}", interrupted.display()));
+    let kept = kept["trials"].as_array().unwrap();
+    assert!(!kept.is_empty() && kept.len() < 200 && kept.iter().all(|t| t["status"] == "done"), "{kept:?}");
+
+    // A last line cut short is left out; a bad line elsewhere is refused by number.
+    let file = study.join("study.jsonl");
+    std::fs::write(&file, format!("{text}{{\"id\": 5, \"valu")).unwrap();
+    assert_eq!(ok(&mut s, &format!("%sweep --show {}", study.display()))["trials"].as_array().unwrap().len(), 4);
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.insert(2, "not json");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let e = fail(&mut s, &format!("%sweep --show {}", study.display()));
+    assert!(e.message.contains("line 3") && e.message.contains("study.jsonl"), "{e}");
+    assert!(fail(&mut s, &format!("%sweep --show {}", dir.join("nowhere").display())).message.contains("nowhere"));
 }

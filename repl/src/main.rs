@@ -22,12 +22,14 @@ const USAGE: &str = "usage:
   tchlab -c CELL [--json]                  run one cell (commands separated by newlines)
 
   --keep-going  run every command even after errors (the exit status still says one failed)
-  --json        print each command's JSON result, one per line, and nothing else on stdout
+  --json        print each command's JSON result, one per line, and nothing else on stdout (notes stay on stderr)
   TCHLAB_IMAGES=kitty|iterm|sixel|braille|none chooses how plots are shown";
 
 fn main() {
     // Rust cells run in a copy of this program; in that copy, this call never returns.
     tchlab_cells::runtime_hook();
+    // `%sweep --jobs N` runs its trials in copies of this program, which end here.
+    tchlab::sweep::worker::hook();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
     let keep_going = args.iter().any(|a| a == "--keep-going");

@@ -78,10 +78,15 @@ impl Renderer {
     /// Shows one output.
     pub fn show(&mut self, output: Output) {
         if self.json {
-            if let Output::Result(bundle) = &output {
-                if let Some(data) = bundle.data() {
-                    println!("{data}");
+            // Results' JSON on stdout, and nothing else there; notes still on stderr.
+            match &output {
+                Output::Result(bundle) => {
+                    if let Some(data) = bundle.data() {
+                        println!("{data}");
+                    }
                 }
+                Output::Stream { stream: Stream::Stderr, text } => eprint!("{text}"),
+                _ => {}
             }
             return;
         }

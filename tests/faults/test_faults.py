@@ -597,6 +597,7 @@ def interrupted(km, kc, code, wait=0.5):
         "%timeit --runs 10000 %eval",
         "%timeit --runs 10000 %generate \"1\" --max-tokens 64",
         "%sweep lr=[1e-3,2e-3,3e-3] --steps 100000",
+        "%sweep lr=[1e-3,2e-3,3e-3] --steps 100000 --jobs 2",
         "%lr-find --steps 100000",
         "%train 100000000",
     ],
@@ -678,9 +679,13 @@ def test_every_kind_of_request_survives_a_burst_of_garbage(lab):
         ('%explore train "text"', "UsageError", ["takes no text"]),
         ("%explore train --from no-such-snapshot", "UsageError", ["no-such-snapshot"]),
         ('%explore generate "1" --from early', "UsageError", ["--from is for `%explore train`"]),
+        ("%sweep lr=[1e-3] --jobs 0", "UsageError", ["--jobs must be between 1 and 64"]),
+        ("%sweep lr=[1e-3] --jobs 100000", "UsageError", ["--jobs must be between 1 and 64"]),
+        ("%sweep lr=[1e-3] --jobs -1", "UsageError", ["--jobs"]),
+        ("%sweep --show /nonexistent/study", "FileError", ["/nonexistent/study"]),
     ],
 )
-def test_hostile_explore_commands_are_refused_and_change_nothing(lab, code, ename, contains):
+def test_hostile_explore_and_search_commands_are_refused_and_change_nothing(lab, code, ename, contains):
     refused(lab[1], code, ename, *contains)
 
 
@@ -711,3 +716,47 @@ def test_hostile_widget_values_are_refused_in_the_explorer_and_change_nothing(la
     said = [o for m in caused if m["msg_type"] == "comm_msg" for o in m["content"]["data"].get("state", {}).get("outputs", [])]
     assert said and "try-1: 50 steps" in said[-1]["text"] and "batch=8 " in said[-1]["text"], said
     assert execute(kc, "%echo alive")[0]["content"]["status"] == "ok"
+
+
+STUDY_HEADER = {"tchlab_study": 1, "params": [["lr", "log(1e-4,1e-2)"]], "method": "random", "schedule": "none", "steps": 5}
+TRIAL = {"id": 1, "values": [["lr", "0.001"]], "losses": [[6, 2.4]], "score": 2.3, "status": "done"}
+
+
+@pytest.mark.parametrize(
+    "lines, contains",
+    [
+        ([], ["empty"]),
+        (["garbage"], ["line 1", "not a tchlab study header"]),
+        ([{**STUDY_HEADER, "tchlab_study": 7}], ["study format 7"]),
+        ([{**STUDY_HEADER, "params": []}], ["1 to 64"]),
+        ([{**STUDY_HEADER, "params": [["lr", "log(-1,2)"]]}], ["line 1", "positive bounds"]),
+        ([{**STUDY_HEADER, "params": [["nonsense", "[1,2]"]]}], ["line 1", "nonsense"]),
+        ([STUDY_HEADER, {**TRIAL, "id": 0}], ["line 2", "outside 1..1000"]),
+        ([STUDY_HEADER, {**TRIAL, "id": 10**12}], ["line 2", "outside 1..1000"]),
+        ([STUDY_HEADER, {**TRIAL, "values": [["batch", "8"]]}], ["line 2", "other hyperparameters"]),
+        ([STUDY_HEADER, {**TRIAL, "status": "exploded"}], ["line 2", "exploded"]),
+        ([STUDY_HEADER, {**TRIAL, "losses": "many"}], ["line 2", "not a trial record"]),
+        ([STUDY_HEADER, "[]", TRIAL], ["line 2"]),
+    ],
+)
+def test_hostile_study_files_are_refused_naming_file_and_line(lab, tmp_path, lines, contains):
+    text = "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
+    (tmp_path / "study.jsonl").write_text(text)
+    refused(lab[1], f"%sweep --show {tmp_path}", "FileError", "study.jsonl", *contains)
+
+
+def test_study_paths_that_are_not_studies_are_refused_without_hanging(lab, tmp_path):
+    _, kc = lab
+    os.mkfifo(tmp_path / "fifo")
+    big = tmp_path / "big"
+    big.mkdir()
+    with open(big / "study.jsonl", "wb") as f:
+        f.truncate(300 << 20)
+    (tmp_path / "file").write_text("x")
+    refused(kc, f"%sweep --show {tmp_path / 'fifo'}", "FileError", "FIFO")
+    refused(kc, f"%sweep --show {big}", "MemoryError", "study.jsonl")
+    refused(kc, f"%sweep --show {tmp_path / 'empty-dir'}", "FileError", "empty-dir")
+    # A study is never written over a file, or into a directory that holds one.
+    refused(kc, f"%sweep lr=[1e-3] --steps 1 --study {tmp_path / 'file'}", "UsageError", "not a directory")
+    refused(kc, f"%sweep lr=[1e-3] --steps 1 --study {big}", "UsageError", "holds a study already")
+    assert (tmp_path / "file").read_text() == "x" and (big / "study.jsonl").stat().st_size == 300 << 20

@@ -281,3 +281,54 @@ def test_explore_in_the_terminal_changes_controls_with_arrows_runs_with_enter_an
     child.expect("Leave anyway")
     child.sendline("y")
     child.expect(pexpect.EOF)
+
+
+SWEEP_SETUP = "%device cpu\n%seed 0\n%data synth reverse --length 5\n%model gpt --layers 1 --heads 2 --dim 32\n%set batch=16 eval_every=0\n%train 5\n"
+
+
+def swept(*lines):
+    result = run("-c", SWEEP_SETUP + "\n".join(lines), "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1]), result.stderr
+
+
+@pytest.mark.parametrize("schedule", ["none", "halving"])
+def test_trials_in_worker_processes_give_the_in_process_losses_bit_for_bit(tmp_path, schedule):
+    sweep = f"%sweep lr=log(1e-4,1e-2) warmup=int(0,3) --method random --trials 4 --steps 6 --schedule {schedule}"
+    here, _ = swept(sweep)
+    there, _ = swept(f"{sweep} --jobs 2 --study {tmp_path / 'study'}")
+    assert [t["values"] for t in there["trials"]] == [t["values"] for t in here["trials"]]
+    for a, b in zip(here["trials"], there["trials"]):
+        assert a["losses"] == b["losses"] and a["score"] == b["score"] and a["status"] == b["status"], (a, b)
+    assert there["best"] == here["best"]
+    shown = run("-c", f"%sweep --show {tmp_path / 'study'}", "--json")
+    assert json.loads(shown.stdout.splitlines()[-1])["trials"] == there["trials"], "the study holds what the workers found"
+
+
+def test_a_killed_worker_fails_its_trial_and_the_sweep_goes_on(tmp_path):
+    script = tmp_path / "sweep.tchlab"
+    script.write_text(SWEEP_SETUP + f"%sweep lr=log(1e-4,1e-2) --trials 6 --steps 400 --jobs 2 --study {tmp_path / 'study'}\n")
+    sweep = subprocess.Popen([str(TCHLAB), "run", str(script), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(tmp_path))
+    deadline = time.time() + 60
+    victim = None
+    while victim is None and time.time() < deadline:
+        for proc in pathlib.Path("/proc").iterdir():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+                status = (proc / "status").read_text()
+            except OSError:
+                continue
+            if b"__tchlab-sweep-worker" in cmdline and f"PPid:\t{sweep.pid}\n" in status:
+                victim = int(proc.name)
+                break
+        time.sleep(0.05)
+    assert victim, "a worker process ran"
+    os.kill(victim, 9)
+    out, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 0, err
+    result = json.loads(out.splitlines()[-1])
+    statuses = [t["status"] for t in result["trials"]]
+    assert statuses.count("failed") == 1 and statuses.count("done") == 5, statuses
+    assert "worker process failed" in err and "signal: 9" in err
+    shown = run("-c", f"%sweep --show {tmp_path / 'study'}", "--json")
+    assert [t["status"] for t in json.loads(shown.stdout.splitlines()[-1])["trials"]] == statuses

@@ -2,8 +2,9 @@
 //! ([`space`]: what each hyperparameter may be), samplers ([`sampler`]: grid, random,
 //! [`tpe`]: what to try next given what finished), the schedule (run every trial to the
 //! end, or successive halving: the better half goes on at twice the steps), and the
-//! runner here, which trains each trial in this process from a snapshot. Also the
-//! learning-rate range test.
+//! runner here, which trains each trial in this process from a snapshot, and the study
+//! file ([`study`]) the runner's [`Progress`] can write each trial to as it finishes.
+//! Also the learning-rate range test.
 //!
 //! Every trial starts from the same snapshot of the trainer and the trainer is put
 //! back there afterwards, so a sweep changes nothing but what it reports (and, when
@@ -11,7 +12,9 @@
 
 pub mod sampler;
 pub mod space;
+pub mod study;
 pub mod tpe;
+pub mod worker;
 
 use serde::Serialize;
 
@@ -39,6 +42,14 @@ impl Schedule {
             other => invalid!("--schedule {other}: choose none or halving"),
         }
     }
+
+    /// Its name, as `--schedule` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::None => "none",
+            Schedule::Halving => "halving",
+        }
+    }
 }
 
 /// One trial.
@@ -53,7 +64,7 @@ pub struct Trial {
     /// The score it is ranked by: validation loss when there is validation data, else
     /// the mean training loss of its last steps. Infinite for a diverged trial.
     pub score: f64,
-    /// `running`, `done`, `stopped` (halving), `diverged`.
+    /// `running`, `done`, `stopped` (halving), `diverged`, `failed` (its worker process).
     pub status: String,
 }
 
@@ -66,12 +77,44 @@ pub struct SweepResult {
     pub best: Option<usize>,
 }
 
+/// What a sweep tells as it goes.
+pub trait Progress {
+    /// After every step: every trial so far.
+    fn step(&mut self, trials: &[Trial]);
+    /// A trial finished a rung (done or diverged), was stopped, or failed; an error ends
+    /// the sweep.
+    fn finished(&mut self, trial: &Trial) -> Result<()>;
+    /// Something the user should know (why a worker failed).
+    fn note(&mut self, _text: &str) {}
+}
+
+/// A closure over the trials after every step is a progress that keeps nothing.
+impl<F: FnMut(&[Trial])> Progress for F {
+    fn step(&mut self, trials: &[Trial]) {
+        self(trials)
+    }
+
+    fn finished(&mut self, _: &Trial) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// Name of the snapshot sweeps start every trial from.
 const START: &str = "__sweep_start";
 
+/// Where trials train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Executor {
+    /// One after another in this process, from a snapshot.
+    InProcess,
+    /// In this many worker processes at once, from a saved checkpoint ([`worker`]).
+    Workers(usize),
+}
+
 /// Runs a sweep of `steps` steps per trial (halving: the first rung's steps), `trials`
-/// of them (a grid: all its combinations). `on_event` sees the trials after every step.
-/// The trainer ends where it started.
+/// of them (a grid: all its combinations), on `executor`, telling `progress` as it
+/// goes. The trainer ends where it started.
+#[allow(clippy::too_many_arguments)]
 pub fn sweep(
     trainer: &mut Trainer,
     params: &[Param],
@@ -79,7 +122,8 @@ pub fn sweep(
     schedule: Schedule,
     steps: u64,
     trials: usize,
-    on_event: &mut dyn FnMut(&[Trial]),
+    executor: Executor,
+    progress: &mut dyn Progress,
 ) -> Result<SweepResult> {
     if params.is_empty() {
         return invalid!("nothing to sweep: give key=[a,b] or key=log(lo,hi)");
@@ -88,7 +132,13 @@ pub fn sweep(
         return invalid!("--steps must be at least 1");
     }
     let (sampler, count) = method.sampler(params, trials, trainer.seed())?;
-    from_start_and_back(trainer, |t| run_trials(t, params, sampler, count, schedule, steps, on_event))
+    from_start_and_back(trainer, |t| {
+        let mut runner = match executor {
+            Executor::InProcess => Runner::Here(t),
+            Executor::Workers(jobs) => Runner::Pool(worker::Pool::start(t, jobs)?),
+        };
+        run_trials(&mut runner, params, sampler, count, schedule, steps, progress)
+    })
 }
 
 /// Runs `explore` from a snapshot of the trainer and puts the trainer back there after,
@@ -102,47 +152,122 @@ fn from_start_and_back<T>(trainer: &mut Trainer, explore: impl FnOnce(&mut Train
     result
 }
 
+/// An executor at work: this process's trainer, or a pool of workers.
+enum Runner<'t> {
+    Here(&'t mut Trainer),
+    Pool(worker::Pool),
+}
+
+impl Runner<'_> {
+    /// Whether another rung can start now.
+    fn has_room(&self) -> bool {
+        match self {
+            Runner::Here(_) => true,
+            Runner::Pool(pool) => pool.has_room(),
+        }
+    }
+
+    /// Whether a rung is still running.
+    fn busy(&self) -> bool {
+        matches!(self, Runner::Pool(pool) if pool.busy())
+    }
+
+    /// Starts trial `i`'s next rung; returns `i` when it is finished already (here).
+    fn start(&mut self, trials: &mut [Trial], i: usize, steps: u64, resumable: bool, progress: &mut dyn Progress) -> Result<Option<usize>> {
+        match self {
+            Runner::Here(trainer) => train_trial(trainer, trials, i, steps, resumable, progress).map(|()| Some(i)),
+            Runner::Pool(pool) => {
+                trials[i].status = "running".into();
+                pool.spawn(&trials[i], i, steps, resumable)?;
+                progress.step(trials);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Waits for a running rung to finish; returns its trial's index.
+    fn wait(&mut self, trials: &mut [Trial], progress: &mut dyn Progress) -> Result<usize> {
+        let Runner::Pool(pool) = self else { unreachable!("nothing runs in the background here") };
+        let (i, outcome) = pool.next()?;
+        let trial = &mut trials[i];
+        trial.losses.extend(outcome.losses);
+        if let Some(why) = outcome.failed {
+            trial.status = "failed".into();
+            trial.score = f64::INFINITY;
+            progress.note(&format!("trial {}: its worker process failed ({why}); the sweep goes on without it", trial.id));
+        } else if outcome.diverged {
+            trial.status = "diverged".into();
+        } else {
+            trial.score = score(outcome.validation, &trial.losses);
+            trial.status = "done".into();
+        }
+        progress.step(trials);
+        progress.finished(&trials[i])?;
+        Ok(i)
+    }
+}
+
 fn run_trials(
-    trainer: &mut Trainer,
+    runner: &mut Runner,
     params: &[Param],
     mut sampler: Box<dyn Sampler>,
     count: usize,
     schedule: Schedule,
     steps: u64,
-    on_event: &mut dyn FnMut(&[Trial]),
+    progress: &mut dyn Progress,
 ) -> Result<SweepResult> {
+    let resumable = schedule == Schedule::Halving;
     let mut trials: Vec<Trial> = vec![];
     let mut finished: Vec<Observation> = vec![];
-    // The first rung: each trial proposed after the ones before it finished.
-    for id in 1..=count {
-        let Some(values) = sampler.propose(params, &finished) else { break };
-        trials.push(Trial { id, values, losses: vec![], score: f64::INFINITY, status: "waiting".into() });
-        let i = trials.len() - 1;
-        train_trial(trainer, &mut trials, i, steps, schedule == Schedule::Halving, on_event)?;
-        finished.push((trials[i].values.clone(), trials[i].score));
+    // The first rung: each trial proposed when there is room, seeing every one finished by then.
+    let mut exhausted = false;
+    loop {
+        while !exhausted && trials.len() < count && runner.has_room() {
+            let Some(values) = sampler.propose(params, &finished) else {
+                exhausted = true;
+                break;
+            };
+            trials.push(Trial { id: trials.len() + 1, values, losses: vec![], score: f64::INFINITY, status: "waiting".into() });
+            let i = trials.len() - 1;
+            if let Some(done) = runner.start(&mut trials, i, steps, resumable, progress)? {
+                finished.push((trials[done].values.clone(), trials[done].score));
+            }
+        }
+        if !runner.busy() {
+            break;
+        }
+        let done = runner.wait(&mut trials, progress)?;
+        finished.push((trials[done].values.clone(), trials[done].score));
     }
-    let mut alive: Vec<usize> = (0..trials.len()).filter(|&i| trials[i].status != "diverged").collect();
+    let mut alive: Vec<usize> = (0..trials.len()).filter(|&i| trials[i].status == "done").collect();
     let mut rung_steps = steps;
     while schedule == Schedule::Halving && alive.len() > 1 {
         // Successive halving: the better half trains on, twice as long.
         alive.sort_by(|&a, &b| trials[a].score.total_cmp(&trials[b].score));
         for &i in &alive[alive.len().div_ceil(2)..] {
             trials[i].status = "stopped".into();
+            progress.finished(&trials[i])?;
         }
         alive.truncate(alive.len().div_ceil(2));
         rung_steps *= 2;
         for &i in &alive {
-            train_trial(trainer, &mut trials, i, rung_steps, true, on_event)?;
+            while !runner.has_room() {
+                runner.wait(&mut trials, progress)?;
+            }
+            runner.start(&mut trials, i, rung_steps, true, progress)?;
         }
-        alive.retain(|&i| trials[i].status != "diverged");
+        while runner.busy() {
+            runner.wait(&mut trials, progress)?;
+        }
+        alive.retain(|&i| trials[i].status == "done");
     }
-    let best = trials.iter().filter(|t| t.score.is_finite()).min_by(|a, b| a.score.total_cmp(&b.score)).map(|t| t.id);
+    let best = study::best(&trials);
     Ok(SweepResult { trials, best })
 }
 
 /// Trains trial `i` for `steps` steps: from the sweep's start with its values on its
 /// first rung, from its own snapshot after that (kept when `resumable`), then scores it.
-fn train_trial(trainer: &mut Trainer, trials: &mut [Trial], i: usize, steps: u64, resumable: bool, on_event: &mut dyn FnMut(&[Trial])) -> Result<()> {
+fn train_trial(trainer: &mut Trainer, trials: &mut [Trial], i: usize, steps: u64, resumable: bool, progress: &mut dyn Progress) -> Result<()> {
     let resume = format!("__sweep_{}", trials[i].id);
     if trials[i].losses.is_empty() {
         trainer.rewind(START)?;
@@ -155,34 +280,40 @@ fn train_trial(trainer: &mut Trainer, trials: &mut [Trial], i: usize, steps: u64
     trials[i].status = "running".into();
     let report = trainer.train(Stop::Steps(steps), &mut |r: &StepRecord, _| {
         trials[i].losses.push((r.step, r.loss));
-        on_event(trials);
+        progress.step(trials);
     })?;
     match report.halted {
         Some(Halt::Interrupted) => return Err(Error::Interrupted { step: trainer.step_count() }),
         Some(Halt::NonFinite(_)) => trials[i].status = "diverged".into(),
         None => {
-            trials[i].score = score(trainer, &trials[i])?;
+            trials[i].score = score(validation_loss(trainer), &trials[i].losses);
             trials[i].status = "done".into();
         }
     }
     if resumable {
         trainer.snapshot(&resume)?;
     }
-    on_event(trials);
-    Ok(())
+    progress.step(trials);
+    progress.finished(&trials[i])
 }
 
-/// Validation loss when there is validation data, else the mean of the last tenth of
-/// the trial's training losses.
-fn score(trainer: &Trainer, trial: &Trial) -> Result<f64> {
-    match trainer.evaluate() {
-        Ok(m) => Ok(m.loss),
-        Err(_) => {
-            let n = (trial.losses.len() / 10).max(1);
-            let tail = &trial.losses[trial.losses.len() - n..];
-            Ok(tail.iter().map(|(_, l)| l).sum::<f64>() / n as f64)
+/// The validation loss, when there is validation data.
+fn validation_loss(trainer: &Trainer) -> Option<f64> {
+    trainer.evaluate().ok().map(|m| m.loss)
+}
+
+/// A trial's score: its validation loss when there is one, else the mean of the last
+/// tenth of its training losses.
+fn score(validation: Option<f64>, losses: &[(i64, f64)]) -> f64 {
+    validation.unwrap_or_else(|| {
+        let n = (losses.len() / 10).max(1).min(losses.len().max(1));
+        let tail = &losses[losses.len().saturating_sub(n)..];
+        if tail.is_empty() {
+            f64::INFINITY
+        } else {
+            tail.iter().map(|(_, l)| l).sum::<f64>() / tail.len() as f64
         }
-    }
+    })
 }
 
 /// The learning-rate range test (Smith, 2017; fastai's `lr_find`).

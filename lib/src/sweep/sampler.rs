@@ -112,6 +112,15 @@ impl Method {
         }
     }
 
+    /// Its name, as `--method` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Grid => "grid",
+            Method::Random => "random",
+            Method::Tpe => "tpe",
+        }
+    }
+
     /// The sampler, and how many trials it runs.
     pub fn sampler(self, params: &[Param], trials: usize, seed: u64) -> Result<(Box<dyn Sampler>, usize)> {
         if self == Method::Grid {

@@ -8,12 +8,14 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::{flag, opt_pos, option, pairs, pos, rest, returns, Command};
-use crate::plot::{line_chart, LineChart, Series};
+use crate::checkpoint::find::expand_home;
+use crate::plot::{line_chart, parallel_coordinates, Axis, LineChart, ParallelCoordinates, Series};
 use crate::session::output::{Bundle, CellError, Table};
 use crate::session::panel::{ControlKind, Explorer, Setting};
 use crate::session::parse::Args;
 use crate::session::{Ctx, Session};
-use crate::sweep::{lr_find, sweep, LrFind, Method, Param, Schedule, Space, Trial};
+use crate::sweep::study::{self, StudyWriter};
+use crate::sweep::{lr_find, sweep, Executor, LrFind, Method, Param, Progress, Schedule, Space, Trial};
 
 pub const EXPLORE: Command = Command {
     name: "explore",
@@ -104,11 +106,15 @@ pub const SWEEP: Command = Command {
         option("method", "M", "grid (default for lists) | random (default for ranges) | tpe"),
         option("schedule", "S", "none (default): every trial trains --steps | halving: the better half goes on at twice the steps"),
         flag("adopt", "set the best trial's hyperparameters afterwards"),
+        option("jobs", "N", "train N trials at once, each in a worker process resuming from a saved checkpoint (the same losses, bit for bit)"),
+        option("study", "DIR", "write each trial to DIR/study.jsonl as it finishes (a new study: DIR must not hold one)"),
+        option("show", "DIR", "draw a study again: its table, curves, optimisation history and parallel coordinates"),
     ],
     details: "Every trial starts from the current state and the state is put back afterwards. \
               Trials are ranked by validation loss (or, without validation data, their last training losses). \
               `tpe` is the tree-structured Parzen estimator as Optuna's TPESampler runs it: ten random trials, then each trial where \
-              the best tenth of those before it are dense and the rest sparse. `--method halving` is `--method random --schedule halving`.",
+              the best tenth of those before it are dense and the rest sparse. `--method halving` is `--method random --schedule halving`. \
+              With --study, every trial is on disk as it finishes (an interrupted or lost kernel keeps them); `--show DIR` draws them again.",
     example: "%sweep lr=[1e-3,3e-3,1e-2] --steps 100",
     returns: returns::<Swept>(),
     run: sweep_command,
@@ -131,7 +137,143 @@ fn trials_table(trials: &[Trial]) -> Table {
     table
 }
 
+/// The sweep's live table, and its study file when it has one.
+struct SweepProgress<'c, 'o> {
+    ctx: &'c mut Ctx<'o>,
+    display: String,
+    last_update: Instant,
+    study: Option<StudyWriter>,
+}
+
+impl Progress for SweepProgress<'_, '_> {
+    fn step(&mut self, trials: &[Trial]) {
+        if self.last_update.elapsed() >= Duration::from_millis(250) {
+            self.ctx.update(&self.display, trials_table(trials).bundle());
+            self.last_update = Instant::now();
+        }
+    }
+
+    fn finished(&mut self, trial: &Trial) -> crate::Result<()> {
+        self.study.as_mut().map_or(Ok(()), |study| study.record(trial))
+    }
+
+    fn note(&mut self, text: &str) {
+        self.ctx.note(text);
+    }
+}
+
+/// A trial's hyperparameters as `k=v k=v`.
+fn described(values: &[(String, String)]) -> String {
+    values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+}
+
+/// The pictures of a sweep: each trial's loss, the best score so far against the
+/// trial, hyperparameters against score in parallel coordinates, and the score against
+/// each hyperparameter.
+fn show_sweep(trials: &[Trial], params: &[Param], ctx: &mut Ctx) -> Result<(), CellError> {
+    let curves: Vec<Series> = trials
+        .iter()
+        .map(|t| Series {
+            name: format!("#{} {}", t.id, described(&t.values)),
+            points: t.losses.iter().map(|&(x, y)| (x as f64, y)).collect(),
+            markers: false,
+            faint: false,
+        })
+        .collect();
+    if curves.iter().any(|c| !c.points.is_empty()) {
+        let chart = LineChart {
+            title: "sweep: training loss per trial".into(),
+            x_label: "step".into(),
+            y_label: "loss".into(),
+            log_x: false,
+            log_y: true,
+            series: curves,
+        };
+        ctx.display(Bundle::text(format!("<figure: sweep, {} trials>", trials.len())).figure(&line_chart(&chart)?));
+    }
+    let scored: Vec<&Trial> = trials.iter().filter(|t| t.score.is_finite()).collect();
+    if scored.len() >= 2 {
+        let mut best = f64::INFINITY;
+        let so_far: Vec<(f64, f64)> = scored
+            .iter()
+            .map(|t| {
+                best = best.min(t.score);
+                (t.id as f64, best)
+            })
+            .collect();
+        let chart = LineChart {
+            title: "optimisation history".into(),
+            x_label: "trial".into(),
+            y_label: "score".into(),
+            log_x: false,
+            log_y: false,
+            series: vec![
+                Series { name: "score".into(), points: scored.iter().map(|t| (t.id as f64, t.score)).collect(), markers: true, faint: false },
+                Series { name: "best so far".into(), points: so_far, markers: false, faint: false },
+            ],
+        };
+        ctx.display(Bundle::text("<figure: optimisation history>").figure(&line_chart(&chart)?));
+        let axes: Vec<Axis> = params
+            .iter()
+            .map(|p| Axis { name: p.key.clone(), log: matches!(p.space, Space::LogUniform(..)) })
+            .chain([Axis { name: "score".into(), log: false }])
+            .collect();
+        let rows: Vec<Vec<String>> = scored.iter().map(|t| t.values.iter().map(|(_, v)| v.clone()).chain([format!("{}", t.score)]).collect()).collect();
+        let figure = parallel_coordinates(&ParallelCoordinates { title: "hyperparameters and score".into(), axes, rows })?;
+        ctx.display(Bundle::text("<figure: parallel coordinates>").figure(&figure));
+    }
+    for p in params {
+        let points: Vec<(f64, f64)> =
+            scored.iter().filter_map(|t| Some((t.values.iter().find(|(k, _)| *k == p.key)?.1.parse::<f64>().ok()?, t.score))).collect();
+        if points.len() >= 2 {
+            let log_x = matches!(p.space, Space::LogUniform(..))
+                || points.iter().all(|(x, _)| *x > 0.0)
+                    && points.iter().map(|(x, _)| *x).fold(0.0, f64::max) / points.iter().map(|(x, _)| *x).fold(f64::MAX, f64::min) >= 10.0;
+            let chart = LineChart {
+                title: format!("score against {}", p.key),
+                x_label: p.key.clone(),
+                y_label: "score".into(),
+                log_x,
+                log_y: false,
+                series: vec![Series { name: p.key.clone(), points, markers: true, faint: false }],
+            };
+            ctx.display(Bundle::text(format!("<figure: score against {}>", p.key)).figure(&line_chart(&chart)?));
+        }
+    }
+    Ok(())
+}
+
+/// The result line and data of a sweep (run now, or read back from its study).
+fn swept(trials: Vec<Trial>) -> (String, Swept) {
+    let best = study::best(&trials);
+    let best_values = best.and_then(|b| trials.iter().find(|t| t.id == b)).map(|t| t.values.clone());
+    let text = match best.and_then(|b| trials.iter().find(|t| t.id == b)) {
+        Some(t) => format!("best: trial {} ({}), score {:.4}", t.id, described(&t.values), t.score),
+        None if trials.is_empty() => "no trial finished".into(),
+        None => "every trial diverged".into(),
+    };
+    (text, Swept { trials, best, best_values: best_values.map(|v| v.into_iter().collect()) })
+}
+
 fn sweep_command(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    if let Some(dir) = args.get("show") {
+        if !args.pairs.is_empty() || args.get("study").is_some() || args.flag("adopt") {
+            return Err(args.usage_error("--show DIR draws a finished study again; it takes no values, --study or --adopt"));
+        }
+        let study = study::read(&expand_home(dir))?;
+        ctx.display(trials_table(&study.trials).bundle_under(&format!(
+            "{}: {} trials of {} ({} search, schedule {})",
+            dir,
+            study.trials.len(),
+            described(&study.header.params),
+            study.header.method,
+            study.header.schedule
+        )));
+        show_sweep(&study.trials, &study.params, ctx)?;
+        let (text, swept) = swept(study.trials);
+        ctx.returns(Bundle::text(text), &swept);
+        return Ok(());
+    }
     let params = args.pairs.iter().map(|(k, v)| Param::parse(k, v)).collect::<crate::Result<Vec<_>>>()?;
     let ranges = params.iter().any(|p| !matches!(p.space, Space::List(_)));
     let (method, mut schedule) = match args.get("method") {
@@ -146,75 +288,38 @@ fn sweep_command(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), Cell
     let steps: u64 = args.parse_as("steps")?.unwrap_or(50);
     let trials: usize = args.parse_as("trials")?.unwrap_or(8);
     let trainer = s.trainer_or_err()?;
-    let id = ctx.live(Bundle::text("sweep starting"));
-    let mut last_update = Instant::now() - Duration::from_secs(1);
-    let result = sweep(trainer, &params, method, schedule, steps, trials, &mut |trials| {
-        if last_update.elapsed() >= Duration::from_millis(250) {
-            let table = trials_table(trials);
-            ctx.update(&id, Bundle::text(table.to_text()).html(table.to_html()));
-            last_update = Instant::now();
+    let study = match args.get("study") {
+        Some(dir) if !params.is_empty() => {
+            let header = study::Header::new(&args.pairs, method.name(), schedule.name(), steps);
+            Some(StudyWriter::new(&expand_home(dir), header)?)
         }
-    });
+        _ => None,
+    };
+    let display = ctx.live(Bundle::text("sweep starting"));
+    let mut progress = SweepProgress { ctx, display: display.clone(), last_update: Instant::now() - Duration::from_secs(1), study };
+    let executor = match args.parse_as::<usize>("jobs")? {
+        None => Executor::InProcess,
+        Some(jobs) => Executor::Workers(jobs),
+    };
+    let result = sweep(trainer, &params, method, schedule, steps, trials, executor, &mut progress);
     let result = match result {
         Ok(r) => r,
         Err(crate::Error::Interrupted { .. }) => {
-            return Err(CellError { name: "KeyboardInterrupt".into(), message: "the sweep was interrupted; the model is back where it started".into() });
+            let kept = if args.get("study").is_some() { "; the trials that finished are in the study" } else { "" };
+            return Err(CellError {
+                name: "KeyboardInterrupt".into(),
+                message: format!("the sweep was interrupted; the model is back where it started{kept}"),
+            });
         }
         Err(e) => return Err(e.into()),
     };
-    let table = trials_table(&result.trials);
-    ctx.update(&id, Bundle::text(table.to_text()).html(table.to_html()));
-    let curves: Vec<Series> = result
-        .trials
-        .iter()
-        .map(|t| {
-            let label = t.values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
-            Series { name: format!("#{} {label}", t.id), points: t.losses.iter().map(|&(x, y)| (x as f64, y)).collect(), markers: false, faint: false }
-        })
-        .collect();
-    let figure = line_chart(&LineChart {
-        title: "sweep: training loss per trial".into(),
-        x_label: "step".into(),
-        y_label: "loss".into(),
-        log_x: false,
-        log_y: true,
-        series: curves,
-    })?;
-    ctx.display(Bundle::text(format!("<figure: sweep, {} trials>", result.trials.len())).figure(&figure));
-    for p in &params {
-        let points: Vec<(f64, f64)> = result
-            .trials
-            .iter()
-            .filter(|t| t.score.is_finite())
-            .filter_map(|t| Some((t.values.iter().find(|(k, _)| *k == p.key)?.1.parse::<f64>().ok()?, t.score)))
-            .collect();
-        if points.len() >= 2 {
-            let log_x = matches!(p.space, Space::LogUniform(..))
-                || points.iter().all(|(x, _)| *x > 0.0)
-                    && points.iter().map(|(x, _)| *x).fold(0.0, f64::max) / points.iter().map(|(x, _)| *x).fold(f64::MAX, f64::min) >= 10.0;
-            let chart = LineChart {
-                title: format!("score against {}", p.key),
-                x_label: p.key.clone(),
-                y_label: "score".into(),
-                log_x,
-                log_y: false,
-                series: vec![Series { name: p.key.clone(), points, markers: true, faint: false }],
-            };
-            let figure = line_chart(&chart)?;
-            ctx.display(Bundle::text(format!("<figure: score against {}>", p.key)).figure(&figure));
-        }
-    }
-    let best = result.best.and_then(|b| result.trials.iter().find(|t| t.id == b));
-    let best_values: Option<Vec<(String, String)>> = best.map(|t| t.values.clone());
-    let mut text = match best {
-        Some(t) => format!("best: trial {} ({}), score {:.4}", t.id, t.values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "), t.score),
-        None => "every trial diverged".into(),
-    };
-    if let (true, Some(values)) = (args.flag("adopt"), &best_values) {
-        s.set_hparams(values)?;
+    ctx.update(&display, trials_table(&result.trials).bundle());
+    show_sweep(&result.trials, &params, ctx)?;
+    let (mut text, swept) = swept(result.trials);
+    if let (true, Some(values)) = (args.flag("adopt"), &swept.best_values) {
+        s.set_hparams(&values.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>())?;
         text.push_str("; adopted");
     }
-    let swept = Swept { trials: result.trials, best: result.best, best_values: best_values.map(|v| v.into_iter().collect()) };
     ctx.returns(Bundle::text(text), &swept);
     Ok(())
 }
