@@ -407,11 +407,9 @@ impl Widgets {
             }
             "comm_close" if self.control_comms.remove(&id) => {}
             "comm_close" => {
-                let panel = self.models.get(&id).and_then(|m| m.bound.as_ref().map(|b| b.panel.clone()));
-                if let Some(panel) = panel.or_else(|| self.panels.iter().find(|(_, w)| w.root == id).map(|(p, _)| p.clone())) {
-                    if self.panels.get(&panel).is_some_and(|w| w.root == id) {
-                        incoming.replies.extend(self.close_panel(&panel).into_iter().filter(|m| m.content["comm_id"] != json!(id)));
-                    }
+                // Closing a panel's root closes the rest of it; any other model goes alone.
+                if let Some(panel) = self.panels.iter().find(|(_, w)| w.root == id).map(|(p, _)| p.clone()) {
+                    incoming.replies.extend(self.close_panel(&panel).into_iter().filter(|m| m.content["comm_id"] != json!(id)));
                 }
                 self.models.remove(&id);
             }

@@ -96,9 +96,9 @@ fn read_key() -> Key {
 /// A control's value moved one step in `direction` (−1 or +1), within its range.
 fn stepped(control: &Control, value: &Setting, direction: f64) -> Setting {
     match (&control.kind, value) {
-        (ControlKind::Float { min, max, step }, Setting::Number(x)) => Setting::Number(((x + direction * step) / step).round() * step).clamp_to(*min, *max),
-        (ControlKind::LogFloat { min, max }, Setting::Number(x)) => Setting::Number(x * 10f64.powf(0.1 * direction)).clamp_to(*min, *max),
-        (ControlKind::Int { min, max, step }, Setting::Number(x)) => Setting::Number(x + direction * *step as f64).clamp_to(*min as f64, *max as f64),
+        (ControlKind::Float { min, max, step }, Setting::Number(x)) => Setting::Number((((x + direction * step) / step).round() * step).clamp(*min, *max)),
+        (ControlKind::LogFloat { min, max }, Setting::Number(x)) => Setting::Number((x * 10f64.powf(0.1 * direction)).clamp(*min, *max)),
+        (ControlKind::Int { min, max, step }, Setting::Number(x)) => Setting::Number((x + direction * *step as f64).clamp(*min as f64, *max as f64)),
         (ControlKind::Choice(options), Setting::Choice(name)) => {
             let at = options.iter().position(|o| o == name).unwrap_or(0) as i64;
             let next = (at + direction as i64).rem_euclid(options.len().max(1) as i64) as usize;
@@ -106,19 +106,6 @@ fn stepped(control: &Control, value: &Setting, direction: f64) -> Setting {
         }
         (ControlKind::Toggle, Setting::Flag(on)) => Setting::Flag(!on),
         _ => value.clone(),
-    }
-}
-
-trait Clamp {
-    fn clamp_to(self, min: f64, max: f64) -> Self;
-}
-
-impl Clamp for Setting {
-    fn clamp_to(self, min: f64, max: f64) -> Self {
-        match self {
-            Setting::Number(x) => Setting::Number(x.clamp(min, max)),
-            other => other,
-        }
     }
 }
 

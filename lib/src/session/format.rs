@@ -1,7 +1,12 @@
 //! How values are written in the command language and read back: device names,
-//! durations, big numbers.
+//! durations, big numbers, `k=v` pairs.
 
 use tch::Device;
+
+/// Hyperparameters as a command line writes them: `k=v k=v`.
+pub(crate) fn pairs(pairs: &[(String, String)]) -> String {
+    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+}
 
 /// `cpu`, `cuda:0`.
 pub(crate) fn device_name(d: Device) -> String {

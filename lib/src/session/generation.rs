@@ -23,6 +23,14 @@ pub(crate) fn generation_options(args: &Args, stop_ids: Vec<i64>, default_max: u
     })
 }
 
+/// Where a continuation of plain text stops: the model's end-of-sequence ids and the
+/// tokenizer's end-of-text token.
+pub(crate) fn text_stop_ids(model: &Model, tokenizer: &Tokenizer) -> Vec<i64> {
+    let mut stop = model.config().eos_token_ids();
+    stop.extend(tokenizer.token_id(crate::tokenize::END_OF_TEXT));
+    stop
+}
+
 /// A generated reply.
 pub(crate) struct Reply {
     /// The new ids, the stop token included when one came.

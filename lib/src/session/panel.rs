@@ -182,9 +182,12 @@ fn number(value: f64) -> Setting {
     Setting::Number(value)
 }
 
+fn next_id() -> String {
+    format!("explore-{}", PANEL_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
 impl Explorer {
-    fn new(title: String, controls: Vec<Control>, subject: Subject) -> Self {
-        let id = format!("explore-{}", PANEL_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    fn new(id: String, title: String, controls: Vec<Control>, subject: Subject) -> Self {
         Explorer { panel: Panel { id, title, controls, picture: Bundle::default(), finished: false }, subject }
     }
 
@@ -197,7 +200,7 @@ impl Explorer {
             Control::new("max_tokens", "max tokens", ControlKind::Int { min: 1, max: 256, step: 1 }, number(32.0)),
             Control::new("seed", "seed", ControlKind::Int { min: 0, max: 9999, step: 1 }, number(0.0)),
         ];
-        Explorer::new(format!("%explore generate {prompt:?}"), controls, Subject::Generate { prompt: prompt.to_string() })
+        Explorer::new(next_id(), format!("%explore generate {prompt:?}"), controls, Subject::Generate { prompt: prompt.to_string() })
     }
 
     /// `%explore attention TEXT`: layer and head sliders over an attention map.
@@ -208,21 +211,21 @@ impl Explorer {
             Control::new("head", "head", ControlKind::Int { min: 0, max: maps.heads() - 1, step: 1 }, number(0.0)),
             Control::new("grid", "all heads", ControlKind::Toggle, Setting::Flag(false)),
         ];
-        Ok(Explorer::new(format!("%explore attention {text:?}"), controls, Subject::Attention { text: text.to_string() }))
+        Ok(Explorer::new(next_id(), format!("%explore attention {text:?}"), controls, Subject::Attention { text: text.to_string() }))
     }
 
     /// `%explore train`: hyperparameters for tries that fork from the snapshot `base`
     /// (taken now when it is `None`).
     pub fn train(s: &mut Session, base: Option<&str>) -> Result<Self, CellError> {
         let trainer = s.trainer_or_err()?;
-        let explorer_number = PANEL_IDS.load(std::sync::atomic::Ordering::Relaxed);
+        let id = next_id();
         let base = match base {
             Some(name) => {
                 trainer.timeline().find(name, trainer.branch())?;
                 name.to_string()
             }
             None => {
-                let name = format!("explore-{explorer_number}-start");
+                let name = format!("{id}-start");
                 trainer.snapshot(&name)?;
                 name
             }
@@ -241,7 +244,7 @@ impl Explorer {
             Control::new("rewind", "rewind", ControlKind::Button, Setting::Nothing),
             Control::new("keep", "keep this branch", ControlKind::Button, Setting::Nothing),
         ];
-        Ok(Explorer::new(format!("%explore train (from snapshot {base})"), controls, Subject::Train { base, origin, tries: vec![] }))
+        Ok(Explorer::new(id, format!("%explore train (from snapshot {base})"), controls, Subject::Train { base, origin, tries: vec![] }))
     }
 
     fn value(&self, name: &str) -> &Setting {
@@ -264,8 +267,7 @@ impl Explorer {
         self.panel.picture = match &self.subject {
             Subject::Generate { prompt } => {
                 let (model, tokenizer) = (s.model_or_err()?, s.tokenizer_or_err()?);
-                let mut stop_ids = model.config().eos_token_ids();
-                stop_ids.extend(tokenizer.token_id(crate::tokenize::END_OF_TEXT));
+                let stop_ids = crate::session::generation::text_stop_ids(model, tokenizer);
                 let top_k = self.number("top_k") as i64;
                 let top_p = self.number("top_p");
                 let opts = GenerateOptions {
@@ -425,17 +427,13 @@ impl Explorer {
                 }),
                 Some(Halt::NonFinite(message)) => Err(CellError { name: "NonFiniteError".into(), message }),
                 None => {
-                    ctx.out(format!("{name}: {steps} steps from snapshot {base}, now at step {step} ({})", describe(&changes)));
+                    ctx.out(format!("{name}: {steps} steps from snapshot {base}, now at step {step} ({})", crate::session::format::pairs(&changes)));
                     drawn
                 }
             },
         };
         (result, true)
     }
-}
-
-fn describe(changes: &[(String, String)]) -> String {
-    changes.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
 }
 
 /// The branch a train explorer started from (when it has steps) and its tries.

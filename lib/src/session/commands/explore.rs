@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::{flag, opt_pos, option, pairs, pos, rest, returns, Command};
 use crate::checkpoint::find::expand_home;
 use crate::plot::{line_chart, parallel_coordinates, Axis, LineChart, ParallelCoordinates, Series};
+use crate::session::format::pairs as pairs_text;
 use crate::session::output::{Bundle, CellError, Table};
 use crate::session::panel::{ControlKind, Explorer, Setting};
 use crate::session::parse::Args;
@@ -162,11 +163,6 @@ impl Progress for SweepProgress<'_, '_> {
     }
 }
 
-/// A trial's hyperparameters as `k=v k=v`.
-fn described(values: &[(String, String)]) -> String {
-    values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
-}
-
 /// The pictures of a sweep: each trial's loss, the best score so far against the
 /// trial, hyperparameters against score in parallel coordinates, and the score against
 /// each hyperparameter.
@@ -174,7 +170,7 @@ fn show_sweep(trials: &[Trial], params: &[Param], ctx: &mut Ctx) -> Result<(), C
     let curves: Vec<Series> = trials
         .iter()
         .map(|t| Series {
-            name: format!("#{} {}", t.id, described(&t.values)),
+            name: format!("#{} {}", t.id, pairs_text(&t.values)),
             points: t.losses.iter().map(|&(x, y)| (x as f64, y)).collect(),
             markers: false,
             faint: false,
@@ -248,7 +244,7 @@ fn swept(trials: Vec<Trial>) -> (String, Swept) {
     let best = study::best(&trials);
     let best_values = best.and_then(|b| trials.iter().find(|t| t.id == b)).map(|t| t.values.clone());
     let text = match best.and_then(|b| trials.iter().find(|t| t.id == b)) {
-        Some(t) => format!("best: trial {} ({}), score {:.4}", t.id, described(&t.values), t.score),
+        Some(t) => format!("best: trial {} ({}), score {:.4}", t.id, pairs_text(&t.values), t.score),
         None if trials.is_empty() => "no trial finished".into(),
         None => "every trial diverged".into(),
     };
@@ -265,7 +261,7 @@ fn sweep_command(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), Cell
             "{}: {} trials of {} ({} search, schedule {})",
             dir,
             study.trials.len(),
-            described(&study.header.params),
+            pairs_text(&study.header.params),
             study.header.method,
             study.header.schedule
         )));

@@ -35,8 +35,7 @@ fn generate(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError
     let prompt = args.get("prompt").expect("required");
     let tokenizer = s.tokenizer_or_err()?;
     let model = s.model_or_err()?;
-    let mut stop = model.config().eos_token_ids();
-    stop.extend(tokenizer.token_id(crate::tokenize::END_OF_TEXT));
+    let stop = crate::session::generation::text_stop_ids(model, tokenizer);
     let opts = crate::session::generation::generation_options(args, stop, 32)?;
     let prompt_ids = tokenizer.encode(prompt)?;
     let reply = crate::session::generation::stream(model, tokenizer, prompt, &prompt_ids, &opts, ctx)?;

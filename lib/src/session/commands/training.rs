@@ -414,7 +414,7 @@ fn fork(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     trainer.fork(name, args.get("from"), &args.pairs)?;
     let step = trainer.step_count();
     s.hp = s.hparams().clone();
-    let changes = args.pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+    let changes = crate::session::format::pairs(&args.pairs);
     let text = format!("branch {name} from step {step}{}", if changes.is_empty() { String::new() } else { format!(" with {changes}") });
     ctx.returns(Bundle::text(text), &Forked { branch: name.to_string(), step, changes });
     Ok(())
