@@ -25,7 +25,7 @@ CARGO_ENV := LIBTORCH=$(LIBTORCH)
 endif
 TEST_ENV := TCHLAB_FIXTURES=$(FIXTURES) TCHLAB_PYTHON=$(PYTHON) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: all build demo test test-rust-cells test-gpu bench soak fuzz readme kernel lab browser corpora models venv fixtures fmt clean
+.PHONY: all build demo test test-rust-cells test-gpu bench soak fuzz readme kernel lab browser slurm corpora models venv fixtures fmt clean
 
 all: build
 
@@ -58,7 +58,7 @@ fixtures: $(FIXTURES)/READY
 $(FIXTURES)/READY: python/make_fixtures.py $(VENV_READY)
 	$(PYTHON) python/make_fixtures.py $(FIXTURES)
 
-test: build fixtures browser corpora models
+test: build fixtures browser slurm corpora models
 	$(CARGO_ENV) $(TEST_ENV) cargo test --release --workspace
 	@$(MAKE) --no-print-directory test-rust-cells
 	$(TEST_ENV) $(PYTHON) -m pytest -q tests --ignore=tests/rust_cells
@@ -75,6 +75,12 @@ test-rust-cells: build fixtures
 browser:
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# Slurm (slurm-wlm) and munge, for tests/slurm: as root (CI) they are installed when
+# missing; the tests start a one-node cluster of their own and stop it by its pids.
+slurm:
+	@command -v slurmctld >/dev/null && command -v munged >/dev/null || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; }
 
 # JupyterLab from the project's environment, the kernel installed, notebooks/ open.
 lab: kernel models corpora

@@ -250,9 +250,13 @@ fn sweeps_range_tests_and_comparisons_explore_without_moving_the_model() {
     assert!(trials.iter().all(|t| t["values"][1][1].as_str().unwrap().parse::<i64>().is_ok_and(|w| (0..=5).contains(&w))), "{tpe}");
     assert_eq!(trials.iter().filter(|t| t["status"] == "stopped").count(), 11, "12 halve to 6, 3, 2, 1");
     assert_eq!(snapshot_state(&mut s), before, "a TPE sweep puts the model back");
-    assert!(fail(&mut s, "%sweep lr=log(1e-4,1e-2) --schedule sometimes").message.contains("none or halving"));
-    ok(&mut s, "%sweep lr=[1e-4,3e-3] --steps 10 --adopt");
+    assert!(fail(&mut s, "%sweep lr=log(1e-4,1e-2) --schedule sometimes").message.contains("halving, asha or pbt"));
+    let step = ok(&mut s, "%status")["step"].as_i64().unwrap();
+    let adopted = ok(&mut s, "%sweep lr=[1e-4,3e-3] --steps 10 --adopt");
     assert_eq!(ok(&mut s, "%hparams")["lr"], 0.003, "--adopt sets the best trial's values");
+    assert_eq!(ok(&mut s, "%status")["step"].as_i64().unwrap(), step + 10, "--adopt continues from the best trial's state");
+    let best = &adopted["trials"][1];
+    assert_eq!(ok(&mut s, "%history").as_array().unwrap().last().unwrap()["loss"], best["losses"][9][1], "the history is the best trial's: {adopted}");
     assert!(fail(&mut s, "%sweep lr=log(1e-4,1e-2) --method grid").message.contains("--method random"));
     assert!(fail(&mut s, "%sweep").message.contains("nothing to sweep"));
 
@@ -262,7 +266,7 @@ fn sweeps_range_tests_and_comparisons_explore_without_moving_the_model() {
     let suggestion = found["suggestion"].as_f64().expect("a suggestion");
     assert!((1e-7..1.0).contains(&suggestion));
     assert_eq!(figures(&outputs).len(), 1);
-    assert_eq!(ok(&mut s, "%status")["step"], 5, "the range test puts the model back");
+    assert_eq!(ok(&mut s, "%status")["step"], step + 10, "the range test puts the model back (where the adopted trial left it)");
 
     ok(
         &mut s,
@@ -714,6 +718,41 @@ fn explorers_redraw_on_their_controls_and_refuse_bad_values_changing_nothing() {
     stopper.join().unwrap();
     assert_eq!(e.name, "KeyboardInterrupt", "{e}");
     assert!(s.panels().iter().find(|p| p.id == again).unwrap().picture.plain().contains("try-4"));
+}
+
+#[test]
+fn asha_and_pbt_sweep_the_reverse_task_and_put_the_model_back() {
+    let _serial = serial();
+    let mut s = reverse_session();
+    ok(&mut s, "%step 5");
+    let before = snapshot_state(&mut s);
+    let asha = ok(&mut s, "%sweep lr=log(1e-4,1e-2) --schedule asha --trials 6 --steps 3");
+    let trials = asha["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 6);
+    let rungs: Vec<usize> = trials.iter().map(|t| t["rungs"].as_array().unwrap().len()).collect();
+    assert!(rungs.iter().any(|&r| r >= 2), "someone was promoted: {rungs:?}");
+    for t in trials {
+        let n = t["rungs"].as_array().unwrap().len();
+        assert_eq!(t["losses"].as_array().unwrap().len(), (0..n).map(|k| 3 << k).sum::<usize>(), "rungs of 3, 6, 12 steps: {t}");
+    }
+    assert_eq!(snapshot_state(&mut s), before, "an ASHA sweep puts the model back");
+
+    let (outputs, result) = run(&mut s, "%sweep lr=log(1e-4,1e-2) warmup=int(0,3) --schedule pbt --trials 4 --rounds 3 --steps 4");
+    result.unwrap();
+    let pbt = result_json(&outputs);
+    let members = pbt["trials"].as_array().unwrap();
+    assert!(members.iter().all(|t| t["rungs"].as_array().unwrap().len() == 3 && t["losses"].as_array().unwrap().len() == 12), "{pbt}");
+    let exploits: Vec<&Value> = members.iter().flat_map(|t| t["lineage"].as_array().into_iter().flatten()).collect();
+    assert_eq!(exploits.len(), 2, "one of four exploits after each of rounds 1 and 2: {pbt}");
+    for e in &exploits {
+        // The copy continues from the donor's step: its first loss of the round follows the donor's last.
+        let member = members.iter().find(|t| t["lineage"].as_array().is_some_and(|l| l.contains(e))).unwrap();
+        let round = e["round"].as_u64().unwrap() as usize;
+        assert_eq!(member["losses"][4 * round][0].as_i64().unwrap(), e["step"].as_i64().unwrap() + 1);
+    }
+    let texts: Vec<String> = outputs.iter().filter_map(|o| if let Output::Display { bundle, .. } = o { Some(bundle.plain().to_string()) } else { None }).collect();
+    assert!(texts.iter().any(|t| t.contains("PBT lineage of lr")), "{texts:?}");
+    assert_eq!(snapshot_state(&mut s), before, "a PBT sweep puts the model back");
 }
 
 #[test]

@@ -105,7 +105,7 @@ def refused(kc, code, ename, *contains, timeout=TIMEOUT):
         ("%sweep warmup=int(0,99999999999999999999)", "UsageError", ["within"]),
         ("%sweep warmup=int(-9007199254740993,3)", "UsageError", ["within"]),
         ("%sweep lr=uniform(-1e308,1e308) --method tpe", "UsageError", ["two numbers"]),
-        ("%sweep lr=log(1e-4,1e-2) --schedule forever", "UsageError", ["none or halving"]),
+        ("%sweep lr=log(1e-4,1e-2) --schedule forever", "UsageError", ["none, halving, asha or pbt"]),
         ("%sweep lr=log(1e-4,1e-2) --method bayes", "UsageError", ["grid, random or tpe"]),
         ("%threads 100000", "UsageError", ["threads must be between"]),
         ("%threads 0", "UsageError", ["threads must be between"]),
@@ -683,6 +683,20 @@ def test_every_kind_of_request_survives_a_burst_of_garbage(lab):
         ("%sweep lr=[1e-3] --jobs 100000", "UsageError", ["--jobs must be between 1 and 64"]),
         ("%sweep lr=[1e-3] --jobs -1", "UsageError", ["--jobs"]),
         ("%sweep --show /nonexistent/study", "FileError", ["/nonexistent/study"]),
+        ("%sweep lr=[1e-3] --schedule pbt --rounds 0", "UsageError", ["--rounds must be between 1 and 1000"]),
+        ("%sweep lr=[1e-3] --schedule pbt --rounds 100000", "UsageError", ["--rounds must be between 1 and 1000"]),
+        ("%sweep lr=[1e-3] --rounds 3", "UsageError", ["--rounds is for --schedule pbt"]),
+        ("%sweep lr=[1e-3] --on slurm", "UsageError", ["--on slurm needs --study DIR"]),
+        ("%sweep lr=[1e-3] --on mars", "UsageError", ["--on mars"]),
+        ("%sweep lr=[1e-3] --partition debug", "UsageError", ["--partition is for --on slurm"]),
+        ("%sweep lr=[1e-3] --on slurm --study /tmp/never --partition 'a;b'", "UsageError", ["partition name"]),
+        ("%sweep lr=[1e-3] --on slurm --study /tmp/never --partition \"$(printf 'x\\n#SBATCH')\"", "UsageError", ["partition name"]),
+        ("%sweep lr=[1e-3] --on slurm --study /tmp/never --time '1:00;rm -rf ~'", "UsageError", ["--time"]),
+        ("%sweep lr=[1e-3] --on slurm --study /tmp/never --gpus 999", "UsageError", ["--gpus must be between 0 and 64"]),
+        ("%sweep lr=[1e-3] --on slurm --study /tmp/never --cpus 0", "UsageError", ["--cpus must be between 1 and 1024"]),
+        ("%sweep lr=[1e-3] --on slurm --study /tmp/never --jobs 0", "UsageError", ["--jobs must be between 1 and 64"]),
+        ("%sweep --attach /nonexistent/sweep", "FileError", ["/nonexistent/sweep/sweep.json"]),
+        ("%sweep lr=[1e-3] --attach /tmp", "UsageError", ["takes only --adopt"]),
     ],
 )
 def test_hostile_explore_and_search_commands_are_refused_and_change_nothing(lab, code, ename, contains):
@@ -743,6 +757,42 @@ def test_hostile_study_files_are_refused_naming_file_and_line(lab, tmp_path, lin
     text = "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
     (tmp_path / "study.jsonl").write_text(text)
     refused(lab[1], f"%sweep --show {tmp_path}", "FileError", "study.jsonl", *contains)
+
+
+SWEEP_FILE = {
+    "tchlab_slurm_sweep": 1,
+    "plan": {"params": [["lr", "log(1e-4,1e-2)"]], "method": "random", "schedule": "none", "steps": 5, "trials": 4, "rounds": 4, "seed": 0, "adopt": False},
+    "options": {},
+    "program": "/bin/false",
+    "device": "cpu",
+}
+ELEMENT = {"trial": 1, "rung": 0, "steps": 5, "from": None, "set": [["lr", "0.001"]], "keep": True, "values": [["lr", "0.001"]], "lineage": []}
+
+
+@pytest.mark.parametrize(
+    "sweep, arrays, contains",
+    [
+        ("garbage", None, ["sweep.json", "not a tchlab Slurm sweep"]),
+        ({**SWEEP_FILE, "tchlab_slurm_sweep": 9}, None, ["sweep.json", "format 9"]),
+        ({**SWEEP_FILE, "plan": {**SWEEP_FILE["plan"], "params": []}}, None, ["sweep.json", "nothing to sweep"]),
+        ({**SWEEP_FILE, "plan": {**SWEEP_FILE["plan"], "steps": 0}}, None, ["sweep.json", "--steps"]),
+        ({**SWEEP_FILE, "plan": {**SWEEP_FILE["plan"], "trials": 10**9}}, None, ["--trials"]),
+        ({**SWEEP_FILE, "plan": {**SWEEP_FILE["plan"], "schedule": "pbt", "rounds": 10**9}}, None, ["sweep.json", "--rounds"]),
+        ({**SWEEP_FILE, "options": {"partition": "x\n#SBATCH --uid=0"}}, None, ["sweep.json", "partition name"]),
+        (SWEEP_FILE, "garbage", ["arrays.jsonl", "line 1"]),
+        (SWEEP_FILE, {"job": "1; rm -rf ~", "tasks": [ELEMENT]}, ["arrays.jsonl", "not an array tchlab submitted"]),
+        (SWEEP_FILE, {"job": "12", "tasks": [{**ELEMENT, "trial": 0}]}, ["arrays.jsonl", "outside 1..1000"]),
+        (SWEEP_FILE, {"job": "12", "tasks": [{**ELEMENT, "values": [["batch", "8"]]}]}, ["arrays.jsonl", "not a rung of this sweep"]),
+        (SWEEP_FILE, {"job": "12", "tasks": [{**ELEMENT, "rung": 10**9}]}, ["arrays.jsonl", "not a rung of this sweep"]),
+        (SWEEP_FILE, {"job": "12", "tasks": [ELEMENT, ELEMENT]}, ["arrays.jsonl", "two rungs unreported"]),
+        (SWEEP_FILE, {"job": "12", "tasks": [{**ELEMENT, "trial": 3}]}, ["do not number the trials"]),
+    ],
+)
+def test_hostile_slurm_sweep_directories_are_refused_by_attach(lab, tmp_path, sweep, arrays, contains):
+    (tmp_path / "sweep.json").write_text(sweep if isinstance(sweep, str) else json.dumps(sweep))
+    if arrays is not None:
+        (tmp_path / "arrays.jsonl").write_text((arrays if isinstance(arrays, str) else json.dumps(arrays)) + "\n")
+    refused(lab[1], f"%sweep --attach {tmp_path}", "FileError", *contains)
 
 
 def test_study_paths_that_are_not_studies_are_refused_without_hanging(lab, tmp_path):

@@ -391,6 +391,20 @@ impl Session {
             .ok_or_else(|| CellError { name: "UsageError".into(), message: "no tokenizer yet: `%load` a model directory, or `%tokenizer char FILE`".into() })
     }
 
+    /// Makes `trainer` (resumed from a checkpoint saved at `source`) the session's: its
+    /// model, data and hyperparameters replace the session's.
+    fn install_trainer(&mut self, mut trainer: Trainer, source: String) {
+        trainer.set_cancel_handle(self.cancel.clone());
+        self.data = Some(trainer.data_spec().clone());
+        self.hp = trainer.hparams().clone();
+        self.model = None;
+        self.tokenizer = None;
+        self.model_source = Some(source);
+        self.conversation = Default::default();
+        self.saved_at = Some((trainer.branch().to_string(), trainer.step_count()));
+        self.trainer = Some(trainer);
+    }
+
     fn trainer_or_err(&mut self) -> Result<&mut Trainer, CellError> {
         if self.trainer.is_none() {
             let message = match (self.model().is_some(), self.data.is_some()) {

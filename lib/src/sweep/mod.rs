@@ -1,85 +1,87 @@
-//! Hyperparameter search from the current training state, in parts: the space
-//! ([`space`]: what each hyperparameter may be), samplers ([`sampler`]: grid, random,
-//! [`tpe`]: what to try next given what finished), the schedule (run every trial to the
-//! end, or successive halving: the better half goes on at twice the steps), and the
-//! runner here, which trains each trial in this process from a snapshot, and the study
-//! file ([`study`]) the runner's [`Progress`] can write each trial to as it finishes.
-//! Also the learning-rate range test.
+//! Hyperparameter search from the current training state, in parts as Optuna and Ray
+//! Tune split it: the space ([`space`]: what each hyperparameter may be), samplers
+//! ([`sampler`], [`tpe`]: what to try next given what finished), schedulers
+//! ([`schedule`]: how long each trial trains, which go on, which copy whom), executors
+//! ([`executor`]: this process; [`worker`]: local processes; [`slurm`]: a cluster's job
+//! arrays), and the study file ([`study`]) every finished rung is written to. The
+//! runner here ties them together. Also the learning-rate range test ([`lr_find`]).
 //!
-//! Every trial starts from the same snapshot of the trainer and the trainer is put
-//! back there afterwards, so a sweep changes nothing but what it reports (and, when
-//! asked, the hyperparameters of the best trial).
+//! Every trial starts from the same state of the trainer and the trainer is put back
+//! there afterwards, so a sweep changes nothing but what it reports — unless asked to
+//! adopt the best trial, whose state the trainer then continues from.
 
+pub mod executor;
+pub mod lr_find;
 pub mod sampler;
+pub mod schedule;
+pub mod slurm;
 pub mod space;
 pub mod study;
 pub mod tpe;
 pub mod worker;
 
-use serde::Serialize;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 
-use crate::error::{invalid, Error, Result};
-use crate::train::{Halt, StepRecord, Stop, Trainer};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{invalid, Result};
+use crate::train::Trainer;
+use executor::{Executor, InProcess, Job, Outcome, START};
+pub use lr_find::{lr_find, LrFind};
 pub use sampler::{Method, Observation, Sampler, MAX_TRIALS};
+pub use schedule::{Exploit, Next, Schedule, Scheduler, State, MAX_ROUNDS};
 pub use space::{Param, Space, Values};
-
-/// How long trials train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    /// Every trial trains its steps.
-    None,
-    /// Successive halving: every trial trains a rung; the better half goes on at twice the steps, until one is left.
-    Halving,
-}
-
-impl Schedule {
-    /// Reads `none` or `halving`.
-    pub fn parse(name: &str) -> Result<Self> {
-        match name {
-            "none" => Ok(Schedule::None),
-            "halving" => Ok(Schedule::Halving),
-            other => invalid!("--schedule {other}: choose none or halving"),
-        }
-    }
-
-    /// Its name, as `--schedule` takes it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Schedule::None => "none",
-            Schedule::Halving => "halving",
-        }
-    }
-}
 
 /// One trial.
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Trial {
     /// Its number, from 1.
     pub id: usize,
-    /// The hyperparameters it set.
-    pub values: Vec<(String, String)>,
+    /// The hyperparameters it trains with now (PBT changes them when it exploits).
+    pub values: Values,
     /// `(step, loss)` of every step it took.
     pub losses: Vec<(i64, f64)>,
-    /// The score it is ranked by: validation loss when there is validation data, else
-    /// the mean training loss of its last steps. Infinite for a diverged trial.
+    /// The score it is ranked by, that of its last rung: validation loss when there is
+    /// validation data, else the mean of the rung's last tenth of training losses.
+    /// Infinite (null) for a trial that diverged or failed.
     pub score: f64,
-    /// `running`, `done`, `stopped` (halving), `diverged`, `failed` (its worker process).
+    /// `running`, `done`, `stopped` (halving, ASHA), `diverged`, `failed` (its worker
+    /// process or job).
     pub status: String,
+    /// The score after each rung it trained (PBT: each round).
+    pub rungs: Vec<f64>,
+    /// PBT: each time it took over a better member's state.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lineage: Vec<Exploit>,
+}
+
+impl Trial {
+    /// A trial about to start its first rung.
+    pub fn new(id: usize, values: Values) -> Self {
+        Trial { id, values, losses: vec![], score: f64::INFINITY, status: "running".into(), rungs: vec![], lineage: vec![] }
+    }
+
+    /// The values the sampler proposed for it.
+    pub fn proposed(&self) -> &Values {
+        self.lineage.first().map_or(&self.values, |e| &e.replaced)
+    }
 }
 
 /// What a sweep found.
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct SweepResult {
-    /// Every trial, in the order run.
+    /// Every trial, in the order started.
     pub trials: Vec<Trial>,
     /// The id of the best trial.
     pub best: Option<usize>,
+    /// Whether the trainer now continues from the best trial's state.
+    pub adopted: bool,
 }
 
 /// What a sweep tells as it goes.
 pub trait Progress {
-    /// After every step: every trial so far.
+    /// After every step (and every start and end of a rung): every trial so far.
     fn step(&mut self, trials: &[Trial]);
     /// A trial finished a rung (done or diverged), was stopped, or failed; an error ends
     /// the sweep.
@@ -99,214 +101,267 @@ impl<F: FnMut(&[Trial])> Progress for F {
     }
 }
 
-/// Name of the snapshot sweeps start every trial from.
-const START: &str = "__sweep_start";
+/// What a sweep searches and how: everything needed to run it again or follow it
+/// after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// `(key, space)` as `%sweep` was given them (`lr`, `log(1e-4,1e-2)`).
+    pub params: Vec<(String, String)>,
+    /// How trials are chosen.
+    pub method: Method,
+    /// How long they train.
+    pub schedule: Schedule,
+    /// Steps of the first rung (PBT: of every round).
+    pub steps: u64,
+    /// Trials to start (a grid: its size; PBT: the population).
+    pub trials: usize,
+    /// PBT: rounds of `steps` steps.
+    pub rounds: usize,
+    /// Seeds the sampler and PBT's perturbations.
+    pub seed: u64,
+    /// Whether the trainer continues from the best trial's state afterwards.
+    pub adopt: bool,
+}
+
+impl Plan {
+    /// The parameters, parsed and checked.
+    pub fn parse_params(&self) -> Result<Vec<Param>> {
+        if self.params.is_empty() {
+            return invalid!("nothing to sweep: give key=[a,b] or key=log(lo,hi)");
+        }
+        self.params.iter().map(|(k, v)| Param::parse(k, v)).collect()
+    }
+
+    /// Checks everything but the parameters.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.steps == 0 {
+            return invalid!("--steps must be at least 1");
+        }
+        if self.schedule == Schedule::Pbt && !(1..=MAX_ROUNDS).contains(&self.rounds) {
+            return invalid!("--rounds must be between 1 and {MAX_ROUNDS}, got {}", self.rounds);
+        }
+        Ok(())
+    }
+}
 
 /// Where trials train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Executor {
-    /// One after another in this process, from a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Place {
+    /// One after another in this process, from snapshots.
     InProcess,
     /// In this many worker processes at once, from a saved checkpoint ([`worker`]).
     Workers(usize),
+    /// As Slurm job arrays, their files in the study's directory ([`slurm`]).
+    Slurm(slurm::Options, PathBuf),
 }
 
-/// Runs a sweep of `steps` steps per trial (halving: the first rung's steps), `trials`
-/// of them (a grid: all its combinations), on `executor`, telling `progress` as it
-/// goes. The trainer ends where it started.
-#[allow(clippy::too_many_arguments)]
-pub fn sweep(
-    trainer: &mut Trainer,
-    params: &[Param],
-    method: Method,
-    schedule: Schedule,
-    steps: u64,
-    trials: usize,
-    executor: Executor,
-    progress: &mut dyn Progress,
-) -> Result<SweepResult> {
-    if params.is_empty() {
-        return invalid!("nothing to sweep: give key=[a,b] or key=log(lo,hi)");
-    }
-    if steps == 0 {
-        return invalid!("--steps must be at least 1");
-    }
-    let (sampler, count) = method.sampler(params, trials, trainer.seed())?;
+/// Runs the sweep `plan` from the trainer's state on the executor `place` names,
+/// telling `progress` as it goes. The trainer ends where it started, or with `adopt`
+/// where the best trial ended.
+pub fn sweep(trainer: &mut Trainer, plan: &Plan, place: Place, progress: &mut dyn Progress) -> Result<SweepResult> {
+    let params = plan.parse_params()?;
+    plan.check()?;
+    // A Slurm sweep keeps its best trial's state on disk, for `--attach DIR --adopt` later.
+    let keep_best = plan.adopt || matches!(place, Place::Slurm(..));
+    let mut runner = Runner::new(plan, &params, vec![], keep_best)?;
     from_start_and_back(trainer, |t| {
-        let mut runner = match executor {
-            Executor::InProcess => Runner::Here(t),
-            Executor::Workers(jobs) => Runner::Pool(worker::Pool::start(t, jobs)?),
+        let mut executor: Box<dyn Executor + '_> = match place {
+            Place::InProcess => Box::new(InProcess::new(t)),
+            Place::Workers(jobs) => Box::new(worker::Pool::start(t, jobs)?),
+            Place::Slurm(options, dir) => Box::new(slurm::Slurm::submit(t, plan, options, dir)?),
         };
-        run_trials(&mut runner, params, sampler, count, schedule, steps, progress)
+        runner.run(&mut *executor, progress)?;
+        let best = study::best(&runner.trials);
+        let mut adopted = false;
+        if let (true, Some(state)) = (plan.adopt, runner.best_state()) {
+            if let Some(loaded) = executor.adopt(state)? {
+                drop(executor);
+                t.adopt(&loaded)?;
+            }
+            adopted = true;
+        }
+        Ok((SweepResult { trials: runner.trials, best, adopted }, adopted))
     })
 }
 
 /// Runs `explore` from a snapshot of the trainer and puts the trainer back there after,
-/// whatever `explore` did or however it failed; the sweep's snapshots are dropped.
-fn from_start_and_back<T>(trainer: &mut Trainer, explore: impl FnOnce(&mut Trainer) -> Result<T>) -> Result<T> {
+/// whatever `explore` did or however it failed — unless it says, succeeding, that the
+/// trainer stays where it left it. The sweep's snapshots are dropped.
+pub(crate) fn from_start_and_back<T>(trainer: &mut Trainer, explore: impl FnOnce(&mut Trainer) -> Result<(T, bool)>) -> Result<T> {
     trainer.snapshot(START)?;
     let result = explore(trainer);
-    let restored = trainer.rewind(START);
+    let restored = match result {
+        Ok((_, true)) => Ok(()),
+        _ => trainer.rewind(START),
+    };
     trainer.drop_snapshots(|name| name.starts_with("__sweep"));
     restored?;
-    result
+    result.map(|(value, _)| value)
 }
 
-/// An executor at work: this process's trainer, or a pool of workers.
-enum Runner<'t> {
-    Here(&'t mut Trainer),
-    Pool(worker::Pool),
+/// The sweep at work: the trials so far, what runs, the states kept for later rungs;
+/// the sampler proposes a trial and the scheduler decides what trains next whenever
+/// the executor has room.
+pub struct Runner<'p> {
+    params: &'p [Param],
+    sampler: Box<dyn Sampler>,
+    scheduler: Box<dyn Scheduler>,
+    /// How many trials the sweep starts (fewer when a grid runs out).
+    count: usize,
+    keep_best: bool,
+    /// Every trial so far.
+    pub trials: Vec<Trial>,
+    /// The jobs started and not yet finished.
+    running: Vec<Job>,
+    /// The states the executor keeps.
+    kept: BTreeSet<State>,
+    /// Each trial's first rung, as the sampler sees it.
+    observed: Vec<Observation>,
 }
 
-impl Runner<'_> {
-    /// Whether another rung can start now.
-    fn has_room(&self) -> bool {
-        match self {
-            Runner::Here(_) => true,
-            Runner::Pool(pool) => pool.has_room(),
+impl<'p> Runner<'p> {
+    /// A runner of `plan` over `params`, going on from `trials` (a sweep followed again:
+    /// their first rungs are shown to the sampler, which proposes as many first).
+    /// With `keep_best`, the best trial's last state is kept to the end.
+    pub fn new(plan: &Plan, params: &'p [Param], trials: Vec<Trial>, keep_best: bool) -> Result<Self> {
+        let (mut sampler, count) = plan.method.sampler(params, plan.trials, plan.seed)?;
+        let observed: Vec<Observation> = trials.iter().filter_map(|t| Some((t.proposed().clone(), *t.rungs.first()?))).collect();
+        for _ in &trials {
+            sampler.propose(params, &observed);
         }
+        Ok(Runner {
+            params,
+            sampler,
+            scheduler: plan.schedule.scheduler(params, plan.steps, plan.rounds, plan.seed),
+            count,
+            keep_best,
+            trials,
+            running: vec![],
+            kept: BTreeSet::new(),
+            observed,
+        })
     }
 
-    /// Whether a rung is still running.
-    fn busy(&self) -> bool {
-        matches!(self, Runner::Pool(pool) if pool.busy())
+    /// Takes a job already running (found again on a cluster) and the states it keeps.
+    pub fn resume(&mut self, running: Vec<Job>, kept: impl IntoIterator<Item = State>) {
+        self.running = running;
+        self.kept.extend(kept);
     }
 
-    /// Starts trial `i`'s next rung; returns `i` when it is finished already (here).
-    fn start(&mut self, trials: &mut [Trial], i: usize, steps: u64, resumable: bool, progress: &mut dyn Progress) -> Result<Option<usize>> {
-        match self {
-            Runner::Here(trainer) => train_trial(trainer, trials, i, steps, resumable, progress).map(|()| Some(i)),
-            Runner::Pool(pool) => {
-                trials[i].status = "running".into();
-                pool.spawn(&trials[i], i, steps, resumable)?;
-                progress.step(trials);
-                Ok(None)
+    /// Runs until the scheduler is done and nothing runs.
+    pub fn run(&mut self, executor: &mut dyn Executor, progress: &mut dyn Progress) -> Result<()> {
+        loop {
+            loop {
+                match self.scheduler.next(&self.trials, self.count) {
+                    Next::Stop(i) => {
+                        self.trials[i].status = "stopped".into();
+                        progress.finished(&self.trials[i])?;
+                    }
+                    Next::NewTrial { .. } | Next::Rung { .. } if !executor.has_room() => break,
+                    Next::NewTrial { steps } => {
+                        let Some(values) = self.sampler.propose(self.params, &self.observed) else {
+                            self.count = self.trials.len();
+                            continue;
+                        };
+                        let id = self.trials.len() + 1;
+                        self.trials.push(Trial::new(id, values.clone()));
+                        let job = Job { trial: id - 1, id, rung: 0, steps, from: None, set: values, keep: self.keeps() };
+                        self.launch(executor, job, progress)?;
+                    }
+                    Next::Rung { trial, steps, from, exploit } => {
+                        let t = &mut self.trials[trial];
+                        let set = match exploit {
+                            Some(exploit) => {
+                                t.values = exploit.values.clone();
+                                t.lineage.push(exploit);
+                                t.values.clone()
+                            }
+                            None => vec![],
+                        };
+                        let job = Job { trial, id: t.id, rung: t.rungs.len(), steps, from: Some(from), set, keep: self.keeps() };
+                        self.launch(executor, job, progress)?;
+                    }
+                    Next::Wait | Next::Done => break,
+                }
             }
+            if !executor.busy() {
+                // The end: no rung will start from a kept state again.
+                let best = self.best_state().filter(|_| self.keep_best);
+                return self.release_all_but(best.into_iter().collect(), executor);
+            }
+            let (i, outcome) = executor.wait()?;
+            self.finish(i, outcome, executor, progress)?;
         }
     }
 
-    /// Waits for a running rung to finish; returns its trial's index.
-    fn wait(&mut self, trials: &mut [Trial], progress: &mut dyn Progress) -> Result<usize> {
-        let Runner::Pool(pool) = self else { unreachable!("nothing runs in the background here") };
-        let (i, outcome) = pool.next()?;
-        let trial = &mut trials[i];
-        trial.losses.extend(outcome.losses);
-        if let Some(why) = outcome.failed {
+    /// Releases every kept state not in `live`.
+    fn release_all_but(&mut self, live: BTreeSet<State>, executor: &mut dyn Executor) -> Result<()> {
+        for &state in self.kept.difference(&live) {
+            executor.release(state)?;
+        }
+        self.kept.retain(|s| live.contains(s));
+        Ok(())
+    }
+
+    fn keeps(&self) -> bool {
+        self.scheduler.resumes() || self.keep_best
+    }
+
+    fn launch(&mut self, executor: &mut dyn Executor, job: Job, progress: &mut dyn Progress) -> Result<()> {
+        self.trials[job.trial].status = "running".into();
+        self.running.push(job.clone());
+        progress.step(&self.trials);
+        match executor.start(&job, &mut self.trials, progress)? {
+            Some(outcome) => self.finish(job.trial, outcome, executor, progress),
+            None => Ok(()),
+        }
+    }
+
+    /// Records what trial `i`'s rung found, and forgets the states nothing needs now.
+    fn finish(&mut self, i: usize, outcome: Outcome, executor: &mut dyn Executor, progress: &mut dyn Progress) -> Result<()> {
+        let k = self.running.iter().position(|j| j.trial == i).expect("a trial that finishes was running");
+        let job = self.running.swap_remove(k);
+        let trial = &mut self.trials[i];
+        trial.losses.extend(&outcome.losses);
+        trial.score = if let Some(why) = &outcome.failed {
             trial.status = "failed".into();
-            trial.score = f64::INFINITY;
-            progress.note(&format!("trial {}: its worker process failed ({why}); the sweep goes on without it", trial.id));
+            progress.note(&format!("trial {}: {why}; the sweep goes on without it", trial.id));
+            f64::INFINITY
         } else if outcome.diverged {
             trial.status = "diverged".into();
+            f64::INFINITY
         } else {
-            trial.score = score(outcome.validation, &trial.losses);
             trial.status = "done".into();
-        }
-        progress.step(trials);
-        progress.finished(&trials[i])?;
-        Ok(i)
-    }
-}
-
-fn run_trials(
-    runner: &mut Runner,
-    params: &[Param],
-    mut sampler: Box<dyn Sampler>,
-    count: usize,
-    schedule: Schedule,
-    steps: u64,
-    progress: &mut dyn Progress,
-) -> Result<SweepResult> {
-    let resumable = schedule == Schedule::Halving;
-    let mut trials: Vec<Trial> = vec![];
-    let mut finished: Vec<Observation> = vec![];
-    // The first rung: each trial proposed when there is room, seeing every one finished by then.
-    let mut exhausted = false;
-    loop {
-        while !exhausted && trials.len() < count && runner.has_room() {
-            let Some(values) = sampler.propose(params, &finished) else {
-                exhausted = true;
-                break;
-            };
-            trials.push(Trial { id: trials.len() + 1, values, losses: vec![], score: f64::INFINITY, status: "waiting".into() });
-            let i = trials.len() - 1;
-            if let Some(done) = runner.start(&mut trials, i, steps, resumable, progress)? {
-                finished.push((trials[done].values.clone(), trials[done].score));
+            if job.keep {
+                self.kept.insert(job.state());
             }
+            score(outcome.validation, &outcome.losses)
+        };
+        trial.rungs.push(trial.score);
+        if job.rung == 0 {
+            self.observed.push((trial.proposed().clone(), trial.score));
         }
-        if !runner.busy() {
-            break;
-        }
-        let done = runner.wait(&mut trials, progress)?;
-        finished.push((trials[done].values.clone(), trials[done].score));
+        progress.step(&self.trials);
+        progress.finished(&self.trials[i])?;
+        let mut live: BTreeSet<State> = self.scheduler.needed(&self.trials).into_iter().collect();
+        live.extend(self.running.iter().filter_map(|j| j.from));
+        live.extend(self.best_state().filter(|_| self.keep_best));
+        self.release_all_but(live, executor)
     }
-    let mut alive: Vec<usize> = (0..trials.len()).filter(|&i| trials[i].status == "done").collect();
-    let mut rung_steps = steps;
-    while schedule == Schedule::Halving && alive.len() > 1 {
-        // Successive halving: the better half trains on, twice as long.
-        alive.sort_by(|&a, &b| trials[a].score.total_cmp(&trials[b].score));
-        for &i in &alive[alive.len().div_ceil(2)..] {
-            trials[i].status = "stopped".into();
-            progress.finished(&trials[i])?;
-        }
-        alive.truncate(alive.len().div_ceil(2));
-        rung_steps *= 2;
-        for &i in &alive {
-            while !runner.has_room() {
-                runner.wait(&mut trials, progress)?;
-            }
-            runner.start(&mut trials, i, rung_steps, true, progress)?;
-        }
-        while runner.busy() {
-            runner.wait(&mut trials, progress)?;
-        }
-        alive.retain(|&i| trials[i].status == "done");
+
+    /// The best trial's state after its last rung.
+    pub fn best_state(&self) -> Option<State> {
+        let id = study::best(&self.trials)?;
+        let trial = self.trials.iter().find(|t| t.id == id)?;
+        Some(State { trial: id, rung: trial.rungs.len().checked_sub(1)? })
     }
-    let best = study::best(&trials);
-    Ok(SweepResult { trials, best })
 }
 
-/// Trains trial `i` for `steps` steps: from the sweep's start with its values on its
-/// first rung, from its own snapshot after that (kept when `resumable`), then scores it.
-fn train_trial(trainer: &mut Trainer, trials: &mut [Trial], i: usize, steps: u64, resumable: bool, progress: &mut dyn Progress) -> Result<()> {
-    let resume = format!("__sweep_{}", trials[i].id);
-    if trials[i].losses.is_empty() {
-        trainer.rewind(START)?;
-        for (k, v) in trials[i].values.clone() {
-            trainer.set(&k, &v)?;
-        }
-    } else {
-        trainer.rewind(&resume)?;
-    }
-    trials[i].status = "running".into();
-    let report = trainer.train(Stop::Steps(steps), &mut |r: &StepRecord, _| {
-        trials[i].losses.push((r.step, r.loss));
-        progress.step(trials);
-    })?;
-    match report.halted {
-        Some(Halt::Interrupted) => return Err(Error::Interrupted { step: trainer.step_count() }),
-        Some(Halt::NonFinite(_)) => trials[i].status = "diverged".into(),
-        None => {
-            trials[i].score = score(validation_loss(trainer), &trials[i].losses);
-            trials[i].status = "done".into();
-        }
-    }
-    if resumable {
-        trainer.snapshot(&resume)?;
-    }
-    progress.step(trials);
-    progress.finished(&trials[i])
-}
-
-/// The validation loss, when there is validation data.
-fn validation_loss(trainer: &Trainer) -> Option<f64> {
-    trainer.evaluate().ok().map(|m| m.loss)
-}
-
-/// A trial's score: its validation loss when there is one, else the mean of the last
+/// A rung's score: its validation loss when there is one, else the mean of the last
 /// tenth of its training losses.
 fn score(validation: Option<f64>, losses: &[(i64, f64)]) -> f64 {
     validation.unwrap_or_else(|| {
-        let n = (losses.len() / 10).max(1).min(losses.len().max(1));
+        let n = (losses.len() / 10).max(1);
         let tail = &losses[losses.len().saturating_sub(n)..];
         if tail.is_empty() {
             f64::INFINITY
@@ -314,92 +369,4 @@ fn score(validation: Option<f64>, losses: &[(i64, f64)]) -> f64 {
             tail.iter().map(|(_, l)| l).sum::<f64>() / tail.len() as f64
         }
     })
-}
-
-/// The learning-rate range test (Smith, 2017; fastai's `lr_find`).
-#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
-pub struct LrFind {
-    /// Learning rates tried, one per step, rising exponentially.
-    pub lrs: Vec<f64>,
-    /// Smoothed (debiased EMA) loss at each.
-    pub losses: Vec<f64>,
-    /// The suggested learning rate: fastai's "valley", two thirds down the longest
-    /// stretch over which the smoothed loss keeps falling.
-    pub suggestion: Option<f64>,
-}
-
-/// Raises the learning rate from `start` to `end` over at most `steps` steps,
-/// stopping early once the smoothed loss is four times its best; then puts the trainer
-/// back as it was.
-pub fn lr_find(trainer: &mut Trainer, start: f64, end: f64, steps: u64) -> Result<LrFind> {
-    if !(start > 0.0 && end > start && end.is_finite()) {
-        return invalid!("the range must rise from a positive start: got {start} to {end}");
-    }
-    if steps < 5 {
-        return invalid!("--steps must be at least 5 for a range test");
-    }
-    from_start_and_back(trainer, |t| run_lr_find(t, start, end, steps))
-}
-
-fn run_lr_find(trainer: &mut Trainer, start: f64, end: f64, steps: u64) -> Result<LrFind> {
-    trainer.set("warmup", "0")?;
-    trainer.set("schedule", "constant")?;
-    let (mut lrs, mut losses) = (vec![], vec![]);
-    let (mut average, mut weight, mut best) = (0.0, 1.0, f64::INFINITY);
-    for i in 0..steps {
-        let lr = start * (end / start).powf(i as f64 / (steps - 1) as f64);
-        trainer.set("lr", &lr.to_string())?;
-        let loss = match trainer.step() {
-            Ok(r) => r.loss,
-            Err(Error::NonFinite(_)) => break,
-            Err(e) => return Err(e),
-        };
-        average = 0.98 * average + 0.02 * loss;
-        weight *= 0.98;
-        let smoothed = average / (1.0 - weight);
-        lrs.push(lr);
-        losses.push(smoothed);
-        best = best.min(smoothed);
-        if smoothed > 4.0 * best {
-            break;
-        }
-    }
-    let suggestion = valley(&losses).map(|i| lrs[i]);
-    Ok(LrFind { lrs, losses, suggestion })
-}
-
-/// fastai's valley: the longest decreasing subsequence of the losses, and the point two
-/// thirds along it.
-fn valley(losses: &[f64]) -> Option<usize> {
-    let n = losses.len();
-    if n < 3 {
-        return None;
-    }
-    let mut longest = vec![1usize; n];
-    let (mut max_start, mut max_end) = (0, 0);
-    for i in 1..n {
-        for j in 0..i {
-            if losses[i] < losses[j] && longest[i] < longest[j] + 1 {
-                longest[i] = longest[j] + 1;
-            }
-        }
-        if longest[max_end] < longest[i] {
-            max_end = i;
-            max_start = max_end + 1 - longest[max_end];
-        }
-    }
-    let sections = (max_end - max_start) as f64 / 3.0;
-    Some((max_start + sections as usize + (sections / 2.0) as usize).min(n - 1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_valley_is_two_thirds_down_the_longest_fall() {
-        let losses = [5.0, 4.0, 3.0, 2.0, 1.0, 0.9, 0.8, 3.0, 9.0];
-        // Falling from index 0 to 6: sections = 2, the point is 0 + 2 + 1.
-        assert_eq!(valley(&losses), Some(3));
-    }
 }

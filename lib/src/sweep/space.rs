@@ -95,6 +95,35 @@ impl Param {
         }
     }
 
+    /// Population-based training's explore step, as Ray Tune's `PopulationBasedTraining`
+    /// does it with its defaults: a fresh draw one time in four; else a number times 0.8
+    /// or 1.2 (a whole number moved at least one, both kept in range), a listed value
+    /// moved to a neighbour.
+    pub fn perturb(&self, value: &str, rng: &mut Rng) -> String {
+        if unit(rng) < 0.25 {
+            return self.draw(rng);
+        }
+        let up = rng.below(2) == 1;
+        match &self.space {
+            Space::List(values) => match values.iter().position(|v| v == value) {
+                Some(i) => values[if up { (i + 1).min(values.len() - 1) } else { i.saturating_sub(1) }].clone(),
+                None => self.draw(rng),
+            },
+            Space::Int(lo, hi) => match value.parse::<i64>() {
+                Ok(v) => {
+                    let scaled = (v as f64 * if up { 1.2 } else { 0.8 }).round() as i64;
+                    let moved = if scaled != v { scaled } else if up { v.saturating_add(1) } else { v.saturating_sub(1) };
+                    moved.clamp(*lo, *hi).to_string()
+                }
+                Err(_) => self.draw(rng),
+            },
+            Space::LogUniform(lo, hi) | Space::Uniform(lo, hi) => match value.parse::<f64>() {
+                Ok(v) => format_value((v * if up { 1.2 } else { 0.8 }).clamp(*lo, *hi)),
+                Err(_) => self.draw(rng),
+            },
+        }
+    }
+
     /// A numeric space's bounds in the coordinates a search works in: `ln` for log
     /// ranges, half a step past each end for whole numbers; `None` for a list.
     pub fn bounds(&self) -> Option<(f64, f64)> {
@@ -164,6 +193,30 @@ mod tests {
         assert!(Param::parse("warmup", "int(0,9223372036854775807)").unwrap_err().to_string().contains("within"));
         assert!(Param::parse("lr", "uniform(-1e308,1e308)").is_err(), "a range wider than a float holds");
         assert!(Param::parse("batch", "int(0,8)").unwrap_err().to_string().contains("batch"), "batch=0 is refused by the trainer");
+    }
+
+    #[test]
+    fn perturbations_move_a_little_and_stay_in_range() {
+        let lr = Param::parse("lr", "log(1e-4,1e-2)").unwrap();
+        let warmup = Param::parse("warmup", "int(0,3)").unwrap();
+        let schedule = Param::parse("schedule", "[constant,linear,cosine]").unwrap();
+        let mut rng = Rng::new(5);
+        let (mut scaled, mut drawn, mut unmoved_warmup) = (0, 0, 0);
+        for _ in 0..400 {
+            let v: f64 = lr.perturb("0.001", &mut rng).parse().unwrap();
+            assert!((1e-4..=1e-2).contains(&v));
+            if v == 0.0012 || v == 0.0008 {
+                scaled += 1;
+            } else {
+                drawn += 1;
+            }
+            let w: i64 = warmup.perturb("1", &mut rng).parse().unwrap();
+            assert!((0..=3).contains(&w));
+            unmoved_warmup += usize::from(w == 1);
+            assert!(["constant", "linear", "cosine"].contains(&schedule.perturb("linear", &mut rng).as_str()));
+        }
+        assert!(scaled > 250 && drawn > 60, "three in four scaled by 0.8 or 1.2, one in four drawn afresh: {scaled} {drawn}");
+        assert!(unmoved_warmup < 50, "1 × 0.8 or 1.2 rounds back to 1, so a whole number is moved one instead: {unmoved_warmup} of 400 stayed");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Param, Trial, MAX_TRIALS};
+use super::{Exploit, Param, Plan, Trial, MAX_ROUNDS, MAX_TRIALS};
 use crate::error::{Error, Result};
 
 /// The study file in a study's directory.
@@ -34,20 +34,21 @@ pub struct Header {
     pub params: Vec<(String, String)>,
     /// `grid`, `random` or `tpe`.
     pub method: String,
-    /// `none` or `halving`.
+    /// `none`, `halving`, `asha` or `pbt`.
     pub schedule: String,
     /// Steps per trial (halving: in the first rung).
     pub steps: u64,
 }
 
 impl Header {
-    /// A header for a sweep of `params`.
-    pub fn new(params: &[(String, String)], method: &str, schedule: &str, steps: u64) -> Self {
-        Header { tchlab_study: VERSION, params: params.to_vec(), method: method.into(), schedule: schedule.into(), steps }
+    /// The header of a study of `plan`.
+    pub fn of(plan: &Plan) -> Self {
+        Header { tchlab_study: VERSION, params: plan.params.clone(), method: plan.method.name().into(), schedule: plan.schedule.name().into(), steps: plan.steps }
     }
 }
 
 /// One trial's line. Scores and losses that are not finite are written as `null`.
+/// (`rungs` and `lineage` came with ASHA and PBT; older studies have neither.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Record {
     id: usize,
@@ -55,6 +56,10 @@ struct Record {
     losses: Vec<(i64, f64)>,
     score: Option<f64>,
     status: String,
+    #[serde(default)]
+    rungs: Vec<Option<f64>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    lineage: Vec<Exploit>,
 }
 
 /// A study being written: the file is made when the first trial finishes, so a sweep
@@ -84,6 +89,18 @@ impl StudyWriter {
         Ok(StudyWriter { dir: dir.to_path_buf(), path, header, file: None })
     }
 
+    /// A writer that appends to the study in `dir` (a sweep followed again), or starts
+    /// it there when it has no finished trial yet.
+    pub fn append(dir: &Path, header: Header) -> Result<Self> {
+        let path = dir.join(FILE);
+        let file = match std::fs::OpenOptions::new().append(true).open(&path) {
+            Ok(file) => Some(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        Ok(StudyWriter { dir: dir.to_path_buf(), path, header, file })
+    }
+
     /// Appends a trial as it is now, on disk before this returns.
     pub fn record(&mut self, trial: &Trial) -> Result<()> {
         let record = Record {
@@ -92,6 +109,8 @@ impl StudyWriter {
             losses: trial.losses.iter().copied().filter(|(_, l)| l.is_finite()).collect(),
             score: trial.score.is_finite().then_some(trial.score),
             status: trial.status.clone(),
+            rungs: trial.rungs.iter().map(|s| s.is_finite().then_some(*s)).collect(),
+            lineage: trial.lineage.clone(),
         };
         self.line(&serde_json::to_value(record).expect("JSON"))
     }
@@ -167,7 +186,21 @@ pub fn read(dir: &Path) -> Result<Study> {
         if !["running", "done", "stopped", "diverged", "failed"].contains(&record.status.as_str()) {
             return Err(bad(n, format!("trial {}: unknown status `{}`", record.id, record.status)));
         }
-        let trial = Trial { id: record.id, values: record.values, losses: record.losses, score: record.score.unwrap_or(f64::INFINITY), status: record.status };
+        if record.rungs.len() > MAX_ROUNDS + 1 || record.lineage.len() > MAX_ROUNDS {
+            return Err(bad(n, format!("trial {}: more rungs than a sweep runs", record.id)));
+        }
+        if record.lineage.iter().any(|e| e.values.iter().map(|(k, _)| k).ne(header.params.iter().map(|(k, _)| k)) || e.from == 0 || e.from > MAX_TRIALS) {
+            return Err(bad(n, format!("trial {}: its lineage names other hyperparameters or trials than the sweep has", record.id)));
+        }
+        let trial = Trial {
+            id: record.id,
+            values: record.values,
+            losses: record.losses,
+            score: record.score.unwrap_or(f64::INFINITY),
+            status: record.status,
+            rungs: record.rungs.into_iter().map(|s| s.unwrap_or(f64::INFINITY)).collect(),
+            lineage: record.lineage,
+        };
         match trials.iter_mut().find(|t| t.id == trial.id) {
             Some(slot) => *slot = trial,
             None => trials.push(trial),

@@ -1,10 +1,11 @@
-//! Trials in worker processes (`%sweep --jobs N`): the trainer is saved once as an
-//! exact-resume checkpoint, and each trial (each rung of it, under halving) is one
-//! process of the front end's own binary that loads it, sets the trial's values,
-//! trains, scores, saves its own state when a later rung will resume it, and writes its
-//! outcome. Training is a function of the saved state, the values and the thread
-//! count, which the task carries, so a trial's losses are bit for bit those it has in
-//! the session's own process.
+//! Jobs in worker processes: the trainer is saved once as an exact-resume checkpoint
+//! (`start/` in a [`Workspace`]), and each job is one process of the front end's own
+//! binary, run with a task file, that loads its starting state, sets the job's values,
+//! trains, scores, saves its own state when a later rung will start from it, and
+//! writes its outcome next to the task. Training is a function of the saved state, the
+//! values and the thread count, which the task carries, so a trial's losses are bit for
+//! bit those it has in the session's own process. [`Pool`] runs the processes here
+//! (`%sweep --jobs N`); [`super::slurm`] runs the same command as Slurm array tasks.
 //!
 //! A front end makes its binary a worker by calling [`hook`] first thing in `main`.
 
@@ -15,32 +16,34 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Trial, Values};
+use super::executor::{train_rung, Executor, Job, Outcome};
+use super::schedule::State;
+use super::{Progress, Trial, Values};
 use crate::checkpoint::atomic_write;
 use crate::error::{Error, Result};
-use crate::train::{Halt, Stop, Trainer};
+use crate::train::Trainer;
 
 /// The argument that makes a front end's binary run one task.
-const WORKER_ARG: &str = "__tchlab-sweep-worker";
+pub const WORKER_ARG: &str = "__tchlab-sweep-worker";
 /// How often the runner looks at its workers (and for an interrupt).
-const POLL: Duration = Duration::from_millis(20);
-/// The most worker processes one sweep runs at once.
+pub const POLL: Duration = Duration::from_millis(20);
+/// The most jobs one sweep runs at once.
 pub const MAX_JOBS: usize = 64;
 
-/// One trial's rung for a worker.
+/// One job for a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Task {
     /// The trial's id.
     pub id: usize,
-    /// Its hyperparameters, set when `from` is the sweep's start.
-    pub values: Values,
-    /// Whether `from` is the sweep's start (else the trial's own state, values set).
-    pub first_rung: bool,
+    /// The rung, from 0.
+    pub rung: usize,
+    /// Hyperparameters to set once `from` is loaded.
+    pub set: Values,
     /// Steps to train.
     pub steps: u64,
     /// The checkpoint to start from.
     pub from: PathBuf,
-    /// Where to save the state after training (for the next rung).
+    /// Where to save the state after training (for a later rung).
     pub keep: Option<PathBuf>,
     /// The device, as `%device` names it.
     pub device: String,
@@ -48,23 +51,14 @@ pub struct Task {
     pub threads: i32,
 }
 
-/// What a worker found.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Outcome {
-    /// `(step, loss)` of each step.
-    pub losses: Vec<(i64, f64)>,
-    /// Whether the loss or a gradient stopped being finite.
-    pub diverged: bool,
-    /// The validation loss after training, when there is validation data.
-    pub validation: Option<f64>,
-    /// Why the worker failed (it was killed, say), when it did.
-    #[serde(skip)]
-    pub failed: Option<String>,
-}
-
 /// Where a task's outcome goes.
 fn outcome_path(task_file: &Path) -> PathBuf {
     task_file.with_extension("outcome.json")
+}
+
+/// Where a task's worker writes what it says.
+pub fn stderr_path(task_file: &Path) -> PathBuf {
+    task_file.with_extension("stderr")
 }
 
 /// Runs one task when the process was started as a worker (and then exits); returns
@@ -92,31 +86,135 @@ fn run_task(task_file: &Path) -> Result<()> {
     let device = crate::session::format::parse_device(&task.device).ok_or_else(|| Error::Invalid(format!("unknown device {}", task.device)))?;
     crate::cuda::prepare(device);
     let mut trainer = Trainer::load(&task.from, device)?;
-    if task.first_rung {
-        for (k, v) in &task.values {
-            trainer.set(k, v)?;
-        }
+    for (k, v) in &task.set {
+        trainer.set(k, v)?;
     }
-    let mut losses = vec![];
-    let report = trainer.train(Stop::Steps(task.steps), &mut |r, _| losses.push((r.step, r.loss)))?;
-    let diverged = match report.halted {
-        Some(Halt::NonFinite(_)) => true,
-        Some(Halt::Interrupted) => return Err(Error::Interrupted { step: trainer.step_count() }),
-        None => false,
-    };
-    let validation = if diverged { None } else { super::validation_loss(&trainer) };
-    if let (Some(keep), false) = (&task.keep, diverged) {
+    let outcome = train_rung(&mut trainer, task.steps, &mut |_| {})?;
+    if let (Some(keep), false) = (&task.keep, outcome.diverged) {
         trainer.save(keep)?;
     }
-    let json = serde_json::to_vec(&Outcome { losses, diverged, validation, failed: None }).expect("JSON");
+    let json = serde_json::to_vec(&outcome).expect("JSON");
     atomic_write(&outcome_path(task_file), |w| std::io::Write::write_all(w, &json))
 }
 
-/// Worker processes of this binary, running tasks in a directory of their own.
-pub struct Pool {
+/// A sweep's files: the starting state, kept states, and task files with their
+/// outcomes, in one directory.
+pub struct Workspace {
     dir: PathBuf,
-    jobs: usize,
     device: String,
+}
+
+impl Workspace {
+    /// The workspace in `dir`, whose trials train on `device` (as `%device` names it).
+    pub fn new(dir: PathBuf, device: String) -> Self {
+        Workspace { dir, device }
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The device its trials train on.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// The trainer as the sweep started.
+    pub fn start(&self) -> PathBuf {
+        self.dir.join("start")
+    }
+
+    /// Where a kept state is.
+    pub fn state(&self, state: State) -> PathBuf {
+        self.dir.join("states").join(format!("trial-{}-{}", state.trial, state.rung))
+    }
+
+    /// Saves the trainer as the sweep's start and makes the directories tasks use.
+    pub fn save_start(&self, trainer: &Trainer) -> Result<()> {
+        for sub in ["states", "tasks"] {
+            let path = self.dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        }
+        trainer.save(self.start())
+    }
+
+    /// Writes `job`'s task file (training with the session's thread count); returns its path.
+    pub fn write_task(&self, job: &Job) -> Result<PathBuf> {
+        let task = Task {
+            id: job.id,
+            rung: job.rung,
+            set: job.set.clone(),
+            steps: job.steps,
+            from: job.from.map_or_else(|| self.start(), |s| self.state(s)),
+            keep: job.keep.then(|| self.state(job.state())),
+            device: self.device.clone(),
+            threads: tch::get_num_threads(),
+        };
+        let file = self.dir.join("tasks").join(format!("{}-{}.json", job.id, job.rung));
+        let json = serde_json::to_vec(&task).expect("JSON");
+        atomic_write(&file, |w| std::io::Write::write_all(w, &json))?;
+        // A task run before leaves nothing to be mistaken for this one's.
+        for stale in [outcome_path(&file), stderr_path(&file)] {
+            let _ = std::fs::remove_file(stale);
+        }
+        Ok(file)
+    }
+
+    /// The outcome a task's worker wrote, if it wrote one.
+    pub fn outcome(&self, task_file: &Path) -> Option<Result<Outcome>> {
+        let path = outcome_path(task_file);
+        if path.symlink_metadata().is_err() {
+            return None;
+        }
+        Some(crate::limits::read_text(&path, crate::limits::MAX_JSON_BYTES).and_then(|text| serde_json::from_str(&text).map_err(|e| Error::format(&path, e.to_string()))))
+    }
+
+    /// The outcome of a task whose worker has ended well: what it wrote, or a failure
+    /// saying `missing` when it wrote nothing readable.
+    pub fn ended(&self, task_file: &Path, missing: &str) -> Outcome {
+        match self.outcome(task_file) {
+            Some(Ok(outcome)) => outcome,
+            Some(Err(e)) => Outcome::failed(format!("{missing}: {e}")),
+            None => self.failure(task_file, missing),
+        }
+    }
+
+    /// A task that failed: `ending` (how its process or job ended) and the last line its
+    /// worker said.
+    pub fn failure(&self, task_file: &Path, ending: &str) -> Outcome {
+        let said = crate::limits::read_text(&stderr_path(task_file), 64 << 10).unwrap_or_default();
+        Outcome::failed(match said.trim().lines().last() {
+            Some(last) => format!("{ending}: {last}"),
+            None => ending.to_string(),
+        })
+    }
+
+    /// Removes a kept state.
+    pub fn release(&self, state: State) -> Result<()> {
+        let path = self.state(state);
+        match std::fs::remove_dir_all(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Loads a kept state.
+    pub fn load(&self, state: State) -> Result<Trainer> {
+        let device = crate::session::format::parse_device(&self.device).ok_or_else(|| Error::Invalid(format!("unknown device {}", self.device)))?;
+        Trainer::load(self.state(state), device)
+    }
+}
+
+/// The path of this program, which workers run.
+pub fn this_program() -> Result<PathBuf> {
+    std::env::current_exe().map_err(|e| Error::Invalid(format!("the sweep's workers run this program, which cannot be found: {e}")))
+}
+
+/// Worker processes of this binary, in a private workspace removed when the pool ends.
+pub struct Pool {
+    workspace: Workspace,
+    jobs: usize,
     running: Vec<(Child, usize, PathBuf)>,
 }
 
@@ -124,57 +222,40 @@ impl Pool {
     /// A pool of `jobs` workers over the trainer's state, saved into a new private
     /// directory.
     pub fn start(trainer: &Trainer, jobs: usize) -> Result<Pool> {
-        if !(1..=MAX_JOBS).contains(&jobs) {
-            return Err(Error::Invalid(format!("--jobs must be between 1 and {MAX_JOBS}, got {jobs}")));
-        }
+        check_jobs(jobs)?;
         static POOLS: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!("tchlab-sweep-{}-{}", std::process::id(), POOLS.fetch_add(1, Ordering::Relaxed)));
         // A new directory, made here and only by this pool: what it holds is its own to remove.
         std::fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-        let pool = Pool { dir, jobs, device: crate::session::format::device_name(trainer.model().device()), running: vec![] };
-        trainer.save(pool.start_state())?;
+        let pool = Pool { workspace: Workspace::new(dir, crate::session::format::device_name(trainer.model().device())), jobs, running: vec![] };
+        pool.workspace.save_start(trainer)?;
         Ok(pool)
     }
+}
 
-    fn start_state(&self) -> PathBuf {
-        self.dir.join("start")
+/// Refuses a `--jobs` outside `1..=MAX_JOBS`.
+pub fn check_jobs(jobs: usize) -> Result<()> {
+    if (1..=MAX_JOBS).contains(&jobs) {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("--jobs must be between 1 and {MAX_JOBS}, got {jobs}")))
     }
+}
 
-    fn state_of(&self, id: usize) -> PathBuf {
-        self.dir.join(format!("trial-{id}"))
-    }
-
-    /// Whether another task can start now.
-    pub fn has_room(&self) -> bool {
+impl Executor for Pool {
+    fn has_room(&self) -> bool {
         self.running.len() < self.jobs
     }
 
-    /// Whether any task runs.
-    pub fn busy(&self) -> bool {
+    fn busy(&self) -> bool {
         !self.running.is_empty()
     }
 
-    /// Starts trial `trials[i]`'s next rung of `steps` steps (its first when it has no
-    /// losses yet), keeping its state when `resumable`.
-    pub fn spawn(&mut self, trial: &Trial, i: usize, steps: u64, resumable: bool) -> Result<()> {
-        let first_rung = trial.losses.is_empty();
-        let task = Task {
-            id: trial.id,
-            values: trial.values.clone(),
-            first_rung,
-            steps,
-            from: if first_rung { self.start_state() } else { self.state_of(trial.id) },
-            keep: resumable.then(|| self.state_of(trial.id)),
-            device: self.device.clone(),
-            threads: tch::get_num_threads(),
-        };
-        let file = self.dir.join(format!("task-{}-{}.json", trial.id, trial.losses.len()));
-        let json = serde_json::to_vec(&task).expect("JSON");
-        atomic_write(&file, |w| std::io::Write::write_all(w, &json))?;
-        let exe = std::env::current_exe().map_err(|e| Error::Invalid(format!("the sweep's workers run this program, which cannot be found: {e}")))?;
+    fn start(&mut self, job: &Job, _: &mut [Trial], _: &mut dyn Progress) -> Result<Option<Outcome>> {
+        let file = self.workspace.write_task(job)?;
         // To a file, not a pipe: a pipe nobody reads until the end could fill and stall the worker.
-        let said = std::fs::File::create(file.with_extension("stderr")).map_err(|e| Error::io(&file, e))?;
-        let child = Command::new(exe)
+        let said = std::fs::File::create(stderr_path(&file)).map_err(|e| Error::io(&file, e))?;
+        let child = Command::new(this_program()?)
             .arg(WORKER_ARG)
             .arg(&file)
             .stdin(Stdio::null())
@@ -182,44 +263,34 @@ impl Pool {
             .stderr(said)
             .spawn()
             .map_err(|e| Error::Invalid(format!("starting a sweep worker: {e}")))?;
-        self.running.push((child, i, file));
-        Ok(())
+        self.running.push((child, job.trial, file));
+        Ok(None)
     }
 
-    /// Waits for the next task to end: the trial's index and what it found (or why its
-    /// worker failed). Checks for an interrupt while it waits (the caller then stops the
-    /// pool).
-    pub fn next(&mut self) -> Result<(usize, Outcome)> {
+    fn wait(&mut self) -> Result<(usize, Outcome)> {
         loop {
             crate::interrupt::check("waiting for the sweep's workers")?;
             for k in 0..self.running.len() {
                 let status = self.running[k].0.try_wait().map_err(|e| Error::Invalid(format!("a sweep worker: {e}")))?;
                 let Some(status) = status else { continue };
                 let (_, i, file) = self.running.swap_remove(k);
-                let path = outcome_path(&file);
-                let read = || -> Result<Outcome> {
-                    let text = crate::limits::read_text(&path, crate::limits::MAX_JSON_BYTES)?;
-                    serde_json::from_str(&text).map_err(|e| Error::format(&path, e.to_string()))
+                let outcome = if status.success() {
+                    self.workspace.ended(&file, "its worker process wrote no outcome")
+                } else {
+                    self.workspace.failure(&file, &format!("its worker process failed ({status})"))
                 };
-                return Ok((
-                    i,
-                    match (status.success(), read()) {
-                        (true, Ok(outcome)) => outcome,
-                        (_, read) => {
-                            let said = crate::limits::read_text(&file.with_extension("stderr"), 64 << 10).unwrap_or_default();
-                            let why = if status.success() { read.err().map_or(String::new(), |e| e.to_string()) } else { said.trim().to_string() };
-                            Outcome {
-                                losses: vec![],
-                                diverged: false,
-                                validation: None,
-                                failed: Some(format!("{status}{}", if why.is_empty() { String::new() } else { format!(": {why}") })),
-                            }
-                        }
-                    },
-                ));
+                return Ok((i, outcome));
             }
             std::thread::sleep(POLL);
         }
+    }
+
+    fn release(&mut self, state: State) -> Result<()> {
+        self.workspace.release(state)
+    }
+
+    fn adopt(&mut self, state: State) -> Result<Option<Trainer>> {
+        self.workspace.load(state).map(Some)
     }
 }
 
@@ -230,6 +301,6 @@ impl Drop for Pool {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(self.workspace.dir());
     }
 }

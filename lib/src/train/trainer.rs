@@ -574,6 +574,23 @@ impl Trainer {
         Ok(())
     }
 
+    /// Takes over the training state of `other`, a trainer of the same model and data
+    /// (a sweep's trial, loaded from its checkpoint): weights, optimiser, data cursor,
+    /// step, hyperparameters and history. This trainer's branch, other branches and
+    /// snapshots stay. Refused, changing nothing, when the variables differ.
+    pub fn adopt(&mut self, other: &Trainer) -> Result<()> {
+        let ours = self.model.vars.variables();
+        let theirs = other.model.vars.variables();
+        if ours.len() != theirs.len() || theirs.iter().any(|(name, t)| ours.get(name).map(|o| o.size()) != Some(t.size())) {
+            return invalid!("the state to adopt is not of this model: its variables differ in names or shapes");
+        }
+        if other.data_spec != self.data_spec {
+            return invalid!("the state to adopt was trained on other data than this trainer has");
+        }
+        let state = other.capture("adopted", false);
+        self.restore(&state)
+    }
+
     /// Every branch's history, the current one last.
     pub fn runs(&self) -> Vec<(&str, &History)> {
         let mut runs: Vec<(&str, &History)> = self.timeline.branches.iter().filter(|(n, _)| **n != self.branch).map(|(n, h)| (n.as_str(), h)).collect();

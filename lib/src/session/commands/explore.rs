@@ -16,7 +16,7 @@ use crate::session::panel::{ControlKind, Explorer, Setting};
 use crate::session::parse::Args;
 use crate::session::{Ctx, Session};
 use crate::sweep::study::{self, StudyWriter};
-use crate::sweep::{lr_find, sweep, Executor, LrFind, Method, Param, Progress, Schedule, Space, Trial};
+use crate::sweep::{lr_find, slurm, sweep, LrFind, Method, Param, Place, Plan, Progress, Schedule, Space, Trial};
 
 pub const EXPLORE: Command = Command {
     name: "explore",
@@ -99,24 +99,37 @@ pub struct ExploreControl {
 
 pub const SWEEP: Command = Command {
     name: "sweep",
-    summary: "try hyperparameters from the current state: grid, random or TPE search, run to the end or by successive halving",
+    summary: "search hyperparameters from the current state: grid, random or TPE; halving, ASHA or PBT; here, in worker processes or on Slurm",
     args: &[
         pairs("values: key=[a,b] (listed), key=log(lo,hi), key=uniform(lo,hi), key=int(lo,hi) (ranges)").hparams(),
-        option("steps", "N", "steps per trial (halving: in the first rung) (default 50)"),
-        option("trials", "N", "random and tpe: how many trials (default 8)"),
+        option("steps", "N", "steps per trial (halving, ASHA: in the first rung; PBT: per round) (default 50)"),
+        option("trials", "N", "random and tpe: how many trials; PBT: the population (default 8)"),
         option("method", "M", "grid (default for lists) | random (default for ranges) | tpe"),
-        option("schedule", "S", "none (default): every trial trains --steps | halving: the better half goes on at twice the steps"),
-        flag("adopt", "set the best trial's hyperparameters afterwards"),
-        option("jobs", "N", "train N trials at once, each in a worker process resuming from a saved checkpoint (the same losses, bit for bit)"),
-        option("study", "DIR", "write each trial to DIR/study.jsonl as it finishes (a new study: DIR must not hold one)"),
-        option("show", "DIR", "draw a study again: its table, curves, optimisation history and parallel coordinates"),
+        option("schedule", "S", "none (default) | halving | asha | pbt"),
+        option("rounds", "N", "pbt: rounds of --steps steps (default 4)"),
+        flag("adopt", "continue from the best trial's state (its weights, optimiser and hyperparameters) afterwards"),
+        option("jobs", "N", "train N trials at once, each in a worker process resuming from a saved checkpoint (the same losses, bit for bit); with --on slurm, at most N jobs at once"),
+        option("on", "slurm", "run the trials as Slurm job arrays (needs --study DIR on a filesystem the nodes see)").suggest(&["slurm"]),
+        option("partition", "P", "--on slurm: the partition"),
+        option("time", "T", "--on slurm: each job's time limit (minutes, or D-HH:MM:SS)"),
+        option("gpus", "G", "--on slurm: GPUs per job"),
+        option("cpus", "C", "--on slurm: CPUs per job"),
+        option("study", "DIR", "write each trial to DIR/study.jsonl as it finishes (a new study: DIR must not hold one)").path(),
+        option("attach", "DIR", "follow a Slurm sweep again (after a kernel restart) to its end").path(),
+        option("show", "DIR", "draw a study again: its table, curves, optimisation history, parallel coordinates, PBT lineage").path(),
     ],
-    details: "Every trial starts from the current state and the state is put back afterwards. \
+    details: "Every trial starts from the current state and the state is put back afterwards (with --adopt, the best trial's state is kept). \
               Trials are ranked by validation loss (or, without validation data, their last training losses). \
               `tpe` is the tree-structured Parzen estimator as Optuna's TPESampler runs it: ten random trials, then each trial where \
-              the best tenth of those before it are dense and the rest sparse. `--method halving` is `--method random --schedule halving`. \
-              With --study, every trial is on disk as it finishes (an interrupted or lost kernel keeps them); `--show DIR` draws them again.",
-    example: "%sweep lr=[1e-3,3e-3,1e-2] --steps 100",
+              the best tenth of those before it are dense and the rest sparse. `halving` trains every trial --steps, then the better half twice as long, \
+              until one is left; `asha` promotes a trial as soon as it is in the top half of its rung so far, so parallel jobs never wait for a rung to fill; \
+              `pbt` trains a population for --rounds rounds, and after each the worst quarter takes over a copy of the best quarter's state, \
+              with its values perturbed (×0.8 or ×1.2, a neighbour in a list, or a fresh draw one time in four). \
+              `--method halving` is `--method random --schedule halving`. \
+              With --study, every trial is on disk as it finishes (an interrupted or lost kernel keeps them); `--show DIR` draws them again. \
+              `--on slurm` submits each batch of trials as a job array (sbatch) running this program, follows it (squeue, scontrol), \
+              and cancels it (scancel) on an interrupt; after a kernel restart, `--attach DIR` follows the jobs again.",
+    example: "%sweep lr=log(1e-4,1e-2) warmup=int(0,20) --method tpe --schedule asha --trials 16 --jobs 4",
     returns: returns::<Swept>(),
     run: sweep_command,
 };
@@ -218,6 +231,9 @@ fn show_sweep(trials: &[Trial], params: &[Param], ctx: &mut Ctx) -> Result<(), C
         let figure = parallel_coordinates(&ParallelCoordinates { title: "hyperparameters and score".into(), axes, rows })?;
         ctx.display(Bundle::text("<figure: parallel coordinates>").figure(&figure));
     }
+    if trials.iter().any(|t| !t.lineage.is_empty()) {
+        show_lineage(trials, params, ctx)?;
+    }
     for p in params {
         let points: Vec<(f64, f64)> =
             scored.iter().filter_map(|t| Some((t.values.iter().find(|(k, _)| *k == p.key)?.1.parse::<f64>().ok()?, t.score))).collect();
@@ -239,6 +255,50 @@ fn show_sweep(trials: &[Trial], params: &[Param], ctx: &mut Ctx) -> Result<(), C
     Ok(())
 }
 
+/// PBT's lineage: who took over whose state when, as a table, and each numeric
+/// hyperparameter of every member over training, jumping where it exploited another.
+fn show_lineage(trials: &[Trial], params: &[Param], ctx: &mut Ctx) -> Result<(), CellError> {
+    let mut table = Table::new(["round", "step", "member", "took over from", "values before", "values after"]);
+    let mut exploits: Vec<(&Trial, &crate::sweep::Exploit)> = trials.iter().flat_map(|t| t.lineage.iter().map(move |e| (t, e))).collect();
+    exploits.sort_by_key(|(t, e)| (e.round, t.id));
+    for (t, e) in &exploits {
+        table.row([e.round.to_string(), e.step.to_string(), format!("#{}", t.id), format!("#{}", e.from), pairs_text(&e.replaced), pairs_text(&e.values)]);
+    }
+    ctx.display(table.bundle_under("PBT lineage: each exploit"));
+    for (d, p) in params.iter().enumerate() {
+        if matches!(p.space, Space::List(_)) {
+            continue;
+        }
+        let value = |values: &crate::sweep::Values| values.get(d).and_then(|(_, v)| v.parse::<f64>().ok());
+        let series: Vec<Series> = trials
+            .iter()
+            .filter_map(|t| {
+                let start = t.losses.first()?.0 - 1;
+                let mut points = vec![(start as f64, value(t.proposed())?)];
+                for e in &t.lineage {
+                    points.push((e.step as f64, value(&e.replaced)?));
+                    points.push((e.step as f64, value(&e.values)?));
+                }
+                points.push((t.losses.last()?.0 as f64, value(&t.values)?));
+                Some(Series { name: format!("#{}", t.id), points, markers: false, faint: false })
+            })
+            .collect();
+        if series.is_empty() {
+            continue;
+        }
+        let chart = LineChart {
+            title: format!("PBT: {} of each member (a jump is an exploit)", p.key),
+            x_label: "step".into(),
+            y_label: p.key.clone(),
+            log_x: false,
+            log_y: matches!(p.space, Space::LogUniform(..)),
+            series,
+        };
+        ctx.display(Bundle::text(format!("<figure: PBT lineage of {}>", p.key)).figure(&line_chart(&chart)?));
+    }
+    Ok(())
+}
+
 /// The result line and data of a sweep (run now, or read back from its study).
 fn swept(trials: Vec<Trial>) -> (String, Swept) {
     let best = study::best(&trials);
@@ -253,8 +313,8 @@ fn swept(trials: Vec<Trial>) -> (String, Swept) {
 
 fn sweep_command(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     if let Some(dir) = args.get("show") {
-        if !args.pairs.is_empty() || args.get("study").is_some() || args.flag("adopt") {
-            return Err(args.usage_error("--show DIR draws a finished study again; it takes no values, --study or --adopt"));
+        if !args.pairs.is_empty() || args.get("study").is_some() || args.get("attach").is_some() || args.flag("adopt") {
+            return Err(args.usage_error("--show DIR draws a finished study again; it takes no values, --study, --attach or --adopt"));
         }
         let study = study::read(&expand_home(dir))?;
         ctx.display(trials_table(&study.trials).bundle_under(&format!(
@@ -270,51 +330,121 @@ fn sweep_command(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), Cell
         ctx.returns(Bundle::text(text), &swept);
         return Ok(());
     }
-    let params = args.pairs.iter().map(|(k, v)| Param::parse(k, v)).collect::<crate::Result<Vec<_>>>()?;
-    let ranges = params.iter().any(|p| !matches!(p.space, Space::List(_)));
+    if let Some(dir) = args.get("attach") {
+        return attach(s, args, &expand_home(dir), ctx);
+    }
     let (method, mut schedule) = match args.get("method") {
         Some("halving") => (Method::Random, Schedule::Halving),
         Some(m) => (Method::parse(m)?, Schedule::None),
-        None if ranges => (Method::Random, Schedule::None),
+        None if args.pairs.iter().any(|(_, v)| !v.trim().starts_with('[')) => (Method::Random, Schedule::None),
         None => (Method::Grid, Schedule::None),
     };
     if let Some(name) = args.get("schedule") {
         schedule = Schedule::parse(name)?;
     }
-    let steps: u64 = args.parse_as("steps")?.unwrap_or(50);
-    let trials: usize = args.parse_as("trials")?.unwrap_or(8);
-    let trainer = s.trainer_or_err()?;
-    let study = match args.get("study") {
-        Some(dir) if !params.is_empty() => {
-            let header = study::Header::new(&args.pairs, method.name(), schedule.name(), steps);
-            Some(StudyWriter::new(&expand_home(dir), header)?)
-        }
-        _ => None,
+    let rounds: Option<usize> = args.parse_as("rounds")?;
+    if rounds.is_some() && schedule != Schedule::Pbt {
+        return Err(args.usage_error("--rounds is for --schedule pbt"));
+    }
+    let plan = Plan {
+        params: args.pairs.clone(),
+        method,
+        schedule,
+        steps: args.parse_as("steps")?.unwrap_or(50),
+        trials: args.parse_as("trials")?.unwrap_or(8),
+        rounds: rounds.unwrap_or(4),
+        seed: s.trainer_or_err()?.seed(),
+        adopt: args.flag("adopt"),
     };
+    let params = plan.parse_params()?;
+    let jobs: Option<usize> = args.parse_as("jobs")?;
+    let slurm_options = ["partition", "time", "gpus", "cpus"];
+    let place = match args.get("on") {
+        None => {
+            if let Some(name) = slurm_options.iter().find(|o| args.get(o).is_some()) {
+                return Err(args.usage_error(format!("--{name} is for --on slurm")));
+            }
+            jobs.map_or(Place::InProcess, Place::Workers)
+        }
+        Some("slurm") => {
+            let Some(dir) = args.get("study") else {
+                return Err(args.usage_error("--on slurm needs --study DIR: the trials' files go there, on a filesystem the cluster's nodes see"));
+            };
+            let options = slurm::Options {
+                partition: args.get("partition").map(String::from),
+                time: args.get("time").map(String::from),
+                gpus: args.parse_as("gpus")?,
+                cpus: args.parse_as("cpus")?,
+                jobs,
+            };
+            options.check()?;
+            Place::Slurm(options, expand_home(dir))
+        }
+        Some(other) => return Err(args.usage_error(format!("--on {other}: the trials run here unless --on slurm"))),
+    };
+    let study = match args.get("study") {
+        Some(dir) => Some(StudyWriter::new(&expand_home(dir), study::Header::of(&plan))?),
+        None => None,
+    };
+    let trainer = s.trainer_or_err()?;
     let display = ctx.live(Bundle::text("sweep starting"));
     let mut progress = SweepProgress { ctx, display: display.clone(), last_update: Instant::now() - Duration::from_secs(1), study };
-    let executor = match args.parse_as::<usize>("jobs")? {
-        None => Executor::InProcess,
-        Some(jobs) => Executor::Workers(jobs),
-    };
-    let result = sweep(trainer, &params, method, schedule, steps, trials, executor, &mut progress);
-    let result = match result {
-        Ok(r) => r,
-        Err(crate::Error::Interrupted { .. }) => {
-            let kept = if args.get("study").is_some() { "; the trials that finished are in the study" } else { "" };
-            return Err(CellError {
-                name: "KeyboardInterrupt".into(),
-                message: format!("the sweep was interrupted; the model is back where it started{kept}"),
-            });
+    let result = sweep(trainer, &plan, place, &mut progress).map_err(|e| interrupted(e, args.get("study").is_some()))?;
+    finish_sweep(s, result, &params, display, None, ctx)
+}
+
+/// An interrupted sweep's error, saying what was kept.
+fn interrupted(e: crate::Error, studied: bool) -> CellError {
+    match e {
+        crate::Error::Interrupted { .. } => {
+            let kept = if studied { "; the trials that finished are in the study" } else { "" };
+            CellError { name: "KeyboardInterrupt".into(), message: format!("the sweep was interrupted; the model is back where it started{kept}") }
         }
-        Err(e) => return Err(e.into()),
-    };
+        e => e.into(),
+    }
+}
+
+/// `%sweep --attach DIR`: a Slurm sweep followed again, after a restart, to its end.
+fn attach(s: &mut Session, args: &Args, dir: &std::path::Path, ctx: &mut Ctx) -> Result<(), CellError> {
+    if !args.pairs.is_empty() || ["study", "on", "jobs", "method", "schedule", "steps", "trials", "rounds"].iter().any(|o| args.get(o).is_some()) {
+        return Err(args.usage_error("--attach DIR follows the sweep as it was started; it takes only --adopt"));
+    }
+    let attached = slurm::attach(dir)?;
+    let params = attached.params.clone();
+    let study = attached.study()?;
+    let display = ctx.live(Bundle::text(format!("following the sweep in {}", dir.display())));
+    let mut progress = SweepProgress { ctx, display: display.clone(), last_update: Instant::now() - Duration::from_secs(1), study: Some(study) };
+    let (result, best_state) = attached.follow(args.flag("adopt"), &mut progress).map_err(|e| match e {
+        crate::Error::Interrupted { .. } => CellError {
+            name: "KeyboardInterrupt".into(),
+            message: "the sweep was interrupted and its jobs cancelled; the trials that finished are in the study".into(),
+        },
+        e => e.into(),
+    })?;
+    finish_sweep(s, result, &params, display, best_state.map(|t| (t, dir)), ctx)
+}
+
+/// Shows a sweep's results; adopts a state loaded from disk when there is one.
+fn finish_sweep(
+    s: &mut Session,
+    result: crate::sweep::SweepResult,
+    params: &[Param],
+    display: String,
+    loaded: Option<(crate::train::Trainer, &std::path::Path)>,
+    ctx: &mut Ctx,
+) -> Result<(), CellError> {
     ctx.update(&display, trials_table(&result.trials).bundle());
-    show_sweep(&result.trials, &params, ctx)?;
+    show_sweep(&result.trials, params, ctx)?;
+    let adopted = result.adopted;
     let (mut text, swept) = swept(result.trials);
-    if let (true, Some(values)) = (args.flag("adopt"), &swept.best_values) {
-        s.set_hparams(&values.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>())?;
-        text.push_str("; adopted");
+    if let Some((state, dir)) = loaded {
+        match s.trainer.as_mut() {
+            Some(trainer) => trainer.adopt(&state)?,
+            None => s.install_trainer(state, format!("the best trial of {}", dir.display())),
+        }
+    }
+    if adopted {
+        text.push_str(&format!("; adopted its state (step {})", s.trainer_or_err()?.step_count()));
     }
     ctx.returns(Bundle::text(text), &swept);
     Ok(())

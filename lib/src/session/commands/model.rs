@@ -238,15 +238,8 @@ fn load(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         other => other.into(),
     })?;
     if path.join("trainer.json").is_file() {
-        let mut trainer = Trainer::load(&path, s.device)?;
-        trainer.set_cancel_handle(s.cancel.clone());
+        let trainer = Trainer::load(&path, s.device)?;
         let step = trainer.step_count();
-        s.data = Some(trainer.data_spec().clone());
-        s.hp = trainer.hparams().clone();
-        s.model = None;
-        s.tokenizer = None;
-        s.model_source = Some(path.display().to_string());
-        s.conversation = Default::default();
         let model = trainer.model();
         let loaded = Loaded {
             model_type: model.config().model_type().to_string(),
@@ -257,8 +250,7 @@ fn load(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
             unexpected: None,
             path: path.clone(),
         };
-        s.saved_at = Some((trainer.branch().to_string(), step));
-        s.trainer = Some(trainer);
+        s.install_trainer(trainer, path.display().to_string());
         ctx.returns(Bundle::text(format!("resumed training checkpoint {} at step {step}", path.display())), &loaded);
         return Ok(());
     }
