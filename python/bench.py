@@ -403,7 +403,9 @@ def search_tables() -> None:
         theirs = optuna_median_best(objective)
         print(f"{name:<26} {ours[name]['tpe']:>13.4f} {theirs:>13.4f} {ours[name]['random']:>14.4f}")
     print(f"{'%sweep lr, warmup (val loss)':<26} {ours['sweep']['tpe']:>13.4f} {'':>13} {ours['sweep']['random']:>14.4f}")
-    print("  (the %sweep row: the reverse task, 20 trials of 25 steps each, median of 5 seeds; Optuna does not run it)")
+    print(f"{'  ... random with ASHA':<26} {'':>13} {'':>13} {ours['sweep']['asha']:>14.4f}")
+    print("  (the %sweep rows: the reverse task, median of 5 seeds; TPE and random: 20 trials of 25 steps (500 steps);")
+    print("   ASHA: 20 random trials from rungs of 5 steps, the top half of each rung going on at twice the steps (460 steps); Optuna does not run it)")
     sys.stdout.flush()
 
 

@@ -1,7 +1,9 @@
 //! Search quality for `make bench` (python/bench.py runs Optuna's `TPESampler` beside
 //! it): tchlab's TPE and random search on Branin (2-D) and Hartmann-6, 50 trials for
 //! each of 20 seeds, the best value each seed found; and a real `%sweep` of `lr` and
-//! `warmup` on the reverse task, TPE against random search with the same trials and steps.
+//! `warmup` on the reverse task, TPE and ASHA against random search with about the same
+//! budget of steps (500: 20 trials of 25 steps; ASHA 20 trials from rungs of 5 steps,
+//! 460 in all).
 
 use tchlab::session::Session;
 use tchlab::sweep::sampler::{Random, Sampler};
@@ -50,14 +52,14 @@ fn uniform(key: &str, lo: f64, hi: f64) -> Param {
     Param { key: key.into(), space: Space::Uniform(lo, hi) }
 }
 
-/// The median best validation loss of a real sweep over `seeds` seeds.
-fn real_sweep(method: &str, seeds: u64) -> f64 {
+/// The median best validation loss of a real sweep (`how`: its options) over `seeds` seeds.
+fn real_sweep(how: &str, seeds: u64) -> f64 {
     let scores = (0..seeds)
         .map(|seed| {
             let mut session = Session::new();
             let setup = format!(
                 "%device cpu\n%seed {seed}\n%data synth reverse --length 5\n%model gpt --layers 1 --heads 2 --dim 32\n%set batch=32 eval_batches=4\n\
-                 %sweep lr=log(1e-4,1e-1) warmup=int(0,20) --method {method} --trials 20 --steps 25"
+                 %sweep lr=log(1e-4,1e-1) warmup=int(0,20) {how}"
             );
             let mut result = None;
             session
@@ -84,6 +86,13 @@ fn main() {
         let random = median((0..SEEDS).map(|s| best(Box::new(Random::new(s)), space, f)).collect());
         out.insert(name.into(), serde_json::json!({ "tpe": tpe, "random": random }));
     }
-    out.insert("sweep".into(), serde_json::json!({ "tpe": real_sweep("tpe", 5), "random": real_sweep("random", 5) }));
+    out.insert(
+        "sweep".into(),
+        serde_json::json!({
+            "tpe": real_sweep("--method tpe --trials 20 --steps 25", 5),
+            "random": real_sweep("--method random --trials 20 --steps 25", 5),
+            "asha": real_sweep("--method random --schedule asha --trials 20 --steps 5", 5),
+        }),
+    );
     println!("{}", serde_json::Value::Object(out));
 }

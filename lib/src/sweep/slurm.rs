@@ -294,10 +294,7 @@ impl Slurm {
     /// The array tasks `squeue` lists as pending or running, or `None` when it could
     /// not be asked (for less than [`UNREACHABLE`]).
     fn listed(&mut self) -> Result<Option<Vec<String>>> {
-        let mut arrays: Vec<&str> = self.following.iter().map(|f| f.array.as_str()).collect();
-        arrays.sort_unstable();
-        arrays.dedup();
-        match slurm("squeue", &["--noheader", "--array", "--format=%i", "--jobs", &arrays.join(",")]) {
+        match slurm("squeue", &["--noheader", "--array", "--format=%i", "--jobs", &self.arrays_followed().join(",")]) {
             Ok(out) => {
                 self.unreachable_since = None;
                 Ok(Some(out.lines().map(|l| l.trim().to_string()).collect()))
@@ -313,6 +310,14 @@ impl Slurm {
                 Ok(None)
             }
         }
+    }
+
+    /// The job ids of the arrays with tasks still followed.
+    fn arrays_followed(&self) -> Vec<String> {
+        let mut arrays: Vec<String> = self.following.iter().map(|f| f.array.clone()).collect();
+        arrays.sort_unstable();
+        arrays.dedup();
+        arrays
     }
 
     /// How an array task ended, as `scontrol` tells it.
@@ -377,11 +382,9 @@ impl Drop for Slurm {
     /// Cancels what still runs: the sweep ended early (an interrupt, an error). A sweep
     /// that never submitted a job (sbatch refused it) leaves nothing behind.
     fn drop(&mut self) {
-        let mut arrays: Vec<&str> = self.following.iter().map(|f| f.array.as_str()).collect();
-        arrays.sort_unstable();
-        arrays.dedup();
+        let arrays = self.arrays_followed();
         if !arrays.is_empty() {
-            let _ = slurm("scancel", &arrays);
+            let _ = slurm("scancel", &arrays.iter().map(String::as_str).collect::<Vec<_>>());
         }
         if self.fresh && self.arrays == 0 {
             let dir = self.workspace.dir();
