@@ -25,7 +25,7 @@ CARGO_ENV := LIBTORCH=$(LIBTORCH)
 endif
 TEST_ENV := TCHLAB_FIXTURES=$(FIXTURES) TCHLAB_PYTHON=$(PYTHON) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: all build demo test test-rust-cells test-gpu bench soak fuzz readme kernel lab browser slurm corpora models venv fixtures fmt clean
+.PHONY: all build demo rust-cells test test-rust-cells test-gpu bench soak fuzz readme kernel lab browser slurm corpora models venv fixtures fmt clean
 
 all: build
 
@@ -46,8 +46,16 @@ build: venv
 	$(CARGO_ENV) cargo build --release --workspace --bins --examples
 
 # A tiny GPT learns to reverse digits in seconds; plots go to target/demo/.
-demo: build
+demo: build rust-cells
 	./target/release/tchlab run demo/reverse.tchlab
+
+# What Rust cells compile before their first line runs (tch, its C++ shim and the
+# tchlab library, in evcxr's work directory under ~/.cache/tchlab/evcxr): minutes the
+# first time on a machine, again (less) when the library, its path or the toolchain
+# changed, and a moment otherwise: the work directory keeps a record of what it was
+# built from, and the program checks it before compiling anything.
+rust-cells: build
+	./target/release/tchlab prepare-rust-cells
 
 # Installs the Jupyter kernelspec for the current user (~/.local/share/jupyter/kernels/tchlab).
 kernel: build
@@ -58,16 +66,14 @@ fixtures: $(FIXTURES)/READY
 $(FIXTURES)/READY: python/make_fixtures.py $(VENV_READY)
 	$(PYTHON) python/make_fixtures.py $(FIXTURES)
 
-test: build fixtures browser slurm corpora models
+test: build fixtures browser slurm corpora models rust-cells
 	$(CARGO_ENV) $(TEST_ENV) cargo test --release --workspace
 	@$(MAKE) --no-print-directory test-rust-cells
 	$(TEST_ENV) $(PYTHON) -m pytest -q tests --ignore=tests/rust_cells
 	@$(MAKE) --no-print-directory test-gpu
 
-# Rust cells through the kernel. The first run on a machine compiles tch and the tchlab
-# library for evcxr into ~/.cache/tchlab/evcxr (several minutes); later runs reuse it.
-# It runs before the notebooks, so that notebooks/05-rust-cells finds that work done.
-test-rust-cells: build fixtures
+# Rust cells through the kernel and the REPL, on the work directory `rust-cells` built.
+test-rust-cells: build fixtures rust-cells
 	$(TEST_ENV) $(PYTHON) -m pytest -q tests/rust_cells
 
 # The JupyterLab end-to-end test drives Debian's Chromium; as root (CI) it is installed

@@ -20,6 +20,7 @@ use tchlab::session::{Completions, Session};
 
 use crate::diagnostics::{compile_errors, PanicFilter};
 use crate::live_socket::LiveSocket;
+use crate::readiness::{self, Readiness};
 use crate::Interrupter;
 
 /// Where the tchlab library's source was when this crate was built.
@@ -44,12 +45,14 @@ impl Engine {
     pub(crate) fn start(note: &mut dyn FnMut(&str)) -> Result<Engine, String> {
         let source = library_source()?;
         let slot = Slot::claim()?;
-        let cold = !slot.dir.join("target").exists();
-        note(if cold {
-            "Starting Rust cells (evcxr). This work directory is new, so tch and the tchlab library compile first: several minutes, once; later starts take seconds."
-        } else {
-            "Starting Rust cells (evcxr)…"
-        });
+        let prelude = prelude_code(&source);
+        let inputs = readiness::Inputs::of(&prelude, &source);
+        let state = readiness::readiness(&slot.dir, &inputs);
+        match readiness::notice(&state, readiness::estimate(&slot.dir, &state)) {
+            Some(notice) => note(&notice),
+            None => note("Starting Rust cells (evcxr)…"),
+        }
+        let started = std::time::Instant::now();
         let live = LiveSocket::open().map_err(|e| format!("could not open the socket for `tchlab::live`: {e}"))?;
         // evcxr takes its work directory from the environment, and the cargo it runs
         // inherits ours: torch-sys must find the front end's libtorch, not ask Python.
@@ -60,11 +63,19 @@ impl Engine {
         child.env(SOCKET_VAR, live.socket()).env("LD_LIBRARY_PATH", library_path()?);
         let (context, outputs) = EvalContext::with_subprocess_command(child).map_err(|e| format!("evcxr did not start: {e}"))?;
         let mut context = CommandContext::with_eval_context(context);
-        if let Err(e) = context.execute(&prelude_code(&source)) {
+        if let Err(e) = context.execute(&prelude) {
             let stderr: Vec<String> = outputs.stderr.try_iter().collect();
             return Err(format!("building the tchlab library for Rust cells failed in {}:\n{e}\n{}", slot.dir.display(), stderr.join("\n")));
         }
+        readiness::record(&slot.dir, &inputs, &state, started.elapsed());
         Ok(Engine { context, stdout: outputs.stdout, stderr: outputs.stderr, live, source, _slot: slot })
+    }
+
+    /// How ready the work directory the next start would use is, and where it is.
+    pub(crate) fn readiness() -> Result<(Readiness, PathBuf), String> {
+        let source = library_source()?;
+        let slot = Slot::claim()?;
+        Ok((readiness::readiness(&slot.dir, &readiness::Inputs::of(&prelude_code(&source), &source)), slot.dir.clone()))
     }
 
     /// The child process, for interrupts.

@@ -13,6 +13,7 @@
 mod diagnostics;
 mod engine;
 mod live_socket;
+mod readiness;
 
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,7 @@ use tchlab::session::parse::{split_cell, Cell};
 use tchlab::session::{Completeness, Completions, Session};
 
 pub use evcxr::runtime_hook;
+pub use readiness::Readiness;
 
 use engine::Engine;
 
@@ -89,6 +91,64 @@ impl Interrupter {
 
 /// How often a start of Rust cells looks for an interrupt.
 const START_POLL: Duration = Duration::from_millis(50);
+/// How often a long start of Rust cells says it is still going.
+const START_PROGRESS: Duration = Duration::from_secs(30);
+
+/// Compiles what Rust cells need (tch and the tchlab library, in the evcxr work
+/// directory under the user's cache) unless it is built already and current, saying
+/// what it does through `note`; returns the state found. `make rust-cells` runs this
+/// through `tchlab prepare-rust-cells`, so that no cell and no test waits for it.
+pub fn prepare_rust_cells(note: &mut dyn FnMut(&str)) -> Result<Readiness, String> {
+    let (state, dir) = Engine::readiness()?;
+    if state == Readiness::Ready {
+        note(&format!("Rust cells are ready: {} holds a current build", dir.display()));
+        return Ok(state);
+    }
+    let (notes_tx, notes) = crossbeam_channel::unbounded::<String>();
+    let started = start_in_background(notes_tx).map_err(|e| e.message)?;
+    let began = std::time::Instant::now();
+    let mut said = began;
+    loop {
+        for line in notes.try_iter() {
+            note(&line);
+        }
+        match started.recv_timeout(START_POLL) {
+            Ok(engine) => {
+                engine?;
+                note(&format!("Rust cells are ready ({} in {})", dir.display(), readiness::minutes(began.elapsed())));
+                return Ok(state);
+            }
+            Err(RecvTimeoutError::Disconnected) => return Err("preparing Rust cells stopped without a word".into()),
+            Err(RecvTimeoutError::Timeout) if said.elapsed() >= START_PROGRESS => {
+                note(&still_preparing(began.elapsed()));
+                said = std::time::Instant::now();
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+/// The line a long start of Rust cells writes now and then.
+fn still_preparing(elapsed: Duration) -> String {
+    let s = elapsed.as_secs();
+    format!("… still preparing Rust cells ({}m{:02}s so far)", s / 60, s % 60)
+}
+
+/// Starts evcxr on a thread of its own; its notes go to `notes`, the engine (or why
+/// not) to the receiver returned.
+fn start_in_background(notes: crossbeam_channel::Sender<String>) -> Result<Receiver<Result<Engine, String>>, CellError> {
+    let (done, started) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("tchlab-rust-start".into())
+        .spawn(move || {
+            let engine = Engine::start(&mut |note| {
+                let _ = notes.send(note.to_string());
+            });
+            let _ = done.send(engine);
+        })
+        .map_err(|e| CellError { name: "RustUnavailable".into(), message: format!("could not start a thread for Rust cells: {e}") })?;
+    Ok(started)
+}
 
 impl Lab {
     /// A lab over `session`; Rust starts when the first Rust cell runs.
@@ -162,28 +222,33 @@ impl Lab {
     /// start then goes on in the background (its compilation is not wasted) and the
     /// next Rust cell takes it over.
     fn start_engine(&mut self, sink: &mut dyn FnMut(Output)) -> Result<Engine, CellError> {
+        let say = |sink: &mut dyn FnMut(Output), text: String| sink(Output::Stream { stream: Stream::Stderr, text: text + "\n" });
         let (notes_tx, notes) = crossbeam_channel::unbounded::<String>();
-        let started = match self.starting.take() {
-            Some(started) => started,
-            None => {
-                let (done, started) = crossbeam_channel::bounded(1);
-                std::thread::Builder::new()
-                    .name("tchlab-rust-start".into())
-                    .spawn(move || {
-                        let engine = Engine::start(&mut |note| {
-                            let _ = notes_tx.send(note.to_string());
-                        });
-                        let _ = done.send(engine);
-                    })
-                    .map_err(|e| CellError { name: "RustUnavailable".into(), message: format!("could not start a thread for Rust cells: {e}") })?;
-                started
+        // A start an interrupted cell left behind: in a kernel it went on compiling; in
+        // a terminal, Ctrl-C reached the compiler too. Either way, what it finished is
+        // kept, and a start that failed is tried once more from there.
+        let (mut started, mut resumed) = match self.starting.take() {
+            Some(started) => {
+                say(sink, "Rust cells are still being prepared (an interrupted cell started it); waiting for it…".into());
+                (started, true)
             }
+            None => (start_in_background(notes_tx.clone())?, false),
         };
+        let began = std::time::Instant::now();
+        let mut said = began;
         loop {
             for note in notes.try_iter() {
-                sink(Output::Stream { stream: Stream::Stderr, text: format!("{note}\n") });
+                say(sink, note);
+            }
+            if said.elapsed() >= START_PROGRESS {
+                say(sink, still_preparing(began.elapsed()));
+                said = std::time::Instant::now();
             }
             match started.recv_timeout(START_POLL) {
+                Ok(Err(_)) if resumed => {
+                    resumed = false;
+                    started = start_in_background(notes_tx.clone())?;
+                }
                 Ok(engine) => return engine.map_err(|message| CellError { name: "RustUnavailable".into(), message }),
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(CellError { name: "RustUnavailable".into(), message: "starting Rust cells stopped without a word".into() })
@@ -192,7 +257,7 @@ impl Lab {
                     self.starting = Some(started);
                     return Err(CellError {
                         name: "KeyboardInterrupt".into(),
-                        message: "interrupted while Rust cells were starting; the start goes on in the background, and the next Rust cell uses it. The session is intact.".into(),
+                        message: "interrupted while Rust cells were being prepared. The session is intact; the next Rust cell carries on with the preparation (what was compiled so far is kept).".into(),
                     });
                 }
                 Err(RecvTimeoutError::Timeout) => {}

@@ -46,7 +46,7 @@ pub fn install(target: &Target) -> Result<PathBuf, String> {
     });
     let write = |name: &str, bytes: &[u8]| {
         let path = dir.join(name);
-        tchlab::checkpoint::atomic_write(&path, |w| std::io::Write::write_all(w, bytes)).map_err(|e| e.to_string())
+        tchlab::atomic::write(&path, |w| std::io::Write::write_all(w, bytes)).map_err(|e| e.to_string())
     };
     write("kernel.json", serde_json::to_string_pretty(&spec).expect("JSON").as_bytes())?;
     for size in [32u32, 64] {

@@ -5,6 +5,7 @@
 //!   hook points.
 //! - [`checkpoint`]: Hugging Face directories, single weight files and GGUF files in,
 //!   Hugging Face directories out; strict and atomic.
+//! - [`atomic`]: files replaced whole or not at all.
 //! - [`chat`]: conversations rendered by the model's own chat template.
 //! - [`tokenize`]: `tokenizer.json`, character-level, trained BPE.
 //! - [`embedding`]: sentence embeddings as sentence-transformers computes them.
@@ -25,6 +26,7 @@
 
 #![deny(missing_docs)]
 
+pub mod atomic;
 pub mod chat;
 pub mod checkpoint;
 pub mod cuda;

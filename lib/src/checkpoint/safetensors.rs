@@ -3,7 +3,7 @@
 //! Reading goes through the `safetensors` crate over a memory map, which validates the
 //! header and every offset, so a truncated or corrupt file is an error, never a crash.
 //! Writing streams the format itself (an 8-byte header length, a JSON header, the raw
-//! bytes) through [`super::atomic_write`], so no second copy of the weights is made in
+//! bytes) through [`crate::atomic::write`], so no second copy of the weights is made in
 //! memory and a crash mid-save leaves the previous file as it was.
 
 use std::collections::BTreeMap;
@@ -86,7 +86,7 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<Stri
     let mut header = serde_json::to_vec(&header).expect("JSON header");
     // The data section starts 8-aligned, padded with spaces as the format allows.
     header.resize(header.len().next_multiple_of(8), b' ');
-    super::atomic_write(path, |w| {
+    crate::atomic::write(path, |w| {
         w.write_all(&(header.len() as u64).to_le_bytes())?;
         w.write_all(&header)?;
         let mut buf = vec![];

@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use super::executor::{train_rung, Executor, Job, Outcome};
 use super::schedule::State;
 use super::{Progress, Trial, Values};
-use crate::checkpoint::atomic_write;
 use crate::error::{Error, Result};
 use crate::train::Trainer;
 
@@ -94,7 +93,7 @@ fn run_task(task_file: &Path) -> Result<()> {
         trainer.save(keep)?;
     }
     let json = serde_json::to_vec(&outcome).expect("JSON");
-    atomic_write(&outcome_path(task_file), |w| std::io::Write::write_all(w, &json))
+    crate::atomic::write(&outcome_path(task_file), |w| std::io::Write::write_all(w, &json))
 }
 
 /// A sweep's files: the starting state, kept states, and task files with their
@@ -153,7 +152,7 @@ impl Workspace {
         };
         let file = self.dir.join("tasks").join(format!("{}-{}.json", job.id, job.rung));
         let json = serde_json::to_vec(&task).expect("JSON");
-        atomic_write(&file, |w| std::io::Write::write_all(w, &json))?;
+        crate::atomic::write(&file, |w| std::io::Write::write_all(w, &json))?;
         // A task run before leaves nothing to be mistaken for this one's.
         for stale in [outcome_path(&file), stderr_path(&file)] {
             let _ = std::fs::remove_file(stale);
@@ -167,7 +166,10 @@ impl Workspace {
         if path.symlink_metadata().is_err() {
             return None;
         }
-        Some(crate::limits::read_text(&path, crate::limits::MAX_JSON_BYTES).and_then(|text| serde_json::from_str(&text).map_err(|e| Error::format(&path, e.to_string()))))
+        Some(
+            crate::limits::read_text(&path, crate::limits::MAX_JSON_BYTES)
+                .and_then(|text| serde_json::from_str(&text).map_err(|e| Error::format(&path, e.to_string()))),
+        )
     }
 
     /// The outcome of a task whose worker has ended well: what it wrote, or a failure

@@ -159,7 +159,7 @@ impl History {
             Some("jsonl") => self.to_jsonl(),
             _ => return Err(crate::Error::format(path, "export the history as .jsonl or .csv")),
         };
-        crate::checkpoint::atomic_write(path, |w| w.write_all(text.as_bytes()))
+        crate::atomic::write(path, |w| w.write_all(text.as_bytes()))
     }
 }
 

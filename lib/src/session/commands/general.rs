@@ -443,7 +443,7 @@ fn writefile(_: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     }
-    crate::checkpoint::atomic_write(&path, |w| std::io::Write::write_all(w, body.as_bytes()))?;
+    crate::atomic::write(&path, |w| std::io::Write::write_all(w, body.as_bytes()))?;
     ctx.out(format!("wrote {} bytes to {}", body.len(), path.display()));
     Ok(())
 }
