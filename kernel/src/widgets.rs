@@ -191,13 +191,12 @@ fn text_html(picture: &Bundle) -> String {
 
 /// A session output as an entry of an `Output` widget's `outputs` (nbformat's form).
 pub fn nbformat_output(output: &Output) -> Option<Value> {
-    let data = |b: &Bundle| Value::Object(b.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
     match output {
         Output::Stream { stream, text } => {
             Some(json!({ "output_type": "stream", "name": if *stream == Stream::Stderr { "stderr" } else { "stdout" }, "text": text }))
         }
         Output::Display { bundle, .. } | Output::Update { bundle, .. } | Output::Result(bundle) => {
-            Some(json!({ "output_type": "display_data", "data": data(bundle), "metadata": {} }))
+            Some(json!({ "output_type": "display_data", "data": crate::worker::data(bundle), "metadata": {} }))
         }
         Output::Page(text) => Some(json!({ "output_type": "stream", "name": "stdout", "text": text })),
         Output::Panel(_) | Output::Clear { .. } => None,

@@ -5,7 +5,7 @@
 use std::sync::mpsc::Receiver;
 
 use serde_json::{json, Value};
-use tchlab::session::output::{Bundle, Output, Stream};
+use tchlab::session::output::{Bundle, Output, Stream, ANSI_MIME, HEATMAP_MIME};
 use tchlab::session::Completeness;
 use tchlab_cells::Lab;
 use tokio::sync::mpsc::UnboundedSender;
@@ -137,8 +137,10 @@ fn topic(msg_type: &str) -> Vec<bytes::Bytes> {
     vec![bytes::Bytes::from(format!("kernel.tchlab.{msg_type}"))]
 }
 
-fn data(bundle: Bundle) -> Value {
-    Value::Object(bundle.0.into_iter().collect())
+/// A bundle as a message's `data`: every MIME type but those for terminals (a heatmap's
+/// cells, text in colour codes): a notebook has the picture and the HTML.
+pub(crate) fn data(bundle: &Bundle) -> Value {
+    Value::Object(bundle.0.iter().filter(|(mime, _)| *mime != HEATMAP_MIME && *mime != ANSI_MIME).map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 /// The IOPub message for a session output; pages go to the reply's payload instead.
@@ -150,10 +152,10 @@ fn to_iopub(output: Output, count: u64, silent: bool, payload: &mut Vec<Value>) 
         Output::Stream { stream, text } => ("stream", json!({ "name": if stream == Stream::Stderr { "stderr" } else { "stdout" }, "text": text })),
         Output::Display { id, bundle } => {
             let transient = id.map_or_else(|| json!({}), |id| json!({ "display_id": id }));
-            ("display_data", json!({ "data": data(bundle), "metadata": {}, "transient": transient }))
+            ("display_data", json!({ "data": data(&bundle), "metadata": {}, "transient": transient }))
         }
-        Output::Update { id, bundle } => ("update_display_data", json!({ "data": data(bundle), "metadata": {}, "transient": { "display_id": id } })),
-        Output::Result(bundle) => ("execute_result", json!({ "execution_count": count, "data": data(bundle), "metadata": {} })),
+        Output::Update { id, bundle } => ("update_display_data", json!({ "data": data(&bundle), "metadata": {}, "transient": { "display_id": id } })),
+        Output::Result(bundle) => ("execute_result", json!({ "execution_count": count, "data": data(&bundle), "metadata": {} })),
         Output::Page(text) => {
             payload.push(json!({ "source": "page", "data": { "text/plain": text }, "start": 0 }));
             return None;

@@ -27,6 +27,35 @@ pub struct Figure {
     pub width: u32,
     /// Height in CSS pixels.
     pub height: u32,
+    /// A heatmap's cells and labels, for front ends that draw it as text.
+    pub cells: Option<HeatmapCells>,
+}
+
+/// A heatmap as text front ends draw it (a terminal without inline images): each
+/// cell's colour and every label, as the figure has them.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HeatmapCells {
+    /// The figure's title.
+    pub title: String,
+    /// What the rows are (`query`, `layer`).
+    pub row_axis: String,
+    /// What the columns are (`key`, `position`).
+    pub column_axis: String,
+    /// One label per row.
+    pub rows: Vec<String>,
+    /// One label per column.
+    pub columns: Vec<String>,
+    /// `[row][column]` colours as `#rrggbb`; empty for a blank cell.
+    pub colours: Vec<Vec<String>>,
+    /// `[row][column]` how strongly each cell is coloured, 0 to 1 (the value's place on
+    /// a sequential scale, its magnitude on a diverging one), for drawing without
+    /// colour; `None` for a blank cell.
+    pub intensity: Vec<Vec<Option<f64>>>,
+    /// What the colours mean: a few values of the colour bar, highest first, with
+    /// their colours.
+    pub key: Vec<(String, String)>,
+    /// The colour bar's caption.
+    pub legend: String,
 }
 
 /// One line on a chart.
@@ -108,7 +137,7 @@ fn render(width: u32, height: u32, drawing: &impl Drawing) -> Result<Figure> {
         drawing.draw(&root, 1.0).map_err(|e| Error::Invalid(format!("drawing the figure: {e}")))?;
         root.present().map_err(|e| Error::Invalid(format!("drawing the figure: {e}")))?;
     }
-    Ok(Figure { png: encode_png(&pixels, pw, ph)?, svg, width, height })
+    Ok(Figure { png: encode_png(&pixels, pw, ph)?, svg, width, height, cells: None })
 }
 
 fn encode_png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>> {
@@ -365,7 +394,33 @@ pub fn heatmap(map: &Heatmap) -> Result<Figure> {
     let title_width = 16 + 9 * map.title.chars().count() as u32;
     let width = (left + cell_w * n_cols as u32 + 110).max(title_width);
     let height = (top + cell_h * n_rows as u32 + 30).max(top + 160);
-    render(width, height, &HeatmapDrawing { map, cell_w, cell_h, left, top })
+    let mut figure = render(width, height, &HeatmapDrawing { map, cell_w, cell_h, left, top })?;
+    figure.cells = Some(heatmap_cells(map));
+    Ok(figure)
+}
+
+fn heatmap_cells(map: &Heatmap) -> HeatmapCells {
+    let hex = |c: RGBColor| format!("#{:02x}{:02x}{:02x}", c.0, c.1, c.2);
+    let colours = map.values.iter().map(|row| row.iter().map(|&v| if v.is_finite() { hex(map.scale.colour(v)) } else { String::new() }).collect()).collect();
+    let (lo, hi) = map.scale.range();
+    let strength = |v: f64| match map.scale {
+        ColourScale::Sequential { .. } if hi > lo => ((v - lo) / (hi - lo)).clamp(0.0, 1.0),
+        ColourScale::Sequential { .. } => 0.5,
+        ColourScale::Diverging { limit } => (v.abs() / limit).clamp(0.0, 1.0),
+    };
+    let intensity = map.values.iter().map(|row| row.iter().map(|&v| v.is_finite().then(|| strength(v))).collect()).collect();
+    let key = (0..5).map(|k| hi - (hi - lo) * f64::from(k) / 4.0).map(|v| (format_number(v), hex(map.scale.colour(v)))).collect();
+    HeatmapCells {
+        title: map.title.to_string(),
+        row_axis: map.row_axis.to_string(),
+        column_axis: map.column_axis.to_string(),
+        rows: map.rows.to_vec(),
+        columns: map.columns.to_vec(),
+        colours,
+        intensity,
+        key,
+        legend: map.legend.to_string(),
+    }
 }
 
 /// Labels longer than this many characters are cut.

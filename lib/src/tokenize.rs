@@ -242,6 +242,31 @@ impl Tokenizer {
         }
     }
 
+    /// The same tokenizer without truncation, for data that must be read whole (its
+    /// truncation is then decided by the caller).
+    pub fn untruncated(&self) -> Result<Tokenizer> {
+        let mut t = self.clone();
+        t.set_max_length(None)?;
+        Ok(t)
+    }
+
+    /// `(id, start, end)` of each token of `text`: byte offsets into `text` of the
+    /// characters it covers (a token the tokenizer adds, such as a BOS, covers none:
+    /// `start == end`). With `special`, the tokens the tokenizer adds around a text.
+    /// Truncated as the tokenizer truncates ([`Tokenizer::untruncated`] does not).
+    pub fn encode_offsets(&self, text: &str, special: bool) -> Result<Vec<(i64, usize, usize)>> {
+        match &self.backend {
+            Backend::Hf(t) => {
+                let encoding = t.encode(text, special).map_err(|e| Error::Invalid(format!("tokenizing {text:?}: {e}")))?;
+                Ok(encoding.get_ids().iter().zip(encoding.get_offsets()).map(|(&id, &(start, end))| (i64::from(id), start, end)).collect())
+            }
+            Backend::Char(_) => {
+                let ids = self.encode(text)?;
+                Ok(ids.into_iter().zip(text.char_indices()).map(|(id, (at, c))| (id, at, at + c.len_utf8())).collect())
+            }
+        }
+    }
+
     /// Token ids of a whole corpus: no special tokens, no truncation.
     ///
     /// Long texts are tokenised a piece at a time, checking for interrupts between
@@ -299,14 +324,129 @@ impl Tokenizer {
         }
     }
 
+    /// The vocabulary's own piece for `id` (`Ġcat`, `▁cat`, `##s`, `<0x0A>`), as
+    /// `tokenizer.json` spells it; `#id` for an id outside the vocabulary.
+    pub fn piece(&self, id: i64) -> String {
+        let piece = match &self.backend {
+            Backend::Hf(t) => u32::try_from(id).ok().and_then(|i| t.id_to_token(i)),
+            Backend::Char(v) => usize::try_from(id).ok().and_then(|i| v.chars.get(i)).map(char::to_string),
+        };
+        piece.unwrap_or_else(|| format!("#{id}"))
+    }
+
+    /// Token `id` as people read it, the one form every command and picture shows: its
+    /// text, with a mark for each space (`␣`), newline (`↵`), tab (`⇥`) and carriage
+    /// return (`␍`), other control characters and bytes that are not whole UTF-8
+    /// characters (a byte-fallback piece, half of an emoji) as `\xNN`; special tokens
+    /// (`<|im_start|>`, `[CLS]`) and WordPiece's `##` continuations as they are
+    /// written. TransformerLens's `to_str_tokens` decodes each token alone the same
+    /// way, without the marks.
+    pub fn readable(&self, id: i64) -> String {
+        self.readable_tokens(&[id]).remove(0)
+    }
+
+    /// [`Tokenizer::readable`] of each id.
+    pub fn readable_tokens(&self, ids: &[i64]) -> Vec<String> {
+        match &self.backend {
+            Backend::Char(_) => ids.iter().map(|&id| readable_bytes(self.piece(id).as_bytes())).collect(),
+            Backend::Hf(t) => {
+                let (byte_level, added) = (is_byte_level(t), t.get_added_tokens_decoder());
+                ids.iter()
+                    .map(|&id| {
+                        let index = u32::try_from(id).ok();
+                        match index.and_then(|i| t.id_to_token(i)) {
+                            None => format!("#{id}"),
+                            Some(piece) if index.and_then(|i| added.get(&i)).is_some_and(|a| a.special) => piece,
+                            Some(piece) => readable_bytes(&piece_bytes(&piece, byte_level)),
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// Writes the tokenizer as `tokenizer.json`, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let json = match &self.backend {
             Backend::Hf(t) => t.to_string(true).map_err(|e| Error::Invalid(format!("serializing the tokenizer: {e}")))?,
             Backend::Char(v) => serde_json::to_string_pretty(&CharFile { tchlab_char_tokenizer: 1, chars: v.chars.clone() }).expect("JSON"),
         };
-        crate::checkpoint::atomic_write(path, |w| std::io::Write::write_all(w, json.as_bytes()))
+        crate::atomic::write(path, |w| std::io::Write::write_all(w, json.as_bytes()))
     }
+}
+
+/// Whether the tokenizer works on GPT-2's byte-level alphabet (its pieces spell bytes
+/// as printable characters: `Ġ` is a space).
+fn is_byte_level(t: &tokenizers::Tokenizer) -> bool {
+    let mentions = |v: Option<serde_json::Value>| v.is_some_and(|v| v.to_string().contains("\"ByteLevel\""));
+    mentions(t.get_decoder().and_then(|d| serde_json::to_value(d).ok())) || mentions(t.get_pre_tokenizer().and_then(|p| serde_json::to_value(p).ok()))
+}
+
+/// The bytes a (non-special) piece stands for: byte-fallback pieces (`<0x0A>`) are
+/// their byte; byte-level pieces map back through GPT-2's alphabet; SentencePiece's
+/// `▁` is a space.
+fn piece_bytes(piece: &str, byte_level: bool) -> Vec<u8> {
+    if let Some(hex) = piece.strip_prefix("<0x").and_then(|p| p.strip_suffix('>')).filter(|h| h.len() == 2) {
+        if let Ok(byte) = u8::from_str_radix(hex, 16) {
+            return vec![byte];
+        }
+    }
+    if byte_level {
+        let table = byte_level_table();
+        let mut bytes = Vec::with_capacity(piece.len());
+        for c in piece.chars() {
+            match table.get(&c) {
+                Some(&b) => bytes.push(b),
+                None => bytes.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+            }
+        }
+        return bytes;
+    }
+    piece.replace('▁', " ").into_bytes()
+}
+
+/// GPT-2's `bytes_to_unicode`, inverted: the printable character each byte is spelt
+/// with in byte-level vocabularies, back to the byte.
+fn byte_level_table() -> &'static std::collections::HashMap<char, u8> {
+    static TABLE: std::sync::OnceLock<std::collections::HashMap<char, u8>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let mut next = 256u32;
+        (0..=255u8)
+            .map(|b| {
+                if printable(b) {
+                    (char::from(b), b)
+                } else {
+                    let c = char::from_u32(next).expect("a code point below 512");
+                    next += 1;
+                    (c, b)
+                }
+            })
+            .collect()
+    })
+}
+
+/// Bytes as readable text: whole UTF-8 characters as themselves, with marks for
+/// whitespace and escapes for control characters and stray bytes (see
+/// [`Tokenizer::readable`]).
+pub fn readable_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                ' ' => out.push('␣'),
+                '\n' => out.push('↵'),
+                '\t' => out.push('⇥'),
+                '\r' => out.push('␍'),
+                c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 /// Pieces of about a mebibyte, each ending after a newline followed by a non-space.

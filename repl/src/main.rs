@@ -20,10 +20,11 @@ const USAGE: &str = "usage:
   tchlab                                   an interactive session (Ctrl-D to leave)
   tchlab run FILE [--keep-going] [--json]  run a script of commands; stop at the first error
   tchlab -c CELL [--json]                  run one cell (commands separated by newlines)
+  tchlab prepare-rust-cells                compile what Rust cells need, once (`make rust-cells`)
 
   --keep-going  run every command even after errors (the exit status still says one failed)
   --json        print each command's JSON result, one per line, and nothing else on stdout (notes stay on stderr)
-  TCHLAB_IMAGES=kitty|iterm|sixel|braille|none chooses how plots are shown";
+  TCHLAB_IMAGES=kitty|iterm|sixel|blocks|palette|braille|none chooses how plots are shown (NO_COLOR: no colour)";
 
 fn main() {
     // Rust cells run in a copy of this program; in that copy, this call never returns.
@@ -38,6 +39,13 @@ fn main() {
         [] if !json && !keep_going => interactive::run(),
         ["run", file] => run_file(Path::new(file), keep_going, json),
         ["-c", cell] => run_cells(&[(0, cell.to_string())], "", keep_going, json),
+        ["prepare-rust-cells"] => match tchlab_cells::prepare_rust_cells(&mut |note| eprintln!("{note}")) {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("tchlab: preparing Rust cells failed: {e}");
+                1
+            }
+        },
         ["--help"] | ["-h"] | ["help"] => {
             println!("{USAGE}");
             0

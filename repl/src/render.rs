@@ -1,6 +1,11 @@
 //! Session output in a terminal: text as it comes, tables as laid out, live progress
 //! rewritten in place, figures as inline images where the terminal shows them (kitty,
-//! iTerm2, sixel) and otherwise drawn with Unicode braille.
+//! iTerm2, sixel), otherwise as coloured half blocks (24-bit where the terminal
+//! announces it, else the 256-colour palette nearly every terminal has, tmux included),
+//! and with Unicode braille only where colour is off. Where a figure is a heatmap and
+//! no inline image is shown, it is drawn as a grid of coloured cells with its rows and
+//! columns labelled by their tokens, which a picture shrunk to the terminal's width
+//! would blur.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -18,8 +23,11 @@ pub enum Images {
     Iterm,
     /// DEC sixel graphics.
     Sixel,
-    /// Half blocks in 24-bit colour: two pixels a character, for colour terminals.
+    /// Half blocks in 24-bit colour: two pixels a character, where `COLORTERM` says
+    /// the terminal has it.
     Blocks,
+    /// Half blocks in the 256-colour palette: any colour terminal.
+    Palette,
     /// Braille dots: any terminal with Unicode.
     Braille,
     /// Not at all (a note says where the figure went).
@@ -27,8 +35,9 @@ pub enum Images {
 }
 
 impl Images {
-    /// `TCHLAB_IMAGES` if set (kitty, iterm, sixel, braille, none), else detected from
-    /// the terminal's environment.
+    /// `TCHLAB_IMAGES` if set (kitty, iterm, sixel, blocks, palette, braille, none),
+    /// else detected from the terminal's environment. `NO_COLOR` (no-color.org) turns
+    /// colour off.
     pub fn detect() -> Images {
         let var = |k: &str| std::env::var(k).unwrap_or_default();
         match var("TCHLAB_IMAGES").as_str() {
@@ -36,6 +45,7 @@ impl Images {
             "iterm" => return Images::Iterm,
             "sixel" => return Images::Sixel,
             "blocks" => return Images::Blocks,
+            "palette" => return Images::Palette,
             "braille" => return Images::Braille,
             "none" => return Images::None,
             _ => {}
@@ -48,10 +58,12 @@ impl Images {
             Images::Iterm
         } else if var("TERM").contains("sixel") || var("TERM") == "foot" || var("TERM").starts_with("mlterm") {
             Images::Sixel
+        } else if !var("NO_COLOR").is_empty() || var("TERM") == "dumb" {
+            Images::Braille
         } else if matches!(var("COLORTERM").as_str(), "truecolor" | "24bit") {
             Images::Blocks
         } else {
-            Images::Braille
+            Images::Palette
         }
     }
 }
@@ -168,7 +180,13 @@ impl Renderer {
 
     /// Shows a bundle: its figure if it has one, else its text.
     pub fn bundle(&mut self, bundle: &Bundle) {
-        if bundle.png().is_some() {
+        if let Some(cells) = bundle.heatmap().filter(|_| matches!(self.images, Images::Blocks | Images::Palette | Images::Braille)) {
+            print!("{}", heatmap(&cells, self.images, terminal_width()));
+        } else if let Some(coloured) =
+            bundle.ansi_text().filter(|_| matches!(self.images, Images::Kitty | Images::Iterm | Images::Sixel | Images::Blocks | Images::Palette))
+        {
+            println!("{coloured}");
+        } else if bundle.png().is_some() {
             self.figure(bundle);
         } else {
             println!("{}", bundle.plain());
@@ -199,8 +217,8 @@ impl Renderer {
                 }
                 None => println!("{}", bundle.plain()),
             },
-            Images::Blocks => match decode(&png) {
-                Some(image) => print!("{}", blocks(&image, terminal_width().min(160))),
+            Images::Blocks | Images::Palette => match decode(&png) {
+                Some(image) => print!("{}", blocks(&image, terminal_width().min(160), self.images == Images::Palette)),
                 None => println!("{}", bundle.plain()),
             },
             Images::Braille => match decode(&png) {
@@ -282,8 +300,9 @@ pub fn braille(image: &Rgb, columns: usize) -> String {
 }
 
 /// The image in half blocks: each character shows two stacked pixels, upper in the
-/// foreground colour of `▀`, lower in the background, each the average of its area.
-pub fn blocks(image: &Rgb, columns: usize) -> String {
+/// foreground colour of `▀`, lower in the background, each the average of its area;
+/// in 24-bit colour, or the nearest of the 256-colour palette with `palette`.
+pub fn blocks(image: &Rgb, columns: usize, palette: bool) -> String {
     let rows = (columns * image.height / image.width.max(1)).div_ceil(2) * 2;
     let average = |cx: usize, cy: usize| -> [u32; 3] {
         let (x0, x1) = (cx * image.width / columns, ((cx + 1) * image.width / columns).max(cx * image.width / columns + 1).min(image.width));
@@ -303,11 +322,112 @@ pub fn blocks(image: &Rgb, columns: usize) -> String {
     let mut out = String::new();
     for row in (0..rows).step_by(2) {
         for col in 0..columns {
-            let ([r, g, b], [r2, g2, b2]) = (average(col, row), average(col, row + 1));
-            out.push_str(&format!("\x1b[38;2;{r};{g};{b}m\x1b[48;2;{r2};{g2};{b2}m▀"));
+            let (upper, lower) = (average(col, row).map(|v| v as u8), average(col, row + 1).map(|v| v as u8));
+            out.push_str(&format!("\x1b[{}m\x1b[{}m▀", colour_code(38, upper, palette), colour_code(48, lower, palette)));
         }
         out.push_str("\x1b[0m\n");
     }
+    out
+}
+
+/// The SGR parameters that set the foreground (`layer` 38) or background (48) to
+/// `rgb`: exactly, or as the nearest colour of the 256-colour palette.
+fn colour_code(layer: u8, [r, g, b]: [u8; 3], palette: bool) -> String {
+    if palette {
+        format!("{layer};5;{}", palette_index([r, g, b]))
+    } else {
+        format!("{layer};2;{r};{g};{b}")
+    }
+}
+
+/// The nearest entry of xterm's 256-colour palette: the 6×6×6 cube (16–231) or the grey
+/// ramp (232–255), whichever is closer.
+pub fn palette_index([r, g, b]: [u8; 3]) -> u8 {
+    const LEVELS: [i32; 6] = [0, 95, 135, 175, 215, 255];
+    let nearest = |v: u8| (0..6).min_by_key(|&i| (LEVELS[i] - i32::from(v)).abs()).expect("six levels");
+    let (ri, gi, bi) = (nearest(r), nearest(g), nearest(b));
+    let distance = |(x, y, z): (i32, i32, i32)| (x - i32::from(r)).pow(2) + (y - i32::from(g)).pow(2) + (z - i32::from(b)).pow(2);
+    let cube = distance((LEVELS[ri], LEVELS[gi], LEVELS[bi]));
+    let grey_step = ((i32::from(r) + i32::from(g) + i32::from(b)) / 3 - 8).clamp(0, 230) / 10;
+    let grey_value = 8 + 10 * grey_step;
+    if distance((grey_value, grey_value, grey_value)) < cube {
+        232 + grey_step as u8
+    } else {
+        16 + (36 * ri + 6 * gi + bi) as u8
+    }
+}
+
+/// A heatmap as text: the title, the column labels written downwards, then a row per
+/// label with a coloured block per cell, and a key of what the colours mean. Cells are
+/// two columns wide while the map fits `width`, one otherwise; columns that still do
+/// not fit are left out, and a line says so. Without colour (`Images::Braille`), a
+/// cell's shade (` ░▒▓█`) says how strong it is.
+pub fn heatmap(map: &tchlab::plot::HeatmapCells, images: Images, width: usize) -> String {
+    use unicode_width::UnicodeWidthChar;
+    const LABEL: usize = 12;
+    let clip = |label: &str| -> (String, usize) {
+        let (mut out, mut used) = (String::new(), 0);
+        for c in label.chars() {
+            let w = c.width().unwrap_or(0);
+            if used + w > LABEL {
+                break;
+            }
+            out.push(c);
+            used += w;
+        }
+        (out, used)
+    };
+    let label_width = map.rows.iter().map(|r| clip(r).1).max().unwrap_or(0);
+    let room = width.saturating_sub(label_width + 2).max(1);
+    let cell = if map.columns.len() * 2 <= room { 2 } else { 1 };
+    let shown = map.columns.len().min(room / cell);
+    let rgb = |hex: &str| -> Option<[u8; 3]> {
+        let h = hex.strip_prefix('#').filter(|h| h.len() == 6)?;
+        let byte = |i: usize| u8::from_str_radix(&h[i..i + 2], 16).ok();
+        Some([byte(0)?, byte(2)?, byte(4)?])
+    };
+    let block = |hex: &str, intensity: Option<f64>| -> String {
+        let fill = "█".repeat(cell);
+        match (images, rgb(hex)) {
+            (Images::Braille, _) | (_, None) => {
+                let shade = intensity.map_or(' ', |v| [' ', '░', '▒', '▓', '█'][((v * 4.0).round() as usize).min(4)]);
+                shade.to_string().repeat(cell)
+            }
+            (_, Some(c)) => format!("\x1b[{}m{fill}\x1b[0m", colour_code(38, c, images == Images::Palette)),
+        }
+    };
+    let mut out = format!("{}  ({} ↓, {} →)\n", map.title, map.row_axis, map.column_axis);
+    let columns: Vec<Vec<char>> = map.columns.iter().take(shown).map(|c| clip(c).0.chars().collect()).collect();
+    let depth = columns.iter().map(Vec::len).max().unwrap_or(0);
+    for line in 0..depth {
+        out.push_str(&" ".repeat(label_width + 1));
+        for chars in &columns {
+            match chars.get(line) {
+                Some(&c) => {
+                    out.push(c);
+                    out.push_str(&" ".repeat(cell.saturating_sub(c.width().unwrap_or(1))));
+                }
+                None => out.push_str(&" ".repeat(cell)),
+            }
+        }
+        out.push('\n');
+    }
+    for (i, row) in map.rows.iter().enumerate() {
+        let (label, used) = clip(row);
+        out.push_str(&" ".repeat(label_width - used));
+        out.push_str(&label);
+        out.push(' ');
+        for j in 0..shown {
+            let hex = map.colours.get(i).and_then(|r| r.get(j)).map_or("", String::as_str);
+            out.push_str(&block(hex, map.intensity.get(i).and_then(|r| r.get(j)).copied().flatten()));
+        }
+        out.push('\n');
+    }
+    if shown < map.columns.len() {
+        out.push_str(&format!("(the first {shown} of {} columns: widen the terminal, or `--save` the figure)\n", map.columns.len()));
+    }
+    let key: Vec<String> = map.key.iter().enumerate().map(|(k, (value, hex))| format!("{} {value}", block(hex, Some(1.0 - k as f64 / 4.0)))).collect();
+    out.push_str(&format!("{}: {}\n", map.legend, key.join("  ")));
     out
 }
 
@@ -360,6 +480,56 @@ mod tests {
         assert_eq!(text.lines().count(), 2);
         assert_eq!(text.lines().next().unwrap().chars().next(), Some('\u{2811}'), "dots (0,0) and (1,1): {text}");
         assert!(braille(&image(8, 8, |_, _| false), 4).chars().all(|c| c == '\u{2800}' || c == '\n'));
+    }
+
+    #[test]
+    fn palette_colours_are_the_nearest_of_the_cube_or_the_grey_ramp() {
+        assert_eq!(palette_index([0, 0, 0]), 16);
+        assert_eq!(palette_index([255, 255, 255]), 231);
+        assert_eq!(palette_index([255, 0, 0]), 196);
+        assert_eq!(palette_index([128, 128, 128]), 244);
+        assert_eq!(palette_index([68, 1, 84]), 53, "viridis's darkest, a dark purple");
+    }
+
+    fn cells() -> tchlab::plot::HeatmapCells {
+        tchlab::plot::HeatmapCells {
+            title: "attention".into(),
+            row_axis: "query".into(),
+            column_axis: "key".into(),
+            rows: vec!["the".into(), "␣cat".into()],
+            columns: vec!["the".into(), "␣cat".into()],
+            colours: vec![vec!["#fde725".into(), String::new()], vec!["#440154".into(), "#21918c".into()]],
+            intensity: vec![vec![Some(1.0), None], vec![Some(0.0), Some(0.5)]],
+            key: vec![("1".into(), "#fde725".into()), ("0".into(), "#440154".into())],
+            legend: "attention".into(),
+        }
+    }
+
+    #[test]
+    fn a_heatmap_names_its_rows_and_columns_and_colours_its_cells() {
+        let text = heatmap(&cells(), Images::Palette, 80);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("attention  (query ↓, key →)"));
+        assert_eq!(lines[1], "     t ␣ ", "column labels run downwards, two columns a cell");
+        assert!(lines[5].starts_with(" the ") && lines[6].starts_with("␣cat "), "{text}");
+        let high = lines[5].split("\x1b[38;5;").nth(1).unwrap().split('m').next().unwrap();
+        let low = lines[6].split("\x1b[38;5;").nth(1).unwrap().split('m').next().unwrap();
+        assert_ne!(high, low, "a high and a low cell differ in colour");
+        assert!(lines[5].ends_with("\x1b[0m  "), "a blank cell is blank: {:?}", lines[5]);
+        assert!(lines.last().unwrap().starts_with("attention: "));
+    }
+
+    #[test]
+    fn without_colour_a_heatmap_shades_its_cells() {
+        let text = heatmap(&cells(), Images::Braille, 80);
+        assert!(!text.contains('\x1b'));
+        assert!(text.contains("\n␣cat   ▒▒\n"), "{text}");
+    }
+
+    #[test]
+    fn a_narrow_terminal_gets_one_column_cells_then_fewer_columns() {
+        assert!(heatmap(&cells(), Images::Palette, 8).lines().nth(1).unwrap().ends_with("t␣"));
+        assert!(heatmap(&cells(), Images::Palette, 6).contains("the first 1 of 2 columns"));
     }
 
     #[test]

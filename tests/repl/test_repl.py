@@ -212,6 +212,40 @@ def test_a_panic_is_an_error_and_the_session_goes_on(tmp_path):
     child.expect(pexpect.EOF)
 
 
+def test_heatmaps_in_a_256_colour_terminal_are_coloured_blocks_labelled_with_tokens(tmp_path):
+    """tmux's TERM, no COLORTERM: the palette's half blocks, not braille. One head's map
+    is a grid of cells, a row per query token; the grid of every head is a picture in
+    half blocks."""
+    import re
+
+    env = dict(environment(tmp_path), TERM="screen-256color")
+    del env["TCHLAB_IMAGES"]
+    env.pop("COLORTERM", None)
+    env.pop("NO_COLOR", None)
+    child = pexpect.spawn(str(TCHLAB), env=env, encoding="utf-8", timeout=60, dimensions=(50, 160))
+    child.expect(PROMPT)
+    run_lines(child, SETUP + ["%train 30"])
+    child.sendline('%attention "12345=" --layer 0 --head 0')
+    child.expect(r"attention.*\(query ↓, key →\)")
+    child.expect("tokens: ")
+    grid = child.before
+    rows = [line for line in grid.split("\r\n") if "\x1b[38;5;" in line and "█" in line and ":" not in line]
+    assert len(rows) == 6, grid
+    first = re.findall(r"\x1b\[38;5;(\d+)m██", rows[0])
+    assert rows[0].lstrip().startswith("1"), "the row is labelled with its token"
+    assert len(first) == 6 and first[0] != first[1], f"the first query attends only to itself: one bright cell, then dark ones: {first}"
+    assert "\u2800" not in grid, "no braille"
+    child.sendline('%attention "12345="')
+    child.expect("tokens: ")  # the result, after the figure
+    picture = child.before
+    colours = set(re.findall(r"\x1b\[38;5;(\d+)m\x1b\[48;5;(\d+)m▀", picture))
+    assert len(colours) > 4, "a picture in palette half blocks, of several colours"
+    child.sendeof()
+    child.expect("Leave anyway")
+    child.sendline("y")
+    child.expect(pexpect.EOF)
+
+
 def test_a_chat_reply_streams_into_the_terminal(tmp_path):
     reference = json.loads((pathlib.Path(os.environ["TCHLAB_FIXTURES"]) / "smollm2.json").read_text())
     child = spawn(tmp_path)

@@ -37,13 +37,15 @@ pub(crate) fn save_figure(figure: &crate::plot::Figure, path: &str) -> crate::Re
         std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     }
     let bytes = if path.extension().is_some_and(|e| e == "svg") { figure.svg.clone().into_bytes() } else { figure.png.clone() };
-    crate::checkpoint::atomic_write(&path, |w| std::io::Write::write_all(w, &bytes))
+    crate::atomic::write(&path, |w| std::io::Write::write_all(w, &bytes))
 }
 
 /// The attention probabilities of every layer for one text.
 pub(crate) struct AttentionMaps {
-    /// The text's tokens: each map's rows (queries) and columns (keys).
+    /// The text's tokens as people read them: each map's rows (queries) and columns (keys).
     pub tokens: Vec<String>,
+    /// The same tokens as the vocabulary spells them.
+    pub pieces: Vec<String>,
     /// One `(1, heads, tokens, tokens)` tensor per layer.
     maps: Vec<tch::Tensor>,
 }
@@ -51,17 +53,18 @@ pub(crate) struct AttentionMaps {
 impl AttentionMaps {
     /// Runs `model` over `text` once, keeping its attention probabilities.
     pub fn of(model: &crate::models::Model, tokenizer: &crate::tokenize::Tokenizer, text: &str) -> crate::Result<Self> {
-        let pairs = tokenizer.encode_tokens(text)?;
-        if pairs.is_empty() {
+        let (ids, pieces): (Vec<i64>, Vec<String>) = tokenizer.encode_tokens(text)?.into_iter().unzip();
+        if ids.is_empty() {
             return crate::error::invalid!("the text has no tokens");
         }
-        let ids = tch::Tensor::from_slice(&pairs.iter().map(|(i, _)| *i).collect::<Vec<_>>()).unsqueeze(0).to_device(model.device());
+        let tokens = tokenizer.readable_tokens(&ids);
+        let ids = tch::Tensor::from_slice(&ids).unsqueeze(0).to_device(model.device());
         let opts = crate::models::ForwardOptions { capture_attention: true, ..Default::default() };
         let maps = tch::no_grad(|| -> crate::Result<Vec<tch::Tensor>> { Ok(model.forward(&ids, None, &opts, None)?.attentions.unwrap_or_default()) })?;
         if maps.is_empty() {
             return crate::error::invalid!("this model has no attention layers to show");
         }
-        Ok(AttentionMaps { tokens: pairs.into_iter().map(|(_, t)| t).collect(), maps })
+        Ok(AttentionMaps { tokens, pieces, maps })
     }
 
     /// Layers.

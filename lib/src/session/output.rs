@@ -25,6 +25,15 @@ pub enum Stream {
 /// cells read the data.
 pub const RESULT_MIME: &str = "application/vnd.tchlab.result+json";
 
+/// The MIME type of a heatmap's cells and labels ([`crate::plot::HeatmapCells`]), which
+/// a terminal draws as labelled text where it shows no images. Notebooks have the
+/// picture; the kernel leaves this out.
+pub const HEATMAP_MIME: &str = "application/vnd.tchlab.heatmap+json";
+
+/// The MIME type of text with a terminal's colour codes (ANSI SGR): what a terminal
+/// shows instead of `text/plain` when it shows colour. The kernel leaves it out.
+pub const ANSI_MIME: &str = "text/vnd.tchlab.ansi";
+
 /// One piece of data in several representations, keyed by MIME type: `text/plain`
 /// always; `text/html` for tables; [`RESULT_MIME`] for a result's data; `image/png` (base64)
 /// and `image/svg+xml` for figures.
@@ -55,7 +64,26 @@ impl Bundle {
     pub fn figure(mut self, figure: &Figure) -> Self {
         self.0.insert("image/png".into(), Value::String(base64::encode(&figure.png)));
         self.0.insert("image/svg+xml".into(), Value::String(figure.svg.clone()));
+        if let Some(cells) = &figure.cells {
+            self.0.insert(HEATMAP_MIME.into(), serde_json::to_value(cells).expect("cells serialise"));
+        }
         self
+    }
+
+    /// Adds the text with colour codes, for terminals ([`ANSI_MIME`]).
+    pub fn ansi(mut self, text: impl Into<String>) -> Self {
+        self.0.insert(ANSI_MIME.into(), Value::String(text.into()));
+        self
+    }
+
+    /// The text with colour codes, when there is one.
+    pub fn ansi_text(&self) -> Option<&str> {
+        self.0.get(ANSI_MIME).and_then(Value::as_str)
+    }
+
+    /// A heatmap's cells and labels ([`HEATMAP_MIME`]), when the bundle draws one.
+    pub fn heatmap(&self) -> Option<crate::plot::HeatmapCells> {
+        serde_json::from_value(self.0.get(HEATMAP_MIME)?.clone()).ok()
     }
 
     /// The `text/plain` form.

@@ -85,7 +85,15 @@ fn attention(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
         (Some(l), Some(h)) => (
             maps.head_figure(l, h)?,
             format!("<figure: attention, layer {l}, head {h}, {} tokens>", maps.tokens.len()),
-            Attention { tokens: maps.tokens.clone(), layers: None, heads: None, layer: Some(l), head: Some(h), attention: Some(maps.rows(l, h)) },
+            Attention {
+                tokens: maps.tokens.clone(),
+                pieces: maps.pieces.clone(),
+                layers: None,
+                heads: None,
+                layer: Some(l),
+                head: Some(h),
+                attention: Some(maps.rows(l, h)),
+            },
         ),
         _ => {
             let chosen_layers: Vec<i64> = layer.map_or_else(|| (0..layers).collect(), |l| vec![l]);
@@ -93,7 +101,15 @@ fn attention(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
             (
                 maps.grid_figure(&chosen_layers, &chosen_heads)?,
                 format!("<figure: attention grid, {} layers × {} heads>", chosen_layers.len(), chosen_heads.len()),
-                Attention { tokens: maps.tokens.clone(), layers: Some(layers), heads: Some(heads), layer: None, head: None, attention: None },
+                Attention {
+                    tokens: maps.tokens.clone(),
+                    pieces: maps.pieces.clone(),
+                    layers: Some(layers),
+                    heads: Some(heads),
+                    layer: None,
+                    head: None,
+                    attention: None,
+                },
             )
         }
     };
@@ -108,8 +124,10 @@ fn attention(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
 /// What `%attention` returns: for one head, its map; for a grid, the model's size.
 #[derive(Serialize, JsonSchema)]
 pub struct Attention {
-    /// The text's tokens, the map's rows and columns.
+    /// The text's tokens as people read them (`␣` a space), the map's rows and columns.
     pub tokens: Vec<String>,
+    /// The same tokens as the vocabulary spells them (`Ġcat`).
+    pub pieces: Vec<String>,
     /// Grid: the model's layers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layers: Option<i64>,

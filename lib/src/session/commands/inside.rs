@@ -38,17 +38,19 @@ fn encode(s: &Session, args: &Args, text: &str) -> Result<(Tensor, Vec<String>),
     if ids.is_empty() {
         return Err(args.usage_error("the text has no tokens"));
     }
-    let labels = labels(tokenizer, &ids);
+    let labels = tokenizer.readable_tokens(&ids);
     Ok((Tensor::from_slice(&ids).unsqueeze(0).to_device(s.model_or_err()?.device()), labels))
+}
+
+/// The vocabulary's pieces of the ids [`encode`] gave.
+fn pieces(s: &Session, ids: &Tensor) -> Result<Vec<String>, CellError> {
+    let ids: Vec<i64> = Vec::try_from(ids.flatten(0, -1)).map_err(crate::Error::from)?;
+    let tokenizer = s.tokenizer_or_err()?;
+    Ok(ids.into_iter().map(|id| tokenizer.piece(id)).collect())
 }
 
 fn usage(message: String) -> CellError {
     crate::Error::Invalid(message).into()
-}
-
-/// Each token as text (a leading space shown as `␣`).
-fn labels(tokenizer: &Tokenizer, ids: &[i64]) -> Vec<String> {
-    ids.iter().map(|&id| tokenizer.decode(&[id]).map_or_else(|_| format!("#{id}"), |t| t.replace(' ', "␣").replace('\n', "⏎"))).collect()
 }
 
 /// A word as one token id: ` word` (as it follows another word), else `word`; `#123`
@@ -66,7 +68,7 @@ fn single_token(tokenizer: &Tokenizer, model: &Model, word: &str, what: &str) ->
             return Ok(*id);
         }
     }
-    let pieces = labels(tokenizer, &tokenizer.encode(word)?);
+    let pieces = tokenizer.readable_tokens(&tokenizer.encode(word)?);
     Err(usage(format!("{what}: `{word}` is not one token (it is {pieces:?}); give a word that is, or an id as `#123`")))
 }
 
@@ -88,8 +90,7 @@ fn metric_name(metric: Metric, tokenizer: &Tokenizer) -> String {
     match metric {
         Metric::Loss => "loss".into(),
         Metric::LogitDiff(a, b) => {
-            let word = |id| tokenizer.decode(&[id]).unwrap_or_else(|_| format!("#{id}"));
-            format!("logit[{:?}] − logit[{:?}]", word(a), word(b))
+            format!("logit[{}] − logit[{}]", tokenizer.readable(a), tokenizer.readable(b))
         }
     }
 }
@@ -173,7 +174,7 @@ fn cache(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         listed.push(CachedActivation { name: name.clone(), shape: t.size(), bytes });
     }
     let summary = format!("{} activations of {} tokens kept, {} in all", tensors.len(), tokens.len(), crate::limits::format_bytes(total as f64));
-    let cached = Cached { tokens: tokens.clone(), activations: listed, total_bytes: total };
+    let cached = Cached { tokens: tokens.clone(), pieces: pieces(s, &ids)?, activations: listed, total_bytes: total };
     s.activations = Some(ActivationCache { tokens, tensors });
     ctx.returns(table.bundle_under(&summary), &cached);
     Ok(())
@@ -182,8 +183,10 @@ fn cache(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
 /// What `%cache` returns.
 #[derive(Serialize, JsonSchema)]
 pub struct Cached {
-    /// The text's tokens.
+    /// The text's tokens as people read them.
     pub tokens: Vec<String>,
+    /// The same tokens as the vocabulary spells them.
+    pub pieces: Vec<String>,
     /// Every activation kept, in the order the forward pass reached them.
     pub activations: Vec<CachedActivation>,
     /// Their memory in all, bytes.
@@ -220,7 +223,7 @@ fn logit_lens(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErr
     let (ids, tokens) = encode(s, args, text)?;
     let lens = inspect::logit_lens(s.model_or_err()?, &ids, k)?;
     let tokenizer = s.tokenizer_or_err()?;
-    let word = |id: i64| labels(tokenizer, &[id]).remove(0);
+    let word = |id: i64| tokenizer.readable(id);
     let values: Vec<Vec<f64>> = lens.next.iter().map(|r| r.iter().map(|p| p.unwrap_or(f64::NAN)).collect()).collect();
     let best: Vec<Vec<String>> = lens.top.iter().map(|r| r.iter().map(|top| word(top[0].0)).collect()).collect();
     let rows: Vec<String> = lens.rows.iter().map(|r| if r == "embed" { r.clone() } else { format!("L{r}") }).collect();
@@ -239,19 +242,27 @@ fn logit_lens(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErr
     let mut table = Table::new(["layer", "last position: top tokens"]);
     for (row, top) in rows.iter().zip(&lens.top) {
         let last = top.last().expect("a position");
-        table.row([row.clone(), last.iter().map(|(id, p)| format!("{:?} {p:.3}", word(*id))).collect::<Vec<_>>().join(", ")]);
+        table.row([row.clone(), last.iter().map(|(id, p)| format!("{} {p:.3}", word(*id))).collect::<Vec<_>>().join(", ")]);
     }
-    let top =
-        lens.top.iter().map(|r| r.iter().map(|t| t.iter().map(|(id, p)| TokenProbability { token: word(*id), id: *id, p: *p }).collect()).collect()).collect();
-    ctx.returns(table.bundle(), &LogitLens { tokens, rows: lens.rows, top, next_probability: lens.next });
+    let top = lens
+        .top
+        .iter()
+        .map(|r| {
+            r.iter().map(|t| t.iter().map(|(id, p)| TokenProbability { token: word(*id), piece: tokenizer.piece(*id), id: *id, p: *p }).collect()).collect()
+        })
+        .collect();
+    let pieces = pieces(s, &ids)?;
+    ctx.returns(table.bundle(), &LogitLens { tokens, pieces, rows: lens.rows, top, next_probability: lens.next });
     Ok(())
 }
 
 /// What `%logit-lens` returns.
 #[derive(Serialize, JsonSchema)]
 pub struct LogitLens {
-    /// The text's tokens (the positions).
+    /// The text's tokens as people read them (the positions).
     pub tokens: Vec<String>,
+    /// The same tokens as the vocabulary spells them.
+    pub pieces: Vec<String>,
     /// The rows: `embed`, then each block's number.
     pub rows: Vec<String>,
     /// For each row and position, the likeliest next tokens.
@@ -263,8 +274,10 @@ pub struct LogitLens {
 /// A token and its probability.
 #[derive(Serialize, JsonSchema)]
 pub struct TokenProbability {
-    /// Its text.
+    /// Its text as people read it.
     pub token: String,
+    /// As the vocabulary spells it.
+    pub piece: String,
     /// Its id.
     pub id: i64,
     /// Its probability.
@@ -571,7 +584,7 @@ fn attribute(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
     let (tokenizer, model) = (s.tokenizer_or_err()?, s.model_or_err()?);
     let id = single_token(tokenizer, model, target, "--target")?;
     let a = inspect::attribute(model, &ids, id)?;
-    let word = labels(tokenizer, &[id]).remove(0);
+    let word = tokenizer.readable(id);
     let map = Heatmap {
         title: &format!("each head's direct effect on logit[{word:?}]"),
         values: &a.heads,
