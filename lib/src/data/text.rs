@@ -48,8 +48,10 @@ impl TextCorpus {
         Ok(windows(&self.train, &starts, ctx))
     }
 
-    /// Consecutive windows of the validation part, at most `max_batches` batches.
+    /// Consecutive windows of the validation part, at most `max_batches` batches; one
+    /// window of all of it when it is shorter than `ctx + 1` tokens.
     pub fn val_batches(&self, batch: usize, ctx: usize, max_batches: usize) -> Vec<(Tensor, Tensor)> {
+        let ctx = ctx.min(self.val.len().saturating_sub(1)).max(1);
         let starts: Vec<usize> = (0..).map(|i| i * ctx).take_while(|s| s + ctx < self.val.len()).take(batch * max_batches).collect();
         starts.chunks(batch).map(|chunk| windows(&self.val, chunk, ctx)).collect()
     }

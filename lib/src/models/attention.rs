@@ -8,10 +8,10 @@
 //! so the probabilities exist, one map per query head. Neither costs anything when it
 //! is not asked for.
 
-use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::hooks::{Point, Site};
+use super::linear::Linear;
 use super::ForwardOptions;
 use crate::error::Result;
 
@@ -40,7 +40,7 @@ pub fn attend(
     v: &Tensor,
     mask: Mask,
     dropout: f64,
-    o_proj: &nn::Linear,
+    o_proj: &Linear,
     layer: usize,
     opts: &ForwardOptions,
 ) -> Result<(Tensor, Option<Tensor>)> {
@@ -57,7 +57,7 @@ pub fn attend(
     let result = Point::block(layer, Site::HeadResult);
     let out = if opts.touches(result) {
         // Each head's share of the output: its slice of the projection's columns.
-        let w = o_proj.ws.f_view([-1, nh, hs])?; // (C, nh, hs)
+        let w = o_proj.effective_weight()?.f_view([-1, nh, hs])?; // (C, nh, hs)
         let per_head = opts.hook(result, Tensor::f_einsum("bhtd,chd->bthc", &[&z, &w], None::<i64>)?)?; // (B, tq, nh, C)
         let summed = per_head.f_sum_dim_intlist([2].as_slice(), false, per_head.kind())?;
         match &o_proj.bs {
@@ -65,7 +65,7 @@ pub fn attend(
             None => summed,
         }
     } else {
-        o_proj.forward(&z.transpose(1, 2).contiguous().view([b, tq, nh * hs]))
+        o_proj.forward_t(&z.transpose(1, 2).contiguous().view([b, tq, nh * hs]), opts.train)
     };
     Ok((out, probs))
 }

@@ -23,6 +23,7 @@ use tch::{Kind, Tensor};
 
 use super::attention::{attend, Mask};
 use super::hooks::{Point, Site};
+use super::linear::Linear;
 use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Task, TaskKind};
 use crate::error::{invalid, Error, Result};
 
@@ -33,6 +34,7 @@ pub const FAMILY: Family = Family {
     from_json: |json| Ok(Box::new(serde_json::from_value::<BertConfig>(json.clone()).map_err(|e| Error::Invalid(format!("BERT config: {e}")))?)),
     tasks: &[TaskKind::Encoder, TaskKind::Classification],
     gguf: None,
+    lora_targets: &["query", "value"],
 };
 
 /// `config.json` of a BERT checkpoint, with the keys `transformers` writes.
@@ -154,13 +156,13 @@ struct Embeddings {
 }
 
 struct Layer {
-    query: nn::Linear,
-    key: nn::Linear,
-    value: nn::Linear,
-    attention_output: nn::Linear,
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_output: Linear,
     attention_norm: nn::LayerNorm,
-    intermediate: nn::Linear,
-    output: nn::Linear,
+    intermediate: Linear,
+    output: Linear,
     output_norm: nn::LayerNorm,
 }
 
@@ -171,8 +173,8 @@ pub struct Bert {
     activation: Activation,
     embeddings: Embeddings,
     layers: Vec<Layer>,
-    pooler: Option<nn::Linear>,
-    classifier: Option<nn::Linear>,
+    pooler: Option<Linear>,
+    classifier: Option<Linear>,
 }
 
 impl Bert {
@@ -187,7 +189,7 @@ impl Bert {
         }
         let h = config.hidden_size;
         let norm = |p: nn::Path| nn::layer_norm(p, vec![h], nn::LayerNormConfig { eps: config.layer_norm_eps, ..Default::default() });
-        let linear = |p: nn::Path, i, o| nn::linear(p, i, o, linear_init());
+        let linear = |p: nn::Path, i, o| Linear::new(&p, i, o, linear_init());
         let embedding = |p: nn::Path, n| nn::embedding(p, n, h, nn::EmbeddingConfig { ws_init: normal_init(), ..Default::default() });
         let e = &(p / "embeddings");
         let embeddings = Embeddings {
@@ -219,7 +221,7 @@ impl Bert {
             embeddings,
             layers,
             pooler: heads.pooler.then(|| linear(p / "pooler" / "dense", h, h)),
-            classifier: heads.classes.map(|n| linear(p / "classifier", h, n)),
+            classifier: heads.classes.map(|n| Linear::head(&(p / "classifier"), h, n, linear_init())),
         })
     }
 
@@ -267,22 +269,26 @@ impl Bert {
             let hook = |site, x| opts.hook(Point::block(i, site), x);
             x = hook(Site::ResidPre, x)?;
             let heads = |z: Tensor, site| hook(site, z.view([b, t, nh, h / nh]).transpose(1, 2)); // (B, nh, T, hs)
-            let (q, k, v) = (heads(layer.query.forward(&x), Site::Q)?, heads(layer.key.forward(&x), Site::K)?, heads(layer.value.forward(&x), Site::V)?);
+            let (q, k, v) = (
+                heads(layer.query.forward_t(&x, opts.train), Site::Q)?,
+                heads(layer.key.forward_t(&x, opts.train), Site::K)?,
+                heads(layer.value.forward_t(&x, opts.train), Site::V)?,
+            );
             let (a, probs) = attend(&q, &k, &v, mask, attn_dropout, &layer.attention_output, i, opts)?;
             let mid = hook(Site::ResidMid, hook(Site::AttnOut, a)?.dropout(dropout, opts.train) + &x)?;
             let y = hook(Site::Ln1Normalized, layer.attention_norm.forward(&mid))?;
-            let pre = hook(Site::MlpPre, layer.intermediate.forward(&y))?;
+            let pre = hook(Site::MlpPre, layer.intermediate.forward_t(&y, opts.train))?;
             let post = hook(Site::MlpPost, self.activation.apply(&pre))?;
-            let f = hook(Site::MlpOut, layer.output.forward(&post))?;
+            let f = hook(Site::MlpOut, layer.output.forward_t(&post, opts.train))?;
             let resid_post = hook(Site::ResidPost, f.dropout(dropout, opts.train) + &y)?;
             x = hook(Site::Ln2Normalized, layer.output_norm.forward(&resid_post))?;
             if let (Some(all), Some(p)) = (attentions.as_mut(), probs) {
                 all.push(p);
             }
         }
-        let pooled = self.pooler.as_ref().map(|d| d.forward(&x.select(1, 0)).tanh()); // (B, H)
+        let pooled = self.pooler.as_ref().map(|d| d.forward_t(&x.select(1, 0), opts.train).tanh()); // (B, H)
         let logits = match (&self.classifier, &pooled) {
-            (Some(c), Some(p)) => Some(c.forward(&p.dropout(dropout, opts.train))),
+            (Some(c), Some(p)) => Some(c.forward_t(&p.dropout(dropout, opts.train), opts.train)),
             _ => None,
         };
         Ok(BertOutput { hidden: x, pooled, logits, attentions })

@@ -30,6 +30,7 @@ use tch::Tensor;
 
 use super::attention::{attend, Mask};
 use super::hooks::{Point, Site};
+use super::linear::Linear;
 use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Readout, Task, TaskKind};
 use crate::error::{invalid, Error, Result};
 
@@ -40,6 +41,7 @@ pub const FAMILY: Family = Family {
     from_json: |json| Ok(Box::new(serde_json::from_value::<GptConfig>(json.clone()).map_err(|e| Error::Invalid(format!("GPT-2 config: {e}")))?)),
     tasks: &[TaskKind::LanguageModel],
     gguf: None,
+    lora_targets: &["c_attn"],
 };
 
 /// `config.json` of a GPT-2 checkpoint, with the keys `transformers` writes.
@@ -157,8 +159,8 @@ pub struct GptOutput {
 }
 
 struct Attention {
-    c_attn: nn::Linear,
-    c_proj: nn::Linear,
+    c_attn: Linear,
+    c_proj: Linear,
     n_head: i64,
     dropout: f64,
 }
@@ -167,9 +169,9 @@ impl Attention {
     fn new(p: &nn::Path, c: &GptConfig) -> Self {
         let d = c.n_embd;
         Attention {
-            c_attn: nn::linear(p / "c_attn", d, 3 * d, linear_init()),
+            c_attn: Linear::new(&(p / "c_attn"), d, 3 * d, linear_init()),
             // Residual projections start smaller, as GPT-2's paper prescribes.
-            c_proj: nn::linear(p / "c_proj", d, d, residual_init(c)),
+            c_proj: Linear::new(&(p / "c_proj"), d, d, residual_init(c)),
             n_head: c.n_head,
             dropout: c.attn_pdrop,
         }
@@ -178,7 +180,7 @@ impl Attention {
     fn forward(&self, x: &Tensor, cache: &mut Option<&mut KvCache>, layer: usize, opts: &ForwardOptions) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, d) = x.size3()?;
         let heads = |z: &Tensor, site| opts.hook(Point::block(layer, site), z.view([b, t, self.n_head, d / self.n_head]).transpose(1, 2)); // (B, nh, T, hs)
-        let qkv = self.c_attn.forward(x).split(d, 2);
+        let qkv = self.c_attn.forward_t(x, opts.train).split(d, 2);
         let q = heads(&qkv[0], Site::Q)?;
         let (k, v) = super::layers::cached(cache, layer, heads(&qkv[1], Site::K)?, heads(&qkv[2], Site::V)?);
         let dropout = if opts.train { self.dropout } else { 0.0 };
@@ -187,8 +189,8 @@ impl Attention {
 }
 
 struct Mlp {
-    c_fc: nn::Linear,
-    c_proj: nn::Linear,
+    c_fc: Linear,
+    c_proj: Linear,
     activation: Activation,
 }
 
@@ -209,8 +211,8 @@ impl Block {
             attn: Attention::new(&(p / "attn"), c),
             ln_2: ln("ln_2"),
             mlp: Mlp {
-                c_fc: nn::linear(mlp / "c_fc", c.n_embd, c.n_inner(), linear_init()),
-                c_proj: nn::linear(mlp / "c_proj", c.n_inner(), c.n_embd, residual_init(c)),
+                c_fc: Linear::new(&(mlp / "c_fc"), c.n_embd, c.n_inner(), linear_init()),
+                c_proj: Linear::new(&(mlp / "c_proj"), c.n_inner(), c.n_embd, residual_init(c)),
                 activation: Activation::parse(&c.activation_function)?,
             },
             resid_pdrop: c.resid_pdrop,
@@ -223,9 +225,9 @@ impl Block {
         let (a, probs) = self.attn.forward(&hook(Site::Ln1Normalized, self.ln_1.forward(&x))?, cache, layer, opts)?;
         let a = hook(Site::AttnOut, a)?;
         let x = hook(Site::ResidMid, &x + a.dropout(self.resid_pdrop, opts.train))?;
-        let pre = hook(Site::MlpPre, self.mlp.c_fc.forward(&hook(Site::Ln2Normalized, self.ln_2.forward(&x))?))?;
+        let pre = hook(Site::MlpPre, self.mlp.c_fc.forward_t(&hook(Site::Ln2Normalized, self.ln_2.forward(&x))?, opts.train))?;
         let post = hook(Site::MlpPost, self.mlp.activation.apply(&pre))?;
-        let m = hook(Site::MlpOut, self.mlp.c_proj.forward(&post))?;
+        let m = hook(Site::MlpOut, self.mlp.c_proj.forward_t(&post, opts.train))?;
         let x = hook(Site::ResidPost, &x + m.dropout(self.resid_pdrop, opts.train))?;
         Ok((x, probs))
     }

@@ -9,6 +9,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::hooks::Site;
+use super::linear::Linear;
 use super::Activation;
 use crate::error::Result;
 
@@ -142,9 +143,9 @@ impl Rotary {
 /// The gated MLP of Llama-style models: `down(act(gate(x)) * up(x))`.
 #[derive(Debug)]
 pub struct GatedMlp {
-    gate_proj: nn::Linear,
-    up_proj: nn::Linear,
-    down_proj: nn::Linear,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
     activation: Activation,
 }
 
@@ -153,9 +154,9 @@ impl GatedMlp {
     pub fn new(p: &nn::Path, width: i64, inner: i64, activation: Activation, bias: bool, init: nn::Init) -> Self {
         let config = nn::LinearConfig { ws_init: init, bs_init: Some(nn::Init::Const(0.0)), bias };
         GatedMlp {
-            gate_proj: nn::linear(p / "gate_proj", width, inner, config),
-            up_proj: nn::linear(p / "up_proj", width, inner, config),
-            down_proj: nn::linear(p / "down_proj", inner, width, config),
+            gate_proj: Linear::new(&(p / "gate_proj"), width, inner, config),
+            up_proj: Linear::new(&(p / "up_proj"), width, inner, config),
+            down_proj: Linear::new(&(p / "down_proj"), inner, width, config),
             activation,
         }
     }
@@ -164,10 +165,10 @@ impl GatedMlp {
 impl GatedMlp {
     /// `down(act(gate(x)) * up(x))`, through the hook points `mlp.hook_pre` (the gate),
     /// `mlp.hook_pre_linear` (up) and `mlp.hook_post` that `hook` runs.
-    pub fn forward(&self, x: &Tensor, hook: impl Fn(Site, Tensor) -> Result<Tensor>) -> Result<Tensor> {
-        let gate = hook(Site::MlpPre, self.gate_proj.forward(x))?;
-        let up = hook(Site::MlpPreLinear, self.up_proj.forward(x))?;
+    pub fn forward(&self, x: &Tensor, train: bool, hook: impl Fn(Site, Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let gate = hook(Site::MlpPre, self.gate_proj.forward_t(x, train))?;
+        let up = hook(Site::MlpPreLinear, self.up_proj.forward_t(x, train))?;
         let post = hook(Site::MlpPost, self.activation.apply(&gate) * up)?;
-        Ok(self.down_proj.forward(&post))
+        Ok(self.down_proj.forward_t(&post, train))
     }
 }

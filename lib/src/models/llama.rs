@@ -27,6 +27,7 @@ use tch::Tensor;
 use super::attention::{attend, Mask};
 use super::hooks::{Point, Site};
 use super::layers::{cached, GatedMlp, Llama3Scaling, RmsNorm, Rotary};
+use super::linear::Linear;
 use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Readout, Task, TaskKind};
 use crate::checkpoint::gguf::{GgufFamily, Metadata};
 use crate::error::{invalid, Error, Result};
@@ -38,6 +39,7 @@ pub const FAMILY: Family = Family {
     from_json: |json| Ok(Box::new(LlamaConfig::from_json(json)?)),
     tasks: &[TaskKind::LanguageModel],
     gguf: Some(&GGUF),
+    lora_targets: &["q_proj", "v_proj"],
 };
 
 /// `config.json` of a Llama, Qwen2 or Qwen3 checkpoint, with the keys `transformers` writes.
@@ -317,10 +319,10 @@ impl Architecture for LlamaConfig {
 }
 
 struct Attention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    o_proj: nn::Linear,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
     /// Qwen3's per-head norms of queries and keys.
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
@@ -335,7 +337,7 @@ impl Attention {
         let (h, hd) = (c.hidden_size, c.head_dim());
         let variant = c.variant();
         let qkv_bias = c.attention_bias || variant == Variant::Qwen2;
-        let linear = |name: &str, i, o, bias| nn::linear(p / name, i, o, linear_init(c, bias));
+        let linear = |name: &str, i, o, bias| Linear::new(&(p / name), i, o, linear_init(c, bias));
         let norm = |name: &str| (variant == Variant::Qwen3).then(|| RmsNorm::new(p / name, hd, c.rms_norm_eps));
         Attention {
             q_proj: linear("q_proj", h, c.num_attention_heads * hd, qkv_bias),
@@ -367,9 +369,9 @@ impl Attention {
             z.transpose(1, 2) // (B, n, T, head_dim)
         };
         let (cos, sin) = rotary;
-        let q = hook(Site::Q, split(self.q_proj.forward(x), self.heads, &self.q_norm))?;
-        let k = hook(Site::K, split(self.k_proj.forward(x), self.kv_heads, &self.k_norm))?;
-        let v = hook(Site::V, split(self.v_proj.forward(x), self.kv_heads, &None))?;
+        let q = hook(Site::Q, split(self.q_proj.forward_t(x, opts.train), self.heads, &self.q_norm))?;
+        let k = hook(Site::K, split(self.k_proj.forward_t(x, opts.train), self.kv_heads, &self.k_norm))?;
+        let v = hook(Site::V, split(self.v_proj.forward_t(x, opts.train), self.kv_heads, &None))?;
         let q = hook(Site::RotQ, Rotary::apply(&q, cos, sin))?;
         let k = hook(Site::RotK, Rotary::apply(&k, cos, sin))?;
         let (k, v) = cached(cache, layer, k, v);
@@ -392,7 +394,7 @@ pub struct Llama {
     layers: Vec<Block>,
     norm: RmsNorm,
     /// `None` when the head is tied to `embed_tokens`.
-    lm_head: Option<nn::Linear>,
+    lm_head: Option<Linear>,
     rotary: Rotary,
 }
 
@@ -421,7 +423,7 @@ impl Llama {
             embed_tokens: nn::embedding(m / "embed_tokens", config.vocab_size, config.hidden_size, nn::EmbeddingConfig { ws_init: init, ..Default::default() }),
             layers,
             norm: RmsNorm::new(m / "norm", config.hidden_size, config.rms_norm_eps),
-            lm_head: (!config.tie_word_embeddings).then(|| nn::linear(p / "lm_head", config.hidden_size, config.vocab_size, linear_init(config, false))),
+            lm_head: (!config.tie_word_embeddings).then(|| Linear::head(&(p / "lm_head"), config.hidden_size, config.vocab_size, linear_init(config, false))),
             rotary: Rotary::new(config.head_dim(), theta, scaling, p.device()),
         })
     }
@@ -459,7 +461,7 @@ impl Network for Llama {
             x = hook(Site::ResidPre, x)?;
             let (a, probs) = block.self_attn.forward(&hook(Site::Ln1Normalized, block.input_layernorm.forward(&x))?, (&cos, &sin), &mut cache, i, opts)?;
             let h = hook(Site::ResidMid, &x + hook(Site::AttnOut, a)?)?;
-            let m = block.mlp.forward(&hook(Site::Ln2Normalized, block.post_attention_layernorm.forward(&h))?, |site, x| hook(site, x))?;
+            let m = block.mlp.forward(&hook(Site::Ln2Normalized, block.post_attention_layernorm.forward(&h))?, opts.train, |site, x| hook(site, x))?;
             x = hook(Site::ResidPost, &h + hook(Site::MlpOut, m)?)?;
             if let (Some(all), Some(p)) = (attentions.as_mut(), probs) {
                 all.push(p);
@@ -467,7 +469,7 @@ impl Network for Llama {
         }
         let hidden = opts.hook(Point::outside(Site::LnFinal), self.norm.forward(&x))?;
         let logits = match &self.lm_head {
-            Some(head) => head.forward(&hidden),
+            Some(head) => head.forward_t(&hidden, opts.train),
             None => hidden.linear::<Tensor>(&self.embed_tokens.ws, None),
         };
         Ok(Output { hidden, logits: Some(logits), pooled: None, attentions })
@@ -482,7 +484,10 @@ impl Network for Llama {
         (var.to_string(), false)
     }
     fn readout(&self) -> Option<Readout> {
-        let unembed = self.lm_head.as_ref().map_or(&self.embed_tokens.ws, |h| &h.ws).shallow_clone();
+        let unembed = match &self.lm_head {
+            Some(head) => head.effective_weight().ok()?,
+            None => self.embed_tokens.ws.shallow_clone(),
+        };
         Some(Readout { weight: self.norm.weight().shallow_clone(), bias: None, centred: false, eps: self.config.rms_norm_eps, unembed })
     }
     fn architecture(&self) -> &'static str {

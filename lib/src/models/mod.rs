@@ -15,7 +15,9 @@ pub mod bert;
 pub mod gpt;
 pub mod hooks;
 pub mod layers;
+pub mod linear;
 pub mod llama;
+pub mod lora;
 
 use std::path::Path;
 
@@ -44,6 +46,9 @@ pub struct Family {
     pub tasks: &'static [TaskKind],
     /// GGUF architectures (`general.architecture`) this family reads, with how.
     pub gguf: Option<&'static crate::checkpoint::gguf::GgufFamily>,
+    /// The layers `%lora` adapts when not told (peft's defaults for the architecture,
+    /// `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
+    pub lora_targets: &'static [&'static str],
 }
 
 /// The family that reads `model_type`.
@@ -395,6 +400,10 @@ pub struct Model {
     pub vars: VarStore,
     /// The network whose forward pass reads `vars`.
     pub network: Box<dyn Network>,
+    /// Its linear layers, where adapters go ([`linear::collect`] found them as it built).
+    linears: Vec<linear::LinearHandle>,
+    /// The LoRA adapters it carries ([`lora`]).
+    adapters: Option<lora::Adapters>,
 }
 
 /// The largest width, vocabulary, context or head count a configuration may give:
@@ -472,8 +481,8 @@ impl Model {
         crate::cuda::prepare(device);
         ensure_weights_fit(&config, device)?;
         let vars = VarStore::new(device);
-        let network = config.build(&vars.root(), task)?;
-        Ok(Model { vars, network })
+        let (network, linears) = linear::collect(|| config.build(&vars.root(), task));
+        Ok(Model { network: network?, vars, linears, adapters: None })
     }
 
     /// A model whose every weight a strict load is about to fill: built as
@@ -510,9 +519,14 @@ impl Model {
         self.vars.device()
     }
 
-    /// Number of parameters.
+    /// Number of parameters, adapters' included.
     pub fn num_parameters(&self) -> i64 {
-        self.vars.trainable_variables().iter().map(Tensor::numel).sum::<usize>() as i64
+        self.vars.variables().values().map(Tensor::numel).sum::<usize>() as i64
+    }
+
+    /// Number of parameters that train (all of them, or only the adapters').
+    pub fn num_trainable(&self) -> i64 {
+        self.vars.trainable_variables().iter().filter(|t| t.requires_grad()).map(Tensor::numel).sum::<usize>() as i64
     }
 
     /// Every variable by name, sorted by name.
@@ -552,13 +566,19 @@ impl Model {
     /// exactly when the weights are bit for bit the same (tests use it to show that a
     /// failed command changed nothing).
     pub fn checksum(&self) -> Result<u64> {
+        self.checksum_of(|_| true)
+    }
+
+    /// [`Model::checksum`] of the variables whose names `keep` accepts (the frozen
+    /// base alone, say).
+    pub fn checksum_of(&self, keep: impl Fn(&str) -> bool) -> Result<u64> {
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         let mut feed = |bytes: &[u8]| {
             for &b in bytes {
                 hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
             }
         };
-        for (name, t) in self.named_tensors() {
+        for (name, t) in self.named_tensors().into_iter().filter(|(n, _)| keep(n)) {
             let t = t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?;
             feed(name.as_bytes());
             feed(format!("{:?}{:?}", t.size(), t.kind()).as_bytes());

@@ -382,6 +382,28 @@ impl Session {
         self.model().ok_or_else(no_model)
     }
 
+    /// Changes what of the model trains (LoRA adapters added, merged, dropped): with a
+    /// trainer, through [`Trainer::change_model`] (a fresh optimiser; `what` in the
+    /// history). Nothing changes when `change` fails.
+    fn change_model<T>(&mut self, what: &str, change: impl FnOnce(&mut Model) -> crate::Result<T>) -> Result<T, CellError> {
+        self.activations = None;
+        match (self.trainer.as_mut(), self.model.as_mut()) {
+            (Some(t), _) => Ok(t.change_model(what, change)?),
+            (None, Some(m)) => Ok(change(m)?),
+            (None, None) => Err(no_model()),
+        }
+    }
+
+    /// Changes the model without changing what trains (adapters switched on or off).
+    fn change_model_in_place<T>(&mut self, change: impl FnOnce(&mut Model) -> crate::Result<T>) -> Result<T, CellError> {
+        self.activations = None;
+        match (self.trainer.as_mut(), self.model.as_mut()) {
+            (Some(t), _) => Ok(change(t.model_mut())?),
+            (None, Some(m)) => Ok(change(m)?),
+            (None, None) => Err(no_model()),
+        }
+    }
+
     fn tokenizer(&self) -> Option<&Tokenizer> {
         self.trainer.as_ref().map(Trainer::tokenizer).or(self.tokenizer.as_ref())
     }

@@ -71,7 +71,8 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
-    /// An optimiser for the trainable variables of `vars`, with zeroed state.
+    /// An optimiser for the variables of `vars` that train (those that require
+    /// gradients: with LoRA adapters, only theirs), with zeroed state.
     pub fn new(vars: &VarStore, method: Method, lr: f64, weight_decay: f64) -> Result<Self> {
         if !(lr >= 0.0 && lr.is_finite()) {
             return invalid!("the learning rate must be a finite number ≥ 0, got {lr}");
@@ -80,7 +81,7 @@ impl Optimizer {
         let mut params: Vec<ParamState> = vars
             .variables()
             .into_iter()
-            .filter(|(_, t)| trainable.iter().any(|v| v.data_ptr() == t.data_ptr()))
+            .filter(|(_, t)| t.requires_grad() && trainable.iter().any(|v| v.data_ptr() == t.data_ptr()))
             .map(|(name, var)| {
                 let zeros = || Tensor::zeros(var.size(), (Kind::Float, var.device()));
                 let master = (var.kind() != Kind::Float).then(|| var.detach().to_kind(Kind::Float));

@@ -6,7 +6,8 @@
 //! DIR/tokenizer.json       the tokenizer
 //! DIR/optimizer.safetensors  moments and master weights, by variable name
 //! DIR/trainer.json         step, seed, data cursor, hyperparameters, data set,
-//!                          optimizer step count, loss scale, histories
+//!                          optimizer step count, loss scale, histories, LoRA settings
+//! DIR/adapter/             the LoRA adapters, in peft's files, when there are any
 //! ```
 //!
 //! The directory is written next to its destination and swapped in with one
@@ -28,9 +29,10 @@ use super::history::History;
 use super::hparams::{HParams, Precision};
 use super::timeline::Timeline;
 use super::trainer::Trainer;
-use crate::checkpoint::{self, atomic_write, safetensors};
+use crate::checkpoint::{self, safetensors};
 use crate::data::{DataSpec, Rng};
 use crate::error::{Error, Result};
+use crate::models::lora::LoraConfig;
 
 const FORMAT: &str = "tchlab-trainer/1";
 
@@ -52,7 +54,16 @@ struct TrainerFile {
     branch: String,
     history: History,
     branches: BTreeMap<String, History>,
+    /// The LoRA adapters' settings, when the model has adapters (in `adapter/`).
+    #[serde(default)]
+    lora: Option<LoraConfig>,
+    /// Whether they are on.
+    #[serde(default)]
+    lora_enabled: bool,
 }
+
+/// Where a checkpoint keeps the model's LoRA adapters.
+const ADAPTER_DIR: &str = "adapter";
 
 impl Trainer {
     /// Saves everything needed to resume into the directory `dir`, replacing what was
@@ -77,6 +88,10 @@ impl Trainer {
 
     fn write_into(&self, dir: &Path) -> Result<()> {
         checkpoint::save_hf(&self.model, Some(&self.tokenizer), dir)?;
+        if self.model.adapters().is_some() {
+            let (config, weights) = self.model.peft_adapter(None, "CAUSAL_LM")?;
+            checkpoint::peft::write(&dir.join(ADAPTER_DIR), &config, &weights)?;
+        }
         safetensors::write(&dir.join("optimizer.safetensors"), &self.opt.state_tensors(), &BTreeMap::new())?;
         let file = TrainerFile {
             format: FORMAT.into(),
@@ -92,9 +107,11 @@ impl Trainer {
             branch: self.branch.clone(),
             history: self.history.clone(),
             branches: self.timeline.branches.clone(),
+            lora: self.model.adapters().map(|a| a.config.clone()),
+            lora_enabled: self.model.adapters().is_some_and(|a| a.enabled),
         };
         let json = serde_json::to_vec_pretty(&file).expect("JSON");
-        atomic_write(&dir.join("trainer.json"), |w| w.write_all(&json))
+        crate::atomic::write(&dir.join("trainer.json"), |w| w.write_all(&json))
     }
 
     /// Loads a checkpoint saved by [`Trainer::save`] onto `device`; training continues
@@ -107,7 +124,14 @@ impl Trainer {
         if file.format != FORMAT {
             return Err(Error::format(&state_path, format!("format `{}`, expected `{FORMAT}`", file.format)));
         }
-        let loaded = checkpoint::load(dir, device)?;
+        let mut loaded = checkpoint::load(dir, device)?;
+        if let Some(config) = &file.lora {
+            let adapter = checkpoint::peft::read(&dir.join(ADAPTER_DIR))?;
+            loaded.model.load_peft_as(config, adapter)?;
+            if !file.lora_enabled {
+                loaded.model.set_lora_enabled(false)?;
+            }
+        }
         let tokenizer = loaded.tokenizer.ok_or_else(|| Error::format(dir, "no tokenizer.json: a trainer checkpoint always has one"))?;
         let hp = HParams { precision: Precision::F32, ..file.hparams.clone() };
         let mut trainer = Trainer::new(loaded.model, tokenizer, file.data, hp, file.seed)?;

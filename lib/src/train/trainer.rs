@@ -71,8 +71,30 @@ pub struct Trainer {
     pub(super) loss_scale: f64,
     pub(super) good_scaled_steps: i64,
     pub(super) trained_seconds: f64,
+    /// How steps are sized now (from the hyperparameters, model, data and memory).
+    pub(super) sizing: Sizing,
     cancel: Arc<AtomicBool>,
 }
+
+/// How a step is sized: the window each example is cut to, and how many examples one
+/// forward pass takes (the batch, or less where memory needs it: the batch is then run
+/// in parts and their gradients summed, so it is still the batch that one step learns
+/// from). Decided when the model, data or hyperparameters change, never between steps.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
+pub struct Sizing {
+    /// Tokens per example: the language-model window, or the longest example.
+    pub window: usize,
+    /// Why that window.
+    pub window_why: String,
+    /// Examples per forward pass.
+    pub micro_batch: usize,
+    /// Why fewer than `batch`, when they are.
+    pub micro_why: Option<String>,
+}
+
+/// The window of a text corpus when `ctx` is 0: a model's whole context is rarely what
+/// a corpus or a laptop needs.
+pub const DEFAULT_TEXT_WINDOW: usize = 512;
 
 /// f16 loss scaling starts here and doubles after this many steps without overflow.
 const INITIAL_LOSS_SCALE: f64 = 65536.0;
@@ -91,22 +113,24 @@ impl Trainer {
     /// a caller that must not lose the model on error calls this, then [`Trainer::assemble`].
     pub fn prepare(model: &Model, tokenizer: &Tokenizer, spec: &DataSpec, hp: &HParams) -> Result<Dataset> {
         let pad_id = model.config().pad_token_id();
-        let data = Dataset::from_spec(spec, tokenizer, pad_id)?;
+        let data = Dataset::from_spec(spec, tokenizer, pad_id, model.config().max_positions().max(1) as usize)?;
         check_fit(model, tokenizer, &data, hp)?;
         Ok(data)
     }
 
     /// A trainer from parts [`Trainer::prepare`] accepted.
     pub fn assemble(model: Model, tokenizer: Tokenizer, data: Dataset, spec: DataSpec, hp: HParams, seed: u64) -> Result<Self> {
-        let parameters = model.num_parameters() as f64;
+        let parameters = model.num_trainable() as f64;
         crate::limits::ensure_fits(
-            &format!("training a model of {parameters:.3e} parameters (gradients, and the optimiser's two moments and float32 masters)"),
+            &format!("training {parameters:.3e} parameters (gradients, and the optimiser's two moments and float32 masters)"),
             parameters * 16.0,
             model.device(),
             "train a smaller model",
         )?;
         let opt = Optimizer::new(&model.vars, method(&hp), hp.lr, hp.weight_decay)?;
+        let sizing = size_step(&model, &data, &hp)?;
         let mut trainer = Trainer {
+            sizing,
             timeline: Timeline::default(),
             branch: MAIN_BRANCH.into(),
             history: History::default(),
@@ -216,13 +240,14 @@ impl Trainer {
 
     /// Checks that `hp` would fit this model and data (what [`Trainer::set`] checks).
     pub fn check_hparams(&self, hp: &HParams) -> Result<()> {
-        check_fit(&self.model, &self.tokenizer, &self.data, hp)
+        check_fit(&self.model, &self.tokenizer, &self.data, hp).map(drop)
     }
 
     /// Swaps in another data set (and the tokenizer it is read with); the model,
     /// optimiser and history stay. Nothing changes if they do not fit.
     pub fn replace_data(&mut self, tokenizer: Tokenizer, spec: DataSpec) -> Result<()> {
         let data = Self::prepare(&self.model, &tokenizer, &spec, &self.hp)?;
+        self.sizing = size_step(&self.model, &data, &self.hp)?;
         self.tokenizer = tokenizer;
         self.data = data;
         self.data_spec = spec;
@@ -247,6 +272,21 @@ impl Trainer {
         Ok(names)
     }
 
+    /// Changes the model outside training in a way that changes what trains (LoRA
+    /// adapters added, merged or dropped): `change` runs on the model; when it succeeds,
+    /// the optimiser starts afresh over what now trains, and the history records `what`
+    /// at the current step. When it fails, nothing changed.
+    pub fn change_model<T>(&mut self, what: &str, change: impl FnOnce(&mut Model) -> Result<T>) -> Result<T> {
+        let out = change(&mut self.model)?;
+        let mut opt = Optimizer::new(&self.model.vars, method(&self.hp), self.hp.lr, self.hp.weight_decay)?;
+        if self.hp.precision != Precision::F32 {
+            opt.use_masters(true)?;
+        }
+        self.opt = opt;
+        self.history.changes.push(Change { step: self.step, key: "model".into(), from: String::new(), to: what.to_string() });
+        Ok(out)
+    }
+
     /// Sets a hyperparameter from its text form, records the change, and applies what
     /// it implies (a new optimiser, a cast to another precision). A bad value changes
     /// nothing.
@@ -256,10 +296,11 @@ impl Trainer {
         if hp == self.hp {
             return Ok(());
         }
-        check_fit(&self.model, &self.tokenizer, &self.data, &hp)?;
+        let sizing = check_fit(&self.model, &self.tokenizer, &self.data, &hp)?;
         if hp.precision != self.hp.precision {
             self.apply_precision(hp.precision)?;
         }
+        self.sizing = sizing;
         if hp.optimizer != self.hp.optimizer {
             // Moments of one optimiser mean nothing to another: start it fresh.
             self.opt.reset(method(&hp));
@@ -306,24 +347,34 @@ impl Trainer {
     }
 
     fn try_step(&mut self, started: Instant) -> Result<StepRecord> {
+        if self.model.adapters().is_some_and(|a| !a.enabled) {
+            return invalid!("the LoRA adapters are off, so nothing would train: `%lora on` first");
+        }
         let next = self.step + 1;
         let lr = self.hp.lr_at(next);
         tch::manual_seed(step_seed(self.seed, next));
         let scale = if self.hp.precision == Precision::F16 { self.loss_scale } else { 1.0 };
         self.opt.zero_grad();
         let (mut loss_sum, mut tokens) = (0.0, 0i64);
+        // Each batch in parts of `micro_batch` when memory needs it, each part's mean loss
+        // weighted by its share of the batch.
+        let (batch, micro) = (self.hp.batch, self.sizing.micro_batch.max(1));
         for _ in 0..self.hp.accum {
-            if self.cancel.load(Ordering::SeqCst) {
-                return Err(Error::Interrupted { step: self.step });
+            for start in (0..batch).step_by(micro) {
+                if self.cancel.load(Ordering::SeqCst) {
+                    return Err(Error::Interrupted { step: self.step });
+                }
+                let part = micro.min(batch - start);
+                let data = self.data.train_batch(part, self.ctx(), &self.tokenizer, &mut self.rng)?;
+                tokens += data.tokens();
+                let share = part as f64 / batch as f64 / self.hp.accum as f64;
+                let loss = self.loss(&data, true)?;
+                (&loss * (scale * share)).f_backward()?;
+                crate::interrupt::trip("step");
+                loss_sum += loss.double_value(&[]) * share;
             }
-            let batch = self.data.train_batch(self.hp.batch, self.ctx(), &self.tokenizer, &mut self.rng)?;
-            tokens += batch.tokens();
-            let loss = self.loss(&batch, true)?;
-            (&loss * (scale / self.hp.accum as f64)).f_backward()?;
-            crate::interrupt::trip("step");
-            loss_sum += loss.double_value(&[]);
         }
-        let loss = loss_sum / self.hp.accum as f64;
+        let loss = loss_sum;
         if !loss.is_finite() {
             return Err(Error::NonFinite(format!(
                 "the training loss is {loss} at step {next}; the step was not taken and the weights are unchanged. Lower the learning rate (`%set lr=...`) or rewind to a snapshot"
@@ -462,9 +513,14 @@ impl Trainer {
         Ok(())
     }
 
-    /// Language-model window length: `ctx`, or the model's context.
+    /// Language-model window length ([`Sizing::window`]).
     fn ctx(&self) -> usize {
-        effective_ctx(&self.model.config(), &self.hp)
+        self.sizing.window
+    }
+
+    /// How steps are sized now, and why.
+    pub fn sizing(&self) -> &Sizing {
+        &self.sizing
     }
 
     fn logits(&self, batch: &Batch, train: bool) -> Result<Tensor> {
@@ -488,9 +544,11 @@ impl Trainer {
 
     // ---- the timeline: snapshots, rewind, fork ----
 
-    /// Everything a rewind restores, copied.
+    /// Everything a rewind restores, copied: the weights that train (all of them, or
+    /// only the adapters': a frozen base does not change), the optimiser, the cursor.
     fn capture(&self, name: &str, auto: bool) -> Snapshot {
-        let weights: Vec<(String, Tensor)> = self.model.named_tensors().into_iter().map(|(n, t)| (n, t.detach().copy())).collect();
+        let weights: Vec<(String, Tensor)> =
+            self.model.named_tensors().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, t)| (n, t.detach().copy())).collect();
         Snapshot {
             name: name.to_string(),
             branch: self.branch.clone(),
@@ -599,10 +657,22 @@ impl Trainer {
     }
 
     fn restore(&mut self, s: &Snapshot) -> Result<()> {
+        let vars = self.model.vars.variables();
+        let training: std::collections::BTreeSet<&String> = vars.iter().filter(|(_, t)| t.requires_grad()).map(|(n, _)| n).collect();
+        if s.weights.len() != training.len() || s.weights.iter().any(|(n, _)| !training.contains(n)) {
+            let (then, now) = (s.weights.iter().any(|(n, _)| Model::is_adapter_variable(n)), self.model.adapters().is_some());
+            let why = match (then, now) {
+                (false, true) => "before the model's LoRA adapters were added: `%lora drop` (or `%lora merge`) first",
+                (true, false) => "with LoRA adapters the model no longer has",
+                _ => "with other LoRA adapters than the model has now",
+            };
+            return invalid!("`{}` was taken {why}; nothing was changed", s.name);
+        }
+        let sizing = size_step(&self.model, &self.data, &s.hp)?;
         if s.hp.precision != self.hp.precision {
             self.apply_precision(s.hp.precision)?;
         }
-        let vars = self.model.vars.variables();
+        self.sizing = sizing;
         tch::no_grad(|| -> Result<()> {
             for (name, saved) in &s.weights {
                 vars[name].shallow_clone().f_copy_(saved)?;
@@ -635,8 +705,9 @@ pub(super) fn method(hp: &HParams) -> Method {
     }
 }
 
-/// Checks that the model, its tokenizer, the data and the hyperparameters go together.
-pub(super) fn check_fit(model: &Model, tokenizer: &Tokenizer, data: &Dataset, hp: &HParams) -> Result<()> {
+/// Checks that the model, its tokenizer, the data and the hyperparameters go together,
+/// and sizes a step for them.
+pub(super) fn check_fit(model: &Model, tokenizer: &Tokenizer, data: &Dataset, hp: &HParams) -> Result<Sizing> {
     let config = model.config();
     if tokenizer.vocab_size() as i64 > config.vocab_size() {
         return invalid!(
@@ -656,7 +727,7 @@ pub(super) fn check_fit(model: &Model, tokenizer: &Tokenizer, data: &Dataset, hp
                 );
             }
         }
-        (Task::LanguageModel, Dataset::Text(_)) => {}
+        (Task::LanguageModel, Dataset::Text(_) | Dataset::Chat(_)) => {}
         (Task::Classification { classes }, Dataset::Classify(c)) if classes as usize == c.labels.len() => {}
         (Task::Classification { classes }, Dataset::Classify(c)) => {
             return invalid!("the classifier has {classes} classes but the data has {} labels ({})", c.labels.len(), c.labels.join(", "))
@@ -664,7 +735,7 @@ pub(super) fn check_fit(model: &Model, tokenizer: &Tokenizer, data: &Dataset, hp
         (Task::Encoder { .. }, Dataset::Classify(c)) => {
             return invalid!("this {} model has no classification head; load it as a classifier with --classes {}", config.model_type(), c.labels.len())
         }
-        (Task::LanguageModel, Dataset::Classify(_)) => {
+        (Task::LanguageModel, Dataset::Classify(_)) | (Task::Classification { .. }, Dataset::Chat(_)) => {
             return invalid!(
                 "classification data needs an encoder with a classification head (BERT family); this model is a {} language model",
                 config.model_type()
@@ -675,35 +746,79 @@ pub(super) fn check_fit(model: &Model, tokenizer: &Tokenizer, data: &Dataset, hp
     if hp.precision == Precision::F16 && model.device() == tch::Device::Cpu {
         return invalid!("precision=f16 needs CUDA (loss scaling on the GPU); on the CPU use precision=bf16");
     }
-    let window = match data {
-        Dataset::Synth { .. } => data.example_len().unwrap_or(1),
-        Dataset::Text(_) => effective_ctx(&config, hp),
-        Dataset::Classify(c) => {
-            let longest = c.longest();
-            if longest as i64 > config.max_positions() {
-                return invalid!(
-                    "the longest example has {longest} tokens but the model reads at most {}; shorten the texts, or use a tokenizer that truncates",
-                    config.max_positions()
-                );
-            }
-            longest.max(1)
+    if let Dataset::Classify(c) = data {
+        let longest = c.longest();
+        if longest as i64 > config.max_positions() {
+            return invalid!(
+                "the longest example has {longest} tokens but the model reads at most {}; shorten the texts, or use a tokenizer that truncates",
+                config.max_positions()
+            );
         }
-    };
-    crate::limits::ensure_fits(
-        &format!("a training step on batches of {} × {window} tokens", hp.batch),
-        config.activation_estimate(hp.batch, window),
-        model.device(),
-        "lower `batch` (and raise `accum` to keep the effective batch)",
-    )?;
-    Ok(())
+    }
+    size_step(model, data, hp)
 }
 
-/// Language-model window length: `ctx`, or the model's context.
-fn effective_ctx(config: &crate::models::ModelConfig, hp: &HParams) -> usize {
-    let model_ctx = config.max_positions() as usize;
-    if hp.ctx == 0 {
-        model_ctx
-    } else {
-        hp.ctx.min(model_ctx)
+/// The window and micro-batch of a step ([`Sizing`]): `ctx` when it is set (at most the
+/// model's context); otherwise what the data needs — a synthetic example, the longest
+/// example, or for a text corpus the model's context up to [`DEFAULT_TEXT_WINDOW`] and
+/// the corpus's length. The batch runs whole when its activations fit in memory, else
+/// in the largest parts that do; when one example alone does not fit, the refusal names
+/// `ctx` and `batch`.
+fn size_step(model: &Model, data: &Dataset, hp: &HParams) -> Result<Sizing> {
+    let config = model.config();
+    let model_ctx = config.max_positions().max(1) as usize;
+    let asked = |what: &str, natural: usize| -> (usize, String) {
+        match hp.ctx {
+            0 => (natural.clamp(1, model_ctx), format!("ctx=0: {what}")),
+            n if n > model_ctx => (model_ctx, format!("ctx={n}, cut to the model's context of {model_ctx}")),
+            n => (n.min(natural.max(1)), format!("ctx={n}")),
+        }
+    };
+    let (window, window_why) = match data {
+        Dataset::Synth { .. } => {
+            let n = data.example_len().unwrap_or(1);
+            (n, "the synthetic task's examples".to_string())
+        }
+        Dataset::Text(c) => {
+            let fits = c.sizes().0.saturating_sub(1).max(1);
+            match hp.ctx {
+                0 => {
+                    let window = model_ctx.min(DEFAULT_TEXT_WINDOW).min(fits);
+                    let why = if window == fits && fits < model_ctx.min(DEFAULT_TEXT_WINDOW) {
+                        "ctx=0: the whole training text (it is shorter than a window)".to_string()
+                    } else if model_ctx > DEFAULT_TEXT_WINDOW {
+                        format!("ctx=0: {DEFAULT_TEXT_WINDOW} tokens for a text corpus (the model reads up to {model_ctx}; `%set ctx=N` for more)")
+                    } else {
+                        format!("ctx=0: the model's context of {model_ctx}")
+                    };
+                    (window, why)
+                }
+                n => (n.min(model_ctx), if n > model_ctx { format!("ctx={n}, cut to the model's context of {model_ctx}") } else { format!("ctx={n}") }),
+            }
+        }
+        Dataset::Classify(c) => (c.longest().max(1), "the longest example".to_string()),
+        Dataset::Chat(c) => asked("the longest example", c.longest()),
+    };
+    let estimate = |micro: usize| config.activation_estimate(micro, window);
+    let usable = crate::limits::usable_bytes(model.device()).unwrap_or(f64::INFINITY);
+    let mut micro = hp.batch.max(1);
+    while micro > 1 && estimate(micro) > usable {
+        micro = micro.div_ceil(2);
     }
+    crate::limits::ensure_fits(
+        &format!("a training step on {micro} × {window} tokens ({window_why})"),
+        estimate(micro),
+        model.device(),
+        "lower `ctx` (the window) with `%set ctx=N`, or train a smaller model",
+    )?;
+    let micro_why = (micro < hp.batch).then(|| {
+        format!(
+            "the batch of {} needs about {} of activations and memory holds {}: it runs in {} parts of {micro}",
+            hp.batch,
+            crate::limits::format_bytes(estimate(hp.batch)),
+            crate::limits::format_bytes(usable),
+            hp.batch.div_ceil(micro)
+        )
+    });
+    Ok(Sizing { window, window_why, micro_batch: micro, micro_why })
 }

@@ -5,7 +5,10 @@
 
 use std::path::PathBuf;
 
+use serde_json::Value;
 use tch::{Kind, Tensor};
+use tchlab::session::output::{CellError, Output};
+use tchlab::session::Session;
 
 /// The fixtures made by `python/make_fixtures.py` (`make test` makes them and sets
 /// TCHLAB_FIXTURES).
@@ -98,4 +101,43 @@ pub fn assert_updated_like(updated: Vec<(String, Tensor)>, file: &std::path::Pat
         let relative = diff.max().double_value(&[]) / scale;
         assert!(relative < 1e-5, "{name}: relative difference {relative:e}");
     }
+}
+
+// ---- sessions: cells as a notebook sends them ----
+
+/// Runs a cell, returning its outputs and its result.
+pub fn run(s: &mut Session, cell: &str) -> (Vec<Output>, Result<(), CellError>) {
+    let mut outputs = vec![];
+    let result = s.run_cell(cell, &mut |o| outputs.push(o));
+    (outputs, result)
+}
+
+/// Runs a cell that must succeed and returns its result's JSON (`Null` when it has none).
+pub fn ok(s: &mut Session, cell: &str) -> Value {
+    let (outputs, result) = run(s, cell);
+    if let Err(e) = result {
+        panic!("{cell}: {e}");
+    }
+    result_json(&outputs)
+}
+
+/// The JSON of the last result among `outputs` (`Null` when none).
+pub fn result_json(outputs: &[Output]) -> Value {
+    outputs.iter().rev().find_map(|o| if let Output::Result(b) = o { b.data().cloned() } else { None }).unwrap_or(Value::Null)
+}
+
+/// Runs a cell that must fail and returns its error.
+pub fn fail(s: &mut Session, cell: &str) -> CellError {
+    match run(s, cell).1 {
+        Ok(()) => panic!("{cell} should fail"),
+        Err(e) => e,
+    }
+}
+
+/// One session at a time in a test binary.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    // libtorch's random generator is one per process: sessions that must reproduce
+    // numbers take turns, as one front end runs one command at a time.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }

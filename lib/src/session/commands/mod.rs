@@ -3,12 +3,13 @@
 //! completion and the README's reference are all generated.
 //!
 //! Handlers live beside their kin: [`general`] (help, environment, timing),
-//! [`model`] (models, checkpoints, tokenizers), [`training`] (data, hyperparameters,
+//! [`model`] (models, checkpoints, tokenizers), [`adapt`] (LoRA adapters), [`training`] (data, hyperparameters,
 //! training, the timeline, plots), [`explore`] (sweeps, the learning-rate range test,
 //! comparisons), [`inference`] (generation, attention, embeddings, prediction) and
 //! [`inside`] (hook points: the activation cache, logit lens, ablation, patching, head
 //! scores, attribution).
 
+mod adapt;
 mod chat;
 mod explore;
 mod general;
@@ -256,6 +257,7 @@ pub static COMMANDS: &[Command] = &[
     model::TOKENIZER,
     model::TOKENIZE,
     model::WEIGHTS,
+    adapt::LORA,
     training::DATA,
     training::SET,
     training::HPARAMS,

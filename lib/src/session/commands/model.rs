@@ -237,6 +237,9 @@ fn load(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         crate::Error::Invalid(message) => CellError { name: "FileError".into(), message },
         other => other.into(),
     })?;
+    if checkpoint::peft::is_adapter(&path) {
+        return load_adapter(s, &path, ctx);
+    }
     if path.join("trainer.json").is_file() {
         let trainer = Trainer::load(&path, s.device)?;
         let step = trainer.step_count();
@@ -284,6 +287,38 @@ fn load(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     Ok(())
 }
 
+/// `%load` of a peft adapter directory: onto the model loaded, which must be its base.
+fn load_adapter(s: &mut Session, path: &std::path::Path, ctx: &mut Ctx) -> Result<(), CellError> {
+    let adapter = checkpoint::peft::read(path)?;
+    if s.model().is_none() {
+        let base = adapter.config.base_model_name_or_path.as_deref().map_or(String::new(), |b| format!(" (it was made for {b})"));
+        return Err(CellError {
+            name: "UsageError".into(),
+            message: format!("{} is a LoRA adapter: `%load` its base model first{base}, then the adapter", path.display()),
+        });
+    }
+    let tensors = 2 * adapter.weights.len();
+    let layers = s.change_model(&format!("lora from {}", path.display()), |m| m.load_peft(adapter))?;
+    let model = s.model_or_err()?;
+    let text = format!(
+        "applied the LoRA adapter {} to {} layers of the model ({} parameters train now)",
+        path.display(),
+        layers.len(),
+        group_digits(model.num_trainable())
+    );
+    let loaded = Loaded {
+        path: path.to_path_buf(),
+        model_type: model.config().model_type().to_string(),
+        parameters: model.num_parameters(),
+        resumed_step: None,
+        loaded: Some(tensors),
+        missing: Some(vec![]),
+        unexpected: Some(vec![]),
+    };
+    ctx.returns(Bundle::text(text), &loaded);
+    Ok(())
+}
+
 /// What `%load` returns: a model (what was loaded, missing, unused) or a training
 /// checkpoint (the step it resumed at).
 #[derive(Serialize, JsonSchema)]
@@ -311,9 +346,15 @@ pub struct Loaded {
 pub const SAVE: Command = Command {
     name: "save",
     summary: "save the model; with training state, a checkpoint that resumes exactly",
-    args: &[pos("path", "directory").path(), flag("hf", "only the Hugging Face files (config, weights, tokenizer)")],
+    args: &[
+        pos("path", "directory").path(),
+        flag("hf", "only the Hugging Face files (config, weights, tokenizer)"),
+        flag("adapter", "only the LoRA adapters, as peft saves them (adapter_config.json, adapter_model.safetensors)"),
+    ],
     details: "The directory always holds config.json, model.safetensors and tokenizer.json, which `transformers` reads. \
-              While training, it also holds the optimiser and trainer state. Saves are atomic.",
+              While training, it also holds the optimiser and trainer state (and the LoRA adapters, in peft's files under adapter/). \
+              With --adapter, only the adapters: `PeftModel.from_pretrained` loads them onto the base, and so does `%load DIR`. \
+              A model with adapters saves --hf once they are merged (`%lora merge`). Saves are atomic.",
     example: "%save runs/reverse",
     returns: returns::<Saved>(),
     run: save,
@@ -321,6 +362,17 @@ pub const SAVE: Command = Command {
 
 fn save(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let path = expand_home(args.get("path").expect("required"));
+    if args.flag("adapter") {
+        if args.flag("hf") {
+            return Err(args.usage_error("--adapter and --hf save different things: choose one"));
+        }
+        return save_adapter(s, &path, ctx);
+    }
+    if args.flag("hf") && s.model_or_err()?.adapters().is_some() {
+        return Err(args.usage_error(
+            "the model has LoRA adapters, which a Hugging Face model directory has no place for: `%lora merge` folds them into the weights first, or `%save DIR --adapter` saves them as peft does",
+        ));
+    }
     let resumable = s.trainer.is_some() && !args.flag("hf");
     match (&s.trainer, args.flag("hf")) {
         (Some(t), false) => t.save(&path)?,
@@ -332,6 +384,22 @@ fn save(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     }
     let what = if resumable { format!("training checkpoint at step {step} (resumes exactly with %load)") } else { "model (Hugging Face format)".into() };
     ctx.returns(Bundle::text(format!("saved {what} to {}", path.display())), &Saved { path, step, resumable });
+    Ok(())
+}
+
+/// `%save DIR --adapter`: the adapters alone, in peft's files.
+fn save_adapter(s: &mut Session, path: &std::path::Path, ctx: &mut Ctx) -> Result<(), CellError> {
+    let model = s.model_or_err()?;
+    let task_type = match model.task() {
+        crate::models::Task::LanguageModel => "CAUSAL_LM",
+        crate::models::Task::Classification { .. } => "SEQ_CLS",
+        crate::models::Task::Encoder { .. } => "FEATURE_EXTRACTION",
+    };
+    let (config, weights) = model.peft_adapter(s.model_source.clone(), task_type)?;
+    checkpoint::peft::write(path, &config, &weights)?;
+    let step = s.trainer.as_ref().map_or(0, Trainer::step_count);
+    let text = format!("saved the LoRA adapters of {} layers to {} (peft's format)", weights.len(), path.display());
+    ctx.returns(Bundle::text(text), &Saved { path: path.to_path_buf(), step, resumable: false });
     Ok(())
 }
 
@@ -417,12 +485,14 @@ pub const TOKENIZE: Command = Command {
 
 fn tokenize(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let text = args.rest().join(" ");
-    let pairs = s.tokenizer_or_err()?.encode_tokens(&text)?;
-    let mut table = Table::new(["#", "token", "id"]);
-    for (i, (id, token)) in pairs.iter().enumerate() {
-        table.row([i.to_string(), format!("{token:?}"), id.to_string()]);
+    let tokenizer = s.tokenizer_or_err()?;
+    let (ids, pieces): (Vec<i64>, Vec<String>) = tokenizer.encode_tokens(&text)?.into_iter().unzip();
+    let readable = tokenizer.readable_tokens(&ids);
+    let mut table = Table::new(["#", "token", "piece", "id"]);
+    for (i, ((id, token), piece)) in ids.iter().zip(&readable).zip(&pieces).enumerate() {
+        table.row([i.to_string(), token.clone(), piece.clone(), id.to_string()]);
     }
-    let tokens = Tokens { tokens: pairs.iter().map(|(_, t)| t.clone()).collect(), ids: pairs.iter().map(|(i, _)| *i).collect() };
+    let tokens = Tokens { tokens: readable, pieces, ids };
     ctx.returns(table.bundle(), &tokens);
     Ok(())
 }
@@ -430,8 +500,10 @@ fn tokenize(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError
 /// What `%tokenize` returns.
 #[derive(Serialize, JsonSchema)]
 pub struct Tokens {
-    /// Each token's text.
+    /// Each token as people read it (`␣` a space, `↵` a newline, `\xNN` a byte that is not a whole character).
     pub tokens: Vec<String>,
+    /// Each token as the vocabulary spells it (`Ġcat`, `▁cat`, `<0x0A>`).
+    pub pieces: Vec<String>,
     /// Each token's id.
     pub ids: Vec<i64>,
 }

@@ -21,17 +21,21 @@ use crate::checkpoint::find::expand_home;
 
 pub const DATA: Command = Command {
     name: "data",
-    summary: "choose the data: a synthetic task, a text corpus, or labelled texts",
+    summary: "choose the data: a synthetic task, a text corpus, labelled texts, or conversations to instruction-tune on",
     args: &[
-        pos("kind", "synth | text | classify").choices(&["synth", "text", "classify"]),
-        pos("source", "synth: copy | reverse | sort | add; text, classify: a file").path().suggest(&["copy", "reverse", "sort", "add"]),
+        pos("kind", "synth | text | classify | chat").choices(&["synth", "text", "classify", "chat"]),
+        pos("source", "synth: copy | reverse | sort | add; text, classify, chat: a file").path().suggest(&["copy", "reverse", "sort", "add"]),
         option("length", "N", "synth: symbols per input (default 6)"),
         option("symbols", "N", "synth: distinct symbols (default 10)"),
-        option("val", "F", "text, classify: validation fraction (default 0.1)"),
+        option("val", "F", "text, classify, chat: validation fraction (default 0.1)"),
         option("text", "FIELD", "classify: the text column or field (default text)"),
         option("label", "FIELD", "classify: the label column or field (default label)"),
+        flag("all-tokens", "chat: every token carries loss, not only the assistant's replies (or the completions)"),
     ],
-    details: "A text corpus without a tokenizer gets a character tokenizer built from it. Classification files are CSV with a header, or JSONL.",
+    details: "A text corpus without a tokenizer gets a character tokenizer built from it. Classification files are CSV with a header, or JSONL. \
+              Chat files are JSON lines in TRL's formats: {\"messages\": [{\"role\", \"content\"}, ...]} or {\"prompt\", \"completion\"} (strings, or message lists), \
+              rendered with the model's chat template; by default only the assistant's tokens (with each reply's end-of-turn token) carry loss, \
+              as TRL's assistant_only_loss and completion_only_loss. The result shows one example with the tokens that carry loss marked.",
     example: "%data synth reverse --length 6",
     returns: returns::<DataReady>(),
     run: data,
@@ -59,6 +63,16 @@ fn data(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
             };
             (DataSpec::Text { path, val_fraction: val }, tokenizer)
         }
+        "chat" => {
+            let tokenizer = s.tokenizer_or_err()?.clone();
+            let template = s.conversation.template.clone();
+            let eos = s
+                .model()
+                .and_then(|m| m.config().eos_token_ids().first().map(|&id| tokenizer.piece(id)))
+                .or_else(|| template.as_ref().map(|t| t.eos_token.clone()));
+            let spec = DataSpec::Chat { path: expand_home(source), val_fraction: val, seed: s.seed, all_tokens: args.flag("all-tokens"), template, eos };
+            (spec, tokenizer)
+        }
         _ => {
             let spec = DataSpec::Classify {
                 path: expand_home(source),
@@ -75,14 +89,15 @@ fn data(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let (text, ready) = match s.trainer.as_ref().map(Trainer::data) {
         Some(crate::data::Dataset::Text(c)) => {
             let (train, val) = c.sizes();
-            let ready = DataReady { kind: "text".into(), train: Some(train), val: Some(val), labels: None, vocab };
+            let ready = DataReady { kind: "text".into(), train: Some(train), val: Some(val), vocab, ..Default::default() };
             (format!("text corpus: {train} training tokens, {val} validation tokens"), ready)
         }
         Some(crate::data::Dataset::Classify(c)) => {
             let (train, val) = c.sizes();
-            let ready = DataReady { kind: "classify".into(), train: Some(train), val: Some(val), labels: Some(c.labels.clone()), vocab };
+            let ready = DataReady { kind: "classify".into(), train: Some(train), val: Some(val), labels: Some(c.labels.clone()), vocab, ..Default::default() };
             (format!("{train} training and {val} validation examples; labels: {}", c.labels.join(", ")), ready)
         }
+        Some(crate::data::Dataset::Chat(c)) => return chat_ready(c, vocab, s.trainer.as_ref().map(Trainer::sizing), ctx),
         _ => {
             let example = match &s.data {
                 Some(DataSpec::Synth { task, length, symbols }) => {
@@ -93,7 +108,7 @@ fn data(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
                 _ => String::new(),
             };
             let next = if s.model().is_none() { " — now `%model gpt` builds a model for it" } else { "" };
-            let ready = DataReady { kind: args.get("kind").expect("required").to_string(), train: None, val: None, labels: None, vocab };
+            let ready = DataReady { kind: args.get("kind").expect("required").to_string(), vocab, ..Default::default() };
             (format!("data ready{example}{next}"), ready)
         }
     };
@@ -101,12 +116,70 @@ fn data(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     Ok(())
 }
 
+/// `%data chat`'s result: how many examples and tokens, what was cut, and one example
+/// with the stretches that carry loss marked (⟦…⟧ in text, highlighted in HTML and in
+/// colour in a terminal).
+fn chat_ready(c: &crate::data::chat::ChatData, vocab: Option<usize>, sizing: Option<&crate::train::Sizing>, ctx: &mut Ctx) -> Result<(), CellError> {
+    let ((train, val), (trained, val_trained)) = (c.sizes(), c.trained_tokens());
+    let mut text = format!("{train} training and {val} validation examples; {trained} training tokens carry loss ({val_trained} in validation)");
+    if c.truncated > 0 {
+        text.push_str(&format!("; {} examples longer than the model's context were cut to it", c.truncated));
+    }
+    if c.dropped > 0 {
+        text.push_str(&format!("; {} examples with nothing left to learn were dropped", c.dropped));
+    }
+    if let Some(sizing) = sizing {
+        text.push_str(&format!("\nwindow: {} tokens ({}); {} examples a forward pass", sizing.window, sizing.window_why, sizing.micro_batch));
+    }
+    let example = c.shown.as_ref().map(|shown| {
+        let mut plain = String::new();
+        let (mut html, mut ansi) = (String::new(), String::new());
+        let mut at = 0;
+        for &(start, end) in &shown.trained {
+            let (before, marked) = (&shown.text[at..start], &shown.text[start..end]);
+            plain.push_str(before);
+            plain.push_str(&format!("⟦{marked}⟧"));
+            html.push_str(&escape_html(before));
+            html.push_str(&format!("<mark style='background:#c8f0c8'>{}</mark>", escape_html(marked)));
+            ansi.push_str(before);
+            ansi.push_str(&format!("\x1b[1;30;42m{marked}\x1b[0m"));
+            at = end;
+        }
+        plain.push_str(&shown.text[at..]);
+        html.push_str(&escape_html(&shown.text[at..]));
+        ansi.push_str(&shown.text[at..]);
+        (plain, html, ansi)
+    });
+    let ready = DataReady {
+        kind: "chat".into(),
+        train: Some(train),
+        val: Some(val),
+        vocab,
+        trained_tokens: Some(trained),
+        truncated: Some(c.truncated),
+        dropped: Some(c.dropped),
+        example: example.as_ref().map(|(plain, _, _)| plain.clone()),
+        ..Default::default()
+    };
+    let bundle = match &example {
+        Some((plain, html, ansi)) => {
+            let head = "an example (what carries loss is marked):";
+            Bundle::text(format!("{text}\n{head}\n{plain}"))
+                .html(format!("<p>{}</p><p>{head}</p><pre style='white-space:pre-wrap'>{html}</pre>", escape_html(&text)))
+                .ansi(format!("{text}\n{head}\n{ansi}"))
+        }
+        None => Bundle::text(text),
+    };
+    ctx.returns(bundle, &ready);
+    Ok(())
+}
+
 /// What `%data` returns.
-#[derive(Serialize, JsonSchema)]
+#[derive(Serialize, JsonSchema, Default)]
 pub struct DataReady {
-    /// `synth`, `text` or `classify`.
+    /// `synth`, `text`, `classify` or `chat`.
     pub kind: String,
-    /// Training tokens (text) or examples (classify); null until a model is built for synthetic data.
+    /// Training tokens (text) or examples (classify, chat); null until a model is built for synthetic data.
     pub train: Option<usize>,
     /// Validation tokens or examples.
     pub val: Option<usize>,
@@ -115,6 +188,18 @@ pub struct DataReady {
     pub labels: Option<Vec<String>>,
     /// The tokenizer's vocabulary size.
     pub vocab: Option<usize>,
+    /// Chat: training tokens that carry loss.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trained_tokens: Option<usize>,
+    /// Chat: examples cut to the model's context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<usize>,
+    /// Chat: examples dropped with nothing left to learn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<usize>,
+    /// Chat: the first training example, what carries loss between ⟦ and ⟧.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub example: Option<String>,
 }
 
 pub const SET: Command = Command {
@@ -146,22 +231,43 @@ pub struct HParamsSet(pub BTreeMap<String, Option<String>>);
 
 pub const HPARAMS: Command = Command {
     name: "hparams",
-    summary: "show every hyperparameter, its value and meaning",
+    summary: "show every hyperparameter, its value and meaning, and how a step is sized from them",
     args: &[],
-    details: "",
+    details: "With a model and data, also the window each example is cut to and the examples one forward pass takes, and why (`ctx=0` lets the data and the model decide; a batch too big for memory runs in parts).",
     example: "%hparams",
-    returns: returns::<HParams>(),
+    returns: returns::<HParamsShown>(),
     run: hparams,
 };
 
 fn hparams(s: &mut Session, _: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
-    let hp = s.hparams();
+    let hp = s.hparams().clone();
     let mut table = Table::new(["name", "value", "meaning"]);
     for (k, meaning) in crate::train::hparams::KEYS {
         table.row([k.to_string(), hp.get(k).unwrap_or_default(), meaning.to_string()]);
     }
-    ctx.returns(table.bundle(), hp);
+    let sizing = s.trainer.as_ref().map(|t| t.sizing().clone());
+    let bundle = match &sizing {
+        Some(z) => {
+            let micro = z.micro_why.as_ref().map_or_else(
+                || format!("the whole batch of {} in one forward pass", hp.batch),
+                |why| format!("{} examples a forward pass: {why}", z.micro_batch),
+            );
+            table.bundle_under(&format!("window: {} tokens ({})\nbatch: {micro}", z.window, z.window_why))
+        }
+        None => table.bundle(),
+    };
+    ctx.returns(bundle, &HParamsShown { hparams: hp, sizing });
     Ok(())
+}
+
+/// What `%hparams` returns: every hyperparameter, and how a step is sized from them.
+#[derive(Serialize, JsonSchema)]
+pub struct HParamsShown {
+    /// The hyperparameters.
+    #[serde(flatten)]
+    pub hparams: HParams,
+    /// With a model and data: the window and micro-batch a step uses, and why.
+    pub sizing: Option<crate::train::Sizing>,
 }
 
 fn step_line(r: &StepRecord) -> String {
