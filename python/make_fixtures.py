@@ -451,7 +451,7 @@ def sentencepiece_with_byte_fallback(out: Path) -> Path:
     """A Llama-2-style tokenizer.json: BPE over `▁`-marked words with byte fallback
     (`<0x00>`..`<0xFF>` in the vocabulary, not as added tokens), trained here on a few
     lines, so that any character it did not see falls back to bytes."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     corpus = ["the cat sat on the mat", "two spaces and a tab here", "a new line and emoji"] * 20
     trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)

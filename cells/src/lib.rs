@@ -128,6 +128,13 @@ pub fn prepare_rust_cells(note: &mut dyn FnMut(&str)) -> Result<Readiness, Strin
     }
 }
 
+fn interrupted_while_preparing() -> CellError {
+    CellError {
+        name: "KeyboardInterrupt".into(),
+        message: "interrupted while Rust cells were being prepared. The session is intact; the next Rust cell carries on with the preparation (what was compiled so far is kept).".into(),
+    }
+}
+
 /// The line a long start of Rust cells writes now and then.
 fn still_preparing(elapsed: Duration) -> String {
     let s = elapsed.as_secs();
@@ -249,16 +256,16 @@ impl Lab {
                     resumed = false;
                     started = start_in_background(notes_tx.clone())?;
                 }
+                // In a terminal Ctrl-C reaches the compiler too, which then fails: that is
+                // the interrupt, and the next Rust cell starts again from what was compiled.
+                Ok(Err(_)) if self.interrupter.cancel.load(Ordering::SeqCst) => return Err(interrupted_while_preparing()),
                 Ok(engine) => return engine.map_err(|message| CellError { name: "RustUnavailable".into(), message }),
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(CellError { name: "RustUnavailable".into(), message: "starting Rust cells stopped without a word".into() })
                 }
                 Err(RecvTimeoutError::Timeout) if self.interrupter.cancel.load(Ordering::SeqCst) => {
                     self.starting = Some(started);
-                    return Err(CellError {
-                        name: "KeyboardInterrupt".into(),
-                        message: "interrupted while Rust cells were being prepared. The session is intact; the next Rust cell carries on with the preparation (what was compiled so far is kept).".into(),
-                    });
+                    return Err(interrupted_while_preparing());
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }

@@ -57,8 +57,6 @@ fn lora_trains_only_its_adapters_and_the_timeline_and_resume_are_exact() {
     assert_eq!(ok(&mut resumed, "%lora")["layers"].as_array().unwrap().len(), 8, "the adapters come back with the checkpoint");
     assert_eq!(losses(&mut resumed, 2), continued, "a checkpoint taken under LoRA resumes bit for bit");
 
-    let e = fail(&mut s, "%rewind base");
-    assert!(e.message.contains("before the model's LoRA adapters were added") && e.message.contains("%lora drop"), "{e}");
     let off = ok(&mut s, "%lora off");
     assert_eq!(off["enabled"], false);
     let e = fail(&mut s, "%step");
@@ -71,6 +69,21 @@ fn lora_trains_only_its_adapters_and_the_timeline_and_resume_are_exact() {
     let e = fail(&mut s, &format!("%save {} --hf", dir.join("hf").display()));
     assert!(e.message.contains("%lora merge"), "{e}");
 
+    // The timeline carries the adapters: a full fine-tuning step tried and undone, and
+    // the adapters back as they were.
+    let trained_adapters = ok(&mut s, "%status --checksum")["weights_checksum"].clone();
+    ok(&mut s, "%snapshot with-adapters");
+    ok(&mut s, "%lora drop\n%snapshot dropped");
+    ok(&mut s, "%step");
+    let e = fail(&mut s, "%rewind with-adapters");
+    assert!(e.message.contains("weights under them changed"), "{e}");
+    ok(&mut s, "%rewind dropped\n%rewind with-adapters");
+    assert_eq!(checksum(&mut s), trained_adapters, "the adapters come back onto the base they were trained on");
+    ok(&mut s, "%rewind base");
+    assert_eq!(ok(&mut s, "%lora")["layers"].as_array().unwrap().len(), 0, "a snapshot from before %lora has no adapters");
+    assert_eq!(checksum(&mut s), before);
+    ok(&mut s, "%rewind with-adapters");
+
     let dropped = ok(&mut s, "%lora drop");
     assert_eq!(dropped["action"], "dropped");
     assert_eq!(checksum(&mut s), before, "dropping the adapters after training leaves the base as it was before %lora");
@@ -80,6 +93,33 @@ fn lora_trains_only_its_adapters_and_the_timeline_and_resume_are_exact() {
     assert_eq!((merged["action"].as_str(), merged["enabled"].as_bool()), (Some("merged"), Some(false)));
     assert_ne!(checksum(&mut s), before, "merged adapters change the weights");
     ok(&mut s, &format!("%save {} --hf", dir.join("hf").display()));
+}
+
+#[test]
+fn lora_settings_set_fork_and_sweep_and_the_session_comes_back() {
+    let _serial = serial();
+    let mut s = reverse_session();
+    ok(&mut s, "%lora r=2 targets=c_attn");
+    let before = checksum(&mut s);
+    let set = ok(&mut s, "%set lora_alpha=4 lora_dropout=0");
+    assert!(set.is_object(), "{set}");
+    let listed = ok(&mut s, "%lora");
+    assert_eq!((listed["settings"]["alpha"].as_f64(), listed["layers"][0]["scaling"].as_f64()), (Some(4.0), Some(2.0)), "alpha changes the scale in place");
+    assert_eq!(checksum(&mut s), before, "and no weight");
+    ok(&mut s, "%set lora_r=4");
+    let listed = ok(&mut s, "%lora");
+    assert_eq!(listed["layers"][0]["r"], 4, "a new rank makes new adapters");
+    ok(&mut s, "%fork bigger lora_r=8");
+    assert_eq!(ok(&mut s, "%lora")["layers"][0]["r"], 8);
+    let swept = ok(&mut s, "%sweep lora_r=[2,6] lr=[3e-3] --steps 3");
+    assert_eq!(swept["trials"].as_array().unwrap().len(), 2, "{swept}");
+    assert_eq!(ok(&mut s, "%lora")["layers"][0]["r"], 8, "the sweep puts the session's adapters back");
+    ok(&mut s, "%set lora_r=0");
+    assert!(ok(&mut s, "%lora")["layers"].as_array().unwrap().is_empty(), "lora_r=0 drops them");
+    let e = fail(&mut s, "%set lora_r=-1");
+    assert!(e.message.contains("lora_r=-1"), "{e}");
+    let e = fail(&mut s, "%set lora_alpha=nan");
+    assert!(e.message.contains("lora_alpha"), "{e}");
 }
 
 #[test]

@@ -181,6 +181,27 @@ impl LoraConfig {
         Ok(())
     }
 
+    /// These settings with one changed from its text form, as `%set` and `%sweep` give
+    /// it: `lora_r` (a rank, or 0 for no adapters: `None`), `lora_alpha`,
+    /// `lora_dropout`. The message names the key.
+    pub fn with_setting(&self, key: &str, value: &str) -> Result<Option<LoraConfig>> {
+        let v = value.trim();
+        let number = || v.parse::<f64>().or_else(|_| invalid!("{key}={v}: expected a number"));
+        let mut config = self.clone();
+        match key {
+            "lora_r" => match v.parse::<i64>() {
+                Ok(0) => return Ok(None),
+                Ok(r) => config.r = r,
+                Err(_) => return invalid!("{key}={v}: expected a whole number (0: no adapters)"),
+            },
+            "lora_alpha" => config.alpha = number()?,
+            "lora_dropout" => config.dropout = number()?,
+            _ => return invalid!("unknown LoRA setting `{key}`; they are {}", SETTINGS.join(", ")),
+        }
+        config.validate().map_err(|e| Error::Invalid(format!("{key}={v}: {e}")))?;
+        Ok(Some(config))
+    }
+
     /// The settings a peft `adapter_config.json` holds.
     pub fn from_peft(c: &PeftConfig) -> LoraConfig {
         LoraConfig {
@@ -220,6 +241,14 @@ impl LoraConfig {
         let scaling = if self.rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 };
         Ok((r, scaling))
     }
+}
+
+/// The settings `%set`, `%fork` and `%sweep` take besides the hyperparameters.
+pub const SETTINGS: &[&str] = &["lora_r", "lora_alpha", "lora_dropout"];
+
+/// Whether `key` is one of [`SETTINGS`].
+pub fn is_setting(key: &str) -> bool {
+    SETTINGS.contains(&key)
 }
 
 /// The adapters a model carries.
@@ -302,12 +331,7 @@ impl Model {
     /// any error.
     pub fn add_lora(&mut self, config: &LoraConfig, init: Init) -> Result<Vec<AdaptedLayer>> {
         let Init::Default = init;
-        self.attach_lora(config, |layer, r| {
-            let bound = 1.0 / (layer.in_features as f64).sqrt();
-            let a = Tensor::f_empty([r, layer.in_features], (Kind::Float, layer.weight.device()))?.f_uniform_(-bound, bound)?;
-            let b = Tensor::f_zeros([layer.out_features, r], (Kind::Float, layer.weight.device()))?;
-            Ok((a, b))
-        })
+        self.attach_lora(config, |layer, r| fresh_adapter(layer, r))
     }
 
     /// Adds adapters whose weights are given, by module path: `(A, B)` as peft stores
@@ -346,10 +370,17 @@ impl Model {
         })
     }
 
-    fn attach_lora(&mut self, config: &LoraConfig, mut weights: impl FnMut(&LinearHandle, i64) -> Result<(Tensor, Tensor)>) -> Result<Vec<AdaptedLayer>> {
+    fn attach_lora(&mut self, config: &LoraConfig, weights: impl FnMut(&LinearHandle, i64) -> Result<(Tensor, Tensor)>) -> Result<Vec<AdaptedLayer>> {
         if self.adapters.is_some() {
             return invalid!("the model has LoRA adapters already: `%lora merge` folds them into the weights, `%lora drop` removes them; then add new ones");
         }
+        let prepared = self.prepare_lora(config, weights)?;
+        Ok(self.install_lora(config, prepared))
+    }
+
+    /// Checks `config` against this model and makes every adapter's weights, changing
+    /// nothing: what [`Model::install_lora`] then puts in place without failing.
+    fn prepare_lora(&self, config: &LoraConfig, mut weights: impl FnMut(&LinearHandle, i64) -> Result<(Tensor, Tensor)>) -> Result<Vec<Prepared>> {
         config.validate()?;
         let chosen = self.lora_targets(config)?;
         let mut planned = Vec::with_capacity(chosen.len());
@@ -357,7 +388,7 @@ impl Model {
         for layer in &chosen {
             let (r, scaling) = config.rank_and_scaling(&layer.path)?;
             parameters += (r * (layer.in_features + layer.out_features)) as f64;
-            planned.push((layer.path.clone(), r, scaling));
+            planned.push((r, scaling));
         }
         crate::limits::ensure_fits(
             &format!("LoRA adapters of {parameters:.3e} parameters (with their gradients and the optimiser's moments)"),
@@ -365,12 +396,18 @@ impl Model {
             self.device(),
             "choose a smaller r or fewer target layers",
         )?;
-        let mut made = Vec::with_capacity(planned.len());
-        for (layer, (path, r, scaling)) in chosen.iter().zip(&planned) {
-            let (a, b) = weights(layer, *r)?;
-            made.push((path.clone(), a, b, *r, *scaling));
-        }
-        // Everything is checked and made: from here on nothing fails.
+        chosen
+            .iter()
+            .zip(planned)
+            .map(|(layer, (r, scaling))| {
+                let (a, b) = weights(layer, r)?;
+                Ok(Prepared { path: layer.path.clone(), a, b, r, scaling })
+            })
+            .collect()
+    }
+
+    /// Puts prepared adapters in place and freezes everything else.
+    fn install_lora(&mut self, config: &LoraConfig, prepared: Vec<Prepared>) -> Vec<AdaptedLayer> {
         let frozen: Vec<String> = {
             let vars = self.vars.variables_.lock().unwrap_or_else(|p| p.into_inner());
             let mut names: Vec<String> = vars.named_variables.iter().filter(|(_, t)| t.requires_grad()).map(|(n, _)| n.clone()).collect();
@@ -380,8 +417,8 @@ impl Model {
             }
             names
         };
-        let mut listed = Vec::with_capacity(made.len());
-        for (path, a, b, r, scaling) in made {
+        let mut listed = Vec::with_capacity(prepared.len());
+        for Prepared { path, a, b, r, scaling } in prepared {
             let layer = self.linears.iter().find(|l| l.path == path).expect("chosen from these");
             let a = self.add_variable(&format!("{path}.lora_A.weight"), a);
             let b = self.add_variable(&format!("{path}.lora_B.weight"), b);
@@ -395,7 +432,53 @@ impl Model {
             layer.slot().lora = Some(LoraWeights { a, b, scaling, dropout: config.dropout, enabled: true });
         }
         self.adapters = Some(Adapters { config: config.clone(), layers: listed.iter().map(|l| l.layer.clone()).collect(), enabled: true, frozen });
-        Ok(listed)
+        listed
+    }
+
+    /// Gives the model the adapters `config` describes — newly initialised, as `%lora`
+    /// makes them — or none: the ones it has are replaced (or dropped) only once the new
+    /// ones are made, so a refusal changes nothing. Nothing happens when they are the
+    /// adapters it has.
+    pub fn reshape_lora(&mut self, config: Option<&LoraConfig>) -> Result<()> {
+        if self.adapters.as_ref().map(|a| &a.config) == config {
+            return Ok(());
+        }
+        let Some(config) = config else {
+            self.drop_lora()?;
+            return Ok(());
+        };
+        let prepared = self.prepare_lora(config, |layer, r| fresh_adapter(layer, r))?;
+        if self.adapters.is_some() {
+            self.drop_lora()?;
+        }
+        self.install_lora(config, prepared);
+        Ok(())
+    }
+
+    /// Changes the adapters' alpha and dropout in place (their weights stay).
+    pub fn tune_lora(&mut self, alpha: f64, dropout: f64) -> Result<()> {
+        let Some(adapters) = self.adapters.as_mut() else {
+            return invalid!("the model has no LoRA adapters to tune; `%lora r=8` adds them");
+        };
+        let config = LoraConfig { alpha, dropout, ..adapters.config.clone() };
+        config.validate()?;
+        let mut scalings = Vec::with_capacity(self.linears.len());
+        for l in &self.linears {
+            scalings.push(config.rank_and_scaling(&l.path)?.1);
+        }
+        for (l, scaling) in self.linears.iter().zip(scalings) {
+            if let Some(lora) = l.slot().lora.as_mut() {
+                lora.scaling = scaling;
+                lora.dropout = dropout;
+            }
+        }
+        self.adapters.as_mut().expect("checked").config = config;
+        Ok(())
+    }
+
+    /// The names of the variables the adapters `config` describes would have here.
+    pub fn lora_variable_names(&self, config: &LoraConfig) -> Result<Vec<String>> {
+        Ok(self.lora_targets(config)?.iter().flat_map(|l| [format!("{}.lora_A.weight", l.path), format!("{}.lora_B.weight", l.path)]).collect())
     }
 
     /// A trainable variable named `name` (dotted, as checkpoint keys) holding `value`.
@@ -482,6 +565,7 @@ impl Model {
             }
             Ok(())
         })?;
+        self.base_changed();
         self.drop_lora()
     }
 
@@ -558,6 +642,24 @@ impl Model {
             })
             .collect()
     }
+}
+
+/// An adapter as peft's default initialises it: A Kaiming-uniform with a = √5 (uniform
+/// in ±1/√in), B zero.
+fn fresh_adapter(layer: &LinearHandle, r: i64) -> Result<(Tensor, Tensor)> {
+    let bound = 1.0 / (layer.in_features as f64).sqrt();
+    let a = Tensor::f_empty([r, layer.in_features], (Kind::Float, layer.weight.device()))?.f_uniform_(-bound, bound)?;
+    let b = Tensor::f_zeros([layer.out_features, r], (Kind::Float, layer.weight.device()))?;
+    Ok((a, b))
+}
+
+/// One adapter made and checked, not yet in its layer.
+struct Prepared {
+    path: String,
+    a: Tensor,
+    b: Tensor,
+    r: i64,
+    scaling: f64,
 }
 
 /// The first number in a module path (`model.layers.3.mlp.up_proj` → 3): the block,

@@ -404,7 +404,14 @@ pub struct Model {
     linears: Vec<linear::LinearHandle>,
     /// The LoRA adapters it carries ([`lora`]).
     adapters: Option<lora::Adapters>,
+    /// Names the weights of the base as they are now: it changes whenever they do
+    /// (trained, merged into, set from outside), so that a snapshot that holds only the
+    /// adapters is restored onto the base it was taken on and no other.
+    base_version: std::sync::atomic::AtomicU64,
 }
+
+/// Versions of base weights, unique in the process.
+static BASE_VERSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// The largest width, vocabulary, context or head count a configuration may give:
 /// beyond it, sizes stop being models and start being typos.
@@ -482,7 +489,8 @@ impl Model {
         ensure_weights_fit(&config, device)?;
         let vars = VarStore::new(device);
         let (network, linears) = linear::collect(|| config.build(&vars.root(), task));
-        Ok(Model { network: network?, vars, linears, adapters: None })
+        let base_version = BASE_VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed).into();
+        Ok(Model { network: network?, vars, linears, adapters: None, base_version })
     }
 
     /// A model whose every weight a strict load is about to fill: built as
@@ -497,6 +505,22 @@ impl Model {
         FILLED_FROM_CHECKPOINT.with(|f| f.set(true));
         let _reset = Reset;
         Self::new(config, task, device)
+    }
+
+    /// The version of the base's weights (see [`Model::base_changed`]).
+    pub fn base_version(&self) -> u64 {
+        self.base_version.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Says that the base's weights changed: they get a new version.
+    pub fn base_changed(&self) {
+        self.base_version.store(BASE_VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Says that the base's weights are again those of version `version` (a snapshot of
+    /// them was restored).
+    pub fn set_base_version(&self, version: u64) {
+        self.base_version.store(version, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The model's configuration.
@@ -559,6 +583,9 @@ impl Model {
             plan.push((var.shallow_clone(), tensor.to_device(var.device()).to_kind(var.kind())));
         }
         copy_checked(&plan)?;
+        if tensors.iter().any(|(n, _)| !Self::is_adapter_variable(n)) {
+            self.base_changed();
+        }
         Ok(tensors.iter().map(|(n, _)| n.clone()).collect())
     }
 
@@ -591,6 +618,9 @@ impl Model {
 
     /// Converts every floating-point variable to `kind` (f32, bf16, f16).
     pub fn set_kind(&mut self, kind: Kind) {
+        if self.vars.variables().values().any(|t| t.is_floating_point() && t.kind() != kind) {
+            self.base_changed();
+        }
         match kind {
             Kind::BFloat16 => self.vars.bfloat16(),
             Kind::Half => self.vars.half(),

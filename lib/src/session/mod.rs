@@ -358,7 +358,13 @@ impl Session {
     fn set_hparams(&mut self, pairs: &[(String, String)]) -> Result<(), CellError> {
         let mut hp = self.hparams().clone();
         for (k, v) in pairs {
-            hp.set(k, v)?;
+            crate::train::check_setting(&mut hp, k, v)?;
+        }
+        if pairs.iter().any(|(k, _)| crate::models::lora::is_setting(k)) && self.trainer.is_none() {
+            return Err(CellError {
+                name: "UsageError".into(),
+                message: "the lora_ settings change a model that trains: choose data first (`%data ...`), or add adapters with `%lora`".into(),
+            });
         }
         if let Some(t) = self.trainer.as_mut() {
             t.check_hparams(&hp)?;

@@ -306,7 +306,11 @@ impl Scheduler for Pbt {
         let finite = ranking.contains(&i);
         if top.is_empty() {
             // No member has a state worth copying: those without one stop.
-            return if finite { Next::Rung { trial: i, steps: self.steps, from: State { trial: trials[i].id, rung: round - 1 }, exploit: None } } else { Next::Stop(i) };
+            return if finite {
+                Next::Rung { trial: i, steps: self.steps, from: State { trial: trials[i].id, rung: round - 1 }, exploit: None }
+            } else {
+                Next::Stop(i)
+            };
         }
         if finite && !order[order.len() - quantile..].contains(&i) {
             return Next::Rung { trial: i, steps: self.steps, from: State { trial: trials[i].id, rung: round - 1 }, exploit: None };
@@ -416,16 +420,8 @@ mod tests {
     }
 
     fn run(schedule: Schedule, trials: usize, rounds: usize, slots: usize) -> (Vec<Trial>, Toy) {
-        let plan = Plan {
-            params: vec![("lr".into(), "log(1e-5,1e-1)".into())],
-            method: Method::Random,
-            schedule,
-            steps: 4,
-            trials,
-            rounds,
-            seed: 7,
-            adopt: false,
-        };
+        let plan =
+            Plan { params: vec![("lr".into(), "log(1e-5,1e-1)".into())], method: Method::Random, schedule, steps: 4, trials, rounds, seed: 7, adopt: false };
         let params = plan.parse_params().unwrap();
         let mut toy = Toy { slots, states: HashMap::new(), queue: VecDeque::new(), started: vec![], log: vec![], most_kept: 0 };
         let mut runner = Runner::new(&plan, &params, vec![], false).unwrap();

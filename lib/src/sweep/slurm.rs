@@ -226,11 +226,24 @@ impl Slurm {
         }
         let workspace = Workspace::new(dir, crate::session::format::device_name(trainer.model().device()));
         let program = worker::this_program()?;
-        let file = SweepFile { tchlab_slurm_sweep: 1, plan: plan.clone(), options: options.clone(), program: program.clone(), device: workspace.device().into() };
+        let file =
+            SweepFile { tchlab_slurm_sweep: 1, plan: plan.clone(), options: options.clone(), program: program.clone(), device: workspace.device().into() };
         let json = serde_json::to_vec_pretty(&file).expect("JSON");
         let mut out = std::fs::OpenOptions::new().write(true).create_new(true).open(&sweep_file).map_err(io(&sweep_file))?;
         out.write_all(&json).and_then(|()| out.sync_all()).map_err(io(&sweep_file))?;
-        let slurm = Slurm { workspace, options, program, queued: vec![], following: vec![], arrays: 0, last_listing: None, unreachable_since: None, fresh: true, made_dir, _lock: lock };
+        let slurm = Slurm {
+            workspace,
+            options,
+            program,
+            queued: vec![],
+            following: vec![],
+            arrays: 0,
+            last_listing: None,
+            unreachable_since: None,
+            fresh: true,
+            made_dir,
+            _lock: lock,
+        };
         slurm.workspace.save_start(trainer)?;
         Ok(slurm)
     }
@@ -243,10 +256,8 @@ impl Slurm {
         let dir = self.workspace.dir().to_str().expect("checked UTF-8").to_string();
         let script_path = self.workspace.dir().join(format!("array-{}.sh", self.arrays));
         let files: Vec<String> = self.queued.iter().map(|(_, f, _, _)| quote(f.to_str().expect("under a UTF-8 directory"))).collect();
-        let mut script = format!(
-            "#!/bin/sh\n#SBATCH --job-name=tchlab-sweep\n#SBATCH --array=0-{}\n#SBATCH --output={dir}/tasks/slurm-%A_%a.out\n",
-            self.queued.len() - 1
-        );
+        let mut script =
+            format!("#!/bin/sh\n#SBATCH --job-name=tchlab-sweep\n#SBATCH --array=0-{}\n#SBATCH --output={dir}/tasks/slurm-%A_%a.out\n", self.queued.len() - 1);
         for line in self.options.directives() {
             script.push_str(&format!("#SBATCH {line}\n"));
         }
@@ -510,7 +521,11 @@ fn kept_states(workspace: &Workspace) -> Result<Vec<State>> {
     let mut states = vec![];
     for entry in entries {
         let name = entry.map_err(io(&dir))?.file_name();
-        let parsed = name.to_str().and_then(|n| n.strip_prefix("trial-")).and_then(|n| n.split_once('-')).and_then(|(t, r)| Some(State { trial: t.parse().ok()?, rung: r.parse().ok()? }));
+        let parsed = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("trial-"))
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(t, r)| Some(State { trial: t.parse().ok()?, rung: r.parse().ok()? }));
         states.extend(parsed.filter(|s| workspace.state(*s).join("trainer.json").is_file()));
     }
     Ok(states)

@@ -77,7 +77,7 @@ impl Param {
         // Every value must be one the trainer accepts.
         let mut check = crate::train::HParams::default();
         for sample in samples_of(&space) {
-            check.set(key, &sample)?;
+            crate::train::check_setting(&mut check, key, &sample)?;
         }
         Ok(Param { key: key.to_string(), space })
     }
@@ -112,7 +112,13 @@ impl Param {
             Space::Int(lo, hi) => match value.parse::<i64>() {
                 Ok(v) => {
                     let scaled = (v as f64 * if up { 1.2 } else { 0.8 }).round() as i64;
-                    let moved = if scaled != v { scaled } else if up { v.saturating_add(1) } else { v.saturating_sub(1) };
+                    let moved = if scaled != v {
+                        scaled
+                    } else if up {
+                        v.saturating_add(1)
+                    } else {
+                        v.saturating_sub(1)
+                    };
                     moved.clamp(*lo, *hi).to_string()
                 }
                 Err(_) => self.draw(rng),

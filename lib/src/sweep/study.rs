@@ -43,7 +43,13 @@ pub struct Header {
 impl Header {
     /// The header of a study of `plan`.
     pub fn of(plan: &Plan) -> Self {
-        Header { tchlab_study: VERSION, params: plan.params.clone(), method: plan.method.name().into(), schedule: plan.schedule.name().into(), steps: plan.steps }
+        Header {
+            tchlab_study: VERSION,
+            params: plan.params.clone(),
+            method: plan.method.name().into(),
+            schedule: plan.schedule.name().into(),
+            steps: plan.steps,
+        }
     }
 }
 

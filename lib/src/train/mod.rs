@@ -10,7 +10,7 @@ mod trainer;
 
 pub use history::{Change, EvalMetrics, History, StepRecord};
 pub use hparams::{HParams, OptimizerKind, Precision, Schedule};
-pub use trainer::{Halt, Sizing, Stop, TrainReport, Trainer, DEFAULT_TEXT_WINDOW, MAIN_BRANCH};
+pub use trainer::{check_setting, Halt, Sizing, Stop, TrainReport, Trainer, DEFAULT_TEXT_WINDOW, MAIN_BRANCH};
 
 use tch::{Kind, Reduction, Tensor};
 

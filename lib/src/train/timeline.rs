@@ -9,6 +9,7 @@ use super::history::History;
 use super::hparams::HParams;
 use crate::data::Rng;
 use crate::error::{invalid, Result};
+use crate::models::lora::LoraConfig;
 
 /// A copy of everything training depends on, at one step.
 pub struct Snapshot {
@@ -28,6 +29,10 @@ pub struct Snapshot {
     pub(super) history: History,
     pub(super) loss_scale: f64,
     pub(super) trained_seconds: f64,
+    /// The model's LoRA adapters then, and whether they were on.
+    pub(super) lora: Option<(LoraConfig, bool)>,
+    /// The version of the base's weights then ([`crate::models::Model::base_version`]).
+    pub(super) base_version: u64,
 }
 
 impl Snapshot {
@@ -52,6 +57,8 @@ impl Snapshot {
             history: self.history.clone(),
             loss_scale: self.loss_scale,
             trained_seconds: self.trained_seconds,
+            lora: self.lora.clone(),
+            base_version: self.base_version,
         }
     }
 }

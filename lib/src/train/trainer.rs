@@ -278,19 +278,32 @@ impl Trainer {
     /// at the current step. When it fails, nothing changed.
     pub fn change_model<T>(&mut self, what: &str, change: impl FnOnce(&mut Model) -> Result<T>) -> Result<T> {
         let out = change(&mut self.model)?;
+        self.what_trains_changed()?;
+        self.history.changes.push(Change { step: self.step, key: "model".into(), from: String::new(), to: what.to_string() });
+        Ok(out)
+    }
+
+    /// After adapters came or went: new ones in the weights' precision, and an optimiser
+    /// over what trains now.
+    fn what_trains_changed(&mut self) -> Result<()> {
+        if self.hp.precision != Precision::F32 {
+            self.model.set_kind(self.hp.precision.kind());
+        }
         let mut opt = Optimizer::new(&self.model.vars, method(&self.hp), self.hp.lr, self.hp.weight_decay)?;
         if self.hp.precision != Precision::F32 {
             opt.use_masters(true)?;
         }
         self.opt = opt;
-        self.history.changes.push(Change { step: self.step, key: "model".into(), from: String::new(), to: what.to_string() });
-        Ok(out)
+        Ok(())
     }
 
     /// Sets a hyperparameter from its text form, records the change, and applies what
     /// it implies (a new optimiser, a cast to another precision). A bad value changes
     /// nothing.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        if crate::models::lora::is_setting(key) {
+            return self.set_lora(key, value);
+        }
         let mut hp = self.hp.clone();
         hp.set(key, value)?;
         if hp == self.hp {
@@ -310,6 +323,31 @@ impl Trainer {
         self.opt.method = method(&self.hp);
         self.opt.weight_decay = self.hp.weight_decay;
         let to = self.hp.get(key).unwrap_or_default();
+        self.history.changes.push(Change { step: self.step, key: key.to_string(), from, to });
+        Ok(())
+    }
+
+    /// `lora_r`, `lora_alpha`, `lora_dropout`: a new rank makes new adapters (drawn from
+    /// the seed and step, so that a sweep's trial starts alike in any process; `lora_r=0`
+    /// drops them); alpha and dropout change the adapters in place.
+    fn set_lora(&mut self, key: &str, value: &str) -> Result<()> {
+        let current = self.model.adapters().map(|a| a.config.clone());
+        let family_default = || crate::models::lora::LoraConfig {
+            targets: crate::models::lora::Targets::Names(self.model.config().family().lora_targets.iter().map(|t| t.to_string()).collect()),
+            ..Default::default()
+        };
+        let from = current.as_ref().map_or("none".to_string(), |c| setting_text(c, key));
+        let wanted = current.clone().unwrap_or_else(family_default).with_setting(key, value)?;
+        let to = wanted.as_ref().map_or("none".to_string(), |c| setting_text(c, key));
+        match (&current, &wanted) {
+            (Some(now), Some(new)) if now.r == new.r => self.model.tune_lora(new.alpha, new.dropout)?,
+            (None, None) => {}
+            _ => {
+                tch::manual_seed(step_seed(self.seed ^ LORA_SEED, self.step));
+                self.model.reshape_lora(wanted.as_ref())?;
+                self.what_trains_changed()?;
+            }
+        }
         self.history.changes.push(Change { step: self.step, key: key.to_string(), from, to });
         Ok(())
     }
@@ -405,6 +443,9 @@ impl Trainer {
         }
         self.opt.lr = lr;
         self.opt.step()?;
+        if self.model.adapters().is_none() {
+            self.model.base_changed();
+        }
         self.step = next;
         if self.hp.precision == Precision::F16 {
             self.good_scaled_steps += 1;
@@ -562,6 +603,8 @@ impl Trainer {
             history: self.history.clone(),
             loss_scale: self.loss_scale,
             trained_seconds: self.trained_seconds,
+            lora: self.model.adapters().map(|a| (a.config.clone(), a.enabled)),
+            base_version: self.model.base_version(),
         }
     }
 
@@ -601,7 +644,7 @@ impl Trainer {
         }
         let mut check = self.hp.clone();
         for (k, v) in changes {
-            check.set(k, v)?;
+            check_setting(&mut check, k, v)?;
         }
         check_fit(&self.model, &self.tokenizer, &self.data, &check)?;
         let start = match from {
@@ -637,15 +680,22 @@ impl Trainer {
     /// step, hyperparameters and history. This trainer's branch, other branches and
     /// snapshots stay. Refused, changing nothing, when the variables differ.
     pub fn adopt(&mut self, other: &Trainer) -> Result<()> {
-        let ours = self.model.vars.variables();
-        let theirs = other.model.vars.variables();
-        if ours.len() != theirs.len() || theirs.iter().any(|(name, t)| ours.get(name).map(|o| o.size()) != Some(t.size())) {
+        let base = |t: &Trainer| -> Vec<(String, Vec<i64>)> {
+            let mut v: Vec<(String, Vec<i64>)> =
+                t.model.vars.variables().into_iter().filter(|(n, _)| !Model::is_adapter_variable(n)).map(|(n, t)| (n, t.size())).collect();
+            v.sort();
+            v
+        };
+        if base(self) != base(other) {
             return invalid!("the state to adopt is not of this model: its variables differ in names or shapes");
         }
         if other.data_spec != self.data_spec {
             return invalid!("the state to adopt was trained on other data than this trainer has");
         }
-        let state = other.capture("adopted", false);
+        // The other trainer started from this one's state, loaded from its checkpoint:
+        // the same base under another version.
+        let mut state = other.capture("adopted", false);
+        state.base_version = self.model.base_version();
         self.restore(&state)
     }
 
@@ -656,29 +706,48 @@ impl Trainer {
         runs
     }
 
+    /// Puts the state of `s` back: its adapters first (made again when the model has
+    /// others or none: a sweep's trial of another rank, a snapshot from before `%lora`),
+    /// then its weights, optimiser, cursor and history. Everything is checked before
+    /// anything changes.
     fn restore(&mut self, s: &Snapshot) -> Result<()> {
-        let vars = self.model.vars.variables();
-        let training: std::collections::BTreeSet<&String> = vars.iter().filter(|(_, t)| t.requires_grad()).map(|(n, _)| n).collect();
-        if s.weights.len() != training.len() || s.weights.iter().any(|(n, _)| !training.contains(n)) {
-            let (then, now) = (s.weights.iter().any(|(n, _)| Model::is_adapter_variable(n)), self.model.adapters().is_some());
-            let why = match (then, now) {
-                (false, true) => "before the model's LoRA adapters were added: `%lora drop` (or `%lora merge`) first",
-                (true, false) => "with LoRA adapters the model no longer has",
-                _ => "with other LoRA adapters than the model has now",
-            };
-            return invalid!("`{}` was taken {why}; nothing was changed", s.name);
+        let lora = s.lora.as_ref().map(|(config, _)| config);
+        if lora.is_some() && s.base_version != self.model.base_version() {
+            return invalid!(
+                "`{}` holds only the LoRA adapters, and the weights under them changed since it was taken (they were trained without adapters, merged into or set); nothing was changed",
+                s.name
+            );
+        }
+        let expected: std::collections::BTreeSet<String> = match lora {
+            Some(config) => self.model.lora_variable_names(config)?.into_iter().collect(),
+            None => self.model.vars.variables().into_keys().filter(|n| !Model::is_adapter_variable(n)).collect(),
+        };
+        if s.weights.len() != expected.len() || s.weights.iter().any(|(n, _)| !expected.contains(n)) {
+            return invalid!("`{}` does not fit this model: its weights are not the ones it would put back; nothing was changed", s.name);
         }
         let sizing = size_step(&self.model, &self.data, &s.hp)?;
+        let reshaped = self.model.adapters().map(|a| &a.config) != lora;
+        if reshaped {
+            self.model.reshape_lora(lora)?;
+            self.what_trains_changed()?;
+        }
+        if let Some((_, enabled)) = &s.lora {
+            self.model.set_lora_enabled(*enabled)?;
+        }
         if s.hp.precision != self.hp.precision {
             self.apply_precision(s.hp.precision)?;
         }
         self.sizing = sizing;
+        let vars = self.model.vars.variables();
         tch::no_grad(|| -> Result<()> {
             for (name, saved) in &s.weights {
                 vars[name].shallow_clone().f_copy_(saved)?;
             }
             Ok(())
         })?;
+        if lora.is_none() {
+            self.model.set_base_version(s.base_version);
+        }
         self.opt.load_state_tensors(&s.optimizer, s.optimizer_steps)?;
         self.opt.method = method(&s.hp);
         self.opt.weight_decay = s.hp.weight_decay;
@@ -690,6 +759,27 @@ impl Trainer {
         self.trained_seconds = s.trained_seconds;
         Ok(())
     }
+}
+
+/// Mixed into the seed that new adapters made by `%set lora_r` are drawn from.
+const LORA_SEED: u64 = 0x10AA_5EED;
+
+/// `key`'s value in `config`, as `%set` writes it.
+fn setting_text(config: &crate::models::lora::LoraConfig, key: &str) -> String {
+    match key {
+        "lora_r" => config.r.to_string(),
+        "lora_alpha" => config.alpha.to_string(),
+        _ => config.dropout.to_string(),
+    }
+}
+
+/// Checks `key=value` as `%set` would apply it: a hyperparameter into `hp`, or one of
+/// the LoRA settings ([`crate::models::lora::SETTINGS`]), which act on the model.
+pub fn check_setting(hp: &mut HParams, key: &str, value: &str) -> Result<()> {
+    if crate::models::lora::is_setting(key) {
+        return crate::models::lora::LoraConfig::default().with_setting(key, value).map(drop);
+    }
+    hp.set(key, value)
 }
 
 /// libtorch's seed for step `step`: a mix of the run's seed and the step.

@@ -1,0 +1,226 @@
+"""Hostile input to fine-tuning through a real kernel: `%lora` settings, conversations
+in files that lie or overflow, peft adapter directories crafted to break the reader,
+and an interrupt while adapters train. Each is a clean error that names the problem,
+and the training state (step, optimiser steps, a checksum of every weight) is as it
+was."""
+
+import json
+import os
+import shutil
+import struct
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cells import execute
+from hostile import TIMEOUT, interrupted, refused, result, start, state
+
+FIXTURES = os.environ.get("TCHLAB_FIXTURES", "")
+
+
+@pytest.mark.parametrize(
+    "code, ename, contains",
+    [
+        ("%lora r=0", "UsageError", ["r must be a whole number in 1..="]),
+        ("%lora r=-8", "UsageError", ["r must be"]),
+        ("%lora r=99999999999999999999999", "UsageError", ["r= expects a whole number"]),
+        ("%lora r=1000000", "UsageError", ["r must be"]),
+        ("%lora alpha=-16", "UsageError", ["alpha must be a finite number above 0"]),
+        ("%lora alpha=nan", "UsageError", ["alpha must be"]),
+        ("%lora alpha=inf", "UsageError", ["alpha must be"]),
+        ("%lora alpha=0", "UsageError", ["alpha must be"]),
+        ("%lora dropout=1", "UsageError", ["dropout must be in [0, 1)"]),
+        ("%lora dropout=-0.5", "UsageError", ["dropout must be"]),
+        ("%lora dropout=nan", "UsageError", ["dropout must be"]),
+        ("%lora targets=q_proj,v_proj", "UsageError", ["matches no linear layer", "c_attn"]),
+        ("%lora targets=nothing.*", "UsageError", ["matches no linear layer"]),
+        ("%lora targets=(a+)+$", "UsageError", ["matches no linear layer"]),
+        ("%lora targets=" + "(" * 100 + "a" + ")" * 100, "UsageError", ["regular expression"]),
+        ("%lora targets=" + "a{1000}" * 1000, "UsageError", ["regular expression"]),
+        ("%lora targets=,", "UsageError", ["names no layer"]),
+        ("%lora rank=8", "UsageError", ["is not one", "did you mean r"]),
+        ("%lora merge", "UsageError", ["no LoRA adapters to merge"]),
+        ("%lora drop", "UsageError", ["no LoRA adapters to drop"]),
+        ("%lora on", "UsageError", ["no LoRA adapters to switch"]),
+        ("%lora drop r=4", "UsageError", ["takes no settings"]),
+        ("%lora sideways", "UsageError", ["must be one of on, off, merge, drop"]),
+        ("%save /tmp/tchlab-no-adapter --adapter", "UsageError", ["no LoRA adapters to save"]),
+    ],
+)
+def test_hostile_lora_settings_are_refused_and_change_nothing(lab, code, ename, contains):
+    _, kc = lab
+    refused(kc, code, ename, *contains)
+
+
+def test_lora_with_no_model_and_a_second_lora_say_what_to_do(lab):
+    km, kc = start()
+    try:
+        reply, _ = execute(kc, "%lora r=8")
+        assert reply["content"]["ename"] == "UsageError" and "no model" in reply["content"]["evalue"], reply["content"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    _, kc = lab
+    reply, _ = execute(kc, "%lora r=2 targets=c_attn")
+    assert reply["content"]["status"] == "ok", reply["content"]
+    try:
+        refused(kc, "%lora r=4", "UsageError", "adapters already", "%lora merge", "%lora drop")
+    finally:
+        execute(kc, "%lora drop")
+
+
+def test_an_interrupt_while_adapters_train_keeps_the_last_whole_step(lab):
+    km, kc = lab
+    reply, _ = execute(kc, "%lora r=2 targets=c_attn")
+    assert reply["content"]["status"] == "ok", reply["content"]
+    try:
+        content, took = interrupted(km, kc, "%train 1000000", wait=1.0)
+        assert content["status"] == "error" and content["ename"] == "KeyboardInterrupt", content
+        assert took < 1.0
+        step = state(kc)[0]
+        _, outputs = execute(kc, "%history --last 1")
+        assert result(outputs)[-1]["step"] == step, "the state is the last whole step's"
+        reply, _ = execute(kc, "%step")
+        assert reply["content"]["status"] == "ok"
+    finally:
+        execute(kc, "%lora drop")
+
+
+def jsonl(path, lines):
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines))
+    return path
+
+
+CHAT_FILES = [
+    ("missing-role", [{"messages": [{"content": "hi"}, {"role": "assistant", "content": "hello"}]}], ["line 1", "has no role"]),
+    ("non-string-content", [{"messages": [{"role": "user", "content": ["hi"]}, {"role": "assistant", "content": "x"}]}], ["content that is not a string"]),
+    ("number-content", [{"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]}], ["content that is not a string"]),
+    ("unknown-role", [{"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "x"}]}], ["the role \"wizard\"", "system, user and assistant"]),
+    ("empty", [{"messages": []}], ["empty conversation"]),
+    ("huge", [{"messages": [{"role": "user", "content": "x"}] * 100_000}], ["100000 messages", "up to 1024"]),
+    ("not-json", ["this is not JSON", "{}"], ["line 1", "not a JSON object"]),
+    ("array-line", ['["messages"]'], ["each line is an object"]),
+    ("other-keys", [{"text": "hello"}], ["no `messages`", "text"]),
+    ("half-pair", [{"prompt": "hi"}], ["`prompt` without a `completion`"]),
+    ("mixed-pair", [{"prompt": "hi", "completion": [{"role": "assistant", "content": "x"}]}], ["both strings, or both lists"]),
+    ("no-assistant", [{"messages": [{"role": "user", "content": "hi"}]}], ["no assistant message", "--all-tokens"]),
+    ("blank", ["", "  "], ["no examples"]),
+]
+
+
+@pytest.mark.parametrize("name, lines, contains", CHAT_FILES, ids=[c[0] for c in CHAT_FILES])
+def test_hostile_conversation_files_are_refused_naming_file_and_line(lab, tmp_path, name, lines, contains):
+    _, kc = lab
+    path = jsonl(tmp_path / f"{name}.jsonl", lines)
+    refused(kc, f"%data chat {path}", "FileError", str(path), *contains)
+
+
+def test_chat_files_that_are_not_files_are_refused_without_hanging(lab, tmp_path):
+    _, kc = lab
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    refused(kc, f"%data chat {tmp_path / 'fifo.jsonl'}", "FileError", "FIFO")
+    refused(kc, f"%data chat {tmp_path}", "FileError", "directory")
+    refused(kc, f"%data chat {tmp_path / 'missing.jsonl'}", "FileError", "missing.jsonl")
+
+
+@pytest.fixture(scope="module")
+def templated(tmp_path_factory):
+    """A kernel with a tiny Llama whose chat template raises, or loops."""
+    km, kc = start()
+    root = tmp_path_factory.mktemp("templates")
+    models = {}
+    for name, template in [("raise", "{{ raise_exception('only user turns, please') }}"), ("loop", "{% for i in range(100000000) %}{% for j in range(100000000) %}x{% endfor %}{% endfor %}")]:
+        model = root / name
+        shutil.copytree(os.path.join(FIXTURES, "llama-tied"), model)
+        (model / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+        models[name] = model
+    (root / "chars.txt").write_text("abcdefghij hello")
+    yield km, kc, models, root
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+
+
+@pytest.mark.parametrize("name, contains", [("raise", "only user turns, please"), ("loop", "chat template")])
+def test_a_template_that_raises_or_loops_is_an_error_naming_the_line(templated, name, contains):
+    _, kc, models, root = templated
+    reply, _ = execute(kc, f"%device cpu\n%load {models[name]}\n%tokenizer char {root / 'chars.txt'}", timeout=TIMEOUT)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    path = jsonl(root / f"{name}.jsonl", [{"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]}])
+    refused(kc, f"%data chat {path}", "FileError", "line 1", contains, timeout=60)
+
+
+# ---- peft adapter directories ----
+
+def adapter(tmp_path, name, config=None, tensors=None, raw=None):
+    """A copy of the LoRA fixture adapter of lora-gpt (made by peft), changed."""
+    d = tmp_path / name
+    shutil.copytree(os.path.join(FIXTURES, "lora-gpt", "adapter"), d)
+    if config is not None:
+        base = json.loads((d / "adapter_config.json").read_text())
+        base.update(config)
+        (d / "adapter_config.json").write_text(json.dumps(base))
+    if tensors is not None:
+        save_file(tensors, d / "adapter_model.safetensors")
+    if raw is not None:
+        (d / "adapter_model.safetensors").write_bytes(raw)
+    return d
+
+
+A = "base_model.model.transformer.h.0.attn.c_attn.lora_{}.weight"
+
+
+@pytest.fixture(scope="module")
+def base():
+    """A kernel holding the base the adapters were made for."""
+    km, kc = start()
+    reply, _ = execute(kc, f"%device cpu\n%load {os.path.join(FIXTURES, 'lora-gpt', 'base')}", timeout=TIMEOUT)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    yield km, kc
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+
+
+def lying_header():
+    header = json.dumps({A.format("A"): {"dtype": "F32", "shape": [4, 32], "data_offsets": [0, 1 << 40]}}).encode()
+    return struct.pack("<Q", len(header)) + header + b"\0" * 64
+
+
+ADAPTERS = [
+    ("huge-r", {"r": 1_000_000_000}, None, None, ["r is 1000000000"]),
+    ("ia3", {"peft_type": "IA3"}, None, None, ["\"IA3\"", "LoRA adapters"]),
+    ("prompt-tuning", {"peft_type": "PROMPT_TUNING"}, None, None, ["LoRA adapters"]),
+    ("no-type", {"peft_type": None}, None, None, ["no peft_type"]),
+    ("dora", {"use_dora": True}, None, None, ["DoRA"]),
+    ("bias", {"bias": "all"}, None, None, ["biases"]),
+    ("backtracking-regex", {"target_modules": "(a|a)*(a|a)*(a|a)*(a|a)*b" + ".*" * 50}, None, None, ["matches no linear layer"]),
+    ("bad-regex", {"target_modules": "(((unclosed"}, None, None, ["regular expression"]),
+    ("wrong-shapes", None, {A.format("A"): torch.zeros(4, 7), A.format("B"): torch.zeros(96, 4)}, None, ["lora_A [4, 7]", "needs [4, 32]"]),
+    ("missing-half", None, {A.format("A"): torch.zeros(4, 32)}, None, ["has lora_A but no lora_B"]),
+    ("stranger-key", None, {"base_model.model.transformer.wte.weight": torch.zeros(4, 4)}, None, ["not a LoRA weight"]),
+    ("lying-header", None, None, lying_header(), ["safetensors"]),
+    ("truncated", None, None, b"\x10\x00\x00", ["safetensors"]),
+]
+
+
+@pytest.mark.parametrize("name, config, tensors, raw, contains", ADAPTERS, ids=[a[0] for a in ADAPTERS])
+def test_hostile_adapter_directories_are_refused_by_name_and_change_nothing(base, tmp_path, name, config, tensors, raw, contains):
+    _, kc = base
+    d = adapter(tmp_path, name, config, tensors, raw)
+    refused(kc, f"%load {d}", "FileError" if name not in ("backtracking-regex", "bad-regex", "wrong-shapes") else "UsageError", *contains)
+    _, outputs = execute(kc, "%lora")
+    assert result(outputs)["layers"] == [], "no adapter was left behind"
+
+
+def test_an_adapter_for_another_model_is_refused(lab, tmp_path):
+    _, kc = lab
+    d = adapter(tmp_path, "other-base")
+    refused(kc, f"%load {d}", "UsageError", "transformer.h.1.attn.c_attn", "adapter of another base")
+
+
+def test_the_real_adapter_loads_onto_its_base(base, tmp_path):
+    _, kc = base
+    reply, outputs = execute(kc, f"%load {adapter(tmp_path, 'fine')}")
+    assert reply["content"]["status"] == "ok", reply["content"]
+    assert result(outputs)["loaded"] == 12
+    execute(kc, "%lora drop")
