@@ -240,6 +240,7 @@ def main() -> None:
     ])
 
     smollm2_tables()
+    lora_tables()
     search_tables()
 
 
@@ -325,6 +326,56 @@ def llama_cpp_smollm2(path: str, prompt: list):
         next(tokens)
     generate = 127 / (time.perf_counter() - start)
     return {"load_s": load, "prefill_tokens_per_s": len(prompt) / best, "generate_tokens_per_s": generate, "version": llama_cpp.__version__}
+
+
+LORA_STEP = r"""
+import json, os, resource, sys, time
+import torch
+from transformers import AutoModelForCausalLM
+path, mode = sys.argv[1], sys.argv[2]
+model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+if mode == "lora":
+    from peft import LoraConfig, get_peft_model
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+model.train()
+ids = (torch.arange(4 * 129) * 7 % 49152).view(4, 129)
+params = [p for p in model.parameters() if p.requires_grad]
+opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+times = []
+for step in range(7):
+    start = time.perf_counter()
+    opt.zero_grad()
+    logits = model(input_ids=ids[:, :128]).logits
+    torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1)).backward()
+    opt.step()
+    if step >= 2:
+        times.append(1000 * (time.perf_counter() - start))
+times.sort()
+print(json.dumps({"ms_per_step": times[len(times) // 2], "trainable": sum(p.numel() for p in params), "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def peft_step(path: str, mode: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", LORA_STEP, path, mode], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def lora_tables() -> None:
+    """One fine-tuning step of SmolLM2 with LoRA (r=8, alpha 16, q_proj and v_proj) and of
+    every weight, tchlab against transformers + peft on the same ids and threads; each run
+    in a process of its own, so that its peak memory is its own."""
+    path = smollm2_file()
+    rows = []
+    for mode in ("lora", "full"):
+        ours, theirs = run_example("bench_lora", path, mode), peft_step(path, mode)
+        assert ours["trainable"] == theirs["trainable"], (mode, ours, theirs)
+        rows.append((f"{mode} step (ms)", ours["ms_per_step"], theirs["ms_per_step"], theirs["ms_per_step"] / ours["ms_per_step"]))
+        rows.append((f"{mode} peak memory (MB)", ours["peak_mb"], theirs["peak_mb"], theirs["peak_mb"] / ours["peak_mb"]))
+        rows.append((f"{mode} trainable parameters", ours["trainable"], theirs["trainable"], 1.0))
+    comparison(f"Fine-tuning SmolLM2-135M-Instruct: one AdamW step, float32, batch 4 x 128 tokens, {torch.get_num_threads()} threads; "
+               "LoRA r=8 alpha 16 on q_proj and v_proj, or every weight (full); ratio = theirs / ours",
+               "tchlab", "transformers + peft", rows)
 
 
 def smollm2_tables() -> None:

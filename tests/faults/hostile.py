@@ -1,11 +1,13 @@
-"""What every fault test does: start a kernel with the fault points armed, read a
-result, take the training state (step, optimiser steps, a checksum of every weight),
-run a hostile cell and check it was refused cleanly and changed nothing, interrupt a
-cell."""
+"""What every fault test does: start a kernel with the fault points armed (`lab`: one
+per test module, trained a few steps), read a result, take the training state (step,
+optimiser steps, a checksum of every weight), run a hostile cell and check it was
+refused cleanly and changed nothing, interrupt a cell. (Not a conftest.py: the tests
+import `conftest` from tests/, which one here would shadow.)"""
 
 import os
 import time
 
+import pytest
 from jupyter_client.manager import start_new_kernel
 
 from cells import RESULT, execute
@@ -17,6 +19,16 @@ SETUP = "%device cpu\n%seed 0\n%data synth reverse --length 4\n%model gpt --laye
 def start(env_extra=None):
     env = dict(os.environ, TCHLAB_FAULTS="1", **(env_extra or {}))
     return start_new_kernel(kernel_name="tchlab", startup_timeout=TIMEOUT, env=env)
+
+
+@pytest.fixture(scope="module")
+def lab():
+    km, kc = start()
+    reply, _ = execute(kc, SETUP, timeout=TIMEOUT)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    yield km, kc
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
 
 
 def result(outputs):

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from cells import execute, send_comm, shell_socket
-from hostile import SETUP, TIMEOUT, interrupted, refused, result, rss_mb, start, state
+from hostile import SETUP, TIMEOUT, interrupted, lab, refused, result, rss_mb, start, state  # noqa: F401 (lab is a fixture)
 
 # ---- commands and hyperparameters ----
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from cells import execute
-from hostile import TIMEOUT, interrupted, refused, result, start, state
+from hostile import TIMEOUT, interrupted, lab, refused, result, start, state  # noqa: F401 (lab is a fixture)
 
 FIXTURES = os.environ.get("TCHLAB_FIXTURES", "")
 
@@ -39,7 +39,7 @@ FIXTURES = os.environ.get("TCHLAB_FIXTURES", "")
         ("%lora targets=" + "(" * 100 + "a" + ")" * 100, "UsageError", ["regular expression"]),
         ("%lora targets=" + "a{1000}" * 1000, "UsageError", ["regular expression"]),
         ("%lora targets=,", "UsageError", ["names no layer"]),
-        ("%lora rank=8", "UsageError", ["is not one", "did you mean r"]),
+        ("%lora rank=8", "UsageError", ["%lora takes r, alpha, dropout, targets", "`rank` is not one"]),
         ("%lora merge", "UsageError", ["no LoRA adapters to merge"]),
         ("%lora drop", "UsageError", ["no LoRA adapters to drop"]),
         ("%lora on", "UsageError", ["no LoRA adapters to switch"]),
@@ -103,7 +103,7 @@ CHAT_FILES = [
     ("array-line", ['["messages"]'], ["each line is an object"]),
     ("other-keys", [{"text": "hello"}], ["no `messages`", "text"]),
     ("half-pair", [{"prompt": "hi"}], ["`prompt` without a `completion`"]),
-    ("mixed-pair", [{"prompt": "hi", "completion": [{"role": "assistant", "content": "x"}]}], ["both strings, or both lists"]),
+    ("mixed-pair", [{"prompt": "hi", "completion": [{"role": "assistant", "content": "x"}]}], ["must both be strings, or both lists of messages"]),
     ("no-assistant", [{"messages": [{"role": "user", "content": "hi"}]}], ["no assistant message", "--all-tokens"]),
     ("blank", ["", "  "], ["no examples"]),
 ]
@@ -222,5 +222,5 @@ def test_the_real_adapter_loads_onto_its_base(base, tmp_path):
     _, kc = base
     reply, outputs = execute(kc, f"%load {adapter(tmp_path, 'fine')}")
     assert reply["content"]["status"] == "ok", reply["content"]
-    assert result(outputs)["loaded"] == 12
+    assert result(outputs)["loaded"] == 16, "A and B of c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj in two blocks"
     execute(kc, "%lora drop")

@@ -31,3 +31,25 @@ def test_notebook_runs_and_plots(path, tmp_path):
     assert all(raised(c) for c in expected), "cells tagged raises-exception raise"
     pngs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert pngs, f"{path.name} shows no plot"
+    if path.stem in CHECKS:
+        CHECKS[path.stem](code)
+
+
+def reply(cell) -> str:
+    """The text of the last `%chat` reply a cell made (its result's data)."""
+    results = [o for o in cell.outputs if o.output_type == "execute_result"]
+    return results[-1]["data"]["application/vnd.tchlab.result+json"]["text"]
+
+
+def taught(code):
+    """10-teach-it-something: the model did not know the fact before, knows it after, and
+    with the adapters off answers as before."""
+    asked = [c for c in code if '%chat "What colour is the lighthouse of Varnholm?"' in c.source]
+    before, after, off = (reply(c) for c in asked)
+    assert "green" not in before.lower(), before
+    assert "green" in after.lower(), after
+    assert off == before, "with the adapters off, the base answers as it did before training"
+
+
+# What some notebooks must show besides running: their own lesson.
+CHECKS = {"10-teach-it-something": taught}

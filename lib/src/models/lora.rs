@@ -489,10 +489,12 @@ impl Model {
         path.add(last, value, true)
     }
 
-    /// The adapted layers as they stand.
+    /// The adapted layers as they stand, in the model's order (block 2 before block 10).
     pub fn lora_layers(&self) -> Vec<AdaptedLayer> {
-        self.linears
-            .iter()
+        let mut layers: Vec<&LinearHandle> = self.linears.iter().collect();
+        layers.sort_by_cached_key(|l| model_order(&l.path));
+        layers
+            .into_iter()
             .filter_map(|l| {
                 let slot = l.slot();
                 let lora = slot.lora.as_ref()?;
@@ -660,6 +662,11 @@ struct Prepared {
     b: Tensor,
     r: i64,
     scaling: f64,
+}
+
+/// A module path's sort key with its numbers as numbers: `layers.2` before `layers.10`.
+fn model_order(path: &str) -> Vec<(u64, String)> {
+    path.split('.').map(|part| part.parse::<u64>().map_or((u64::MAX, part.to_string()), |n| (n, String::new()))).collect()
 }
 
 /// The first number in a module path (`model.layers.3.mlp.up_proj` → 3): the block,

@@ -851,9 +851,9 @@ pub(super) fn check_fit(model: &Model, tokenizer: &Tokenizer, data: &Dataset, hp
 /// The window and micro-batch of a step ([`Sizing`]): `ctx` when it is set (at most the
 /// model's context); otherwise what the data needs — a synthetic example, the longest
 /// example, or for a text corpus the model's context up to [`DEFAULT_TEXT_WINDOW`] and
-/// the corpus's length. The batch runs whole when its activations fit in memory, else
-/// in the largest parts that do; when one example alone does not fit, the refusal names
-/// `ctx` and `batch`.
+/// the corpus's length. The batch runs whole when its activations fit in memory; the
+/// default batch, which nobody chose, else runs in the largest parts that do. What still
+/// does not fit is refused, the message naming `ctx` and `batch`.
 fn size_step(model: &Model, data: &Dataset, hp: &HParams) -> Result<Sizing> {
     let config = model.config();
     let model_ctx = config.max_positions().max(1) as usize;
@@ -891,16 +891,19 @@ fn size_step(model: &Model, data: &Dataset, hp: &HParams) -> Result<Sizing> {
     };
     let estimate = |micro: usize| config.activation_estimate(micro, window);
     let usable = crate::limits::usable_bytes(model.device()).unwrap_or(f64::INFINITY);
+    // Only the batch nobody chose runs in parts: a batch set with `%set` is the user's
+    // to size, and one that does not fit is refused, as it always was.
+    let may_split = hp.batch == HParams::default().batch;
     let mut micro = hp.batch.max(1);
-    while micro > 1 && estimate(micro) > usable {
+    while may_split && micro > 1 && estimate(micro) > usable {
         micro = micro.div_ceil(2);
     }
-    crate::limits::ensure_fits(
-        &format!("a training step on {micro} × {window} tokens ({window_why})"),
-        estimate(micro),
-        model.device(),
-        "lower `ctx` (the window) with `%set ctx=N`, or train a smaller model",
-    )?;
+    let advice = if may_split {
+        "lower `ctx` (the window) with `%set ctx=N`, or train a smaller model"
+    } else {
+        "lower `batch` (and raise `accum` to keep the effective batch), or `ctx` (the window)"
+    };
+    crate::limits::ensure_fits(&format!("a training step on {micro} × {window} tokens ({window_why})"), estimate(micro), model.device(), advice)?;
     let micro_why = (micro < hp.batch).then(|| {
         format!(
             "the batch of {} needs about {} of activations and memory holds {}: it runs in {} parts of {micro}",

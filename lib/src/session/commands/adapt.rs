@@ -149,12 +149,13 @@ impl Lora {
             "dropped" => format!("dropped the adapters of {} layers; the model is as it was before `%lora`", self.layers.len()),
             "on" | "off" => format!("LoRA adapters {} ({} layers)", self.action, self.layers.len()),
             _ => {
+                let number = |v: &serde_json::Value| v.as_f64().map_or_else(|| v.to_string(), |x| x.to_string());
                 let settings = self.settings.as_ref().map_or(String::new(), |s| {
                     format!(
                         "r={} alpha={} dropout={} targets={}{}",
                         s["r"],
-                        s["alpha"],
-                        s["dropout"],
+                        number(&s["alpha"]),
+                        number(&s["dropout"]),
                         targets_text(&s["targets"]),
                         if s["rslora"] == true { " rslora" } else { "" }
                     )
@@ -173,9 +174,21 @@ impl Lora {
         if matches!(self.action.as_str(), "merged" | "dropped") {
             return Bundle::text(format!("{head}\n{cost}"));
         }
-        let mut table = Table::new(["layer", "shape", "r", "scaling", "parameters"]);
+        // One row per kind of layer (`q_proj` in every block), in the model's order.
+        let mut kinds: Vec<(&str, [i64; 2], i64, f64, usize, i64)> = vec![];
         for l in &self.layers {
-            table.row([l.layer.clone(), format!("{} × {}", l.shape[0], l.shape[1]), l.r.to_string(), format!("{:.4}", l.scaling), group_digits(l.parameters)]);
+            let kind = l.layer.rsplit('.').next().unwrap_or(&l.layer);
+            match kinds.iter_mut().find(|k| k.0 == kind && k.1 == l.shape && k.2 == l.r) {
+                Some(k) => {
+                    k.4 += 1;
+                    k.5 += l.parameters;
+                }
+                None => kinds.push((kind, l.shape, l.r, l.scaling, 1, l.parameters)),
+            }
+        }
+        let mut table = Table::new(["layer", "layers", "shape", "r", "scaling", "parameters"]);
+        for (kind, shape, r, scaling, count, parameters) in kinds {
+            table.row([kind.to_string(), count.to_string(), format!("{} × {}", shape[0], shape[1]), r.to_string(), format!("{scaling:.4}"), group_digits(parameters)]);
         }
         table.bundle_under(&format!("{head}\n{cost}"))
     }
