@@ -1,13 +1,24 @@
-// Makes every binary, test and example of this package find libtorch without
-// environment variables, and tells `tchlab::cuda` where libtorch_cuda is.
+// The link set-up every crate shares (build_link.rs), and the C++ shim for the libtorch
+// operators tch does not bind (src/models/fbgemm.cpp), built as torch-sys builds its own
+// C++: the same headers, standard and ABI.
+
+include!("build_link.rs");
 
 fn main() {
-    // torch-sys (`links = "tch"`) publishes the libtorch it linked against.
-    let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
-        panic!("torch-sys did not report its libtorch directory (DEP_TCH_LIBTORCH_LIB); build through `make build`");
-    };
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
-    // libtorch_cuda is not linked: `tchlab::cuda` opens it at run time where there is a GPU
-    // (it would cost every start a fifth of a second); it looks here first.
-    println!("cargo:rustc-env=TCHLAB_LIBTORCH_LIB={lib_dir}");
+    let lib_dir = link_libtorch();
+    let root = std::path::Path::new(&lib_dir).parent().expect("libtorch's lib directory has a parent").to_path_buf();
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    println!("cargo:rerun-if-changed=src/models/fbgemm.cpp");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(root.join("include"))
+        .include(root.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file("src/models/fbgemm.cpp")
+        .compile("tchlab_shim");
 }

@@ -224,3 +224,45 @@ def test_the_real_adapter_loads_onto_its_base(base, tmp_path):
     assert reply["content"]["status"] == "ok", reply["content"]
     assert result(outputs)["loaded"] == 16, "A and B of c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj in two blocks"
     execute(kc, "%lora drop")
+
+
+# ---- quantisation ----
+
+@pytest.mark.parametrize(
+    "code, ename, contains",
+    [
+        ("%quantize int5", "UsageError", ["must be one of int8, int4, fp16, none"]),
+        ("%quantize int4 --group 0", "UsageError", ["--group must be 32, 64 or 128"]),
+        ("%quantize int4 --group 48", "UsageError", ["--group must be 32, 64 or 128"]),
+        ("%quantize int4 --group -32", "UsageError", ["--group must be 32, 64 or 128"]),
+        ("%quantize int4 --group 99999999999999999999", "UsageError", ["--group expects"]),
+        ("%quantize int8 --group 32", "UsageError", ["--group is for int4"]),
+        ("%quantize int4 --group 64", "UsageError", ["has 32 inputs, which --group 64 does not divide", "--skip"]),
+        ("%quantize int8 --skip nothing_here", "UsageError", ["--skip nothing_here matches no linear layer", "c_attn"]),
+        ("%quantize int8 --skip (((", "UsageError", ["regular expression"]),
+        ("%quantize none", "UsageError", ["not quantised", "nothing for `%quantize none` to give back"]),
+        ("%quantize none --skip c_fc", "UsageError", ["takes no --group or --skip"]),
+    ],
+)
+def test_hostile_quantize_options_are_refused_and_change_nothing(lab, code, ename, contains):
+    _, kc = lab
+    refused(kc, code, ename, *contains)
+
+
+def test_a_quantised_model_refuses_to_train_and_a_panic_while_quantising_changes_nothing(lab):
+    _, kc = lab
+    _, outputs = execute(kc, '%generate "1234=" --max-tokens 4')
+    float_text = result(outputs)["text"]
+    assert execute(kc, "%__fault arm quantize")[0]["content"]["status"] == "ok"
+    refused(kc, "%quantize int8", "InternalError", "fault injected")
+    refused(kc, "%quantize none", "UsageError", "not quantised")
+    reply, _ = execute(kc, "%quantize int8")
+    assert reply["content"]["status"] == "ok", reply["content"]
+    try:
+        refused(kc, "%step", "UsageError", "int8 weights, which do not train", "%quantize none", "QLoRA")
+        refused(kc, "%quantize int4 --group 64", "UsageError", "does not divide")
+    finally:
+        reply, _ = execute(kc, "%quantize none")
+        assert reply["content"]["status"] == "ok", reply["content"]
+    _, outputs = execute(kc, '%generate "1234=" --max-tokens 4')
+    assert result(outputs)["text"] == float_text, "back in float, the model answers as before"

@@ -65,7 +65,7 @@ pub fn attend(
             None => summed,
         }
     } else {
-        o_proj.forward_t(&z.transpose(1, 2).contiguous().view([b, tq, nh * hs]), opts.train)
+        o_proj.forward_t(&z.transpose(1, 2).contiguous().view([b, tq, nh * hs]), opts.train)?
     };
     Ok((out, probs))
 }

@@ -270,25 +270,25 @@ impl Bert {
             x = hook(Site::ResidPre, x)?;
             let heads = |z: Tensor, site| hook(site, z.view([b, t, nh, h / nh]).transpose(1, 2)); // (B, nh, T, hs)
             let (q, k, v) = (
-                heads(layer.query.forward_t(&x, opts.train), Site::Q)?,
-                heads(layer.key.forward_t(&x, opts.train), Site::K)?,
-                heads(layer.value.forward_t(&x, opts.train), Site::V)?,
+                heads(layer.query.forward_t(&x, opts.train)?, Site::Q)?,
+                heads(layer.key.forward_t(&x, opts.train)?, Site::K)?,
+                heads(layer.value.forward_t(&x, opts.train)?, Site::V)?,
             );
             let (a, probs) = attend(&q, &k, &v, mask, attn_dropout, &layer.attention_output, i, opts)?;
             let mid = hook(Site::ResidMid, hook(Site::AttnOut, a)?.dropout(dropout, opts.train) + &x)?;
             let y = hook(Site::Ln1Normalized, layer.attention_norm.forward(&mid))?;
-            let pre = hook(Site::MlpPre, layer.intermediate.forward_t(&y, opts.train))?;
+            let pre = hook(Site::MlpPre, layer.intermediate.forward_t(&y, opts.train)?)?;
             let post = hook(Site::MlpPost, self.activation.apply(&pre))?;
-            let f = hook(Site::MlpOut, layer.output.forward_t(&post, opts.train))?;
+            let f = hook(Site::MlpOut, layer.output.forward_t(&post, opts.train)?)?;
             let resid_post = hook(Site::ResidPost, f.dropout(dropout, opts.train) + &y)?;
             x = hook(Site::Ln2Normalized, layer.output_norm.forward(&resid_post))?;
             if let (Some(all), Some(p)) = (attentions.as_mut(), probs) {
                 all.push(p);
             }
         }
-        let pooled = self.pooler.as_ref().map(|d| d.forward_t(&x.select(1, 0), opts.train).tanh()); // (B, H)
+        let pooled = self.pooler.as_ref().map(|d| d.forward_t(&x.select(1, 0), opts.train)).transpose()?.map(|p| p.tanh()); // (B, H)
         let logits = match (&self.classifier, &pooled) {
-            (Some(c), Some(p)) => Some(c.forward_t(&p.dropout(dropout, opts.train), opts.train)),
+            (Some(c), Some(p)) => Some(c.forward_t(&p.dropout(dropout, opts.train), opts.train)?),
             _ => None,
         };
         Ok(BertOutput { hidden: x, pooled, logits, attentions })

@@ -180,7 +180,7 @@ impl Attention {
     fn forward(&self, x: &Tensor, cache: &mut Option<&mut KvCache>, layer: usize, opts: &ForwardOptions) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, d) = x.size3()?;
         let heads = |z: &Tensor, site| opts.hook(Point::block(layer, site), z.view([b, t, self.n_head, d / self.n_head]).transpose(1, 2)); // (B, nh, T, hs)
-        let qkv = self.c_attn.forward_t(x, opts.train).split(d, 2);
+        let qkv = self.c_attn.forward_t(x, opts.train)?.split(d, 2);
         let q = heads(&qkv[0], Site::Q)?;
         let (k, v) = super::layers::cached(cache, layer, heads(&qkv[1], Site::K)?, heads(&qkv[2], Site::V)?);
         let dropout = if opts.train { self.dropout } else { 0.0 };
@@ -225,9 +225,9 @@ impl Block {
         let (a, probs) = self.attn.forward(&hook(Site::Ln1Normalized, self.ln_1.forward(&x))?, cache, layer, opts)?;
         let a = hook(Site::AttnOut, a)?;
         let x = hook(Site::ResidMid, &x + a.dropout(self.resid_pdrop, opts.train))?;
-        let pre = hook(Site::MlpPre, self.mlp.c_fc.forward_t(&hook(Site::Ln2Normalized, self.ln_2.forward(&x))?, opts.train))?;
+        let pre = hook(Site::MlpPre, self.mlp.c_fc.forward_t(&hook(Site::Ln2Normalized, self.ln_2.forward(&x))?, opts.train)?)?;
         let post = hook(Site::MlpPost, self.mlp.activation.apply(&pre))?;
-        let m = hook(Site::MlpOut, self.mlp.c_proj.forward_t(&post, opts.train))?;
+        let m = hook(Site::MlpOut, self.mlp.c_proj.forward_t(&post, opts.train)?)?;
         let x = hook(Site::ResidPost, &x + m.dropout(self.resid_pdrop, opts.train))?;
         Ok((x, probs))
     }
@@ -240,6 +240,8 @@ pub struct Gpt {
     wpe: nn::Embedding,
     h: Vec<Block>,
     ln_f: nn::LayerNorm,
+    /// The LM head, tied to `wte`.
+    lm_head: Linear,
 }
 
 impl Gpt {
@@ -249,9 +251,11 @@ impl Gpt {
         let t = &(p / "transformer");
         let embedding = nn::EmbeddingConfig { ws_init: normal_init(), ..Default::default() };
         let h = (0..config.n_layer).map(|i| Block::new(&(t / "h" / i), config)).collect::<Result<_>>()?;
+        let wte = nn::embedding(t / "wte", config.vocab_size, config.n_embd, embedding);
         Ok(Gpt {
             config: config.clone(),
-            wte: nn::embedding(t / "wte", config.vocab_size, config.n_embd, embedding),
+            lm_head: Linear::tied_head(&(p / "lm_head"), &wte.ws),
+            wte,
             wpe: nn::embedding(t / "wpe", config.n_positions, config.n_embd, embedding),
             h,
             ln_f: nn::layer_norm(t / "ln_f", vec![config.n_embd], nn::LayerNormConfig { eps: config.layer_norm_epsilon, ..Default::default() }),
@@ -293,7 +297,7 @@ impl Gpt {
         }
         let x = opts.hook(Point::outside(Site::LnFinal), self.ln_f.forward(&x))?;
         // The LM head shares the token embedding's weights (weight tying).
-        let logits = x.linear::<Tensor>(&self.wte.ws, None); // (B, T, vocab)
+        let logits = self.lm_head.forward_t(&x, opts.train)?; // (B, T, vocab)
         Ok(GptOutput { logits, hidden: x, attentions })
     }
 }
@@ -370,7 +374,7 @@ impl Network for Gpt {
             bias: self.ln_f.bs.as_ref().map(Tensor::shallow_clone),
             centred: true,
             eps: self.config.layer_norm_epsilon,
-            unembed: self.wte.ws.shallow_clone(),
+            unembed: self.lm_head.effective_weight().ok()?,
         })
     }
 }

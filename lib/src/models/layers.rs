@@ -166,9 +166,9 @@ impl GatedMlp {
     /// `down(act(gate(x)) * up(x))`, through the hook points `mlp.hook_pre` (the gate),
     /// `mlp.hook_pre_linear` (up) and `mlp.hook_post` that `hook` runs.
     pub fn forward(&self, x: &Tensor, train: bool, hook: impl Fn(Site, Tensor) -> Result<Tensor>) -> Result<Tensor> {
-        let gate = hook(Site::MlpPre, self.gate_proj.forward_t(x, train))?;
-        let up = hook(Site::MlpPreLinear, self.up_proj.forward_t(x, train))?;
+        let gate = hook(Site::MlpPre, self.gate_proj.forward_t(x, train)?)?;
+        let up = hook(Site::MlpPreLinear, self.up_proj.forward_t(x, train)?)?;
         let post = hook(Site::MlpPost, self.activation.apply(&gate) * up)?;
-        Ok(self.down_proj.forward_t(&post, train))
+        self.down_proj.forward_t(&post, train)
     }
 }

@@ -2,7 +2,9 @@
 //! put around it in place without the family knowing: a LoRA adapter (Hu et al. 2021,
 //! "LoRA: Low-Rank Adaptation of Large Language Models"), as peft's `lora.Linear`
 //! wraps a base layer
-//! (<https://github.com/huggingface/peft/blob/5d602fdb/src/peft/tuners/lora/layer.py>).
+//! (<https://github.com/huggingface/peft/blob/5d602fdb/src/peft/tuners/lora/layer.py>),
+//! and the weight packed in fewer bits ([`super::quantize`]), which the layer then
+//! computes with instead of its float weight (kept, so that going back is exact).
 //!
 //! A family builds each projection with [`Linear::new`] (or [`Linear::head`] for the
 //! output head) and calls [`Linear::forward_t`]; that is all. While a model is built
@@ -16,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tch::{nn, Kind, Tensor};
 
+use super::quantize::Packed;
 use crate::error::Result;
 
 /// `y = x Wᵀ + b`, plus whatever is in its slot.
@@ -33,6 +36,8 @@ pub struct Linear {
 pub(crate) struct Slot {
     /// A LoRA adapter, when one is attached.
     pub(crate) lora: Option<LoraWeights>,
+    /// The weight in a quantised format, when the layer computes with one.
+    pub(crate) packed: Option<Packed>,
 }
 
 /// One layer's LoRA adapter: `y += scaling · B A dropout(x)`, A `(r, in)` and B
@@ -135,33 +140,71 @@ impl Linear {
         Linear { ws, bs, slot }
     }
 
+    /// A head whose weight is another layer's (an LM head tied to the token embedding):
+    /// no variable of its own, but a layer that can be quantised like any other.
+    pub fn tied_head(p: &nn::Path, weight: &Tensor) -> Linear {
+        let slot = Arc::new(Mutex::new(Slot::default()));
+        let size = weight.size();
+        let (out_features, in_features) = (size[0], size.get(1).copied().unwrap_or(1));
+        BUILDING.with(|b| {
+            if let Some(handles) = b.borrow_mut().as_mut() {
+                let path = p.components().collect::<Vec<_>>().join(".");
+                handles.push(LinearHandle { path, in_features, out_features, role: Role::Head, weight: weight.shallow_clone(), slot: slot.clone() });
+            }
+        });
+        Linear { ws: weight.shallow_clone(), bs: None, slot }
+    }
+
     /// `x Wᵀ + b` for `x: (.., in)`, with the adapter when one is on (its dropout only
     /// when `train`).
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = x.linear(&self.ws, self.bs.as_ref());
-        match &lock(&self.slot).lora {
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let slot = lock(&self.slot);
+        let y = match &slot.packed {
+            // The kernel gives no gradient; where one must flow back through the layer
+            // (adapters below it train), it is the dequantised weight's: the term added is
+            // zero, its gradient Wᵀ·dy, as QLoRA's is.
+            Some(p) => {
+                let y = p.matmul(x, self.bs.as_ref())?;
+                if x.requires_grad() {
+                    let w = p.dequantize()?.f_to_kind(x.kind())?;
+                    y.f_detach()?.f_add(&x.f_sub(&x.f_detach()?)?.f_linear::<Tensor>(&w, None)?)?
+                } else {
+                    y
+                }
+            }
+            None => x.f_linear(&self.ws, self.bs.as_ref())?,
+        };
+        Ok(match &slot.lora {
             Some(lora) if lora.enabled => {
-                let input = if x.kind() == lora.a.kind() { x.shallow_clone() } else { x.to_kind(lora.a.kind()) };
-                let delta =
-                    input.dropout(lora.dropout, train && lora.dropout > 0.0).linear::<Tensor>(&lora.a, None).linear::<Tensor>(&lora.b, None) * lora.scaling;
-                let kind = y.kind();
-                y + delta.to_kind(kind)
+                let input = if x.kind() == lora.a.kind() { x.shallow_clone() } else { x.f_to_kind(lora.a.kind())? };
+                let delta = input
+                    .f_dropout(lora.dropout, train && lora.dropout > 0.0)?
+                    .f_linear::<Tensor>(&lora.a, None)?
+                    .f_linear::<Tensor>(&lora.b, None)?
+                    .f_mul_scalar(lora.scaling)?;
+                y.f_add(&delta.f_to_kind(y.kind())?)?
             }
             _ => y,
-        }
+        })
     }
 
     /// [`Linear::forward_t`] outside training.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_t(x, false)
     }
 
-    /// The weight the layer computes with: `W + scaling · B A` while an adapter is on
-    /// (what the analyses that split a projection by head read), `W` otherwise.
+    /// The weight the layer computes with: its float weight or the dequantised packed
+    /// one, plus `scaling · B A` while an adapter is on (what the analyses that split a
+    /// projection by head read).
     pub fn effective_weight(&self) -> Result<Tensor> {
-        match &lock(&self.slot).lora {
-            Some(lora) if lora.enabled => Ok(self.ws.f_add(&lora.delta()?.f_to_kind(self.ws.kind())?)?),
-            _ => Ok(self.ws.shallow_clone()),
+        let slot = lock(&self.slot);
+        let base = match &slot.packed {
+            Some(p) => p.dequantize()?.f_to_kind(self.ws.kind())?,
+            None => self.ws.shallow_clone(),
+        };
+        match &slot.lora {
+            Some(lora) if lora.enabled => Ok(base.f_add(&lora.delta()?.f_to_kind(base.kind())?)?),
+            _ => Ok(base),
         }
     }
 }

@@ -369,9 +369,9 @@ impl Attention {
             z.transpose(1, 2) // (B, n, T, head_dim)
         };
         let (cos, sin) = rotary;
-        let q = hook(Site::Q, split(self.q_proj.forward_t(x, opts.train), self.heads, &self.q_norm))?;
-        let k = hook(Site::K, split(self.k_proj.forward_t(x, opts.train), self.kv_heads, &self.k_norm))?;
-        let v = hook(Site::V, split(self.v_proj.forward_t(x, opts.train), self.kv_heads, &None))?;
+        let q = hook(Site::Q, split(self.q_proj.forward_t(x, opts.train)?, self.heads, &self.q_norm))?;
+        let k = hook(Site::K, split(self.k_proj.forward_t(x, opts.train)?, self.kv_heads, &self.k_norm))?;
+        let v = hook(Site::V, split(self.v_proj.forward_t(x, opts.train)?, self.kv_heads, &None))?;
         let q = hook(Site::RotQ, Rotary::apply(&q, cos, sin))?;
         let k = hook(Site::RotK, Rotary::apply(&k, cos, sin))?;
         let (k, v) = cached(cache, layer, k, v);
@@ -393,8 +393,8 @@ pub struct Llama {
     embed_tokens: nn::Embedding,
     layers: Vec<Block>,
     norm: RmsNorm,
-    /// `None` when the head is tied to `embed_tokens`.
-    lm_head: Option<Linear>,
+    /// The LM head: a weight of its own, or `embed_tokens`'s when tied.
+    lm_head: Linear,
     rotary: Rotary,
 }
 
@@ -418,12 +418,18 @@ impl Llama {
             })
             .collect();
         let (theta, scaling) = config.rope()?;
+        let embed_tokens =
+            nn::embedding(m / "embed_tokens", config.vocab_size, config.hidden_size, nn::EmbeddingConfig { ws_init: init, ..Default::default() });
+        let lm_head = match config.tie_word_embeddings {
+            true => Linear::tied_head(&(p / "lm_head"), &embed_tokens.ws),
+            false => Linear::head(&(p / "lm_head"), config.hidden_size, config.vocab_size, linear_init(config, false)),
+        };
         Ok(Llama {
             config: config.clone(),
-            embed_tokens: nn::embedding(m / "embed_tokens", config.vocab_size, config.hidden_size, nn::EmbeddingConfig { ws_init: init, ..Default::default() }),
+            embed_tokens,
             layers,
             norm: RmsNorm::new(m / "norm", config.hidden_size, config.rms_norm_eps),
-            lm_head: (!config.tie_word_embeddings).then(|| Linear::head(&(p / "lm_head"), config.hidden_size, config.vocab_size, linear_init(config, false))),
+            lm_head,
             rotary: Rotary::new(config.head_dim(), theta, scaling, p.device()),
         })
     }
@@ -468,14 +474,11 @@ impl Network for Llama {
             }
         }
         let hidden = opts.hook(Point::outside(Site::LnFinal), self.norm.forward(&x))?;
-        let logits = match &self.lm_head {
-            Some(head) => head.forward_t(&hidden, opts.train),
-            None => hidden.linear::<Tensor>(&self.embed_tokens.ws, None),
-        };
+        let logits = self.lm_head.forward_t(&hidden, opts.train)?;
         Ok(Output { hidden, logits: Some(logits), pooled: None, attentions })
     }
     fn var_for_key(&self, key: &str) -> Option<(String, bool)> {
-        if key.ends_with("rotary_emb.inv_freq") || (key == "lm_head.weight" && self.lm_head.is_none()) {
+        if key.ends_with("rotary_emb.inv_freq") || (key == "lm_head.weight" && self.config.tie_word_embeddings) {
             return None;
         }
         Some((key.to_string(), false))
@@ -484,10 +487,7 @@ impl Network for Llama {
         (var.to_string(), false)
     }
     fn readout(&self) -> Option<Readout> {
-        let unembed = match &self.lm_head {
-            Some(head) => head.effective_weight().ok()?,
-            None => self.embed_tokens.ws.shallow_clone(),
-        };
+        let unembed = self.lm_head.effective_weight().ok()?;
         Some(Readout { weight: self.norm.weight().shallow_clone(), bias: None, centred: false, eps: self.config.rms_norm_eps, unembed })
     }
     fn architecture(&self) -> &'static str {

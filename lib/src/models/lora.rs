@@ -308,22 +308,37 @@ impl Model {
     /// The layers `config` would adapt, in path order, matched against their Hugging
     /// Face paths as peft matches; none matched is an error that lists what there is.
     fn lora_targets(&self, config: &LoraConfig) -> Result<Vec<&LinearHandle>> {
-        let matcher = config.targets.matcher()?;
-        let chosen: Vec<&LinearHandle> = self
+        let chosen = self.layers_matching(&config.targets, config.layers.as_deref())?;
+        if chosen.is_empty() {
+            return invalid!(
+                "targets={} matches no linear layer of this model; its layers are named {}, or use all-linear",
+                config.targets,
+                self.layer_kinds().join(", ")
+            );
+        }
+        Ok(chosen)
+    }
+
+    /// The linear layers `targets` chooses (within the blocks `layers` lists), matched
+    /// against their Hugging Face paths as peft matches them; perhaps none.
+    pub(crate) fn layers_matching(&self, targets: &Targets, layers: Option<&[i64]>) -> Result<Vec<&LinearHandle>> {
+        let matcher = targets.matcher()?;
+        Ok(self
             .linears
             .iter()
             .filter(|l| {
                 let module = self.hf_module(&l.path).0;
-                matcher.matches(l, &module) && config.layers.as_ref().is_none_or(|keep| block_number(&module).is_some_and(|n| keep.contains(&n)))
+                matcher.matches(l, &module) && layers.is_none_or(|keep| block_number(&module).is_some_and(|n| keep.contains(&n)))
             })
-            .collect();
-        if chosen.is_empty() {
-            let mut names: Vec<&str> = self.linears.iter().map(|l| l.path.rsplit('.').next().unwrap_or(&l.path)).collect();
-            names.sort_unstable();
-            names.dedup();
-            return invalid!("targets={} matches no linear layer of this model; its layers are named {}, or use all-linear", config.targets, names.join(", "));
-        }
-        Ok(chosen)
+            .collect())
+    }
+
+    /// The distinct last names of the model's linear layers (`c_attn`, `q_proj`, ...).
+    pub(crate) fn layer_kinds(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.linears.iter().map(|l| l.path.rsplit('.').next().unwrap_or(&l.path)).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
     }
 
     /// Adds adapters as `config` says, initialised as `init` says, and freezes
@@ -554,6 +569,11 @@ impl Model {
     pub fn merge_lora(&mut self) -> Result<Adapters> {
         if self.adapters.is_none() {
             return invalid!("the model has no LoRA adapters to merge; `%lora r=8` adds them");
+        }
+        if let Some(format) = self.quantized() {
+            return invalid!(
+                "the model computes with {format} weights: merging into them would quantise twice. `%quantize none`, then `%lora merge`, then quantise again (as peft advises for QLoRA adapters)"
+            );
         }
         let mut merged = Vec::new();
         for l in &self.linears {

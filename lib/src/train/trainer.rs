@@ -388,6 +388,11 @@ impl Trainer {
         if self.model.adapters().is_some_and(|a| !a.enabled) {
             return invalid!("the LoRA adapters are off, so nothing would train: `%lora on` first");
         }
+        if let (Some(format), None) = (self.model.quantized(), self.model.adapters()) {
+            return invalid!(
+                "the model computes with {format} weights, which do not train: `%quantize none` gives back the float weights, or `%lora r=8` adds adapters that train over the quantised base (QLoRA)"
+            );
+        }
         let next = self.step + 1;
         let lr = self.hp.lr_at(next);
         tch::manual_seed(step_seed(self.seed, next));

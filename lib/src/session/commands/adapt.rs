@@ -188,7 +188,14 @@ impl Lora {
         }
         let mut table = Table::new(["layer", "layers", "shape", "r", "scaling", "parameters"]);
         for (kind, shape, r, scaling, count, parameters) in kinds {
-            table.row([kind.to_string(), count.to_string(), format!("{} × {}", shape[0], shape[1]), r.to_string(), format!("{scaling:.4}"), group_digits(parameters)]);
+            table.row([
+                kind.to_string(),
+                count.to_string(),
+                format!("{} × {}", shape[0], shape[1]),
+                r.to_string(),
+                format!("{scaling:.4}"),
+                group_digits(parameters),
+            ]);
         }
         table.bundle_under(&format!("{head}\n{cost}"))
     }

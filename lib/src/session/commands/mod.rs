@@ -3,7 +3,7 @@
 //! completion and the README's reference are all generated.
 //!
 //! Handlers live beside their kin: [`general`] (help, environment, timing),
-//! [`model`] (models, checkpoints, tokenizers), [`adapt`] (LoRA adapters), [`training`] (data, hyperparameters,
+//! [`model`] (models, checkpoints, tokenizers), [`adapt`] (LoRA adapters), [`compress`] (quantisation), [`training`] (data, hyperparameters,
 //! training, the timeline, plots), [`explore`] (sweeps, the learning-rate range test,
 //! comparisons), [`inference`] (generation, attention, embeddings, prediction) and
 //! [`inside`] (hook points: the activation cache, logit lens, ablation, patching, head
@@ -11,6 +11,7 @@
 
 mod adapt;
 mod chat;
+mod compress;
 mod explore;
 mod general;
 mod inference;
@@ -258,6 +259,7 @@ pub static COMMANDS: &[Command] = &[
     model::TOKENIZE,
     model::WEIGHTS,
     adapt::LORA,
+    compress::QUANTIZE,
     training::DATA,
     training::SET,
     training::HPARAMS,
