@@ -769,8 +769,13 @@ fn a_sweep_writes_its_study_as_trials_finish_and_show_draws_it_again() {
     // An interrupted sweep keeps every trial that finished.
     let interrupted = dir.join("interrupted");
     let cancel = s.cancel_handle();
+    let file = interrupted.join("study.jsonl");
     let stopper = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(1500));
+        // Once a trial is in the study (its header and one line), however busy the machine.
+        let started = std::time::Instant::now();
+        while std::fs::read_to_string(&file).map_or(0, |t| t.lines().count()) < 2 && started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         cancel.store(true, Ordering::SeqCst);
     });
     let e = fail(&mut s, &format!("%sweep lr=log(1e-4,1e-2) --trials 200 --steps 20 --study {}", interrupted.display()));
