@@ -199,3 +199,46 @@ fn targets_read_as_names_all_linear_or_a_pattern() {
     assert_eq!(Targets::parse(r".*\.(q|v)_proj").unwrap(), Targets::Pattern(r".*\.(q|v)_proj".into()));
     assert!(Targets::parse(" , ").is_err());
 }
+
+#[test]
+fn an_adapter_trained_on_smollm2_from_its_gguf_loads_in_peft_over_transformers_reading_the_same_file() {
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("smollm2.json")).unwrap()).unwrap();
+    let file = reference["file"].as_str().unwrap();
+    let mut model = checkpoint::load(file, Device::Cpu).unwrap().model;
+    tch::manual_seed(5);
+    model.add_lora(&LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, ..Default::default() }, Init::Default).unwrap();
+    // B starts at zero: give it values, as training would, so that the adapter matters.
+    for (_, (_, b)) in model.lora_weights() {
+        tch::no_grad(|| b.shallow_clone().copy_(&(Tensor::randn(b.size(), (tch::Kind::Float, Device::Cpu)) * 0.05)));
+    }
+    let ids = Tensor::from_slice(&[1i64, 504, 3575, 282, 4649, 314]).unsqueeze(0);
+    let ours = logits(&model, &ids);
+    let dir = common::scratch("lora-smollm2");
+    let (config, weights) = model.peft_adapter(Some(file.to_string()), "CAUSAL_LM").unwrap();
+    peft::write(&dir.join("adapter"), &config, &weights).unwrap();
+    tchlab::checkpoint::safetensors::write(&dir.join("expected.safetensors"), &[("ids".into(), ids), ("logits".into(), ours)], &BTreeMap::new()).unwrap();
+    common::python_agrees(
+        &format!(
+            r#"
+import sys, os, warnings, torch
+from pathlib import Path
+from transformers import AutoModelForCausalLM
+from peft import PeftModel
+from safetensors.torch import load_file
+out = Path(sys.argv[1])
+path = "{file}"
+base = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    model = PeftModel.from_pretrained(base, out / "adapter").eval()
+assert not any("missing adapter keys" in str(w.message) for w in caught), [str(w.message) for w in caught]
+exp = load_file(out / "expected.safetensors")
+with torch.no_grad():
+    got = model(input_ids=exp["ids"]).logits
+scale = exp["logits"].abs().max()
+assert (got - exp["logits"]).abs().max() <= 1e-4 * scale, float((got - exp["logits"]).abs().max() / scale)
+"#
+        ),
+        &dir,
+    );
+}
