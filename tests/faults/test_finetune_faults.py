@@ -266,3 +266,80 @@ def test_a_quantised_model_refuses_to_train_and_a_panic_while_quantising_changes
         assert reply["content"]["status"] == "ok", reply["content"]
     _, outputs = execute(kc, '%generate "1234=" --max-tokens 4')
     assert result(outputs)["text"] == float_text, "back in float, the model answers as before"
+
+
+@pytest.mark.parametrize(
+    "code, ename, contains",
+    [
+        ("%prune", "UsageError", ["give --sparsity S", "--pattern 2:4"]),
+        ("%prune --sparsity 1.0", "UsageError", ["--sparsity must be above 0 and below 1, got 1"]),
+        ("%prune --sparsity 0", "UsageError", ["--sparsity must be above 0 and below 1"]),
+        ("%prune --sparsity -0.5", "UsageError", ["--sparsity must be above 0 and below 1"]),
+        ("%prune --sparsity nan", "UsageError", ["--sparsity must be above 0 and below 1"]),
+        ("%prune --sparsity inf", "UsageError", ["--sparsity must be above 0 and below 1"]),
+        ("%prune --sparsity half", "UsageError", ["--sparsity expects"]),
+        ("%prune --sparsity 0.5 --method random", "UsageError", ["--method is magnitude or wanda, got `random`"]),
+        ("%prune --pattern 2-4", "UsageError", ["--pattern is N:M, such as 2:4, got `2-4`"]),
+        ("%prune --pattern 4:4", "UsageError", ["0 < N < M ≤ 64, got 4:4"]),
+        ("%prune --pattern 0:4", "UsageError", ["0 < N < M ≤ 64"]),
+        ("%prune --pattern -2:4", "UsageError", ["0 < N < M ≤ 64"]),
+        ("%prune --pattern 2:99999999999999999999", "UsageError", ["--pattern is N:M"]),
+        ("%prune --pattern 64:128", "UsageError", ["0 < N < M ≤ 64"]),
+        ("%prune --pattern 2:7", "UsageError", ["has 32 inputs, which do not split into groups of 7"]),
+        ("%prune --pattern 2:4 --sparsity 0.3", "UsageError", ["--pattern 2:4 zeroes 0.5 of the weights; --sparsity 0.3 says otherwise"]),
+        ("%prune --sparsity 0.5 --method wanda --calib 0", "UsageError", ["--calib must be between 1 and 1024"]),
+        ("%prune --sparsity 0.5 --method wanda --calib 5000", "UsageError", ["--calib must be between 1 and 1024"]),
+        ("%prune --sparsity 0.5 --calib 4", "UsageError", ["--calib is for --method wanda"]),
+    ],
+)
+def test_hostile_prune_options_are_refused_and_change_nothing(lab, code, ename, contains):
+    _, kc = lab
+    refused(kc, code, ename, *contains)
+
+
+def test_prune_without_data_for_wanda_on_a_quantised_model_and_a_panic_change_nothing(lab):
+    km, kc = start()
+    try:
+        for code, says in [
+            ("%prune --sparsity 0.5", "no model"),
+            ("%device cpu\n%model gpt --layers 1 --heads 2 --dim 32 --vocab 16", None),
+            ("%prune --sparsity 0.5 --method wanda", "load data first (`%data ...`), or use --method magnitude"),
+            ("%prune --sparsity 0.5 --eval", "--eval needs data"),
+        ]:
+            reply, _ = execute(kc, code)
+            if says is None:
+                assert reply["content"]["status"] == "ok", reply["content"]
+            else:
+                assert reply["content"]["ename"] == "UsageError" and says in reply["content"]["evalue"], (code, reply["content"])
+        _, outputs = execute(kc, "%prune --sparsity 0.5")
+        assert result(outputs)["sparsity"] == 0.5, "magnitude needs no data"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    _, kc = lab
+    assert execute(kc, "%__fault arm prune")[0]["content"]["status"] == "ok"
+    refused(kc, "%prune --sparsity 0.5 --method wanda", "InternalError", "fault injected")
+    reply, _ = execute(kc, "%quantize int8")
+    assert reply["content"]["status"] == "ok", reply["content"]
+    try:
+        refused(kc, "%prune --sparsity 0.5", "UsageError", "quantised weights", "%quantize none")
+    finally:
+        reply, _ = execute(kc, "%quantize none")
+        assert reply["content"]["status"] == "ok", reply["content"]
+
+
+def test_an_interrupt_while_wanda_calibrates_changes_nothing():
+    km, kc = start()
+    try:
+        reply, _ = execute(kc, "%device cpu\n%seed 0\n%data synth reverse --length 8\n%model gpt --layers 4 --heads 4 --dim 256\n%set batch=64", timeout=TIMEOUT)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        before = state(kc)
+        content, took = interrupted(km, kc, "%prune --sparsity 0.5 --method wanda --calib 1024", wait=0.5)
+        assert content["status"] == "error" and content["ename"] == "KeyboardInterrupt", content
+        assert took < 1.0
+        assert state(kc) == before
+        _, outputs = execute(kc, "%prune --sparsity 0.5 --method wanda --calib 1")
+        assert result(outputs)["sparsity"] == 0.5
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -38,6 +38,10 @@ pub(crate) struct Slot {
     pub(crate) lora: Option<LoraWeights>,
     /// The weight in a quantised format, when the layer computes with one.
     pub(crate) packed: Option<Packed>,
+    /// True where a pruned weight stays ([`super::prune`]).
+    pub(crate) mask: Option<Tensor>,
+    /// While calibrating: the sum over every input seen of each feature's square.
+    pub(crate) calibration: Option<Tensor>,
 }
 
 /// One layer's LoRA adapter: `y += scaling · B A dropout(x)`, A `(r, in)` and B
@@ -158,7 +162,13 @@ impl Linear {
     /// `x Wᵀ + b` for `x: (.., in)`, with the adapter when one is on (its dropout only
     /// when `train`).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let slot = lock(&self.slot);
+        let mut slot = lock(&self.slot);
+        if let Some(sums) = slot.calibration.as_mut() {
+            let squares = tch::no_grad(|| {
+                x.f_detach()?.f_reshape([-1, self.ws.size()[1]])?.f_to_kind(Kind::Double)?.f_square()?.f_sum_dim_intlist([0].as_slice(), false, Kind::Double)
+            })?;
+            let _ = sums.f_add_(&squares)?;
+        }
         let y = match &slot.packed {
             // The kernel gives no gradient; where one must flow back through the layer
             // (adapters below it train), it is the dequantised weight's: the term added is

@@ -565,7 +565,8 @@ impl Model {
     }
 
     /// Folds each adapter into its layer's weight (`W += scaling · B A`, computed in
-    /// float32), as peft's `merge_and_unload` does, then drops the adapters.
+    /// float32), as peft's `merge_and_unload` does, then drops the adapters. In a pruned
+    /// layer only the weights its mask keeps take the adapter's change.
     pub fn merge_lora(&mut self) -> Result<Adapters> {
         if self.adapters.is_none() {
             return invalid!("the model has no LoRA adapters to merge; `%lora r=8` adds them");
@@ -577,8 +578,14 @@ impl Model {
         }
         let mut merged = Vec::new();
         for l in &self.linears {
-            if let Some(lora) = l.slot().lora.as_ref() {
-                merged.push((l.weight.shallow_clone(), lora.delta()?.f_to_kind(l.weight.kind())?));
+            let slot = l.slot();
+            if let Some(lora) = slot.lora.as_ref() {
+                let mut delta = lora.delta()?.f_to_kind(l.weight.kind())?;
+                // A pruned layer stays pruned: the adapters fill only the weights it kept.
+                if let Some(mask) = &slot.mask {
+                    delta = delta.f_mul(&mask.f_to_kind(delta.kind())?)?;
+                }
+                merged.push((l.weight.shallow_clone(), delta));
             }
         }
         tch::no_grad(|| -> Result<()> {

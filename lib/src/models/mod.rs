@@ -18,6 +18,7 @@ pub mod layers;
 pub mod linear;
 pub mod llama;
 pub mod lora;
+pub mod prune;
 pub mod quantize;
 
 use std::path::Path;

@@ -213,6 +213,15 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Multiplies the master copy of the variable `name`, where there is one, by `mask`
+    /// (pruned weights stay zero in the copy the optimiser updates too).
+    pub fn mask_master(&mut self, name: &str, mask: &Tensor) -> Result<()> {
+        if let Some(master) = self.params.iter_mut().find(|p| p.name == name).and_then(|p| p.master.as_mut()) {
+            let _ = tch::no_grad(|| master.f_mul_(&mask.to_kind(Kind::Float)))?;
+        }
+        Ok(())
+    }
+
     /// Keeps float32 master copies of the variables from now on (call before the model
     /// is cast to low precision), or writes them back and drops them (call after the
     /// model is cast back to float32).

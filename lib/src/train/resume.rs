@@ -8,6 +8,7 @@
 //! DIR/trainer.json         step, seed, data cursor, hyperparameters, data set,
 //!                          optimizer step count, loss scale, histories, LoRA settings
 //! DIR/adapter/             the LoRA adapters, in peft's files, when there are any
+//! DIR/masks.safetensors    the pruning masks, by weight name, when there are any
 //! ```
 //!
 //! The directory is written next to its destination and swapped in with one
@@ -64,6 +65,8 @@ struct TrainerFile {
 
 /// Where a checkpoint keeps the model's LoRA adapters.
 const ADAPTER_DIR: &str = "adapter";
+/// Where it keeps the pruning masks.
+const MASKS: &str = "masks.safetensors";
 
 impl Trainer {
     /// Saves everything needed to resume into the directory `dir`, replacing what was
@@ -91,6 +94,10 @@ impl Trainer {
         if self.model.adapters().is_some() {
             let (config, weights) = self.model.peft_adapter(None, "CAUSAL_LM")?;
             checkpoint::peft::write(&dir.join(ADAPTER_DIR), &config, &weights)?;
+        }
+        let masks = self.model.masks();
+        if !masks.is_empty() {
+            safetensors::write(&dir.join(MASKS), &masks, &BTreeMap::new())?;
         }
         safetensors::write(&dir.join("optimizer.safetensors"), &self.opt.state_tensors(), &BTreeMap::new())?;
         let file = TrainerFile {
@@ -138,6 +145,10 @@ impl Trainer {
         if file.hparams.precision != Precision::F32 {
             trainer.set("precision", &file.hparams.get("precision").expect("a key"))?;
             trainer.history.changes.clear();
+        }
+        if dir.join(MASKS).is_file() {
+            let masks = safetensors::read(&dir.join(MASKS))?;
+            trainer.model.set_masks(&masks).map_err(|e| Error::format(&dir.join(MASKS), e.to_string()))?;
         }
         let optimizer_path = dir.join("optimizer.safetensors");
         let state = safetensors::read(&optimizer_path)?;

@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub(super) lora: Option<(LoraConfig, bool)>,
     /// The version of the base's weights then ([`crate::models::Model::base_version`]).
     pub(super) base_version: u64,
+    /// The pruning masks then (shared: a mask never changes once made).
+    pub(super) masks: Vec<(String, Tensor)>,
 }
 
 impl Snapshot {
@@ -59,6 +61,7 @@ impl Snapshot {
             trained_seconds: self.trained_seconds,
             lora: self.lora.clone(),
             base_version: self.base_version,
+            masks: share(&self.masks),
         }
     }
 }

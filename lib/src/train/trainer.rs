@@ -448,6 +448,10 @@ impl Trainer {
         }
         self.opt.lr = lr;
         self.opt.step()?;
+        for (name, mask) in self.model.masks() {
+            self.opt.mask_master(&name, &mask)?;
+        }
+        self.model.apply_masks()?;
         if self.model.adapters().is_none() {
             self.model.base_changed();
         }
@@ -559,6 +563,20 @@ impl Trainer {
         Ok(())
     }
 
+    /// Runs `batches` training batches, drawn from a fixed seed (the data cursor does not
+    /// move), through the model without gradients: the calibration data of pruning.
+    pub fn run_calibration(&self, batches: usize) -> Result<()> {
+        let mut rng = Rng::new(self.seed ^ CALIBRATION_SEED);
+        tch::no_grad(|| {
+            for _ in 0..batches {
+                self.check_cancel("calibrating")?;
+                let batch = self.data.train_batch(self.sizing.micro_batch, self.ctx(), &self.tokenizer, &mut rng)?;
+                let _ = self.logits(&batch, false)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Language-model window length ([`Sizing::window`]).
     fn ctx(&self) -> usize {
         self.sizing.window
@@ -610,6 +628,7 @@ impl Trainer {
             trained_seconds: self.trained_seconds,
             lora: self.model.adapters().map(|a| (a.config.clone(), a.enabled)),
             base_version: self.model.base_version(),
+            masks: self.model.masks(),
         }
     }
 
@@ -739,6 +758,7 @@ impl Trainer {
         if let Some((_, enabled)) = &s.lora {
             self.model.set_lora_enabled(*enabled)?;
         }
+        self.model.set_masks(&s.masks)?;
         if s.hp.precision != self.hp.precision {
             self.apply_precision(s.hp.precision)?;
         }
@@ -765,6 +785,9 @@ impl Trainer {
         Ok(())
     }
 }
+
+/// Mixed into the seed calibration batches are drawn from.
+const CALIBRATION_SEED: u64 = 0xCA11_B4A7;
 
 /// Mixed into the seed that new adapters made by `%set lora_r` are drawn from.
 const LORA_SEED: u64 = 0x10AA_5EED;

@@ -1,5 +1,6 @@
 //! Making a model small: `%quantize` packs its linear layers in fewer bits
-//! ([`crate::models::quantize`]) and shows what that saves and costs.
+//! ([`crate::models::quantize`]), `%prune` zeroes their least useful weights
+//! ([`crate::models::prune`]); each shows what that saves and costs.
 
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -8,6 +9,7 @@ use super::model::group_digits;
 use super::{flag, option, pos, returns, Command};
 use crate::limits::format_bytes;
 use crate::models::lora::Targets;
+use crate::models::prune::{Method, Pattern, PrunedLayer};
 use crate::models::quantize::{Format, Plan, QuantizedLayer, INT4_GROUPS};
 use crate::session::output::{Bundle, CellError, Table};
 use crate::session::parse::Args;
@@ -54,36 +56,50 @@ fn quantize(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError
         return Err(args.usage_error("--group is for int4"));
     }
     let skip = args.get("skip").map(Targets::parse).transpose()?;
-    let eval = |s: &mut Session| -> Result<Option<crate::train::EvalMetrics>, CellError> {
-        if !args.flag("eval") {
-            return Ok(None);
-        }
-        let trainer = s.trainer.as_ref().ok_or_else(|| args.usage_error("--eval needs data to evaluate on: `%data ...` first"))?;
-        Ok(Some(trainer.evaluate()?))
-    };
-    let before = eval(s)?;
+    let before = evaluate_if_asked(s, args)?;
     let layers = match format {
         None => {
             let count = s.change_model_in_place(|m| m.dequantize())?;
-            let after = eval(s)?;
-            let result =
-                Quantized { format: "none".into(), layers: vec![], bytes_before: 0, bytes_after: 0, before: None, after: after.as_ref().map(Metrics::of) };
+            let after = evaluate_if_asked(s, args)?;
+            let result = Quantized { format: "none".into(), layers: vec![], bytes_before: 0, bytes_after: 0, before: None, after };
             ctx.returns(Bundle::text(format!("gave back the float weights of {count} layers, bit for bit")), &result);
             return Ok(());
         }
         Some(format) => s.change_model_in_place(|m| m.quantize(&Plan { format, skip: skip.clone() }))?,
     };
-    let after = eval(s)?;
+    let after = evaluate_if_asked(s, args)?;
     let result = Quantized {
         format: args.get("format").expect("required").to_string(),
         bytes_before: layers.iter().map(|l| l.bytes_before).sum(),
         bytes_after: layers.iter().map(|l| l.bytes_after).sum(),
         layers,
-        before: before.as_ref().map(Metrics::of),
-        after: after.as_ref().map(Metrics::of),
+        before,
+        after,
     };
     ctx.returns(result.bundle(), &result);
     Ok(())
+}
+
+/// With `--eval`: the validation loss and perplexity on the current data.
+fn evaluate_if_asked(s: &Session, args: &Args) -> Result<Option<Metrics>, CellError> {
+    if !args.flag("eval") {
+        return Ok(None);
+    }
+    let trainer = s.trainer.as_ref().ok_or_else(|| args.usage_error("--eval needs data to evaluate on: `%data ...` first"))?;
+    let m = trainer.evaluate()?;
+    Ok(Some(Metrics { loss: m.loss, perplexity: m.perplexity }))
+}
+
+/// The line that says how `--eval`'s loss moved, when there is one.
+fn loss_change(before: &Option<Metrics>, after: &Option<Metrics>) -> String {
+    let (Some(b), Some(a)) = (before, after) else { return String::new() };
+    let ppl = |m: &Metrics| m.perplexity.map_or(String::new(), |p| format!(", perplexity {p:.3}"));
+    format!("\nvalidation loss {:.4}{} → {:.4}{}", b.loss, ppl(b), a.loss, ppl(a))
+}
+
+/// `q_proj` for `model.layers.3.self_attn.q_proj`: the tables have a row per kind of layer.
+fn layer_kind(path: &str) -> String {
+    path.rsplit('.').next().unwrap_or(path).to_string()
 }
 
 /// Loss and perplexity.
@@ -93,12 +109,6 @@ pub struct Metrics {
     pub loss: f64,
     /// Its exponential.
     pub perplexity: Option<f64>,
-}
-
-impl Metrics {
-    fn of(m: &crate::train::EvalMetrics) -> Metrics {
-        Metrics { loss: m.loss, perplexity: m.perplexity }
-    }
 }
 
 /// What `%quantize` returns.
@@ -120,10 +130,9 @@ pub struct Quantized {
 
 impl Quantized {
     fn bundle(&self) -> Bundle {
-        // One row per kind of layer (`q_proj` in every block).
         let mut kinds: Vec<(String, usize, String, i64, i64)> = vec![];
         for l in &self.layers {
-            let kind = l.layer.rsplit('.').next().unwrap_or(&l.layer).to_string();
+            let kind = layer_kind(&l.layer);
             let format = match (&l.kept, l.group) {
                 (Some(why), _) => format!("float ({why})"),
                 (None, Some(g)) => format!("{} (groups of {g})", l.format),
@@ -156,10 +165,134 @@ impl Quantized {
             format_bytes(self.bytes_after as f64),
             self.bytes_before as f64 / self.bytes_after.max(1) as f64
         );
-        if let (Some(b), Some(a)) = (&self.before, &self.after) {
-            let ppl = |m: &Metrics| m.perplexity.map_or(String::new(), |p| format!(", perplexity {p:.3}"));
-            head.push_str(&format!("\nvalidation loss {:.4}{} → {:.4}{}", b.loss, ppl(b), a.loss, ppl(a)));
+        head.push_str(&loss_change(&self.before, &self.after));
+        table.bundle_under(&head)
+    }
+}
+
+pub const PRUNE: Command = Command {
+    name: "prune",
+    summary: "zero the linear layers' least useful weights, by magnitude or by Wanda, unstructured or 2:4; they stay zero while training goes on",
+    args: &[
+        option("sparsity", "S", "the share of each layer's weights to zero, above 0 and below 1 (2:4: 0.5, the default)"),
+        option("method", "M", "magnitude (the default) | wanda: |W| times the norm of each input feature over calibration data"),
+        option("pattern", "N:M", "2:4: N zeros in every M consecutive inputs of a row, instead of anywhere"),
+        option("calib", "N", "wanda: calibration batches of the training data (default 8)"),
+        flag("eval", "the validation loss and perplexity before and after"),
+    ],
+    details: "Unstructured magnitude pruning compares a whole layer; Wanda (Sun et al. 2023) compares each output row, scoring |W_ij|·‖X_j‖ with X_j \
+              the layer's input feature j over the calibration batches (gathered in the linear layers themselves). The LM head and classifiers are \
+              left whole. Each pruned layer keeps a mask: after every training step the pruned weights are zeroed again, and snapshots, rewind, \
+              fork and checkpoints keep the masks.",
+    example: "%prune --sparsity 0.5 --method wanda --eval",
+    returns: returns::<Pruned>(),
+    run: prune,
+};
+
+fn prune(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let method = match args.get("method").unwrap_or("magnitude") {
+        "magnitude" => Method::Magnitude,
+        "wanda" => Method::Wanda,
+        other => return Err(args.usage_error(format!("--method is magnitude or wanda, got `{other}`"))),
+    };
+    let sparsity: Option<f64> = args.parse_as("sparsity")?;
+    let pattern = match args.get("pattern") {
+        None => Pattern::Unstructured(sparsity.ok_or_else(|| args.usage_error("give --sparsity S (such as 0.5), or --pattern 2:4"))?),
+        Some(p) => {
+            let parsed = p.split_once(':').and_then(|(n, m)| Some((n.trim().parse::<i64>().ok()?, m.trim().parse::<i64>().ok()?)));
+            let Some((n, m)) = parsed else {
+                return Err(args.usage_error(format!("--pattern is N:M, such as 2:4, got `{p}`")));
+            };
+            if sparsity.is_some_and(|s| (s - n as f64 / m as f64).abs() > 1e-9) {
+                return Err(args.usage_error(format!(
+                    "--pattern {n}:{m} zeroes {} of the weights; --sparsity {} says otherwise",
+                    n as f64 / m as f64,
+                    sparsity.unwrap_or_default()
+                )));
+            }
+            Pattern::NofM(n, m)
         }
+    };
+    let calib: usize = args.parse_as("calib")?.unwrap_or(8);
+    if !(1..=1024).contains(&calib) {
+        return Err(args.usage_error(format!("--calib must be between 1 and 1024 batches, got {calib}")));
+    }
+    if args.get("calib").is_some() && method != Method::Wanda {
+        return Err(args.usage_error("--calib is for --method wanda"));
+    }
+    let before = evaluate_if_asked(s, args)?;
+    if method == Method::Wanda {
+        let trainer = s
+            .trainer
+            .as_ref()
+            .ok_or_else(|| args.usage_error("Wanda scores weights by the data they see: load data first (`%data ...`), or use --method magnitude"))?;
+        trainer.model().start_calibration()?;
+        let ran = trainer.run_calibration(calib);
+        if let Err(e) = ran {
+            s.trainer.as_ref().expect("checked").model().finish_calibration_quietly();
+            return Err(e.into());
+        }
+    }
+    let what = format!("prune {}", args.get("pattern").map_or_else(|| format!("--sparsity {}", sparsity.unwrap_or_default()), |p| format!("--pattern {p}")));
+    let layers = s.change_model(&what, |m| m.prune(method, pattern))?;
+    let after = evaluate_if_asked(s, args)?;
+    let result = Pruned {
+        method: args.get("method").unwrap_or("magnitude").to_string(),
+        pattern: args.get("pattern").unwrap_or("unstructured").to_string(),
+        sparsity: {
+            let (zeros, total) = layers.iter().fold((0.0, 0.0), |(z, t), l| {
+                let n = (l.shape[0] * l.shape[1]) as f64;
+                (z + l.sparsity * n, t + n)
+            });
+            zeros / total.max(1.0)
+        },
+        layers,
+        before,
+        after,
+    };
+    ctx.returns(result.bundle(), &result);
+    Ok(())
+}
+
+/// What `%prune` returns.
+#[derive(Serialize, JsonSchema)]
+pub struct Pruned {
+    /// `magnitude` or `wanda`.
+    pub method: String,
+    /// `unstructured`, or `N:M`.
+    pub pattern: String,
+    /// The share of the pruned layers' weights that are zero now.
+    pub sparsity: f64,
+    /// Each pruned layer's sparsity.
+    pub layers: Vec<PrunedLayer>,
+    /// With --eval: the validation loss and perplexity before.
+    pub before: Option<Metrics>,
+    /// And after.
+    pub after: Option<Metrics>,
+}
+
+impl Pruned {
+    fn bundle(&self) -> Bundle {
+        let mut kinds: Vec<(String, usize, f64, f64)> = vec![];
+        for l in &self.layers {
+            let kind = layer_kind(&l.layer);
+            let n = (l.shape[0] * l.shape[1]) as f64;
+            match kinds.iter_mut().find(|k| k.0 == kind) {
+                Some(k) => {
+                    k.1 += 1;
+                    k.2 += l.sparsity * n;
+                    k.3 += n;
+                }
+                None => kinds.push((kind, 1, l.sparsity * n, n)),
+            }
+        }
+        let mut table = Table::new(["layer", "layers", "zero"]);
+        for (kind, count, zeros, total) in &kinds {
+            table.row([kind.clone(), count.to_string(), format!("{:.1} %", 100.0 * zeros / total)]);
+        }
+        let mut head =
+            format!("{} layers pruned ({}, {}): {:.1} % of their weights are zero", self.layers.len(), self.method, self.pattern, 100.0 * self.sparsity);
+        head.push_str(&loss_change(&self.before, &self.after));
         table.bundle_under(&head)
     }
 }

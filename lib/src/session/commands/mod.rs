@@ -3,7 +3,7 @@
 //! completion and the README's reference are all generated.
 //!
 //! Handlers live beside their kin: [`general`] (help, environment, timing),
-//! [`model`] (models, checkpoints, tokenizers), [`adapt`] (LoRA adapters), [`compress`] (quantisation), [`training`] (data, hyperparameters,
+//! [`model`] (models, checkpoints, tokenizers), [`adapt`] (LoRA adapters), [`compress`] (quantisation, pruning), [`training`] (data, hyperparameters,
 //! training, the timeline, plots), [`explore`] (sweeps, the learning-rate range test,
 //! comparisons), [`inference`] (generation, attention, embeddings, prediction) and
 //! [`inside`] (hook points: the activation cache, logit lens, ablation, patching, head
@@ -260,6 +260,7 @@ pub static COMMANDS: &[Command] = &[
     model::WEIGHTS,
     adapt::LORA,
     compress::QUANTIZE,
+    compress::PRUNE,
     training::DATA,
     training::SET,
     training::HPARAMS,

@@ -2,7 +2,9 @@
 //! same libtorch operator called from Python on the same tensors; dequantising gives the
 //! weight the kernel computes with; on SmolLM2, int8 greedy decoding follows float32's,
 //! `%quantize none` gives back the float model bit for bit, and LoRA adapters train over an
-//! int4 base (QLoRA) with the base untouched.
+//! int4 base (QLoRA) with the base untouched. Pruning reaches the sparsity asked in every
+//! layer (2:4: exactly two zeros in every four inputs), and the zeros stay through
+//! training, rewind and resume.
 
 mod common;
 
@@ -139,4 +141,107 @@ fn lora_adapters_train_over_an_int4_base_and_leave_it_as_it_was() {
     ok(&mut s, "%lora drop");
     assert_eq!(ok(&mut s, "%status --checksum")["weights_checksum"], base, "the base under the adapters never changed");
     ok(&mut s, "%quantize none");
+}
+
+/// The weights of the model's inner linear layers (the projections), read from a
+/// transformers checkpoint the session writes into `dir/name`.
+fn projections(s: &mut Session, dir: &std::path::Path, name: &str) -> Vec<(String, Tensor)> {
+    ok(s, &format!("%save {} --hf", dir.join(name).display()));
+    let mut weights = tchlab::checkpoint::safetensors::read(&dir.join(name).join("model.safetensors")).unwrap();
+    weights.retain(|(n, _)| n.ends_with("proj.weight"));
+    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    weights
+}
+
+fn zeros(w: &Tensor) -> i64 {
+    w.eq(0.0).sum(Kind::Int64).int64_value(&[])
+}
+
+/// Every weight zero in `pruned` is zero in `later`, and the others moved.
+fn still_pruned(pruned: &[(String, Tensor)], later: &[(String, Tensor)], what: &str) {
+    assert_eq!(pruned.len(), later.len());
+    for ((name, p), (_, l)) in pruned.iter().zip(later) {
+        let mask = p.eq(0.0);
+        assert_eq!(zeros(&l.masked_select(&mask)), zeros(p), "{what}: {name} has weights back that were pruned");
+        assert!(common::max_abs_diff(p, l) > 0.0, "{what}: {name} did not train");
+    }
+}
+
+fn llama_training() -> Session {
+    let mut s = Session::new();
+    ok(&mut s, "%device cpu\n%seed 0\n%data synth reverse --length 5\n%model llama --layers 2 --heads 2 --kv-heads 1 --dim 64\n%set batch=16 lr=3e-3");
+    ok(&mut s, "%train 20");
+    s
+}
+
+#[test]
+fn pruning_reaches_its_sparsity_in_every_layer_and_the_zeros_stay_through_training_rewind_and_resume() {
+    let _serial = serial();
+    let dir = common::scratch("prune");
+    let mut s = llama_training();
+    ok(&mut s, "%snapshot dense");
+    let dense = ok(&mut s, "%status --checksum")["weights_checksum"].clone();
+    let pruned = ok(&mut s, "%prune --sparsity 0.5 --eval");
+    let layers = pruned["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2 * 7, "q, k, v, o, gate, up and down in each block; the head is left whole");
+    for l in layers {
+        let n = l["shape"][0].as_i64().unwrap() * l["shape"][1].as_i64().unwrap();
+        assert_eq!(l["sparsity"].as_f64().unwrap(), (n / 2) as f64 / n as f64, "{l}");
+    }
+    assert!(pruned["before"]["loss"].as_f64().unwrap().is_finite() && pruned["after"]["loss"].as_f64().unwrap().is_finite());
+    let at_prune = projections(&mut s, &dir, "pruned");
+    for (name, w) in &at_prune {
+        assert_eq!(zeros(w), w.numel() as i64 / 2, "{name}: magnitude pruning compares the whole layer");
+    }
+
+    ok(&mut s, "%train 10\n%snapshot trained");
+    let trained = projections(&mut s, &dir, "trained");
+    still_pruned(&at_prune, &trained, "%train");
+    ok(&mut s, &format!("%save {}", dir.join("run").display()));
+    ok(&mut s, "%rewind dense");
+    assert_eq!(ok(&mut s, "%status --checksum")["weights_checksum"], dense, "a snapshot from before %prune has the dense weights");
+    ok(&mut s, "%step");
+    assert!(projections(&mut s, &dir, "dense-again").iter().all(|(_, w)| zeros(w) == 0), "and no masks");
+    ok(&mut s, "%rewind trained\n%step 3");
+    still_pruned(&trained, &projections(&mut s, &dir, "rewound"), "%rewind then %step");
+
+    let mut resumed = Session::new();
+    ok(&mut resumed, &format!("%device cpu\n%load {}", dir.join("run").display()));
+    ok(&mut resumed, "%step 3");
+    still_pruned(&trained, &projections(&mut resumed, &dir, "resumed"), "resume then %step");
+    ok(&mut resumed, "%lora r=4 targets=all-linear\n%train 5\n%lora merge");
+    still_pruned(&trained, &projections(&mut resumed, &dir, "merged"), "adapters trained and merged");
+}
+
+#[test]
+fn two_in_four_zeroes_exactly_two_of_every_four_inputs_and_wanda_each_row_alike() {
+    let _serial = serial();
+    let dir = common::scratch("prune-patterns");
+    let mut s = Session::new();
+    ok(&mut s, "%device cpu\n%seed 0\n%model llama --layers 1 --heads 2 --kv-heads 1 --dim 64 --vocab 16");
+    let e = fail(&mut s, "%prune --sparsity 0.5 --method wanda");
+    assert!(e.message.contains("%data"), "Wanda needs data: {e}");
+    let structured = ok(&mut s, "%prune --pattern 2:4");
+    assert_eq!(structured["pattern"], "2:4");
+    for (name, w) in projections(&mut s, &dir, "two-four") {
+        let per_group = w.eq(0.0).reshape([-1, 4]).sum_dim_intlist([1].as_slice(), false, Kind::Int64);
+        assert!(per_group.eq(2).all().int64_value(&[]) == 1, "{name}: a group of four without exactly two zeros");
+    }
+
+    let mut s = llama_training();
+    let magnitude_rows = {
+        let mut m = llama_training();
+        ok(&mut m, "%prune --sparsity 0.25");
+        projections(&mut m, &dir, "magnitude")
+    };
+    let wanda = ok(&mut s, "%prune --sparsity 0.25 --method wanda --calib 2");
+    assert_eq!(wanda["method"], "wanda");
+    let mut differs = false;
+    for ((name, w), (_, m)) in projections(&mut s, &dir, "wanda").iter().zip(&magnitude_rows) {
+        let cols = w.size()[1];
+        let per_row = w.eq(0.0).sum_dim_intlist([1].as_slice(), false, Kind::Int64);
+        assert!(per_row.eq(cols / 4).all().int64_value(&[]) == 1, "{name}: Wanda zeroes a quarter of every row");
+        differs |= !w.eq(0.0).equal(&m.eq(0.0));
+    }
+    assert!(differs, "the input norms change which weights Wanda prunes");
 }
