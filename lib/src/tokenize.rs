@@ -375,6 +375,65 @@ impl Tokenizer {
     }
 }
 
+/// A byte-level BPE vocabulary as GGUF files hold it (`tokenizer.ggml.*`).
+pub struct GgufVocabulary {
+    /// Every token, by id.
+    pub tokens: Vec<String>,
+    /// Each token's type: 1 normal, 3 control (special), 4 user-defined, 5 unused.
+    pub types: Vec<i64>,
+    /// The merges, `"a b"`.
+    pub merges: Vec<String>,
+    /// Whether the pre-tokenizer is GPT-2's byte-level split and nothing else (llama.cpp's `gpt2`).
+    pub gpt2_pre_tokenizer: bool,
+}
+
+impl Tokenizer {
+    /// The vocabulary as a GGUF file holds it, `size` tokens long (ids the tokenizer does
+    /// not use are `[PADn]`, unused, as llama.cpp's converter writes them). Byte-level BPE
+    /// tokenizers only: the others are refused by name.
+    pub fn gguf_vocabulary(&self, size: usize) -> Result<GgufVocabulary> {
+        let refuse = |what: &str| {
+            Err(Error::Invalid(format!("the tokenizer is {what}; tchlab writes GGUF tokenizers for byte-level BPE (GPT-2's, Llama 3's, SmolLM2's, Qwen's)")))
+        };
+        let Backend::Hf(hf) = &self.backend else { return refuse("character-level") };
+        let json: serde_json::Value = serde_json::from_str(&hf.to_string(false).map_err(|e| Error::Invalid(format!("serializing the tokenizer: {e}")))?)
+            .expect("the tokenizers library writes JSON");
+        let model = &json["model"];
+        if model["type"] != "BPE" || !is_byte_level(hf) {
+            return refuse(&format!("a {} tokenizer", model["type"].as_str().unwrap_or("?")));
+        }
+        let mut tokens = vec![None; size];
+        let mut types = vec![5; size];
+        let vocab = model["vocab"].as_object().into_iter().flatten().filter_map(|(t, id)| Some((t.as_str(), id.as_u64()?, None)));
+        let added =
+            json["added_tokens"].as_array().into_iter().flatten().filter_map(|a| Some((a["content"].as_str()?, a["id"].as_u64()?, Some(a["special"] == true))));
+        for (token, id, special) in vocab.chain(added) {
+            let Some(slot) = tokens.get_mut(id as usize) else {
+                return Err(Error::Invalid(format!("the tokenizer's token `{token}` has id {id}, beyond the model's {size} embeddings")));
+            };
+            *slot = Some(token.to_string());
+            types[id as usize] = match special {
+                None => 1,
+                Some(true) => 3,
+                Some(false) => 4,
+            };
+        }
+        let tokens = tokens.into_iter().enumerate().map(|(i, t)| t.unwrap_or_else(|| format!("[PAD{i}]"))).collect();
+        let merges = model["merges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| match m {
+                serde_json::Value::String(pair) => Some(pair.clone()),
+                serde_json::Value::Array(pair) => Some(format!("{} {}", pair.first()?.as_str()?, pair.get(1)?.as_str()?)),
+                _ => None,
+            })
+            .collect();
+        let gpt2_pre_tokenizer = json["pre_tokenizer"]["type"] == "ByteLevel" && json["pre_tokenizer"]["use_regex"] != false;
+        Ok(GgufVocabulary { tokens, types, merges, gpt2_pre_tokenizer })
+    }
+}
+
 /// Whether the tokenizer works on GPT-2's byte-level alphabet (its pieces spell bytes
 /// as printable characters: `Ġ` is a space).
 fn is_byte_level(t: &tokenizers::Tokenizer) -> bool {

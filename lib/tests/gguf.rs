@@ -1,7 +1,8 @@
 //! GGUF files: every quantisation type dequantised exactly as the `gguf` package's
 //! `dequantize`, and hostile files (truncated, unknown types, unsupported
 //! architectures, sizes that disagree with their type) refused with an error naming
-//! the file, the tensor and the type, before anything is loaded.
+//! the file, the tensor and the type, before anything is loaded. The files tchlab
+//! writes read back in tchlab, in the `gguf` package and in llama.cpp itself.
 
 mod common;
 
@@ -106,4 +107,89 @@ fn hostile_files_are_refused_by_name() {
     // A llama file whose metadata lacks the model's sizes.
     let err = refused("no-config.gguf", &good);
     assert!(err.contains("llama.block_count"), "{err}");
+}
+
+/// The greedy continuation of the token ids of `prompt` in the session, `n` tokens.
+fn lab_greedy(s: &mut tchlab::session::Session, prompt: &str, n: usize) -> (Vec<i64>, Vec<i64>) {
+    let ids = common::ok(s, &format!("%tokenize \"{prompt}\""))["ids"].clone();
+    let generated = common::ok(s, &format!("%generate \"{prompt}\" --max-tokens {n}"))["generated_ids"].clone();
+    (serde_json::from_value(ids).unwrap(), serde_json::from_value(generated).unwrap())
+}
+
+#[test]
+fn smollm2_written_as_gguf_reads_back_in_tchlab_the_gguf_package_and_llama_cpp() {
+    let _serial = common::serial();
+    let dir = scratch("gguf-export");
+    let source: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("smollm2.json")).unwrap()).unwrap();
+    let source = source["file"].as_str().unwrap();
+    let mut s = tchlab::session::Session::new();
+    common::ok(&mut s, &format!("%device cpu\n%load {source}"));
+    let checksum = common::ok(&mut s, "%status --checksum")["weights_checksum"].clone();
+    let prompts = ["The capital of France is", "def fibonacci(n):"];
+    let float: Vec<(Vec<i64>, Vec<i64>)> = prompts.iter().map(|p| lab_greedy(&mut s, p, 16)).collect();
+    for kind in ["f32", "f16", "q8_0", "q4_0", "q4_1"] {
+        let saved = common::ok(&mut s, &format!("%save {}/smollm2-{kind}.gguf --type {kind}", dir.display()));
+        assert_eq!((saved["gguf"]["kind"].as_str(), saved["gguf"]["tensors"].as_i64()), (Some(kind), Some(272)), "{saved}");
+    }
+    let again = common::ok(&mut s, &format!("%save {}/smollm2-f32.gguf", dir.display()));
+    assert_eq!(again["gguf"]["kind"], "f32", "a file tchlab wrote is replaced");
+    common::ok(&mut s, &format!("%load {}/smollm2-f32.gguf", dir.display()));
+    assert_eq!(common::ok(&mut s, "%status --checksum")["weights_checksum"], checksum, "the f32 file holds the weights exactly");
+    common::ok(&mut s, &format!("%load {}/smollm2-q8_0.gguf", dir.display()));
+    let q8: Vec<Vec<i64>> = prompts.iter().map(|p| lab_greedy(&mut s, p, 16).1).collect();
+    let lab = serde_json::json!({
+        "source": source,
+        "prompts": float.iter().zip(&q8).map(|((ids, f32), q8)| serde_json::json!({"ids": ids, "f32": f32, "q8_0": q8})).collect::<Vec<_>>(),
+    });
+    std::fs::write(dir.join("lab.json"), lab.to_string()).unwrap();
+    common::python_agrees(
+        r#"
+import json, sys
+import numpy as np
+from gguf import GGUFReader, GGMLQuantizationType as T, quants
+d = sys.argv[1]
+lab = json.load(open(d + "/lab.json"))
+source, f32 = GGUFReader(lab["source"]), GGUFReader(d + "/smollm2-f32.gguf")
+shapes = lambda r: {t.name: tuple(int(x) for x in t.shape) for t in r.tensors}
+assert shapes(source) == shapes(f32), "the same tensors, names and shapes as llama.cpp's own file"
+value = lambda r, k: r.fields[k].contents()
+for key in ["general.architecture", "llama.block_count", "llama.embedding_length", "llama.attention.head_count_kv", "llama.rope.freq_base",
+            "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.eos_token_id", "tokenizer.chat_template"]:
+    assert value(source, key) == value(f32, key), key
+# Each type's matrices are the gguf package's quantisation of the f32 file's (ggml's reference code).
+reference = {t.name: np.asarray(t.data) for t in f32.tensors}
+for kind, qtype in [("f16", T.F16), ("q8_0", T.Q8_0), ("q4_0", T.Q4_0), ("q4_1", T.Q4_1)]:
+    for t in GGUFReader(d + f"/smollm2-{kind}.gguf").tensors:
+        if len(t.shape) == 1:
+            assert t.tensor_type == T.F32, (kind, t.name)
+        elif t.name.startswith(("token_embd", "blk.0.", "blk.29.")):
+            assert t.tensor_type == qtype, (kind, t.name, t.tensor_type)
+            ours = np.asarray(t.data).view(np.uint8).reshape(-1)
+            theirs = quants.quantize(reference[t.name], qtype).view(np.uint8).reshape(-1)
+            assert np.array_equal(ours, theirs), (kind, t.name)
+try:
+    import llama_cpp
+except ImportError:
+    sys.exit("llama-cpp-python is not installed in the test environment: `make llama-cpp` builds it")
+# How many greedy tokens llama.cpp must agree on, fed the lab's prompt ids: measured 16
+# of 16 for both files on this machine's CPU; 8 leaves room for another CPU's rounding.
+AGREE = 8
+for kind in ["f32", "q8_0"]:
+    llm = llama_cpp.Llama(model_path=d + f"/smollm2-{kind}.gguf", n_ctx=128, n_threads=2, verbose=False, logits_all=True)
+    for p in lab["prompts"]:
+        llm.reset()
+        tokens, out = list(p["ids"]), []
+        llm.eval(tokens)
+        while len(out) < len(p[kind]):
+            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            out.append(nxt)
+            llm.eval([nxt])
+        agree = next((i for i, (a, b) in enumerate(zip(out, p[kind])) if a != b), len(out))
+        print(kind, "agree", agree, "of", len(out))
+        assert agree >= min(AGREE, len(out)), (kind, out, p[kind])
+"#,
+        &dir,
+    );
+    // About 1.2 GB of files.
+    std::fs::remove_dir_all(&dir).unwrap();
 }

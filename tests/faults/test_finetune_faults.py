@@ -343,3 +343,67 @@ def test_an_interrupt_while_wanda_calibrates_changes_nothing():
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+@pytest.mark.parametrize(
+    "code, ename, contains",
+    [
+        ("%save /tmp/tchlab-faults-gpt.gguf", "UsageError", ["GGUF files are written for Llama-style models", "this is a gpt model", "--hf"]),
+        ("%save /tmp/tchlab-faults.gguf --type q5_0", "UsageError", ["--type must be one of f32, f16, q8_0, q4_0, q4_1, got `q5_0`"]),
+        ("%save /tmp/tchlab-faults.gguf --type ''", "UsageError", ["--type must be one of"]),
+        ("%save /tmp/tchlab-faults-dir --type q8_0", "UsageError", ["--type is for GGUF files: name the file FILE.gguf"]),
+        ("%save /tmp/tchlab-faults.gguf --hf", "UsageError", ["--hf and --adapter write directories: choose one"]),
+        ("%save /tmp/tchlab-faults.gguf --adapter", "UsageError", ["choose one"]),
+    ],
+)
+def test_hostile_gguf_saves_are_refused_and_change_nothing(lab, code, ename, contains):
+    _, kc = lab
+    refused(kc, code, ename, *contains)
+    assert not os.path.exists("/tmp/tchlab-faults.gguf") and not os.path.exists("/tmp/tchlab-faults-gpt.gguf")
+
+
+def test_gguf_saves_refuse_what_they_cannot_write_and_never_replace_what_is_not_theirs(tmp_path):
+    smollm2 = json.load(open(os.path.join(FIXTURES, "smollm2.json")))["file"]
+    km, kc = start()
+    try:
+        def says(code, *contains):
+            reply, _ = execute(kc, code, timeout=TIMEOUT)
+            content = reply["content"]
+            assert content["status"] == "error" and all(c in content["evalue"] for c in contains), (code, content)
+
+        reply, _ = execute(kc, f"%device cpu\n%load {os.path.join(FIXTURES, 'llama-tied')}", timeout=TIMEOUT)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        says(f"%save {tmp_path}/no-tokenizer.gguf", "no tokenizer")
+        reply, _ = execute(kc, "%data synth reverse --length 4\n%model llama --layers 1 --heads 2 --dim 32", timeout=TIMEOUT)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        says(f"%save {tmp_path}/char.gguf", "the tokenizer is character-level", "byte-level BPE")
+        reply, _ = execute(kc, f"%load {smollm2}", timeout=TIMEOUT)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        notes = tmp_path / "notes.gguf"
+        notes.write_text("not a model")
+        says(f"%save {notes}", "is not a GGUF file tchlab wrote", "nothing was written")
+        assert notes.read_text() == "not a model"
+        theirs = tmp_path / "theirs.gguf"
+        shutil.copy(os.path.join(FIXTURES, "quants.gguf"), theirs)
+        before = theirs.read_bytes()
+        says(f"%save {theirs} --type q8_0", "is not a GGUF file tchlab wrote")
+        assert theirs.read_bytes() == before
+        (tmp_path / "dir.gguf").mkdir()
+        says(f"%save {tmp_path}/dir.gguf", "is a directory")
+        reply, _ = execute(kc, "%lora r=2", timeout=TIMEOUT)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        says(f"%save {tmp_path}/adapted.gguf", "LoRA adapters", "%lora merge")
+        reply, _ = execute(kc, "%lora drop", timeout=TIMEOUT)
+
+        # A panic and an interrupt while saving leave no file, not even a temporary one.
+        assert execute(kc, "%__fault arm save-gguf")[0]["content"]["status"] == "ok"
+        says(f"%save {tmp_path}/panic.gguf", "fault injected")
+        content, took = interrupted(km, kc, f"%save {tmp_path}/interrupted.gguf --type f32", wait=0.3)
+        assert content["status"] == "error" and content["ename"] == "KeyboardInterrupt", content
+        assert took < 2.0
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.gguf", "notes.gguf", "theirs.gguf"]
+        reply, _ = execute(kc, f"%save {tmp_path}/whole.gguf --type q4_0", timeout=TIMEOUT)
+        assert reply["content"]["status"] == "ok", reply["content"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -33,6 +33,10 @@ pub struct GgufFamily {
     /// For tensors whose rows llama.cpp permuted for its rotary layout, the number of
     /// heads to undo it over (`arch`, tensor name, metadata).
     pub unpermute: fn(&str, &str, &Metadata) -> Option<i64>,
+    /// What a file of this model says about it, from its `config.json` (writing).
+    pub metadata: fn(&Value) -> Result<Vec<(String, MetaValue)>>,
+    /// The llama.cpp name of a Hugging Face tensor name (writing).
+    pub gguf_name: fn(&str) -> Option<String>,
 }
 
 /// One metadata value.
@@ -384,12 +388,23 @@ pub fn read_tensor(file: &File, meta: &Metadata, info: &TensorInfo) -> Result<Te
 /// Rows of `w: (out, ...)` back in Hugging Face order from llama.cpp's rotary
 /// interleaving over `heads` heads (transformers' `_reverse_permute_weights`).
 fn reverse_permute(w: &Tensor, heads: i64) -> Result<Tensor> {
+    rotary_rows(w, heads, false)
+}
+
+/// Rows of `w: (out, ...)` in llama.cpp's rotary interleaving over `heads` heads, as its
+/// converter permutes them (`LlamaModel.permute`).
+pub(super) fn permute(w: &Tensor, heads: i64) -> Result<Tensor> {
+    rotary_rows(w, heads, true)
+}
+
+/// Each head's rows as (pairs, 2) read as (2, pairs) (`to_llama_cpp`) or back.
+fn rotary_rows(w: &Tensor, heads: i64, to_llama_cpp: bool) -> Result<Tensor> {
     let shape = w.size();
     let rows = shape[0];
     if heads <= 0 || rows % (2 * heads) != 0 {
         return Err(Error::Invalid(format!("its {rows} rows cannot be split over {heads} heads of rotary pairs")));
     }
-    let mut split = vec![heads, rows / heads / 2, 2];
+    let mut split = if to_llama_cpp { vec![heads, 2, rows / heads / 2] } else { vec![heads, rows / heads / 2, 2] };
     split.extend_from_slice(&shape[1..]);
     Ok(w.f_reshape(&split)?.f_swapaxes(2, 1)?.f_reshape(&shape)?)
 }

@@ -14,6 +14,7 @@
 
 pub mod find;
 pub mod gguf;
+pub mod gguf_write;
 pub mod peft;
 mod pickle;
 pub mod quant;

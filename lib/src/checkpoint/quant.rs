@@ -1,6 +1,7 @@
 //! ggml's tensor types and their dequantisation to float32, bit for bit as ggml's
 //! `dequantize_row_*` and the `gguf` Python package compute them (same operations in
-//! the same order, in float32).
+//! the same order, in float32); and quantisation to the types tchlab writes (F32, F16,
+//! Q8_0, Q4_0, Q4_1), as ggml's reference `quantize_row_*_ref` computes it.
 //!
 //! Block layouts (ggml-common.h): legacy types hold 32 values per block, k-quants 256
 //! in sub-blocks with 6-bit (Q4_K, Q5_K) or 8-bit (Q6_K) scales.
@@ -60,31 +61,39 @@ const UNSUPPORTED: &[(u32, &str)] = &[
     (39, "MXFP4"),
 ];
 
+/// The types tchlab reads, by their GGUF ids.
+const IDS: [(u32, GgmlType); 11] = [
+    (0, GgmlType::F32),
+    (1, GgmlType::F16),
+    (2, GgmlType::Q4_0),
+    (3, GgmlType::Q4_1),
+    (6, GgmlType::Q5_0),
+    (7, GgmlType::Q5_1),
+    (8, GgmlType::Q8_0),
+    (12, GgmlType::Q4_K),
+    (13, GgmlType::Q5_K),
+    (14, GgmlType::Q6_K),
+    (30, GgmlType::BF16),
+];
+
 const K: usize = 256;
 
 impl GgmlType {
     /// The type of a GGUF type id; the error names it and lists what loads.
     pub fn from_id(id: u32) -> Result<Self, String> {
-        Ok(match id {
-            0 => GgmlType::F32,
-            1 => GgmlType::F16,
-            2 => GgmlType::Q4_0,
-            3 => GgmlType::Q4_1,
-            6 => GgmlType::Q5_0,
-            7 => GgmlType::Q5_1,
-            8 => GgmlType::Q8_0,
-            12 => GgmlType::Q4_K,
-            13 => GgmlType::Q5_K,
-            14 => GgmlType::Q6_K,
-            30 => GgmlType::BF16,
-            other => {
-                let known = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K";
-                return Err(match UNSUPPORTED.iter().find(|(i, _)| *i == other) {
-                    Some((_, name)) => format!("type {name} (ggml type {other}) is not one tchlab dequantises; it reads {known}"),
-                    None => format!("ggml type {other} is unknown; tchlab reads {known}"),
-                });
-            }
+        if let Some((_, kind)) = IDS.iter().find(|(i, _)| *i == id) {
+            return Ok(*kind);
+        }
+        let known = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K";
+        Err(match UNSUPPORTED.iter().find(|(i, _)| *i == id) {
+            Some((_, name)) => format!("type {name} (ggml type {id}) is not one tchlab dequantises; it reads {known}"),
+            None => format!("ggml type {id} is unknown; tchlab reads {known}"),
         })
+    }
+
+    /// Its id in GGUF files.
+    pub fn id(self) -> u32 {
+        IDS.iter().find(|(_, k)| *k == self).expect("every type has an id").0
     }
 
     /// Values per block.
@@ -218,18 +227,92 @@ pub fn dequantize(kind: GgmlType, raw: &[u8]) -> Result<Vec<f32>, String> {
     if raw.len() % bb != 0 {
         return Err(format!("{} bytes are not whole {kind:?} blocks of {bb} bytes", raw.len()));
     }
-    let blocks = raw.len() / bb;
-    let mut out = vec![0f32; blocks * bs];
+    let mut out = vec![0f32; raw.len() / bb * bs];
+    blockwise(raw, bb, &mut out, bs, |x, y| block(kind, x, y));
+    Ok(out)
+}
+
+/// Runs `each` on every block of `input` (`in_block` long) and its block of `output`
+/// (`out_block` long), on every core for large tensors.
+fn blockwise<A: Sync, B: Send>(input: &[A], in_block: usize, output: &mut [B], out_block: usize, each: impl Fn(&[A], &mut [B]) + Sync) {
+    let blocks = input.len() / in_block;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
     let per_thread = blocks.div_ceil(threads).max(1 << 12);
+    let each = &each;
     std::thread::scope(|scope| {
-        for (x, y) in raw.chunks(per_thread * bb).zip(out.chunks_mut(per_thread * bs)) {
+        for (x, y) in input.chunks(per_thread * in_block).zip(output.chunks_mut(per_thread * out_block)) {
             scope.spawn(move || {
-                for (xb, yb) in x.chunks_exact(bb).zip(y.chunks_exact_mut(bs)) {
-                    block(kind, xb, yb);
+                for (xb, yb) in x.chunks_exact(in_block).zip(y.chunks_exact_mut(out_block)) {
+                    each(xb, yb);
                 }
             });
         }
     });
+}
+
+/// The types [`quantize`] writes, by the names llama.cpp's tools give them.
+pub const WRITABLE: [(&str, GgmlType); 5] =
+    [("f32", GgmlType::F32), ("f16", GgmlType::F16), ("q8_0", GgmlType::Q8_0), ("q4_0", GgmlType::Q4_0), ("q4_1", GgmlType::Q4_1)];
+
+/// Quantises `values` (a whole number of `kind`'s blocks) as ggml's reference
+/// `quantize_row_*_ref` does, on every core for large tensors.
+pub fn quantize(kind: GgmlType, values: &[f32]) -> Result<Vec<u8>, String> {
+    let (bs, bb) = (kind.block_size() as usize, kind.block_bytes() as usize);
+    if !WRITABLE.iter().any(|(_, k)| *k == kind) {
+        return Err(format!("tchlab writes {}, not {kind:?}", WRITABLE.map(|(n, _)| n).join(", ")));
+    }
+    if values.len() % bs != 0 {
+        return Err(format!("{} values are not whole {kind:?} blocks of {bs}", values.len()));
+    }
+    let mut out = vec![0u8; values.len() / bs * bb];
+    blockwise(values, bs, &mut out, bb, |x, y| quantize_block(kind, x, y));
     Ok(out)
+}
+
+/// Quantises one block of `x` into `y`.
+fn quantize_block(kind: GgmlType, x: &[f32], y: &mut [u8]) {
+    let half_bytes = |v: f32| f16::from_f32(v).to_le_bytes();
+    match kind {
+        GgmlType::F32 => y.copy_from_slice(&x[0].to_le_bytes()),
+        GgmlType::F16 => y.copy_from_slice(&half_bytes(x[0])),
+        GgmlType::Q8_0 => {
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            y[..2].copy_from_slice(&half_bytes(d));
+            for (q, v) in y[2..].iter_mut().zip(x) {
+                *q = (v * id).round() as i8 as u8;
+            }
+        }
+        GgmlType::Q4_0 => {
+            // The value of largest magnitude, with its sign, maps to -8.
+            let (mut amax, mut max) = (0f32, 0f32);
+            for &v in x {
+                if amax < v.abs() {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            let d = max / -8.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            y[..2].copy_from_slice(&half_bytes(d));
+            let q = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
+            for j in 0..16 {
+                y[2 + j] = q(x[j]) | (q(x[j + 16]) << 4);
+            }
+        }
+        GgmlType::Q4_1 => {
+            let min = x.iter().fold(f32::MAX, |m, &v| if v < m { v } else { m });
+            let max = x.iter().fold(-f32::MAX, |m, &v| if v > m { v } else { m });
+            let d = (max - min) / 15.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            y[..2].copy_from_slice(&half_bytes(d));
+            y[2..4].copy_from_slice(&half_bytes(min));
+            let q = |v: f32| (((v - min) * id + 0.5) as i8).min(15) as u8;
+            for j in 0..16 {
+                y[4 + j] = q(x[j]) | (q(x[j + 16]) << 4);
+            }
+        }
+        other => unreachable!("{other:?} is not in WRITABLE"),
+    }
 }

@@ -29,7 +29,7 @@ use super::hooks::{Point, Site};
 use super::layers::{cached, GatedMlp, Llama3Scaling, RmsNorm, Rotary};
 use super::linear::Linear;
 use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Readout, Task, TaskKind};
-use crate::checkpoint::gguf::{GgufFamily, Metadata};
+use crate::checkpoint::gguf::{GgufFamily, MetaValue, Metadata};
 use crate::error::{invalid, Error, Result};
 
 /// The registry entry.
@@ -505,8 +505,14 @@ fn linear_init(c: &LlamaConfig, bias: bool) -> nn::LinearConfig {
 
 /// How llama.cpp's GGUF files of these architectures read: the config from the
 /// metadata, tensor names, and the Q/K row order.
-pub const GGUF: GgufFamily =
-    GgufFamily { architectures: &["llama", "qwen2", "qwen3"], config: gguf_config, tensor_name: gguf_tensor_name, unpermute: gguf_unpermute };
+pub const GGUF: GgufFamily = GgufFamily {
+    architectures: &["llama", "qwen2", "qwen3"],
+    config: gguf_config,
+    tensor_name: gguf_tensor_name,
+    unpermute: gguf_unpermute,
+    metadata: gguf_metadata,
+    gguf_name: gguf_name_for,
+};
 
 /// `config.json` from a GGUF file's metadata, as transformers' GGUF loader makes it.
 fn gguf_config(meta: &Metadata) -> Result<Value> {
@@ -547,36 +553,78 @@ fn gguf_config(meta: &Metadata) -> Result<Value> {
     Ok(json)
 }
 
+/// llama.cpp's tensors outside the blocks, and transformers' names for them.
+const GGUF_TOP_TENSORS: [(&str, &str); 3] =
+    [("token_embd.weight", "model.embed_tokens.weight"), ("output_norm.weight", "model.norm.weight"), ("output.weight", "lm_head.weight")];
+
+/// A block's modules in llama.cpp (`blk.N.attn_q`) and transformers (`model.layers.N.self_attn.q_proj`).
+const GGUF_BLOCK_MODULES: [(&str, &str); 11] = [
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("attn_q_norm", "self_attn.q_norm"),
+    ("attn_k_norm", "self_attn.k_norm"),
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
 /// The Hugging Face name of a llama.cpp tensor name.
 fn gguf_tensor_name(name: &str) -> Option<String> {
-    let top = match name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(top) = top {
-        return Some(top.to_string());
+    if let Some((_, hf)) = GGUF_TOP_TENSORS.iter().find(|(gguf, _)| *gguf == name) {
+        return Some(hf.to_string());
     }
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
+    let (layer, rest) = name.strip_prefix("blk.")?.split_once('.')?;
     layer.parse::<u32>().ok()?;
-    let (part, suffix) = rest.rsplit_once('.')?;
-    let hf = match part {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let (_, hf) = GGUF_BLOCK_MODULES.iter().find(|(gguf, _)| *gguf == module)?;
     Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+}
+
+/// The llama.cpp name of a Hugging Face tensor name.
+fn gguf_name_for(name: &str) -> Option<String> {
+    if let Some((gguf, _)) = GGUF_TOP_TENSORS.iter().find(|(_, hf)| *hf == name) {
+        return Some(gguf.to_string());
+    }
+    let (layer, rest) = name.strip_prefix("model.layers.")?.split_once('.')?;
+    layer.parse::<u32>().ok()?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let (gguf, _) = GGUF_BLOCK_MODULES.iter().find(|(_, hf)| *hf == module)?;
+    Some(format!("blk.{layer}.{gguf}.{suffix}"))
+}
+
+/// The model's metadata in a GGUF file, as llama.cpp's converter writes it (the inverse
+/// of [`gguf_config`]).
+fn gguf_metadata(config: &Value) -> Result<Vec<(String, MetaValue)>> {
+    let c: LlamaConfig = serde_json::from_value(config.clone()).map_err(|e| Error::Invalid(format!("the model's config: {e}")))?;
+    let arch = c.model_type.as_str();
+    if !GGUF.architectures.contains(&arch) {
+        return invalid!("GGUF files of `{arch}` models are not written; tchlab writes {}", GGUF.architectures.join(", "));
+    }
+    let (theta, scaling) = c.rope()?;
+    if scaling.is_some() {
+        return invalid!("the model scales its rotary embeddings (llama3 rope scaling), which tchlab does not write to GGUF yet");
+    }
+    let uint = |v: i64| MetaValue::Uint(v as u64);
+    let key = |k: &str| format!("{arch}.{k}");
+    Ok(vec![
+        ("general.architecture".into(), MetaValue::Str(arch.into())),
+        (key("vocab_size"), uint(c.vocab_size)),
+        (key("context_length"), uint(c.max_position_embeddings)),
+        (key("embedding_length"), uint(c.hidden_size)),
+        (key("block_count"), uint(c.num_hidden_layers)),
+        (key("feed_forward_length"), uint(c.intermediate_size)),
+        (key("attention.head_count"), uint(c.num_attention_heads)),
+        (key("attention.head_count_kv"), uint(c.kv_heads())),
+        (key("attention.key_length"), uint(c.head_dim())),
+        (key("attention.value_length"), uint(c.head_dim())),
+        (key("rope.dimension_count"), uint(c.head_dim())),
+        (key("rope.freq_base"), MetaValue::Float(theta)),
+        (key("attention.layer_norm_rms_epsilon"), MetaValue::Float(c.rms_norm_eps)),
+    ])
 }
 
 /// How many heads' rows llama.cpp interleaved for rotary embeddings in this tensor

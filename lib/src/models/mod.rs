@@ -339,6 +339,11 @@ impl<A: Architecture + 'static> From<A> for ModelConfig {
 }
 
 impl ModelConfig {
+    /// The family the model belongs to.
+    pub fn family(&self) -> &'static Family {
+        self.0.family()
+    }
+
     /// Reads `config.json`; the error names the file and what is wrong.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();

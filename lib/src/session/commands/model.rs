@@ -10,6 +10,7 @@ use super::{flag, opt_pos, option, pos, rest, returns, Command};
 use crate::checkpoint;
 use crate::checkpoint::find::{expand_home, find_model};
 use crate::data::DataSpec;
+use crate::limits::format_bytes;
 use crate::models::bert::BertConfig;
 use crate::models::gpt::GptConfig;
 use crate::models::llama::LlamaConfig;
@@ -350,11 +351,14 @@ pub const SAVE: Command = Command {
         pos("path", "directory").path(),
         flag("hf", "only the Hugging Face files (config, weights, tokenizer)"),
         flag("adapter", "only the LoRA adapters, as peft saves them (adapter_config.json, adapter_model.safetensors)"),
+        option("type", "T", "FILE.gguf: the matrices' type, f32 (the default) | f16 | q8_0 | q4_0 | q4_1"),
     ],
     details: "The directory always holds config.json, model.safetensors and tokenizer.json, which `transformers` reads. \
               While training, it also holds the optimiser and trainer state (and the LoRA adapters, in peft's files under adapter/). \
               With --adapter, only the adapters: `PeftModel.from_pretrained` loads them onto the base, and so does `%load DIR`. \
-              A model with adapters saves --hf once they are merged (`%lora merge`). Saves are atomic.",
+              A model with adapters saves --hf once they are merged (`%lora merge`). \
+              A path ending in .gguf writes one GGUF file that llama.cpp, Ollama and LM Studio run (Llama-style models with a byte-level \
+              BPE tokenizer): the config, tokenizer and chat template in its metadata, matrices in --type. Saves are atomic.",
     example: "%save runs/reverse",
     returns: returns::<Saved>(),
     run: save,
@@ -362,6 +366,12 @@ pub const SAVE: Command = Command {
 
 fn save(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let path = expand_home(args.get("path").expect("required"));
+    if path.extension().is_some_and(|e| e == "gguf") {
+        return save_gguf(s, args, &path, ctx);
+    }
+    if args.get("type").is_some() {
+        return Err(args.usage_error("--type is for GGUF files: name the file FILE.gguf"));
+    }
     if args.flag("adapter") {
         if args.flag("hf") {
             return Err(args.usage_error("--adapter and --hf save different things: choose one"));
@@ -383,7 +393,27 @@ fn save(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         s.saved_at = s.trainer.as_ref().map(|t| (t.branch().to_string(), step));
     }
     let what = if resumable { format!("training checkpoint at step {step} (resumes exactly with %load)") } else { "model (Hugging Face format)".into() };
-    ctx.returns(Bundle::text(format!("saved {what} to {}", path.display())), &Saved { path, step, resumable });
+    ctx.returns(Bundle::text(format!("saved {what} to {}", path.display())), &Saved { path, step, resumable, gguf: None });
+    Ok(())
+}
+
+/// `%save FILE.gguf [--type T]`: one file llama.cpp runs.
+fn save_gguf(s: &mut Session, args: &Args, path: &std::path::Path, ctx: &mut Ctx) -> Result<(), CellError> {
+    if args.flag("hf") || args.flag("adapter") {
+        return Err(args.usage_error("a .gguf path writes a GGUF file; --hf and --adapter write directories: choose one"));
+    }
+    let name = args.get("type").unwrap_or("f32");
+    let Some((_, kind)) = checkpoint::quant::WRITABLE.iter().find(|(n, _)| *n == name) else {
+        return Err(args.usage_error(format!("--type must be one of {}, got `{name}`", checkpoint::quant::WRITABLE.map(|(n, _)| n).join(", "))));
+    };
+    let source = s.model_source.as_deref().map(std::path::Path::new);
+    let written = checkpoint::gguf_write::save(s.model_or_err()?, s.tokenizer(), s.conversation.template.as_ref(), source, path, *kind)?;
+    let mut text = format!("saved a GGUF file ({}, {} tensors, {}) to {}", written.kind, written.tensors, format_bytes(written.bytes as f64), path.display());
+    if !written.kept_f32.is_empty() {
+        text.push_str(&format!("\n{} matrices stay f32: their rows do not split into blocks of 32 ({})", written.kept_f32.len(), written.kept_f32.join(", ")));
+    }
+    let step = s.trainer.as_ref().map_or(0, Trainer::step_count);
+    ctx.returns(Bundle::text(text), &Saved { path: path.to_path_buf(), step, resumable: false, gguf: Some(written) });
     Ok(())
 }
 
@@ -399,7 +429,7 @@ fn save_adapter(s: &mut Session, path: &std::path::Path, ctx: &mut Ctx) -> Resul
     checkpoint::peft::write(path, &config, &weights)?;
     let step = s.trainer.as_ref().map_or(0, Trainer::step_count);
     let text = format!("saved the LoRA adapters of {} layers to {} (peft's format)", weights.len(), path.display());
-    ctx.returns(Bundle::text(text), &Saved { path: path.to_path_buf(), step, resumable: false });
+    ctx.returns(Bundle::text(text), &Saved { path: path.to_path_buf(), step, resumable: false, gguf: None });
     Ok(())
 }
 
@@ -412,6 +442,9 @@ pub struct Saved {
     pub step: i64,
     /// Whether `%load` resumes training from it exactly.
     pub resumable: bool,
+    /// A GGUF file: what it holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gguf: Option<checkpoint::gguf_write::Written>,
 }
 
 pub const TOKENIZER: Command = Command {
