@@ -51,5 +51,32 @@ def taught(code):
     assert off == before, "with the adapters off, the base answers as it did before training"
 
 
+def result(cell) -> dict:
+    """The JSON result of the last command in a cell."""
+    results = [o for o in cell.outputs if o.output_type == "execute_result"]
+    return results[-1]["data"]["application/vnd.tchlab.result+json"]
+
+
+def made_small(code):
+    """11-make-it-small: int8 and int4 shrink the weights they read and keep perplexity
+    close (int8 within 5 %, int4 within 15 %: the goals of 1 % and 5 % are the bench's, on
+    a longer text), Wanda loses less than magnitude pruning at the same sparsity, 2:4
+    prunes half, and the GGUF file is written and loads."""
+    by_source = lambda text: result(next(c for c in code if c.source.strip().endswith(text)))
+    int8, int4 = by_source("%quantize int8 --eval"), by_source("%quantize int4 --eval")
+    for q, shrink, worse in [(int8, 3.9, 1.05), (int4, 6.0, 1.15)]:
+        assert q["bytes_before"] > shrink * q["bytes_after"], q
+        assert q["after"]["perplexity"] < worse * q["before"]["perplexity"], q
+    magnitude, wanda = by_source("%prune --sparsity 0.5 --eval"), by_source("%prune --sparsity 0.5 --method wanda --eval")
+    two_four = by_source("%prune --pattern 2:4 --method wanda --eval")
+    for p in (magnitude, wanda, two_four):
+        # (A few of the weights are exactly zero already.)
+        assert 0.5 <= p["sparsity"] < 0.501 and p["after"]["perplexity"] > p["before"]["perplexity"], p
+    assert wanda["after"]["perplexity"] < magnitude["after"]["perplexity"], (wanda, magnitude)
+    saved = by_source("%save smollm2-q8_0.gguf --type q8_0")
+    assert saved["gguf"]["kind"] == "q8_0" and saved["gguf"]["tensors"] == 272, saved
+    assert reply(code[-1]).strip(), "the model read back from its GGUF file answers"
+
+
 # What some notebooks must show besides running: their own lesson.
-CHECKS = {"10-teach-it-something": taught}
+CHECKS = {"10-teach-it-something": taught, "11-make-it-small": made_small}
