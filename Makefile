@@ -114,11 +114,11 @@ test-gpu:
 
 # llama.cpp itself: the tests read the GGUF files tchlab writes with it, and the bench
 # runs it as the CPU inference peer. It has no binary wheel: llama-cpp-python is built
-# from source into the environment once (cmake and g++; about 20 minutes on 2 cores),
+# from source into the environment once (cmake and g++; about 15 minutes on 2 cores),
 # for this machine's CPU (GGML_NATIVE), as the environment is this machine's.
 LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 llama-cpp: $(VENV_READY)
-	@$(PYTHON) -c "import llama_cpp" 2>/dev/null || { echo "building llama-cpp-python from source, once (about 20 minutes on 2 cores)"; \
+	@$(PYTHON) -c "import llama_cpp" 2>/dev/null || { echo "building llama-cpp-python from source, once (about 15 minutes on 2 cores)"; \
 		CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" $(PYTHON) -m pip install --quiet $(LLAMA_CPP_PYTHON); }
 
 # Speed against the peers, side by side in one run (not a test: numbers, not verdicts).

@@ -15,7 +15,12 @@
    (bench_smollm2, weights dequantised to float32) against transformers (the same
    file, dequantised float32 weights, `generate`) and llama.cpp (llama-cpp-python on
    the original Q4_1 file; the bench says so when it is not installed).
-6. Search: tchlab's TPE (bench_tpe) against Optuna's TPESampler with its defaults on
+6. SmolLM2 quantised: load (and quantise) time, peak resident memory, prefill and
+   decode tokens/s and the perplexity of python/held_out.txt, for tchlab at f32, fp16,
+   int8 and int4 (bench_quantize), transformers at float32 and with PyTorch's
+   `quantize_dynamic` int8, and llama.cpp at Q8_0 (a file tchlab writes from the same
+   weights) and Q4_1 (the original file); each in a process of its own.
+7. Search: tchlab's TPE (bench_tpe) against Optuna's TPESampler with its defaults on
    Branin and Hartmann-6 (median best of 20 seeds x 50 trials), with tchlab's random
    search beside them; and a real `%sweep` of lr and warmup on the reverse task, TPE
    against random search at the same trials and steps.
@@ -240,6 +245,7 @@ def main() -> None:
     ])
 
     smollm2_tables()
+    quantize_tables()
     lora_tables()
     search_tables()
 
@@ -406,6 +412,116 @@ def smollm2_tables() -> None:
                    ("hooks that match nothing", ours["forward_hooks_ms"], theirs["forward_hooks_ms"], theirs["forward_hooks_ms"] / ours["forward_hooks_ms"]),
                    ("cache every activation", ours["forward_cache_all_ms"], theirs["forward_cache_all_ms"], theirs["forward_cache_all_ms"] / ours["forward_cache_all_ms"]),
                ])
+    sys.stdout.flush()
+
+
+TRANSFORMERS_QUANTIZED = r"""
+import json, os, resource, sys, time
+import torch
+from transformers import AutoModelForCausalLM
+path, mode, ids = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3]))
+start = time.perf_counter()
+model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+if mode == "int8":
+    model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+load = time.perf_counter() - start
+with torch.no_grad():
+    logits = model(torch.tensor([ids])).logits[0]
+    ppl = torch.nn.functional.cross_entropy(logits[:-1].float(), torch.tensor(ids[1:])).exp().item()
+    prompt = torch.tensor([ids[:32]])
+    model(prompt)
+    start = time.perf_counter()
+    for _ in range(10):
+        model(prompt)
+    prefill = 10 * 32 / (time.perf_counter() - start)
+    kwargs = dict(do_sample=False, pad_token_id=2)
+    model.generate(prompt, max_new_tokens=8, min_new_tokens=8, **kwargs)
+    start = time.perf_counter()
+    model.generate(prompt, max_new_tokens=128, min_new_tokens=128, **kwargs)
+    decode = 128 / (time.perf_counter() - start)
+print(json.dumps({"load_s": load, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "prefill_tokens_per_s": prefill,
+                  "generate_tokens_per_s": decode, "perplexity": ppl}))
+"""
+
+LLAMA_CPP_RUN = r"""
+import json, resource, sys, time
+import numpy as np
+import llama_cpp
+path, mode, ids, threads = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3])), int(sys.argv[4])
+start = time.perf_counter()
+llm = llama_cpp.Llama(model_path=path, n_ctx=1024, n_threads=threads, n_batch=512, logits_all=mode == "perplexity", verbose=False)
+load = time.perf_counter() - start
+if mode == "perplexity":
+    llm.eval(ids)
+    s = np.asarray(llm.scores[:len(ids)], dtype=np.float64)
+    top = s.max(1, keepdims=True)
+    logp = s - top - np.log(np.exp(s - top).sum(1, keepdims=True))
+    print(json.dumps({"perplexity": float(np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean()))}))
+    sys.exit()
+prompt, best = ids[:32], float("inf")
+for _ in range(5):
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(prompt)
+    best = min(best, time.perf_counter() - start)
+tokens = llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True)
+next(tokens)
+start = time.perf_counter()
+for _ in range(127):
+    next(tokens)
+decode = 127 / (time.perf_counter() - start)
+print(json.dumps({"load_s": load, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "prefill_tokens_per_s": 32 / best,
+                  "generate_tokens_per_s": decode}))
+"""
+
+
+def python_json(script: str, *args) -> dict:
+    out = subprocess.run([sys.executable, "-c", script, *map(str, args)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def quantize_tables() -> None:
+    """SmolLM2 at each precision tchlab computes in, against transformers (float32 and
+    PyTorch's quantize_dynamic int8) and llama.cpp (Q8_0, Q4_1), on the same ids."""
+    path = smollm2_file()
+    held_out = os.path.join(ROOT, "python", "held_out.txt")
+    work = tempfile.mkdtemp(prefix="tchlab-bench-quantize-")
+    rows = {}
+    for fmt in ("f32", "fp16", "int8", "int4"):
+        rows[f"tchlab {fmt}"] = run_example("bench_quantize", path, fmt, held_out)
+    ids = rows["tchlab f32"]["held_out_ids"]
+    ids_file = os.path.join(work, "ids.json")
+    with open(ids_file, "w") as f:
+        json.dump(ids, f)
+    for mode in ("f32", "int8"):
+        rows[f"transformers {mode}" + (" (quantize_dynamic)" if mode == "int8" else "")] = python_json(TRANSFORMERS_QUANTIZED, path, mode, ids_file)
+    q8 = os.path.join(work, "smollm2-q8_0.gguf")
+    subprocess.run([os.path.join(ROOT, "target/release/tchlab"), "-c", f"%device cpu\n%load {path}\n%save {q8} --type q8_0"], check=True, capture_output=True)
+    try:
+        import llama_cpp  # noqa: F401 (only whether it is there)
+
+        for label, file in (("llama.cpp Q8_0", q8), ("llama.cpp Q4_1", path)):
+            rows[label] = {**python_json(LLAMA_CPP_RUN, file, "speed", ids_file, os.cpu_count()), **python_json(LLAMA_CPP_RUN, file, "perplexity", ids_file, os.cpu_count())}
+    except ImportError:
+        print("llama.cpp: NOT MEASURED — llama-cpp-python is not installed (`make llama-cpp` builds it)")
+    print()
+    print(f"SmolLM2-135M-Instruct quantised, CPU, {os.cpu_count()} threads: load (and quantise) time, peak resident memory, "
+          f"32-token prefill, greedy decoding of 128 tokens, perplexity of python/held_out.txt ({len(ids)} tokens); one process each")
+    header = f"{'':<38} {'load s':>7} {'peak MB':>8} {'prefill tok/s':>14} {'decode tok/s':>13} {'perplexity':>11}"
+    print(header)
+    print("-" * len(header))
+    for label, r in rows.items():
+        print(f"{label:<38} {r['load_s']:>7.2f} {r['peak_rss_mb']:>8.0f} {r['prefill_tokens_per_s']:>14.1f} {r['generate_tokens_per_s']:>13.1f} {r['perplexity']:>11.3f}")
+    f32, int8, int4 = rows["tchlab f32"], rows["tchlab int8"], rows["tchlab int4"]
+    goals = [
+        ("int4 decode / tchlab f32 decode (goal >= 2)", int4["generate_tokens_per_s"] / f32["generate_tokens_per_s"]),
+        ("int8 perplexity / f32 perplexity (goal <= 1.01)", int8["perplexity"] / f32["perplexity"]),
+        ("int4 perplexity / f32 perplexity (goal <= 1.05)", int4["perplexity"] / f32["perplexity"]),
+    ]
+    if "llama.cpp Q4_1" in rows:
+        goals.insert(1, ("int4 decode / llama.cpp Q4_1 decode (goal >= 1)", int4["generate_tokens_per_s"] / rows["llama.cpp Q4_1"]["generate_tokens_per_s"]))
+    for label, ratio in goals:
+        print(f"{label:<52} {ratio:>6.3f}")
     sys.stdout.flush()
 
 
