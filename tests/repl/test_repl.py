@@ -349,6 +349,19 @@ def test_trials_in_worker_processes_give_the_in_process_losses_bit_for_bit(tmp_p
     assert json.loads(shown.stdout.splitlines()[-1])["trials"] == there["trials"], "the study holds what the workers found"
 
 
+def test_lora_trials_in_worker_processes_give_the_in_process_losses_bit_for_bit(tmp_path):
+    """Each trial its own adapters (rank, alpha) on the same frozen base, in this process
+    or in workers that resume it from a checkpoint."""
+    sweep = "%lora r=2 targets=c_attn\n%sweep lora_r=[2,4] lora_alpha=[4,8] lr=[3e-3] --steps 6"
+    here, _ = swept(sweep)
+    there, _ = swept(f"{sweep} --jobs 2 --study {tmp_path / 'study'}")
+    settings = {tuple(value for name, value in t["values"] if name.startswith("lora")) for t in here["trials"]}
+    assert settings == {("2", "4"), ("2", "8"), ("4", "4"), ("4", "8")}, here
+    assert len({json.dumps(t["losses"]) for t in here["trials"]}) == 4, "each trial trains its own adapters"
+    for a, b in zip(here["trials"], there["trials"]):
+        assert a["values"] == b["values"] and a["losses"] == b["losses"], (a, b)
+
+
 def test_a_killed_worker_fails_its_trial_and_the_sweep_goes_on(tmp_path):
     script = tmp_path / "sweep.tchlab"
     script.write_text(SWEEP_SETUP + f"%sweep lr=log(1e-4,1e-2) --trials 6 --steps 400 --jobs 2 --study {tmp_path / 'study'}\n")

@@ -23,6 +23,7 @@ TCHLAB = ROOT / "target" / "release" / "tchlab"
 SETUP = "%device cpu\n%seed 0\n%data synth reverse --length 5\n%model gpt --layers 1 --heads 2 --dim 32\n%set batch=16 eval_every=0\n%train 5\n"
 RANDOM = "%sweep lr=log(1e-4,1e-2) warmup=int(0,3) --method random --trials 8 --steps 6"
 PBT = "%sweep lr=log(1e-4,1e-2) warmup=int(0,3) --schedule pbt --trials 4 --rounds 3 --steps 4"
+LORA = "%lora r=2 targets=c_attn\n%sweep lora_r=[2,4] lora_alpha=[4,8] lr=[3e-3] --steps 6"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def same_trials(a, b):
     assert a["best"] == b["best"]
 
 
-@pytest.mark.parametrize("sweep", [RANDOM, PBT], ids=["random-8", "pbt-4x3"])
+@pytest.mark.parametrize("sweep", [RANDOM, PBT, LORA], ids=["random-8", "pbt-4x3", "lora-grid-4"])
 def test_a_slurm_sweep_runs_job_arrays_with_the_in_process_losses_bit_for_bit(cluster, tmp_path, sweep):
     here, _ = swept(cluster, tmp_path, sweep)
     study = tmp_path / "study"
@@ -66,9 +67,12 @@ def test_a_slurm_sweep_runs_job_arrays_with_the_in_process_losses_bit_for_bit(cl
         assert len(arrays) == 1 and len(arrays[0]["tasks"]) == 8, "eight trials, one job array"
         script = (study / "array-0.sh").read_text()
         assert "#SBATCH --array=0-7" in script and "#SBATCH --cpus-per-task=1" in script and "__tchlab-sweep-worker" in script
-    else:
+    elif sweep == PBT:
         assert [len(a["tasks"]) for a in arrays] == [4, 4, 4], "one array per round"
         assert any(t.get("lineage") for t in there["trials"]), "someone exploited"
+    else:
+        assert len(arrays) == 1 and len(arrays[0]["tasks"]) == 4, "each trial its own adapters on the same base, one job array"
+        assert len({json.dumps(t["losses"]) for t in there["trials"]}) == 4
     assert all((study / "tasks" / f"slurm-{a['job']}_0.out").exists() for a in arrays), "Slurm ran the tasks"
     shown = tchlab(cluster, tmp_path, "-c", f"%sweep --show {study}", "--json")
     assert json.loads(shown.stdout.splitlines()[-1])["trials"] == there["trials"], "the study holds what the jobs found"
