@@ -44,12 +44,7 @@ pub fn generate(model: &Model, prompt: &[i64], opts: &GenerateOptions) -> Result
 /// [`generate`], calling `on_token` with each new id as soon as it is chosen; an error
 /// from `on_token` stops generation and is returned.
 pub fn generate_streaming(model: &Model, prompt: &[i64], opts: &GenerateOptions, on_token: &mut dyn FnMut(i64) -> Result<()>) -> Result<Vec<i64>> {
-    if model.task() != Task::LanguageModel {
-        return invalid!("generation needs a decoder (a language model); this model is a {} encoder", model.config().model_type());
-    }
-    if prompt.is_empty() {
-        return invalid!("generation needs a prompt of at least one token");
-    }
+    check_prompt(model, prompt)?;
     if !(opts.temperature >= 0.0 && opts.temperature.is_finite()) {
         return invalid!("--temperature must be a finite number ≥ 0, got {}", opts.temperature);
     }
@@ -63,13 +58,6 @@ pub fn generate_streaming(model: &Model, prompt: &[i64], opts: &GenerateOptions,
         return invalid!("--max-tokens must be at most {MAX_NEW_TOKENS}, got {}", opts.max_new_tokens);
     }
     let config = model.config();
-    let vocab = config.vocab_size();
-    if let Some(&bad) = prompt.iter().find(|&&id| !(0..vocab).contains(&id)) {
-        return invalid!(
-            "the prompt has token id {bad} but the model's vocabulary has ids 0..{}: the tokenizer and the model do not match; build the model with --vocab of at least the tokenizer's size",
-            vocab - 1
-        );
-    }
     if let Some(seed) = opts.seed {
         tch::manual_seed(seed as i64);
     }
@@ -102,6 +90,24 @@ pub fn generate_streaming(model: &Model, prompt: &[i64], opts: &GenerateOptions,
         Ok(())
     })?;
     Ok(out)
+}
+
+/// Checks that `model` is a decoder and `prompt` a non-empty run of its token ids.
+pub(crate) fn check_prompt(model: &Model, prompt: &[i64]) -> Result<()> {
+    if model.task() != Task::LanguageModel {
+        return invalid!("generation needs a decoder (a language model); this model is a {} encoder", model.config().model_type());
+    }
+    if prompt.is_empty() {
+        return invalid!("generation needs a prompt of at least one token");
+    }
+    let vocab = model.config().vocab_size();
+    if let Some(&bad) = prompt.iter().find(|&&id| !(0..vocab).contains(&id)) {
+        return invalid!(
+            "the prompt has token id {bad} but the model's vocabulary has ids 0..{}: the tokenizer and the model do not match; build the model with --vocab of at least the tokenizer's size",
+            vocab - 1
+        );
+    }
+    Ok(())
 }
 
 /// The most tokens one generation adds.

@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 
 pub mod atomic;
+pub mod beam;
 pub mod chat;
 pub mod checkpoint;
 pub mod cuda;

@@ -143,3 +143,71 @@ fn one_adamw_step_matches_pytorch() {
     opt.step().unwrap();
     common::assert_updated_like(updated(&loaded.model), &file, Some(1e-2));
 }
+
+/// Beam search against transformers' `generate(num_beams=4, num_return_sequences=2)` on
+/// random GPT-2 and Llama models, over length penalties, every early-stopping rule,
+/// n-gram bans and two lengths: the same hypotheses and scores. The stop tokens are two
+/// the model itself produces greedily, so that hypotheses do end before the limit.
+#[test]
+fn beam_search_finds_what_transformers_finds() {
+    use tchlab::beam::{beam_search, BeamOptions, EarlyStopping};
+    let dir = common::scratch("beam-search");
+    let mut cases = vec![];
+    for model in ["gpt-a", "llama-gqa"] {
+        let loaded = checkpoint::load(fixtures().join(model), Device::Cpu).unwrap();
+        let prompt = vec![3i64, 17, 42, 8, 23, 5];
+        let greedy = generate(&loaded.model, &prompt, &GenerateOptions { max_new_tokens: 6, ..Default::default() }).unwrap();
+        let mut stop_ids = vec![greedy[2], greedy[4]];
+        stop_ids.dedup();
+        for length_penalty in [1.0, 2.0, 0.0, -1.0] {
+            for (early_stopping, early_name) in [(EarlyStopping::Heuristic, "false"), (EarlyStopping::AtOnce, "true"), (EarlyStopping::Never, "never")] {
+                for no_repeat_ngram in [0, 2] {
+                    for max_new_tokens in [6, 14] {
+                        let opts =
+                            BeamOptions { beams: 4, max_new_tokens, length_penalty, early_stopping, no_repeat_ngram, returns: 2, stop_ids: stop_ids.clone() };
+                        let found = beam_search(&loaded.model, &prompt, &opts).unwrap();
+                        cases.push(serde_json::json!({
+                            "model": model, "prompt": prompt, "eos": stop_ids, "length_penalty": length_penalty, "early_stopping": early_name,
+                            "no_repeat_ngram": no_repeat_ngram, "max_new_tokens": max_new_tokens,
+                            "ids": found.iter().map(|h| h.ids.clone()).collect::<Vec<_>>(), "scores": found.iter().map(|h| h.score).collect::<Vec<_>>(),
+                        }));
+                    }
+                }
+            }
+        }
+    }
+    std::fs::write(dir.join("cases.json"), serde_json::Value::from(cases).to_string()).unwrap();
+    common::python_agrees(
+        r#"
+import json, os, sys
+import torch
+from transformers import AutoModelForCausalLM
+d = sys.argv[1]
+fixtures = os.environ["TCHLAB_FIXTURES"]
+models = {}
+bad, ended = [], 0
+for c in json.load(open(d + "/cases.json")):
+    if c["model"] not in models:
+        models[c["model"]] = AutoModelForCausalLM.from_pretrained(os.path.join(fixtures, c["model"])).eval()
+    early = {"false": False, "true": True, "never": "never"}[c["early_stopping"]]
+    fill = c["eos"][0]
+    ids = torch.tensor([c["prompt"]])
+    with torch.no_grad():
+        out = models[c["model"]].generate(ids, attention_mask=torch.ones_like(ids), num_beams=4, num_return_sequences=2, do_sample=False,
+                                          max_new_tokens=c["max_new_tokens"], length_penalty=c["length_penalty"], early_stopping=early,
+                                          no_repeat_ngram_size=c["no_repeat_ngram"], eos_token_id=c["eos"], pad_token_id=fill,
+                                          output_scores=True, return_dict_in_generate=True)
+    theirs = [row[len(c["prompt"]):] for row in out.sequences.tolist()]
+    ours = [h + [fill] * (len(t) - len(h)) for h, t in zip(c["ids"], theirs)]
+    ended += any(len(h) < c["max_new_tokens"] for h in c["ids"])
+    if ours != theirs or not torch.allclose(out.sequences_scores.float(), torch.tensor(c["scores"]).float(), atol=1e-5):
+        bad.append((c, theirs, out.sequences_scores.tolist()))
+for b in bad:
+    print("MISMATCH", b)
+print(len(bad), "of", len(json.load(open(d + "/cases.json"))), "settings differ;", ended, "with a hypothesis that ended early")
+assert not bad
+assert ended > 10, "the stop tokens end hypotheses in many settings"
+"#,
+        &dir,
+    );
+}

@@ -407,3 +407,37 @@ def test_gguf_saves_refuse_what_they_cannot_write_and_never_replace_what_is_not_
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+@pytest.mark.parametrize(
+    "code, ename, contains",
+    [
+        ('%generate "12" --beams 1', "UsageError", ["--beams must be between 2 and 64, got 1"]),
+        ('%generate "12" --beams 65', "UsageError", ["--beams must be between 2 and 64"]),
+        ('%generate "12" --beams -2', "UsageError", ["--beams expects"]),
+        ('%generate "12" --beams 99999999999999999999', "UsageError", ["--beams expects"]),
+        ('%generate "12" --beams 40', "UsageError", ["more than the vocabulary's"]),
+        ('%generate "12" --beams 4 --temperature 0.7', "UsageError", ["beam search does not sample: --temperature"]),
+        ('%generate "12" --beams 4 --seed 3', "UsageError", ["beam search does not sample: --seed"]),
+        ('%generate "12" --length-penalty 2', "UsageError", ["--length-penalty is for beam search: add --beams N"]),
+        ('%generate "12" --early-stopping true', "UsageError", ["--early-stopping is for beam search"]),
+        ('%generate "12" --beams 4 --length-penalty nan', "UsageError", ["--length-penalty must be a finite number"]),
+        ('%generate "12" --beams 4 --length-penalty inf', "UsageError", ["--length-penalty must be a finite number"]),
+        ('%generate "12" --beams 4 --early-stopping sometimes', "UsageError", ["--early-stopping is false, true or never, got `sometimes`"]),
+        ('%generate "12" --beams 4 --no-repeat-ngram -1', "UsageError", ["--no-repeat-ngram expects"]),
+        ('%generate "12" --beams 4 --max-tokens 100000', "UsageError", ["positions", "beam search does not slide its context"]),
+    ],
+)
+def test_hostile_beam_search_options_are_refused_and_change_nothing(lab, code, ename, contains):
+    _, kc = lab
+    refused(kc, code, ename, *contains)
+
+
+def test_beam_search_in_a_kernel_returns_its_hypotheses_best_first(lab):
+    _, kc = lab
+    reply, outputs = execute(kc, '%generate "12" --beams 3 --max-tokens 5 --no-repeat-ngram 2')
+    assert reply["content"]["status"] == "ok", reply["content"]
+    found = result(outputs)
+    scores = [h["score"] for h in found["beams"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True), found
+    assert found["generated_ids"] == found["beams"][0]["ids"] and found["text"] == found["beams"][0]["text"]

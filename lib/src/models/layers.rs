@@ -31,6 +31,18 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// Keeps, for each row of the next batch, the cached row `rows[i]` (beam search
+    /// continuing some beams twice and others not at all).
+    pub fn reorder(&mut self, rows: &Tensor) -> Result<()> {
+        for (k, v) in &mut self.layers {
+            if k.numel() > 0 {
+                *k = k.f_index_select(0, rows)?;
+                *v = v.f_index_select(0, rows)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Appends this step's `k, v: (B, heads, T, head_dim)` to `layer`'s and returns
     /// every position's keys and values.
     pub fn extend(&mut self, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {

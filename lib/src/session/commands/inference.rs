@@ -7,6 +7,7 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use super::{option, pos, rest, returns, Command};
+use crate::beam::{BeamOptions, EarlyStopping};
 use crate::embedding::{embed, pad_batch};
 use crate::models::{ForwardOptions, Task};
 use crate::session::figures::AttentionMaps;
@@ -24,8 +25,18 @@ pub const GENERATE: Command = Command {
         option("top-k", "K", "sample among the K likeliest tokens"),
         option("top-p", "P", "sample among the likeliest tokens totalling P"),
         option("seed", "S", "seed for sampling"),
+        option("beams", "N", "beam search with N beams (2 to 64), as transformers' num_beams, instead of greedy or sampling"),
+        option(
+            "length-penalty",
+            "L",
+            "beam search: a hypothesis's log-probability is divided by its length to the power L (default 1; above 0 favours longer ones)",
+        ),
+        option("no-repeat-ngram", "N", "beam search: never repeat an n-gram of N tokens, the prompt's included"),
+        option("early-stopping", "WHEN", "beam search: false (the default heuristic), true (once N hypotheses end) or never"),
     ],
-    details: "Stops at the end-of-text token or after --max-tokens. The text appears as it is made; the result says how many tokens came, how fast.",
+    details: "Stops at the end-of-text token or after --max-tokens. The text appears as it is made; the result says how many tokens came, how fast. \
+              With --beams N the search keeps the N best continuations at every step and shows the N best finished ones with their scores \
+              (summed log-probability / length^L), exactly as transformers' generate(num_beams=N) finds them.",
     example: "%generate \"314159=\" --max-tokens 6",
     returns: returns::<Generated>(),
     run: generate,
@@ -38,10 +49,66 @@ fn generate(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError
     let stop = crate::session::generation::text_stop_ids(model, tokenizer);
     let opts = crate::session::generation::generation_options(args, stop, 32)?;
     let prompt_ids = tokenizer.encode(prompt)?;
+    if let Some(beams) = args.parse_as::<usize>("beams")? {
+        for sampling in ["temperature", "top-k", "top-p", "seed"] {
+            if args.get(sampling).is_some() {
+                return Err(args.usage_error(format!("beam search does not sample: --{sampling} is for sampling without --beams")));
+            }
+        }
+        let early_stopping = match args.get("early-stopping").unwrap_or("false") {
+            "false" => EarlyStopping::Heuristic,
+            "true" => EarlyStopping::AtOnce,
+            "never" => EarlyStopping::Never,
+            other => return Err(args.usage_error(format!("--early-stopping is false, true or never, got `{other}`"))),
+        };
+        let search = BeamOptions {
+            beams,
+            max_new_tokens: opts.max_new_tokens,
+            length_penalty: args.parse_as("length-penalty")?.unwrap_or(1.0),
+            early_stopping,
+            no_repeat_ngram: args.parse_as("no-repeat-ngram")?.unwrap_or(0),
+            returns: beams.clamp(1, crate::beam::MAX_BEAMS),
+            stop_ids: opts.stop_ids.clone(),
+        };
+        let started = std::time::Instant::now();
+        let found = crate::beam::beam_search(model, &prompt_ids, &search)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let text_of = |ids: &[i64]| -> Result<String, CellError> {
+            let end = if ids.last().is_some_and(|id| search.stop_ids.contains(id)) { ids.len() - 1 } else { ids.len() };
+            Ok(tokenizer.decode(&ids[..end])?)
+        };
+        let hypotheses =
+            found.iter().map(|h| Ok(BeamHypothesis { text: text_of(&h.ids)?, ids: h.ids.clone(), score: h.score })).collect::<Result<Vec<_>, CellError>>()?;
+        let best = hypotheses.first().cloned().expect("a search ends with a hypothesis");
+        let mut table = Table::new(["score", "text"]);
+        for h in &hypotheses {
+            table.row([format!("{:.4}", h.score), h.text.clone()]);
+        }
+        let head = format!("{prompt}{}\n[{beams} beams, {} tokens, {seconds:.2} s]", best.text, best.ids.len());
+        let result = Generated { prompt_ids, generated_ids: best.ids, text: best.text, beams: Some(hypotheses) };
+        ctx.returns(table.bundle_under(&head), &result);
+        return Ok(());
+    }
+    for beam_only in ["length-penalty", "no-repeat-ngram", "early-stopping"] {
+        if args.get(beam_only).is_some() {
+            return Err(args.usage_error(format!("--{beam_only} is for beam search: add --beams N")));
+        }
+    }
     let reply = crate::session::generation::stream(model, tokenizer, prompt, &prompt_ids, &opts, ctx)?;
     let summary = reply.summary();
-    ctx.returns(Bundle::text(summary), &Generated { prompt_ids, generated_ids: reply.ids, text: reply.text });
+    ctx.returns(Bundle::text(summary), &Generated { prompt_ids, generated_ids: reply.ids, text: reply.text, beams: None });
     Ok(())
+}
+
+/// One hypothesis of `%generate --beams`.
+#[derive(Clone, Serialize, JsonSchema)]
+pub struct BeamHypothesis {
+    /// Its new ids.
+    pub ids: Vec<i64>,
+    /// Their text, without the stop token.
+    pub text: String,
+    /// Summed log-probability / length^length_penalty.
+    pub score: f64,
 }
 
 /// What `%generate` returns.
@@ -53,6 +120,9 @@ pub struct Generated {
     pub generated_ids: Vec<i64>,
     /// The new text, without the stop token.
     pub text: String,
+    /// With --beams: every finished hypothesis, best first (the best is the one above).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beams: Option<Vec<BeamHypothesis>>,
 }
 
 pub const ATTENTION: Command = Command {
