@@ -1,5 +1,5 @@
 // The link set-up every crate shares (build_link.rs), and the C++ shim for the libtorch
-// operators tch does not bind (src/models/fbgemm.cpp), built as torch-sys builds its own
+// operators tch does not bind (src/shim.cpp), built as torch-sys builds its own
 // C++: the same headers, standard and ABI.
 
 include!("build_link.rs");
@@ -8,7 +8,7 @@ fn main() {
     let lib_dir = link_libtorch();
     let root = std::path::Path::new(&lib_dir).parent().expect("libtorch's lib directory has a parent").to_path_buf();
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    println!("cargo:rerun-if-changed=src/models/fbgemm.cpp");
+    println!("cargo:rerun-if-changed=src/shim.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     cc::Build::new()
         .cpp(true)
@@ -19,6 +19,6 @@ fn main() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file("src/models/fbgemm.cpp")
+        .file("src/shim.cpp")
         .compile("tchlab_shim");
 }

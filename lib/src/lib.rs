@@ -19,6 +19,7 @@
 //! - [`session`]: the command language (`%train 200`, `%plot loss`) that front ends drive.
 //! - [`live`]: Rust cells in another process reaching the live session.
 //! - [`cuda`]: libtorch's CUDA half, opened only where there is a GPU.
+//! - [`shim`]: the few libtorch functions tch does not bind, through a C++ shim.
 //! - [`interrupt`] and [`limits`]: what keeps a session alive — interrupts, panics
 //!   caught at the boundary, and bounds checked before anything is allocated.
 //!
@@ -42,6 +43,7 @@ pub mod live;
 pub mod models;
 pub mod plot;
 pub mod session;
+pub mod shim;
 pub mod suggest;
 pub mod sweep;
 pub mod tokenize;

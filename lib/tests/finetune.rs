@@ -95,6 +95,51 @@ fn lora_trains_only_its_adapters_and_the_timeline_and_resume_are_exact() {
     ok(&mut s, &format!("%save {} --hf", dir.join("hf").display()));
 }
 
+/// Gradient checkpointing recomputes each block in the backward pass with the random
+/// generators put back, so its steps are the plain pass's bit for bit — with dropout in
+/// the blocks and in LoRA adapters, in every family; and the setting is kept by a
+/// checkpoint.
+#[test]
+fn gradient_checkpointing_takes_the_same_steps_as_the_plain_pass() {
+    let _serial = serial();
+    let dir = common::scratch("finetune-checkpointing");
+    let rows: String = (0..32).map(|i| format!("{}{},{}\n", ["ab", "ba"][i % 2], "c".repeat(i % 5), ["yes", "no"][i % 2])).collect();
+    std::fs::write(dir.join("labels.csv"), format!("text,label\n{rows}")).unwrap();
+    let setups = [
+        "%data synth reverse --length 5\n%model gpt --layers 2 --heads 2 --dim 32 --dropout 0.1".to_string(),
+        "%data synth reverse --length 5\n%model llama --layers 3 --heads 2 --kv-heads 1 --dim 32 --dropout 0.1".to_string(),
+        format!(
+            "%tokenizer char {0}\n%model bert --layers 2 --heads 2 --dim 32 --dropout 0.1 --classes 2\n%data classify {0} --val 0.25",
+            dir.join("labels.csv").display()
+        ),
+    ];
+    for setup in &setups {
+        for adapters in ["", "%lora r=4 dropout=0.1 targets=all-linear"] {
+            let steps = |checkpointing: bool| {
+                let mut s = Session::new();
+                ok(&mut s, &format!("%device cpu\n%seed 0\n{setup}\n%set lr=3e-3 batch=8 checkpointing={checkpointing}"));
+                if !adapters.is_empty() {
+                    ok(&mut s, adapters);
+                }
+                (losses(&mut s, 3), checksum(&mut s))
+            };
+            let plain = steps(false);
+            assert!(plain.0.iter().all(|l| l.is_finite()), "{setup}: {plain:?}");
+            assert_eq!(steps(true), plain, "{setup} {adapters}: the checkpointed steps differ from the plain ones");
+        }
+    }
+
+    let mut s = reverse_session();
+    ok(&mut s, "%set checkpointing=true\n%step 2");
+    assert_eq!(ok(&mut s, "%hparams")["checkpointing"], true);
+    ok(&mut s, &format!("%save {}", dir.join("run").display()));
+    let continued = losses(&mut s, 2);
+    let mut resumed = Session::new();
+    ok(&mut resumed, &format!("%device cpu\n%load {}", dir.join("run").display()));
+    assert_eq!(ok(&mut resumed, "%hparams")["checkpointing"], true, "the checkpoint keeps the setting");
+    assert_eq!(losses(&mut resumed, 2), continued, "a checkpointed run resumes bit for bit");
+}
+
 #[test]
 fn lora_settings_set_fork_and_sweep_and_the_session_comes_back() {
     let _serial = serial();

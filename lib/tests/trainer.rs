@@ -214,11 +214,16 @@ fn a_cancel_request_stops_training_at_a_step_boundary() {
     let _serial = serial();
     let mut t = gpt_trainer(9, small_hp());
     let cancel = t.cancel_handle();
+    // Another thread asks once a few steps are done, however slow the machine is.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = done.clone();
     let stopper = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
+        while seen.load(Ordering::SeqCst) < 3 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         cancel.store(true, Ordering::SeqCst);
     });
-    let report = t.train(Stop::Steps(1_000_000), &mut |_, _| {}).unwrap();
+    let report = t.train(Stop::Steps(1_000_000), &mut |_, _| drop(done.fetch_add(1, Ordering::SeqCst))).unwrap();
     stopper.join().unwrap();
     assert_eq!(report.halted, Some(Halt::Interrupted));
     assert!(report.steps > 0 && report.steps < 1_000_000);

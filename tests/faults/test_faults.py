@@ -45,6 +45,7 @@ from hostile import SETUP, TIMEOUT, interrupted, lab, refused, result, rss_mb, s
         ("%set lr=1e999", "UsageError", ["lr"]),
         ("%set accum=100000000", "UsageError", ["accum"]),
         ("%set lr=1e-3 batch=zero", "UsageError", ["batch=zero"]),
+        ("%set checkpointing=maybe", "UsageError", ["checkpointing=maybe", "true or false"]),
         ("%sweep lr=log(1e-4,1e-2) --method random --trials 1000000000", "UsageError", ["--trials", "1000"]),
         ("%sweep lr=[1,2,3,4,5,6,7,8,9,10,11] batch=[1,2,3,4,5,6,7,8,9,10,11] warmup=[1,2,3,4,5,6,7,8,9,10]", "UsageError", ["1210 combinations"]),
         ("%sweep lr=log(1e-4,1e-2) --method tpe --trials 1000000000", "UsageError", ["--trials", "1000"]),

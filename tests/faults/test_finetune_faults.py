@@ -70,9 +70,10 @@ def test_lora_with_no_model_and_a_second_lora_say_what_to_do(lab):
         execute(kc, "%lora drop")
 
 
-def test_an_interrupt_while_adapters_train_keeps_the_last_whole_step(lab):
+@pytest.mark.parametrize("checkpointing", ["false", "true"])
+def test_an_interrupt_while_adapters_train_keeps_the_last_whole_step(lab, checkpointing):
     km, kc = lab
-    reply, _ = execute(kc, "%lora r=2 targets=c_attn")
+    reply, _ = execute(kc, f"%lora r=2 targets=c_attn\n%set checkpointing={checkpointing}")
     assert reply["content"]["status"] == "ok", reply["content"]
     try:
         content, took = interrupted(km, kc, "%train 1000000", wait=1.0)
@@ -84,7 +85,7 @@ def test_an_interrupt_while_adapters_train_keeps_the_last_whole_step(lab):
         reply, _ = execute(kc, "%step")
         assert reply["content"]["status"] == "ok"
     finally:
-        execute(kc, "%lora drop")
+        execute(kc, "%lora drop\n%set checkpointing=false")
 
 
 def jsonl(path, lines):

@@ -22,6 +22,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::attention::{attend, Mask};
+use super::checkpointing::run_blocks;
 use super::hooks::{Point, Site};
 use super::linear::Linear;
 use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Task, TaskKind};
@@ -136,18 +137,6 @@ pub struct BertHeads {
     pub classes: Option<i64>,
 }
 
-/// The output of a forward pass.
-pub struct BertOutput {
-    /// Final hidden states `(B, T, H)`.
-    pub hidden: Tensor,
-    /// Pooled `[CLS]` state `(B, H)`, when the model has a pooler.
-    pub pooled: Option<Tensor>,
-    /// Class logits `(B, classes)`, when the model has a classification head.
-    pub logits: Option<Tensor>,
-    /// Attention probabilities per layer, `(B, nh, T, T)` each, when asked for.
-    pub attentions: Option<Vec<Tensor>>,
-}
-
 struct Embeddings {
     word_embeddings: nn::Embedding,
     position_embeddings: nn::Embedding,
@@ -237,7 +226,7 @@ impl Bert {
 
     /// Encodes `ids: (B, T)`; `attention_mask: (B, T)` is 1 for real tokens and 0 for
     /// padding (all ones when absent). Token types are all 0.
-    pub fn forward(&self, ids: &Tensor, attention_mask: Option<&Tensor>, opts: &ForwardOptions) -> Result<BertOutput> {
+    pub fn forward(&self, ids: &Tensor, attention_mask: Option<&Tensor>, opts: &ForwardOptions) -> Result<Output> {
         let (b, t) = match ids.size().as_slice() {
             &[b, t] => (b, t),
             shape => return invalid!("BERT input ids must be (batch, time), got shape {shape:?}"),
@@ -257,17 +246,18 @@ impl Bert {
         let words = opts.hook(Point::outside(Site::Embed), e.word_embeddings.forward(ids))?;
         let positions = opts.hook(Point::outside(Site::PosEmbed), e.position_embeddings.forward(&positions).unsqueeze(0))?;
         let types = opts.hook(Point::outside(Site::TokenTypeEmbed), e.token_type_embeddings.forward(&types))?;
-        let mut x = e.layer_norm.forward(&(words + positions + types)).dropout(dropout, opts.train); // (B, T, H)
-                                                                                                     // 0 where a key may be attended to, the dtype's minimum where it is padding.
+        let x = e.layer_norm.forward(&(words + positions + types)).dropout(dropout, opts.train); // (B, T, H)
+
+        // 0 where a key may be attended to, the dtype's minimum where it is padding.
         let additive = attention_mask.map(|m| (m.to_kind(x.kind()).ones_like() - m.to_kind(x.kind())).view([b, 1, 1, t]) * f64::from(f32::MIN));
         let mask = additive.as_ref().map_or(Mask::Full, Mask::Additive);
-        let mut attentions = opts.capture_attention.then(Vec::new);
         let h = self.config.hidden_size;
-        for (i, layer) in self.layers.iter().enumerate() {
+        let block = |i: usize, x: Tensor| {
             // Post-norm, named as TransformerLens's BERT: `resid_mid` and `resid_post` are
             // the sums before each norm, `ln1`/`ln2.hook_normalized` what the norms give.
+            let layer = &self.layers[i];
             let hook = |site, x| opts.hook(Point::block(i, site), x);
-            x = hook(Site::ResidPre, x)?;
+            let x = hook(Site::ResidPre, x)?;
             let heads = |z: Tensor, site| hook(site, z.view([b, t, nh, h / nh]).transpose(1, 2)); // (B, nh, T, hs)
             let (q, k, v) = (
                 heads(layer.query.forward_t(&x, opts.train)?, Site::Q)?,
@@ -281,17 +271,16 @@ impl Bert {
             let post = hook(Site::MlpPost, self.activation.apply(&pre))?;
             let f = hook(Site::MlpOut, layer.output.forward_t(&post, opts.train)?)?;
             let resid_post = hook(Site::ResidPost, f.dropout(dropout, opts.train) + &y)?;
-            x = hook(Site::Ln2Normalized, layer.output_norm.forward(&resid_post))?;
-            if let (Some(all), Some(p)) = (attentions.as_mut(), probs) {
-                all.push(p);
-            }
-        }
-        let pooled = self.pooler.as_ref().map(|d| d.forward_t(&x.select(1, 0), opts.train)).transpose()?.map(|p| p.tanh()); // (B, H)
-        let logits = match (&self.classifier, &pooled) {
-            (Some(c), Some(p)) => Some(c.forward_t(&p.dropout(dropout, opts.train), opts.train)?),
-            _ => None,
+            Ok((hook(Site::Ln2Normalized, layer.output_norm.forward(&resid_post))?, probs))
         };
-        Ok(BertOutput { hidden: x, pooled, logits, attentions })
+        run_blocks(self.layers.len(), x, opts, block, |x, attentions| {
+            let pooled = self.pooler.as_ref().map(|d| d.forward_t(&x.select(1, 0), opts.train)).transpose()?.map(|p| p.tanh()); // (B, H)
+            let logits = match (&self.classifier, &pooled) {
+                (Some(c), Some(p)) => Some(c.forward_t(&p.dropout(dropout, opts.train), opts.train)?),
+                _ => None,
+            };
+            Ok(Output { hidden: x, pooled, logits, attentions })
+        })
     }
 }
 
@@ -403,8 +392,7 @@ impl Network for Bert {
         if cache.is_some() {
             return invalid!("a BERT encoder reads the whole text at once and has no key/value cache; generation needs a decoder");
         }
-        let out = Bert::forward(self, ids, mask, opts)?;
-        Ok(Output { hidden: out.hidden, logits: out.logits, pooled: out.pooled, attentions: out.attentions })
+        Bert::forward(self, ids, mask, opts)
     }
     fn var_for_key(&self, key: &str) -> Option<(String, bool)> {
         hf_to_var(key).map(|v| (v, false))

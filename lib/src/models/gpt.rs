@@ -29,6 +29,7 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::attention::{attend, Mask};
+use super::checkpointing::run_blocks;
 use super::hooks::{Point, Site};
 use super::linear::Linear;
 use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Readout, Task, TaskKind};
@@ -148,16 +149,6 @@ impl GptConfig {
     }
 }
 
-/// The output of a forward pass.
-pub struct GptOutput {
-    /// Next-token logits `(B, T, vocab)`.
-    pub logits: Tensor,
-    /// The final hidden states `(B, T, C)`, after `ln_f`.
-    pub hidden: Tensor,
-    /// Attention probabilities per layer, `(B, nh, T, T_total)` each, when asked for.
-    pub attentions: Option<Vec<Tensor>>,
-}
-
 struct Attention {
     c_attn: Linear,
     c_proj: Linear,
@@ -269,7 +260,7 @@ impl Gpt {
 
     /// Logits for `ids: (B, T)`. With a cache, `ids` are the positions after those cached,
     /// and the cache grows by `T`.
-    pub fn forward(&self, ids: &Tensor, opts: &ForwardOptions, mut cache: Option<&mut KvCache>) -> Result<GptOutput> {
+    pub fn forward(&self, ids: &Tensor, opts: &ForwardOptions, mut cache: Option<&mut KvCache>) -> Result<Output> {
         let (_, t) = match ids.size().as_slice() {
             &[b, t] => (b, t),
             shape => return invalid!("GPT input ids must be (batch, time), got shape {shape:?}"),
@@ -286,19 +277,14 @@ impl Gpt {
         let positions = Tensor::arange_start(past, past + t, (tch::Kind::Int64, ids.device()));
         let tokens = opts.hook(Point::outside(Site::Embed), self.wte.forward(ids))?;
         let positions = opts.hook(Point::outside(Site::PosEmbed), self.wpe.forward(&positions).unsqueeze(0))?;
-        let mut x = (tokens + positions).dropout(self.config.embd_pdrop, opts.train); // (B, T, C)
-        let mut attentions = opts.capture_attention.then(Vec::new);
-        for (i, block) in self.h.iter().enumerate() {
-            let (y, probs) = block.forward(x, &mut cache, i, opts)?;
-            x = y;
-            if let (Some(all), Some(p)) = (attentions.as_mut(), probs) {
-                all.push(p);
-            }
-        }
-        let x = opts.hook(Point::outside(Site::LnFinal), self.ln_f.forward(&x))?;
-        // The LM head shares the token embedding's weights (weight tying).
-        let logits = self.lm_head.forward_t(&x, opts.train)?; // (B, T, vocab)
-        Ok(GptOutput { logits, hidden: x, attentions })
+        let x = (tokens + positions).dropout(self.config.embd_pdrop, opts.train); // (B, T, C)
+        let block = |i: usize, x| self.h[i].forward(x, &mut cache, i, opts);
+        run_blocks(self.h.len(), x, opts, block, |x, attentions| {
+            let hidden = opts.hook(Point::outside(Site::LnFinal), self.ln_f.forward(&x))?;
+            // The LM head shares the token embedding's weights (weight tying).
+            let logits = self.lm_head.forward_t(&hidden, opts.train)?; // (B, T, vocab)
+            Ok(Output { hidden, logits: Some(logits), pooled: None, attentions })
+        })
     }
 }
 
@@ -356,8 +342,7 @@ impl Network for Gpt {
         if mask.is_some() {
             return invalid!("a GPT-2 model takes no padding mask: it reads every position causally");
         }
-        let out = Gpt::forward(self, ids, opts, cache)?;
-        Ok(Output { hidden: out.hidden, logits: Some(out.logits), pooled: None, attentions: out.attentions })
+        Gpt::forward(self, ids, opts, cache)
     }
     fn var_for_key(&self, key: &str) -> Option<(String, bool)> {
         hf_to_var(key)

@@ -25,6 +25,7 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::attention::{attend, Mask};
+use super::checkpointing::run_blocks;
 use super::hooks::{Point, Site};
 use super::layers::{cached, GatedMlp, Llama3Scaling, RmsNorm, Rotary};
 use super::linear::Linear;
@@ -460,22 +461,21 @@ impl Network for Llama {
         }
         super::check_ids(ids, self.config.vocab_size)?;
         let (cos, sin) = self.rotary.cos_sin(past, t);
-        let mut x = opts.hook(Point::outside(Site::Embed), self.embed_tokens.forward(ids))?; // (B, T, C)
-        let mut attentions = opts.capture_attention.then(Vec::new);
-        for (i, block) in self.layers.iter().enumerate() {
+        let x = opts.hook(Point::outside(Site::Embed), self.embed_tokens.forward(ids))?; // (B, T, C)
+        let block = |i: usize, x: Tensor| {
+            let block = &self.layers[i];
             let hook = |site, x| opts.hook(Point::block(i, site), x);
-            x = hook(Site::ResidPre, x)?;
+            let x = hook(Site::ResidPre, x)?;
             let (a, probs) = block.self_attn.forward(&hook(Site::Ln1Normalized, block.input_layernorm.forward(&x))?, (&cos, &sin), &mut cache, i, opts)?;
             let h = hook(Site::ResidMid, &x + hook(Site::AttnOut, a)?)?;
             let m = block.mlp.forward(&hook(Site::Ln2Normalized, block.post_attention_layernorm.forward(&h))?, opts.train, |site, x| hook(site, x))?;
-            x = hook(Site::ResidPost, &h + hook(Site::MlpOut, m)?)?;
-            if let (Some(all), Some(p)) = (attentions.as_mut(), probs) {
-                all.push(p);
-            }
-        }
-        let hidden = opts.hook(Point::outside(Site::LnFinal), self.norm.forward(&x))?;
-        let logits = self.lm_head.forward_t(&hidden, opts.train)?;
-        Ok(Output { hidden, logits: Some(logits), pooled: None, attentions })
+            Ok((hook(Site::ResidPost, &h + hook(Site::MlpOut, m)?)?, probs))
+        };
+        run_blocks(self.layers.len(), x, opts, block, |x, attentions| {
+            let hidden = opts.hook(Point::outside(Site::LnFinal), self.norm.forward(&x))?;
+            let logits = self.lm_head.forward_t(&hidden, opts.train)?;
+            Ok(Output { hidden, logits: Some(logits), pooled: None, attentions })
+        })
     }
     fn var_for_key(&self, key: &str) -> Option<(String, bool)> {
         if key.ends_with("rotary_emb.inv_freq") || (key == "lm_head.weight" && self.config.tie_word_embeddings) {

@@ -12,6 +12,7 @@
 
 pub mod attention;
 pub mod bert;
+pub mod checkpointing;
 pub mod gpt;
 pub mod hooks;
 pub mod layers;
@@ -116,6 +117,9 @@ pub struct ForwardOptions<'a> {
     pub capture_attention: bool,
     /// Hooks that read and write activations at the named hook points.
     pub hooks: Option<&'a hooks::Hooks>,
+    /// Gradient checkpointing: the pass recomputes each block in its own backward pass,
+    /// which this runs on the output (see [`checkpointing`]).
+    pub checkpoint: Option<checkpointing::Backward<'a>>,
 }
 
 /// How a language model reads its residual stream: the final norm, then the
@@ -392,12 +396,18 @@ impl ModelConfig {
 
     /// About how many bytes one training step's activations take for `batch` windows
     /// of `ctx` tokens in float32: hidden states and MLP activations kept for the
-    /// backward pass, attention scores, and the logits with their gradient.
-    pub fn activation_estimate(&self, batch: usize, ctx: usize) -> f64 {
+    /// backward pass, attention scores, and the logits with their gradient. With
+    /// gradient checkpointing, each block keeps only its input and one block's
+    /// activations live at a time.
+    pub fn activation_estimate(&self, batch: usize, ctx: usize, checkpointing: bool) -> f64 {
         let d = self.dims();
         let (tokens, t) = (batch as f64 * ctx as f64, ctx as f64);
         let per_layer = 12.0 * d.width as f64 + 3.0 * d.inner as f64 + 3.0 * d.heads as f64 * t;
-        4.0 * tokens * (d.layers as f64 * per_layer + 3.0 * d.vocab as f64)
+        let blocks = match checkpointing {
+            true => d.layers as f64 * d.width as f64 + per_layer,
+            false => d.layers as f64 * per_layer,
+        };
+        4.0 * tokens * (blocks + 3.0 * d.vocab as f64)
     }
 }
 

@@ -6,7 +6,7 @@
 //! | --- | --- | --- |
 //! | `int8` | int8 `(out, in)`, one scale per output (symmetric) | `_weight_int8pack_mm` (bf16 activations: vectorised on x86 for bf16 only) |
 //! | `int4` | 4-bit codes in groups of 32, 64 or 128 inputs, a scale and a zero each (`w = (q − 8)·scale + zero`) | `_weight_int4pack_mm_for_cpu` (tinygemm's layout, which depends on the CPU's instruction set: packed on the machine that runs it, never saved) |
-//! | `fp16` | float16 | fbgemm's fp16 GEMM (`fbgemm_linear_fp16_weight_fp32_activation`, through the small C++ shim `fbgemm.cpp`: tch binds no `fbgemm_*` op) |
+//! | `fp16` | float16 | fbgemm's fp16 GEMM (`fbgemm_linear_fp16_weight_fp32_activation`, through the small C++ shim `shim.cpp`: tch binds no `fbgemm_*` op) |
 //!
 //! Facts measured for SmolLM2's shapes: `../shared/NOTES-quantisation.md`. Each packed
 //! layer also keeps what dequantises it exactly as its kernel reads it (the int8 matrix
@@ -85,7 +85,7 @@ impl Packed {
         let kernel = match format {
             Format::Fp16 => {
                 let half = w.f_to_kind(Kind::Half)?;
-                Kernel::Fp16 { handle: fbgemm::pack_fp16(&w)?, half }
+                Kernel::Fp16 { handle: crate::shim::pack_fp16(&w)?, half }
             }
             Format::Int8 => {
                 // Symmetric per output channel; the kernel reads bfloat16 scales, so the
@@ -139,7 +139,7 @@ impl Packed {
         let rows: i64 = out_shape[..out_shape.len() - 1].iter().product();
         *out_shape.last_mut().expect("at least one dimension") = n;
         let y = match &self.kernel {
-            Kernel::Fp16 { handle, .. } => fbgemm::linear_fp16(&x.f_reshape([rows, k])?.f_to_kind(Kind::Float)?.f_contiguous()?, handle)?,
+            Kernel::Fp16 { handle, .. } => crate::shim::linear_fp16(&x.f_reshape([rows, k])?.f_to_kind(Kind::Float)?.f_contiguous()?, handle)?,
             Kernel::Int8 { q, scales } => x.f_reshape([rows, k])?.f_to_kind(Kind::BFloat16)?.f_contiguous()?.f_internal_weight_int8pack_mm(q, scales)?,
             Kernel::Int4 { packed, scale_zero, group, .. } => {
                 x.f_reshape([rows, k])?.f_to_kind(Kind::BFloat16)?.f_contiguous()?.f_internal_weight_int4pack_mm_for_cpu(packed, *group, scale_zero)?
@@ -204,46 +204,6 @@ impl Packed {
             Kernel::Int8 { q, scales } => size(q) + size(scales),
             Kernel::Int4 { packed, scale_zero, .. } => size(packed) + size(scale_zero),
         }
-    }
-}
-
-/// fbgemm's float16 GEMM, which tch does not bind: a few lines of C++ (`fbgemm.cpp`)
-/// compiled by the build script against the libtorch tchlab links.
-mod fbgemm {
-    use tch::Tensor;
-    use torch_sys::C_tensor;
-
-    use crate::error::{Error, Result};
-
-    extern "C" {
-        fn tchlab_fp16_pack(weight: *mut C_tensor) -> *mut C_tensor;
-        fn tchlab_fp16_linear(x: *mut C_tensor, packed: *mut C_tensor) -> *mut C_tensor;
-        fn tchlab_shim_error() -> *const std::os::raw::c_char;
-    }
-
-    fn owned(ptr: *mut C_tensor, what: &str) -> Result<Tensor> {
-        if ptr.is_null() {
-            // SAFETY: the shim returns a NUL-terminated message that lives until its next
-            // call on this thread.
-            let message = unsafe { std::ffi::CStr::from_ptr(tchlab_shim_error()) }.to_string_lossy().into_owned();
-            return Err(Error::Invalid(format!("{what}: {message}")));
-        }
-        // SAFETY: the shim returns a new `at::Tensor*` that it gives up.
-        Ok(unsafe { Tensor::from_ptr(ptr) })
-    }
-
-    /// `weight (out, in)` float32 in fbgemm's packed float16 form (an opaque tensor).
-    pub fn pack_fp16(weight: &Tensor) -> Result<Tensor> {
-        let mut w = weight.shallow_clone();
-        // SAFETY: the pointer is valid while `w` lives; the shim copies what it needs.
-        owned(unsafe { tchlab_fp16_pack(w.as_mut_ptr()) }, "packing a weight for fbgemm's fp16 GEMM")
-    }
-
-    /// `x (rows, in)` float32 times a packed weight.
-    pub fn linear_fp16(x: &Tensor, packed: &Tensor) -> Result<Tensor> {
-        let (mut x, mut p) = (x.shallow_clone(), packed.shallow_clone());
-        // SAFETY: both pointers are valid while the clones live.
-        owned(unsafe { tchlab_fp16_linear(x.as_mut_ptr(), p.as_mut_ptr()) }, "fbgemm's fp16 GEMM")
     }
 }
 

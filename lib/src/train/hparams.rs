@@ -98,6 +98,10 @@ pub struct HParams {
     pub ctx: usize,
     /// Weights' precision.
     pub precision: Precision,
+    /// Gradient checkpointing: keep each block's input, recompute its activations in the
+    /// backward pass (less memory for about a third more compute).
+    #[serde(default)]
+    pub checkpointing: bool,
 }
 
 impl Default for HParams {
@@ -123,6 +127,7 @@ impl Default for HParams {
             snapshot_budget_mb: 512,
             ctx: 0,
             precision: Precision::F32,
+            checkpointing: false,
         }
     }
 }
@@ -149,6 +154,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("snapshot_budget_mb", "memory for automatic snapshots, MiB"),
     ("ctx", "language-model window length (0: the model's context)"),
     ("precision", "f32 | bf16 | f16 (f16 on CUDA only)"),
+    ("checkpointing", "true | false: recompute each block's activations in the backward pass (less memory, more compute)"),
 ];
 
 fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
@@ -179,6 +185,14 @@ fn at_most<T: std::str::FromStr + PartialOrd + std::fmt::Display>(key: &str, val
         return invalid!("{key}={value}: at most {max}");
     }
     Ok(n)
+}
+
+fn boolean(key: &str, value: &str) -> Result<bool> {
+    match value {
+        "true" | "on" | "yes" | "1" => Ok(true),
+        "false" | "off" | "no" | "0" => Ok(false),
+        _ => invalid!("{key}={value}: expected true or false"),
+    }
 }
 
 fn fraction(key: &str, value: &str) -> Result<f64> {
@@ -238,6 +252,7 @@ impl HParams {
                     _ => return invalid!("precision={v}: choose f32, bf16 or f16"),
                 }
             }
+            "checkpointing" => self.checkpointing = boolean(key, v)?,
             _ => return invalid!("unknown hyperparameter `{key}`{}; `%hparams` lists them all", did_you_mean(key, KEYS.iter().map(|(k, _)| *k))),
         }
         Ok(())
@@ -306,6 +321,7 @@ mod tests {
         assert!(hp.set("schedule", "cosin").unwrap_err().to_string().contains("cosine"));
         assert!(hp.set("learning_rate", "1").unwrap_err().to_string().contains("unknown hyperparameter"));
         assert!(hp.set("weight_dacay", "1").unwrap_err().to_string().contains("did you mean weight_decay"));
+        assert!(hp.set("checkpointing", "maybe").unwrap_err().to_string().contains("true or false"));
         assert_eq!(hp, HParams::default());
     }
 

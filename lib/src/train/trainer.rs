@@ -21,7 +21,8 @@ use super::optim::{Method, Optimizer};
 use super::timeline::{Snapshot, Timeline};
 use crate::data::{Batch, DataSpec, Dataset, Rng};
 use crate::error::{invalid, Error, Result};
-use crate::models::{ForwardOptions, Model, Task};
+use crate::models::checkpointing::Backward;
+use crate::models::{ForwardOptions, Model, Output, Task};
 use crate::tokenize::Tokenizer;
 
 /// The branch a trainer starts on.
@@ -411,10 +412,8 @@ impl Trainer {
                 let data = self.data.train_batch(part, self.ctx(), &self.tokenizer, &mut self.rng)?;
                 tokens += data.tokens();
                 let share = part as f64 / batch as f64 / self.hp.accum as f64;
-                let loss = self.loss(&data, true)?;
-                (&loss * (scale * share)).f_backward()?;
+                loss_sum += self.loss_backward(&data, scale * share)? * share;
                 crate::interrupt::trip("step");
-                loss_sum += loss.double_value(&[]) * share;
             }
         }
         let loss = loss_sum;
@@ -528,7 +527,7 @@ impl Trainer {
                 let (mut loss_sum, mut count) = (0.0, 0i64);
                 for batch in &batches {
                     self.check_cancel("evaluating")?;
-                    let logits = self.logits(batch, false)?;
+                    let logits = self.logits(batch)?;
                     let targets = batch.targets.to_device(logits.device());
                     let size = targets.size()[0];
                     loss_sum += logits.to_kind(Kind::Float).cross_entropy_for_logits(&targets).double_value(&[]) * size as f64;
@@ -547,7 +546,7 @@ impl Trainer {
                     self.check_cancel("evaluating")?;
                     let targets = batch.targets.to_device(self.model.device());
                     let n = targets.ne(-100).sum(Kind::Int64).int64_value(&[]);
-                    loss_sum += self.loss(batch, false)?.double_value(&[]) * n as f64;
+                    loss_sum += self.loss_of(&self.logits(batch)?, batch).double_value(&[]) * n as f64;
                     count += n;
                 }
                 let loss = loss_sum / count.max(1) as f64;
@@ -571,7 +570,7 @@ impl Trainer {
             for _ in 0..batches {
                 self.check_cancel("calibrating")?;
                 let batch = self.data.train_batch(self.sizing.micro_batch, self.ctx(), &self.tokenizer, &mut rng)?;
-                let _ = self.logits(&batch, false)?;
+                let _ = self.logits(&batch)?;
             }
             Ok(())
         })
@@ -587,23 +586,44 @@ impl Trainer {
         &self.sizing
     }
 
-    fn logits(&self, batch: &Batch, train: bool) -> Result<Tensor> {
+    fn forward(&self, batch: &Batch, opts: &ForwardOptions) -> Result<Output> {
         let device = self.model.device();
-        let opts = ForwardOptions { train, ..Default::default() };
         let inputs = batch.inputs.to_device(device);
         let mask = batch.mask.as_ref().map(|m| m.to_device(device));
-        let out = self.model.forward(&inputs, mask.as_ref(), &opts, None)?;
-        out.logits.ok_or_else(|| Error::Invalid("this model has no head to train (an encoder without a classifier)".into()))
+        self.model.forward(&inputs, mask.as_ref(), opts, None)
     }
 
-    /// The batch's mean loss.
-    fn loss(&self, batch: &Batch, train: bool) -> Result<Tensor> {
-        let logits = self.logits(batch, train)?;
+    /// The logits of an evaluation pass.
+    fn logits(&self, batch: &Batch) -> Result<Tensor> {
+        let out = self.forward(batch, &ForwardOptions::default())?;
+        Ok(head_logits(&out)?.shallow_clone())
+    }
+
+    /// The batch's mean loss given the model's logits on it.
+    fn loss_of(&self, logits: &Tensor, batch: &Batch) -> Tensor {
         let targets = batch.targets.to_device(logits.device());
-        Ok(match self.model.task() {
-            Task::LanguageModel => super::lm_loss(&logits, &targets),
+        match self.model.task() {
+            Task::LanguageModel => super::lm_loss(logits, &targets),
             Task::Classification { .. } | Task::Encoder { .. } => logits.to_kind(Kind::Float).cross_entropy_for_logits(&targets),
-        })
+        }
+    }
+
+    /// The batch's mean loss in a training pass, its gradient times `weight` added to
+    /// the weights' — through a checkpointed pass when `checkpointing` is set.
+    fn loss_backward(&self, batch: &Batch, weight: f64) -> Result<f64> {
+        let loss = std::cell::Cell::new(f64::NAN);
+        let backward = |out: &Output| -> Result<()> {
+            let l = self.loss_of(head_logits(out)?, batch);
+            (&l * weight).f_backward()?;
+            loss.set(l.double_value(&[]));
+            Ok(())
+        };
+        let opts = ForwardOptions { train: true, ..Default::default() };
+        match self.hp.checkpointing {
+            true => drop(self.forward(batch, &ForwardOptions { checkpoint: Some(Backward(&backward)), ..opts })?),
+            false => backward(&self.forward(batch, &opts)?)?,
+        }
+        Ok(loss.get())
     }
 
     // ---- the timeline: snapshots, rewind, fork ----
@@ -810,6 +830,11 @@ pub fn check_setting(hp: &mut HParams, key: &str, value: &str) -> Result<()> {
     hp.set(key, value)
 }
 
+/// The logits a model's head gives, or why there are none to train on.
+fn head_logits(out: &Output) -> Result<&Tensor> {
+    out.logits.as_ref().ok_or_else(|| Error::Invalid("this model has no head to train (an encoder without a classifier)".into()))
+}
+
 /// libtorch's seed for step `step`: a mix of the run's seed and the step.
 fn step_seed(seed: u64, step: i64) -> i64 {
     let mut rng = Rng::new(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -917,7 +942,7 @@ fn size_step(model: &Model, data: &Dataset, hp: &HParams) -> Result<Sizing> {
         Dataset::Classify(c) => (c.longest().max(1), "the longest example".to_string()),
         Dataset::Chat(c) => asked("the longest example", c.longest()),
     };
-    let estimate = |micro: usize| config.activation_estimate(micro, window);
+    let estimate = |micro: usize| config.activation_estimate(micro, window, hp.checkpointing);
     let usable = crate::limits::usable_bytes(model.device()).unwrap_or(f64::INFINITY);
     // Only the batch nobody chose runs in parts: a batch set with `%set` is the user's
     // to size, and one that does not fit is refused, as it always was.
@@ -926,10 +951,13 @@ fn size_step(model: &Model, data: &Dataset, hp: &HParams) -> Result<Sizing> {
     while may_split && micro > 1 && estimate(micro) > usable {
         micro = micro.div_ceil(2);
     }
-    let advice = if may_split {
-        "lower `ctx` (the window) with `%set ctx=N`, or train a smaller model"
-    } else {
-        "lower `batch` (and raise `accum` to keep the effective batch), or `ctx` (the window)"
+    let advice = match (may_split, hp.checkpointing) {
+        (true, false) => {
+            "lower `ctx` (the window) with `%set ctx=N`, or `%set checkpointing=true` (activations recomputed in the backward pass), or train a smaller model"
+        }
+        (true, true) => "lower `ctx` (the window) with `%set ctx=N`, or train a smaller model",
+        (false, false) => "lower `batch` (and raise `accum` to keep the effective batch), or `ctx` (the window), or `%set checkpointing=true`",
+        (false, true) => "lower `batch` (and raise `accum` to keep the effective batch), or `ctx` (the window)",
     };
     crate::limits::ensure_fits(&format!("a training step on {micro} × {window} tokens ({window_why})"), estimate(micro), model.device(), advice)?;
     let micro_why = (micro < hp.batch).then(|| {

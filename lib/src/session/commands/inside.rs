@@ -130,7 +130,7 @@ fn check_batch(model: &Model, rows: usize, tokens: usize, what: &str) -> Result<
 /// `tokens` tokens) would not fit in the device's memory.
 fn ensure_pass_fits(model: &Model, rows: usize, tokens: usize, what: &str, advice: &str) -> Result<(), CellError> {
     let rows = inspect::rows_per_pass(tokens as i64, rows as i64) as usize;
-    let bytes = model.config().activation_estimate(rows, tokens) / 2.0;
+    let bytes = model.config().activation_estimate(rows, tokens, false) / 2.0;
     crate::limits::ensure_fits(&format!("{what} ({rows} rows of {tokens} tokens at a time)"), bytes, model.device(), advice)?;
     Ok(())
 }
