@@ -313,11 +313,11 @@ def forward_with_hooks_ms(model, ids) -> dict:
 
 def llama_cpp_smollm2(path: str, prompt: list):
     try:
-        import llama_cpp
+        import llama_peer
     except ImportError:
         return None
     start = time.perf_counter()
-    llm = llama_cpp.Llama(model_path=path, n_ctx=512, n_threads=os.cpu_count(), n_batch=512, verbose=False)
+    llm = llama_peer.load(path, n_ctx=512, n_threads=os.cpu_count(), n_batch=512, verbose=False)
     load = time.perf_counter() - start
     best = float("inf")
     for _ in range(5):
@@ -331,7 +331,7 @@ def llama_cpp_smollm2(path: str, prompt: list):
     for _ in range(127):
         next(tokens)
     generate = 127 / (time.perf_counter() - start)
-    return {"load_s": load, "prefill_tokens_per_s": len(prompt) / best, "generate_tokens_per_s": generate, "version": llama_cpp.__version__}
+    return {"load_s": load, "prefill_tokens_per_s": len(prompt) / best, "generate_tokens_per_s": generate, "version": llama_peer.llama_cpp.__version__ + (" no AMX" if llama_peer.AMX_OFF else "")}
 
 
 LORA_STEP = r"""
@@ -449,10 +449,10 @@ print(json.dumps({"load_s": load, "peak_rss_mb": resource.getrusage(resource.RUS
 LLAMA_CPP_RUN = r"""
 import json, resource, sys, time
 import numpy as np
-import llama_cpp
+import llama_peer
 path, mode, ids, threads = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3])), int(sys.argv[4])
 start = time.perf_counter()
-llm = llama_cpp.Llama(model_path=path, n_ctx=1024, n_threads=threads, n_batch=512, logits_all=mode == "perplexity", verbose=False)
+llm = llama_peer.load(path, n_ctx=1024, n_threads=threads, n_batch=512, logits_all=mode == "perplexity", verbose=False)
 load = time.perf_counter() - start
 if mode == "perplexity":
     llm.eval(ids)
@@ -479,7 +479,9 @@ print(json.dumps({"load_s": load, "peak_rss_mb": resource.getrusage(resource.RUS
 
 
 def python_json(script: str, *args) -> dict:
-    out = subprocess.run([sys.executable, "-c", script, *map(str, args)], check=True, capture_output=True, text=True)
+    # The script may import this directory's modules (llama_peer).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, "-c", script, *map(str, args)], check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -501,8 +503,10 @@ def quantize_tables() -> None:
     q8 = os.path.join(work, "smollm2-q8_0.gguf")
     subprocess.run([os.path.join(ROOT, "target/release/tchlab"), "-c", f"%device cpu\n%load {path}\n%save {q8} --type q8_0"], check=True, capture_output=True)
     try:
-        import llama_cpp  # noqa: F401 (only whether it is there)
+        import llama_peer
 
+        if llama_peer.AMX_OFF:
+            print("llama.cpp runs without its AMX buffers on this CPU: their matmul segfaults (llama.cpp#20824), see python/llama_peer.py")
         for label, file in (("llama.cpp Q8_0", q8), ("llama.cpp Q4_1", path)):
             rows[label] = {**python_json(LLAMA_CPP_RUN, file, "speed", ids_file, os.cpu_count()), **python_json(LLAMA_CPP_RUN, file, "perplexity", ids_file, os.cpu_count())}
     except ImportError:
