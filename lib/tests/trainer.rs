@@ -223,7 +223,11 @@ fn a_cancel_request_stops_training_at_a_step_boundary() {
         }
         cancel.store(true, Ordering::SeqCst);
     });
-    let report = t.train(Stop::Steps(1_000_000), &mut |_, _| drop(done.fetch_add(1, Ordering::SeqCst))).unwrap();
+    let report = t
+        .train(Stop::Steps(1_000_000), &mut |_, _| {
+            done.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
     stopper.join().unwrap();
     assert_eq!(report.halted, Some(Halt::Interrupted));
     assert!(report.steps > 0 && report.steps < 1_000_000);

@@ -270,6 +270,25 @@ def test_big_endian_state_dicts_are_read_correctly(tmp_path):
         km.shutdown_kernel(now=True)
 
 
+MISTRAL = {"model_type": "mistral", "vocab_size": 16, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+           "num_key_value_heads": 1, "max_position_embeddings": 8}
+
+
+@pytest.mark.parametrize(
+    "name, config, contains",
+    [
+        ("window-zero", dict(MISTRAL, sliding_window=0), ["sliding_window", "at least 1"]),
+        ("window-negative", dict(MISTRAL, sliding_window=-4), ["sliding_window", "at least 1"]),
+        ("window-text", dict(MISTRAL, sliding_window="four"), ["sliding_window"]),
+        ("qwen2-windowed", dict(MISTRAL, model_type="qwen2", use_sliding_window=True, sliding_window=4), ["use_sliding_window", "not supported"]),
+    ],
+)
+def test_sliding_windows_that_cannot_work_are_refused_by_name(lab, tmp_path, name, config, contains):
+    _, kc = lab
+    d = model_dir(tmp_path, name, "pytorch_model.bin", saved({"w": torch.ones(2)}), config)
+    refused(kc, f"%load {d}", "FileError", *contains)
+
+
 def test_bad_configs_and_formats_are_refused_before_anything_is_built(lab, tmp_path):
     km, kc = lab
     tiny = saved({"w": torch.ones(2)})

@@ -1,6 +1,6 @@
 //! Scaled dot-product attention shared by the model families: multi-head or
-//! grouped-query (fewer key/value heads than query heads), causal, bidirectional or
-//! padded, with its hook points and optional capture of the attention probabilities.
+//! grouped-query (fewer key/value heads than query heads), causal (over the whole past
+//! or a sliding window of it), bidirectional or padded, with its hook points and optional capture of the attention probabilities.
 //!
 //! Unless the probabilities are wanted (captured, or read or written by a hook) it calls
 //! libtorch's fused kernel (flash / memory-efficient where available, grouped-query
@@ -23,6 +23,9 @@ pub enum Mask<'a> {
     /// A query sees keys up to its own position. Queries are the last `tq` of the
     /// `tk` positions (a key/value cache holds the earlier ones).
     Causal,
+    /// Causal within a window: a query sees its own position and the `w − 1` before it
+    /// (Mistral's sliding window; transformers' `kv_idx > q_idx − sliding_window`).
+    SlidingWindow(i64),
     /// An additive mask broadcastable to `(B, nh, tq, tk)`: 0 where allowed, a large
     /// negative number where not (padding).
     Additive(&'a Tensor),
@@ -81,8 +84,10 @@ fn fused(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask, dropout: f64) -> Tensor
         // queries and keys are the same positions; a single new query sees all keys.
         Mask::Causal if tq == tk => Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, dropout, true, None, gqa),
         Mask::Causal if tq == 1 => Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, dropout, false, None, gqa),
-        Mask::Causal => {
-            let allowed = causal_allowed(tq, tk, q.device());
+        // A window that reaches the first key masks nothing causal masking does not.
+        Mask::SlidingWindow(w) if w >= tk => fused(q, k, v, Mask::Causal, dropout),
+        Mask::Causal | Mask::SlidingWindow(_) => {
+            let allowed = allowed(mask, tq, tk, q.device());
             Tensor::scaled_dot_product_attention(q, k, v, Some(allowed), dropout, false, None, gqa)
         }
         Mask::Additive(m) => Tensor::scaled_dot_product_attention(q, k, v, Some(m.to_kind(q.kind())), dropout, false, None, gqa),
@@ -95,18 +100,22 @@ fn probabilities(q: &Tensor, k: &Tensor, mask: Mask) -> Tensor {
     let mut scores = q.matmul(&k.transpose(-2, -1)) * (1.0 / (hs as f64).sqrt()); // (B, nh, tq, tk)
     match mask {
         Mask::Full => {}
-        Mask::Causal => {
-            let allowed = causal_allowed(tq, tk, q.device());
-            scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
+        Mask::Causal | Mask::SlidingWindow(_) => {
+            scores = scores.masked_fill(&allowed(mask, tq, tk, q.device()).logical_not(), f64::NEG_INFINITY);
         }
         Mask::Additive(m) => scores = &scores + m.to_kind(scores.kind()),
     }
     scores.softmax(-1, Kind::Float).to_kind(q.kind())
 }
 
-/// `(tq, tk)` booleans, true where query `i` (position `tk - tq + i`) may see key `j`.
-fn causal_allowed(tq: i64, tk: i64, device: tch::Device) -> Tensor {
-    Tensor::ones([tq, tk], (Kind::Bool, device)).tril(tk - tq)
+/// `(tq, tk)` booleans for a causal or sliding-window mask, true where query `i`
+/// (position `tk - tq + i`) may see key `j`.
+fn allowed(mask: Mask, tq: i64, tk: i64, device: tch::Device) -> Tensor {
+    let causal = Tensor::ones([tq, tk], (Kind::Bool, device)).tril(tk - tq);
+    match mask {
+        Mask::SlidingWindow(w) => causal.triu(tk - tq - (w - 1)),
+        _ => causal,
+    }
 }
 
 /// Repeats each of `kv_heads` key/value heads `groups` times (`repeat_kv`): head `h`

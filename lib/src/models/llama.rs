@@ -1,12 +1,13 @@
 //! Llama-style decoders: Llama 2 and 3.x (with Llama 3.1's `llama3` rotary scaling),
-//! SmolLM2, Qwen2 (biases on q, k and v) and Qwen3 (RMSNorm on q and k per head, an
-//! explicit `head_dim`). Pre-RMSNorm blocks, grouped-query causal attention with
+//! SmolLM2, Qwen2 (biases on q, k and v), Qwen3 (RMSNorm on q and k per head, an
+//! explicit `head_dim`) and Mistral (attention over a sliding window of the last
+//! `sliding_window` positions). Pre-RMSNorm blocks, grouped-query causal attention with
 //! rotary positions, a SwiGLU MLP, an LM head tied to the embeddings or not.
 //!
 //! Papers: Touvron et al., "LLaMA" (2023) and "Llama 2" (2023); Grattafiori et al.,
 //! "The Llama 3 Herd of Models" (2024). Mirrors `transformers/models/llama/modeling_llama.py`
-//! (`LlamaForCausalLM`), `qwen2/modeling_qwen2.py` and `qwen3/modeling_qwen3.py` with
-//! eager attention. Variables are named after the Hugging Face checkpoint keys
+//! (`LlamaForCausalLM`), `qwen2/modeling_qwen2.py`, `qwen3/modeling_qwen3.py` and
+//! `mistral/modeling_mistral.py` with eager attention. Variables are named after the Hugging Face checkpoint keys
 //! (`model.layers.0.self_attn.q_proj.weight`); GGUF files (llama.cpp's names) are
 //! mapped in [`GGUF`].
 //!
@@ -36,17 +37,17 @@ use crate::error::{invalid, Error, Result};
 /// The registry entry.
 pub const FAMILY: Family = Family {
     name: "llama",
-    model_types: &["llama", "qwen2", "qwen3"],
+    model_types: &["llama", "qwen2", "qwen3", "mistral"],
     from_json: |json| Ok(Box::new(LlamaConfig::from_json(json)?)),
     tasks: &[TaskKind::LanguageModel],
     gguf: Some(&GGUF),
     lora_targets: &["q_proj", "v_proj"],
 };
 
-/// `config.json` of a Llama, Qwen2 or Qwen3 checkpoint, with the keys `transformers` writes.
+/// `config.json` of a Llama, Qwen2, Qwen3 or Mistral checkpoint, with the keys `transformers` writes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
-    /// `llama`, `qwen2` or `qwen3`: which variant of the block.
+    /// `llama`, `qwen2`, `qwen3` or `mistral`: which variant of the block.
     pub model_type: String,
     /// Number of token ids.
     pub vocab_size: i64,
@@ -91,6 +92,11 @@ pub struct LlamaConfig {
     /// Dropout on the attention probabilities.
     #[serde(default)]
     pub attention_dropout: f64,
+    /// Mistral: each query sees its own position and the `sliding_window − 1` before it
+    /// (`null`: the whole past). Qwen2 writes one too, used only with
+    /// `use_sliding_window`, which is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<i64>,
     /// The LM head is the token embedding (no `lm_head.weight` in the checkpoint).
     #[serde(default)]
     pub tie_word_embeddings: bool,
@@ -130,6 +136,7 @@ enum Variant {
     Llama,
     Qwen2,
     Qwen3,
+    Mistral,
 }
 
 impl LlamaConfig {
@@ -156,6 +163,7 @@ impl LlamaConfig {
             attention_bias: false,
             mlp_bias: false,
             attention_dropout: 0.0,
+            sliding_window: None,
             tie_word_embeddings: true,
             initializer_range: default_init(),
             bos_token_id: None,
@@ -182,8 +190,14 @@ impl LlamaConfig {
         match self.model_type.as_str() {
             "qwen2" => Variant::Qwen2,
             "qwen3" => Variant::Qwen3,
+            "mistral" => Variant::Mistral,
             _ => Variant::Llama,
         }
+    }
+
+    /// The attention's window: Mistral's `sliding_window`, none for the others.
+    fn window(&self) -> Option<i64> {
+        self.sliding_window.filter(|_| self.variant() == Variant::Mistral)
     }
 
     /// Key/value heads.
@@ -277,6 +291,12 @@ impl Architecture for LlamaConfig {
         if let Some(pad) = self.pad_token_id.filter(|p| !(0..self.vocab_size).contains(p)) {
             return invalid!("`pad_token_id` is {pad} but the vocabulary has ids 0..{}", self.vocab_size - 1);
         }
+        if let Some(w) = self.window().filter(|w| *w < 1) {
+            return invalid!("`sliding_window` must be at least 1 (a query sees itself), got {w}; `null` for attention over the whole past");
+        }
+        if self.variant() == Variant::Qwen2 && self.other.get("use_sliding_window") == Some(&Value::Bool(true)) {
+            return invalid!("Qwen2 with `use_sliding_window: true` (a window on some layers) is not supported; set it to false to attend over the whole past");
+        }
         Activation::parse(&self.hidden_act)?;
         Ok(())
     }
@@ -331,6 +351,8 @@ struct Attention {
     kv_heads: i64,
     head_dim: i64,
     dropout: f64,
+    /// Mistral's sliding window.
+    window: Option<i64>,
 }
 
 impl Attention {
@@ -351,6 +373,7 @@ impl Attention {
             kv_heads: c.kv_heads(),
             head_dim: hd,
             dropout: c.attention_dropout,
+            window: c.window(),
         }
     }
 
@@ -377,7 +400,8 @@ impl Attention {
         let k = hook(Site::RotK, Rotary::apply(&k, cos, sin))?;
         let (k, v) = cached(cache, layer, k, v);
         let dropout = if opts.train { self.dropout } else { 0.0 };
-        attend(&q, &k, &v, Mask::Causal, dropout, &self.o_proj, layer, opts)
+        let mask = self.window.map_or(Mask::Causal, Mask::SlidingWindow);
+        attend(&q, &k, &v, mask, dropout, &self.o_proj, layer, opts)
     }
 }
 
@@ -495,6 +519,7 @@ impl Network for Llama {
             Variant::Llama => "LlamaForCausalLM",
             Variant::Qwen2 => "Qwen2ForCausalLM",
             Variant::Qwen3 => "Qwen3ForCausalLM",
+            Variant::Mistral => "MistralForCausalLM",
         }
     }
 }
