@@ -492,7 +492,7 @@ def quantize_tables() -> None:
     held_out = os.path.join(ROOT, "python", "held_out.txt")
     work = tempfile.mkdtemp(prefix="tchlab-bench-quantize-")
     rows = {}
-    for fmt in ("f32", "fp16", "int8", "int4"):
+    for fmt in ("f32", "fp16", "int8", "int4", "int4-float-head"):
         rows[f"tchlab {fmt}"] = run_example("bench_quantize", path, fmt, held_out)
     ids = rows["tchlab f32"]["held_out_ids"]
     ids_file = os.path.join(work, "ids.json")
@@ -524,6 +524,7 @@ def quantize_tables() -> None:
         ("int4 decode / tchlab f32 decode (goal >= 2)", int4["generate_tokens_per_s"] / f32["generate_tokens_per_s"]),
         ("int8 perplexity / f32 perplexity (goal <= 1.01)", int8["perplexity"] / f32["perplexity"]),
         ("int4 perplexity / f32 perplexity (goal <= 1.05)", int4["perplexity"] / f32["perplexity"]),
+        ("int4, head in float: perplexity / f32 perplexity", rows["tchlab int4-float-head"]["perplexity"] / f32["perplexity"]),
     ]
     if "llama.cpp Q4_1" in rows:
         goals.insert(1, ("int4 decode / llama.cpp Q4_1 decode (goal >= 1)", int4["generate_tokens_per_s"] / rows["llama.cpp Q4_1"]["generate_tokens_per_s"]))

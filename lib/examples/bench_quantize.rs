@@ -2,32 +2,37 @@
 //! PyTorch's `quantize_dynamic` beside it): for one format (f32, fp16, int8, int4), the
 //! time to load the GGUF file and quantise, the resident memory at its peak, prefill
 //! tokens/s of a 32-token prompt, greedy decoding tokens/s over 128 tokens, and the
-//! perplexity of a held-out text (its first 512 tokens, one forward pass).
+//! perplexity of a held-out text (its first 512 tokens, one forward pass). `int4-float-head`
+//! is int4 with the LM head kept in float (`%quantize int4 --skip lm_head`), as llama.cpp's
+//! 4-bit files keep their output layer in more bits.
 //!
-//! Usage: `bench_quantize FILE.gguf f32|fp16|int8|int4 TEXT_FILE`; prints one JSON line
-//! with the ids it used, so that the peers run the same.
+//! Usage: `bench_quantize FILE.gguf f32|fp16|int8|int4|int4-float-head TEXT_FILE`; prints
+//! one JSON line with the ids it used, so that the peers run the same.
 
 use std::time::Instant;
 
 use tch::{Kind, Tensor};
 use tchlab::generate::{generate, GenerateOptions};
+use tchlab::models::lora::Targets;
 use tchlab::models::quantize::{Format, Plan};
 use tchlab::models::ForwardOptions;
 
 fn main() -> tchlab::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, path, format, text] = args.as_slice() else { panic!("usage: bench_quantize FILE.gguf f32|fp16|int8|int4 TEXT_FILE") };
-    let format = match format.as_str() {
+    let [_, path, format, text] = args.as_slice() else { panic!("usage: bench_quantize FILE.gguf f32|fp16|int8|int4|int4-float-head TEXT_FILE") };
+    let head = || Some(Targets::Names(vec!["lm_head".into()]));
+    let plan = match format.as_str() {
         "f32" => None,
-        "fp16" => Some(Format::Fp16),
-        "int8" => Some(Format::Int8),
-        "int4" => Some(Format::Int4 { group: 32 }),
+        "fp16" => Some(Plan { format: Format::Fp16, skip: None }),
+        "int8" => Some(Plan { format: Format::Int8, skip: None }),
+        "int4" => Some(Plan { format: Format::Int4 { group: 32 }, skip: None }),
+        "int4-float-head" => Some(Plan { format: Format::Int4 { group: 32 }, skip: head() }),
         other => panic!("unknown format {other}"),
     };
     let started = Instant::now();
     let mut loaded = tchlab::checkpoint::load(path, tch::Device::Cpu)?;
-    if let Some(format) = format {
-        loaded.model.quantize(&Plan { format, skip: None })?;
+    if let Some(plan) = plan {
+        loaded.model.quantize(&plan)?;
     }
     let load_s = started.elapsed().as_secs_f64();
     let text = std::fs::read_to_string(text).expect("the held-out text");
