@@ -393,10 +393,11 @@ fn sweep_command(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), Cell
     finish_sweep(s, result, &params, display, None, ctx)
 }
 
-/// An interrupted sweep's error, saying what was kept.
+/// An interrupted sweep's error, saying what was kept — wherever in a trial the interrupt
+/// landed (a step, or the data a trial prepares), the sweep puts the model back.
 fn interrupted(e: crate::Error, studied: bool) -> CellError {
     match e {
-        crate::Error::Interrupted { .. } => {
+        crate::Error::Interrupted { .. } | crate::Error::Cancelled(_) => {
             let kept = if studied { "; the trials that finished are in the study" } else { "" };
             CellError { name: "KeyboardInterrupt".into(), message: format!("the sweep was interrupted; the model is back where it started{kept}") }
         }
@@ -415,7 +416,7 @@ fn attach(s: &mut Session, args: &Args, dir: &std::path::Path, ctx: &mut Ctx) ->
     let display = ctx.live(Bundle::text(format!("following the sweep in {}", dir.display())));
     let mut progress = SweepProgress { ctx, display: display.clone(), last_update: Instant::now() - Duration::from_secs(1), study: Some(study) };
     let (result, best_state) = attached.follow(args.flag("adopt"), &mut progress).map_err(|e| match e {
-        crate::Error::Interrupted { .. } => CellError {
+        crate::Error::Interrupted { .. } | crate::Error::Cancelled(_) => CellError {
             name: "KeyboardInterrupt".into(),
             message: "the sweep was interrupted and its jobs cancelled; the trials that finished are in the study".into(),
         },
