@@ -20,13 +20,12 @@ use tchlab::models::ForwardOptions;
 fn main() -> tchlab::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let [_, path, format, text] = args.as_slice() else { panic!("usage: bench_quantize FILE.gguf f32|fp16|int8|int4|int4-float-head TEXT_FILE") };
-    let head = || Some(Targets::Names(vec!["lm_head".into()]));
     let plan = match format.as_str() {
         "f32" => None,
         "fp16" => Some(Plan { format: Format::Fp16, skip: None }),
         "int8" => Some(Plan { format: Format::Int8, skip: None }),
         "int4" => Some(Plan { format: Format::Int4 { group: 32 }, skip: None }),
-        "int4-float-head" => Some(Plan { format: Format::Int4 { group: 32 }, skip: head() }),
+        "int4-float-head" => Some(Plan { format: Format::Int4 { group: 32 }, skip: Some(Targets::Names(vec!["lm_head".into()])) }),
         other => panic!("unknown format {other}"),
     };
     let started = Instant::now();

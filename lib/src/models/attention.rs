@@ -1,6 +1,7 @@
 //! Scaled dot-product attention shared by the model families: multi-head or
 //! grouped-query (fewer key/value heads than query heads), causal (over the whole past
-//! or a sliding window of it), bidirectional or padded, with its hook points and optional capture of the attention probabilities.
+//! or a sliding window of it), bidirectional or padded, with its hook points and
+//! optional capture of the attention probabilities.
 //!
 //! Unless the probabilities are wanted (captured, or read or written by a hook) it calls
 //! libtorch's fused kernel (flash / memory-efficient where available, grouped-query

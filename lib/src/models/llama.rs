@@ -7,9 +7,9 @@
 //! Papers: Touvron et al., "LLaMA" (2023) and "Llama 2" (2023); Grattafiori et al.,
 //! "The Llama 3 Herd of Models" (2024). Mirrors `transformers/models/llama/modeling_llama.py`
 //! (`LlamaForCausalLM`), `qwen2/modeling_qwen2.py`, `qwen3/modeling_qwen3.py` and
-//! `mistral/modeling_mistral.py` with eager attention. Variables are named after the Hugging Face checkpoint keys
-//! (`model.layers.0.self_attn.q_proj.weight`); GGUF files (llama.cpp's names) are
-//! mapped in [`GGUF`].
+//! `mistral/modeling_mistral.py` with eager attention. Variables are named after the
+//! Hugging Face checkpoint keys (`model.layers.0.self_attn.q_proj.weight`); GGUF files
+//! (llama.cpp's names) are mapped in [`GGUF`].
 //!
 //! `config.json` is read as transformers 4.x writes it (`rope_theta`, `rope_scaling`,
 //! `torch_dtype`) and as 5.x writes it (`rope_parameters`, `dtype`).
