@@ -241,7 +241,22 @@ fn a_cancel_request_stops_training_at_a_step_boundary() {
     assert_same_weights(&before, &weights(&t));
     assert!(t.step().is_err(), "the flag stays set until whoever set it clears it");
     t.cancel_handle().store(false, Ordering::SeqCst);
-    assert!(t.step().is_ok());
+    // Inside a step, where the data's tokenizer sees the interrupt first (the front end's
+    // flag is set between the step's check and the batch): the same boundary, the same
+    // error, the data cursor put back so the next step draws what it would have drawn.
+    let (before, at) = (weights(&t), t.step_count());
+    let mut twin = gpt_trainer(9, small_hp());
+    twin.train(Stop::Steps(at as u64), &mut |_, _| {}).unwrap();
+    let raised = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let scope = tchlab::interrupt::Scope::enter(&raised);
+    let err = t.step().unwrap_err();
+    drop(scope);
+    assert!(matches!(err, Error::Interrupted { step } if step == at), "{err}");
+    assert_same_weights(&before, &weights(&t));
+    assert_eq!(t.step().unwrap().loss, twin.step().unwrap().loss);
+    assert_same_weights(&weights(&twin), &weights(&t));
+    let report = t.train(Stop::Steps(1), &mut |_, _| {}).unwrap();
+    assert_eq!((report.steps, report.halted), (1, None));
 }
 
 #[test]

@@ -382,7 +382,13 @@ impl Trainer {
             self.opt.zero_grad();
             self.rng = rng_before;
         }
-        result
+        // Work inside the step (the data's tokenizer, a checkpointed forward) may see the
+        // interrupt before the step's own check does; the step is undone either way, so
+        // it is the same interrupt at a step boundary.
+        result.map_err(|e| match e {
+            Error::Cancelled(_) => Error::Interrupted { step: self.step },
+            e => e,
+        })
     }
 
     fn try_step(&mut self, started: Instant) -> Result<StepRecord> {
