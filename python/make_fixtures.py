@@ -37,6 +37,13 @@ TCHLAB_FIXTURES. Everything is made offline from fixed seeds:
 - readable_tokens.json (with gpt2-bpe/ and sp-byte-fallback/ tokenizers): the tokens of
   a few texts with spaces, control characters and emoji, in four kinds of vocabulary,
   the bytes each stands for and their readable form.
+- t5-v1 (ReLU MLP, tied head with the d_model**-0.5 rescale) and t5-v11 (gated GELU,
+  an untied head, heads × d_kv ≠ d_model, fewer decoder than encoder blocks): random
+  T5ForConditionalGenerations saved by transformers, with the encoder's output, logits
+  over a padded batch, eager self- and cross-attention probabilities, greedy ids and
+  beam searches (reference.safetensors, beams.json); a word-level tokenizer.json
+  (`<pad>`, `</s>`, `<unk>`, then w3 … w95; `</s>` appended as T5's tokenizer does) and
+  transformers' greedy and 3-beam replies to a text through it (session.json).
 """
 
 import json
@@ -53,6 +60,7 @@ from safetensors.torch import save_file  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 from transformers import MistralConfig, MistralForCausalLM  # noqa: E402
+from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 
 GPT_CONFIGS = {
     "gpt-a": dict(vocab_size=101, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=100, seed=1),
@@ -133,6 +141,101 @@ def save_decoder(out: Path, name: str, model: torch.nn.Module, seed: int, norms:
         tensors.update({f"attention.{i}": p.contiguous() for i, p in enumerate(probs)})
     save_file(tensors, out / name / "reference.safetensors")
     return model
+
+
+T5_BASE = dict(vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_layers=2, relative_attention_num_buckets=8,
+               relative_attention_max_distance=20, dropout_rate=0.0, decoder_start_token_id=0, attn_implementation="eager")
+T5_MODELS = {
+    "t5-v1": (dict(T5_BASE, feed_forward_proj="relu"), 21),
+    "t5-v11": (dict(T5_BASE, feed_forward_proj="gated-gelu", num_heads=3, num_layers=3, num_decoder_layers=2, tie_word_embeddings=False), 22),
+}
+# Beam settings: (num_beams, num_return_sequences, max_new_tokens, length_penalty, early_stopping, no_repeat_ngram_size).
+T5_BEAMS = [(4, 2, 10, 1.0, False, 0), (4, 4, 12, 2.0, True, 2), (3, 1, 8, 0.0, "never", 0), (5, 3, 9, -1.0, False, 3)]
+
+
+def make_t5(out: Path, name: str) -> None:
+    spec, seed = T5_MODELS[name]
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(T5Config(**spec)).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "layer_norm" in pname:
+                p.normal_(1.0, 0.1)
+            elif "relative_attention_bias" in pname:
+                p.normal_(0.0, 1.0)
+            else:
+                p.normal_(0.0, 0.3)
+    model.save_pretrained(out / name, safe_serialization=True)
+    g = torch.Generator().manual_seed(seed)
+    # Sources of 25 tokens (distances past the buckets' max_distance), ids ≥ 2 (no padding
+    # or end token inside); the third row padded after 9 tokens.
+    source = torch.randint(2, spec["vocab_size"], (3, 25), generator=g)
+    source_mask = torch.ones_like(source)
+    source_mask[2, 9:] = 0
+    source[2, 9:] = 0
+    target = torch.randint(2, spec["vocab_size"], (3, 22), generator=g)
+    target[:, 0] = 0
+    with torch.no_grad():
+        out_ = model(input_ids=source, attention_mask=source_mask, decoder_input_ids=target, output_attentions=True)
+        tensors = {
+            "source": source, "source_mask": source_mask, "target": target, "logits": out_.logits.contiguous(),
+            "encoder_hidden": out_.encoder_last_hidden_state.contiguous(),
+        }
+        for i, p in enumerate(out_.encoder_attentions):
+            tensors[f"encoder_attention.{i}"] = p.contiguous()
+        for i, p in enumerate(out_.decoder_attentions):
+            tensors[f"decoder_attention.{i}"] = p.contiguous()
+        for i, p in enumerate(out_.cross_attentions):
+            tensors[f"cross_attention.{i}"] = p.contiguous()
+        prompt = source[0, :11].clone()
+        gen = model.generate(prompt[None], attention_mask=torch.ones_like(prompt)[None], max_new_tokens=16, do_sample=False,
+                             output_scores=True, return_dict_in_generate=True)
+        for step, scores in enumerate(gen.scores):
+            top = scores[0].topk(2).values
+            assert top[0] - top[1] > 1e-3, f"{name}: greedy step {step} is nearly a tie; change the seed"
+        tensors.update({"prompt": prompt, "greedy": gen.sequences[0, 1:].contiguous()})
+        # Random weights never choose T5's end token (1): the searches end on the token greedy
+        # decoding repeats most, so that hypotheses end at different lengths.
+        greedy = gen.sequences[0, 1:].tolist()
+        eos = max(set(greedy), key=greedy.count)
+        beams = []
+        for beams_, returns, new, penalty, early, ngram in T5_BEAMS:
+            found = model.generate(prompt[None], attention_mask=torch.ones_like(prompt)[None], num_beams=beams_, num_return_sequences=returns,
+                                   max_new_tokens=new, length_penalty=penalty, early_stopping=early, no_repeat_ngram_size=ngram,
+                                   eos_token_id=eos, do_sample=False, output_scores=True, return_dict_in_generate=True)
+            rows = []
+            for seq, score in zip(found.sequences.tolist(), found.sequences_scores.tolist()):
+                ids = seq[1:]  # after the decoder's start
+                if eos in ids:
+                    ids = ids[: ids.index(eos) + 1]  # rows shorter than the longest are filled after their end
+                rows.append({"ids": ids, "score": score})
+            beams.append({"eos": eos, "beams": beams_, "returns": returns, "max_new_tokens": new, "length_penalty": penalty,
+                          "early_stopping": early, "no_repeat_ngram": ngram, "hypotheses": rows})
+    save_file(tensors, out / name / "reference.safetensors")
+    (out / name / "beams.json").write_text(json.dumps(beams, indent=1))
+    tokenizer = t5_word_tokenizer(spec["vocab_size"])
+    tokenizer.save(str(out / name / "tokenizer.json"))
+    text = "w5 w17 w3 w40 w61 w9 w33"
+    ids = torch.tensor([tokenizer.encode(text).ids])
+    with torch.no_grad():
+        greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)[0, 1:].tolist()
+        found = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, num_beams=3, num_return_sequences=3, do_sample=False,
+                               output_scores=True, return_dict_in_generate=True)
+    (out / name / "session.json").write_text(json.dumps({
+        "text": text, "ids": ids[0].tolist(), "greedy": greedy,
+        "beams": [{"ids": s[1:], "score": v} for s, v in zip(found.sequences.tolist(), found.sequences_scores.tolist())],
+    }))
+
+
+def t5_word_tokenizer(vocab_size: int):
+    """A word-level tokenizer.json with T5's special ids and its `$A </s>` post-processor."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {f"w{i}": i for i in range(3, vocab_size)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer.add_special_tokens(["<pad>", "</s>", "<unk>"])
+    return tokenizer
 
 
 def make_llama_v5(out: Path) -> None:
@@ -708,6 +811,8 @@ def main() -> None:
     for name in DECODERS:
         make_llama_style(out, name)
     make_llama_v5(out)
+    for name in T5_MODELS:
+        make_t5(out, name)
     make_adamw_step(out, LlamaForCausalLM.from_pretrained(out / "llama-gqa"), 13, 1e-3, "llama_adamw_step.safetensors")
     make_quants(out)
     make_smollm2(out)

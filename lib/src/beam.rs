@@ -9,12 +9,13 @@
 //! −1e9 sentinels and libtorch's `topk` for ties.
 //!
 //! The beams run as one batch through the key/value cache, which is reordered after each
-//! step to follow the beams that continue.
+//! step to follow the beams that continue. An encoder–decoder reads the prompt as its
+//! source, encoded once and copied to every beam, as transformers does.
 
 use tch::{Kind, Tensor};
 
 use crate::error::{invalid, Result};
-use crate::models::{ForwardOptions, KvCache, Model};
+use crate::models::{ForwardOptions, Model};
 
 /// When a search may stop before the length limit (`early_stopping` in transformers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +98,8 @@ pub fn beam_search(model: &Model, prompt: &[i64], opts: &BeamOptions) -> Result<
     if keep > vocab {
         return invalid!("beam search with {n} beams takes the best {keep} of the continuations, more than the vocabulary's {vocab} tokens");
     }
+    let (mut cache, prompt) = crate::generate::start(model, prompt)?;
+    let prompt = prompt.as_slice();
     let max_length = prompt.len() + opts.max_new_tokens;
     let positions = model.config().max_positions() as usize;
     if max_length > positions {
@@ -112,7 +115,7 @@ pub fn beam_search(model: &Model, prompt: &[i64], opts: &BeamOptions) -> Result<
     let mut running_score = Tensor::from_slice(&std::iter::once(0.0f32).chain(std::iter::repeat_n(DEAD as f32, n - 1)).collect::<Vec<_>>());
     let mut finished: Vec<(f64, Vec<i64>)> = vec![];
     let mut improvable = true;
-    let mut cache = KvCache::default();
+    cache.reorder(&Tensor::zeros([n as i64], (Kind::Int64, device)))?;
     let mut input = Tensor::from_slice(prompt).unsqueeze(0).f_expand([n as i64, p as i64], false)?.to_device(device);
     let mut cur_len = p;
     tch::no_grad(|| -> Result<()> {

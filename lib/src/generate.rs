@@ -3,12 +3,16 @@
 //! Each token runs the model once, on the new position only, thanks to the key/value
 //! cache; each new id is handed to the caller as it is made, for streaming.
 //!
+//! An encoder–decoder reads the prompt as its source: the encoder runs once, and the
+//! decoder generates from its start id, reading the encoder's output through the cache.
+//!
 //! Mirrors `transformers`' `GenerationMixin` for these options: greedy decoding gives
 //! the same ids as `generate(do_sample=False)`.
 
 use tch::{Kind, Tensor};
 
 use crate::error::{invalid, Result};
+use crate::models::layers::Source;
 use crate::models::{ForwardOptions, KvCache, Model, Task};
 
 /// How to generate.
@@ -63,7 +67,11 @@ pub fn generate_streaming(model: &Model, prompt: &[i64], opts: &GenerateOptions,
     }
     let n_positions = config.max_positions() as usize;
     let device = model.device();
-    let mut cache = KvCache::default();
+    let (mut cache, prompt) = start(model, prompt)?;
+    let prompt = prompt.as_slice();
+    if cache.source().is_some() && prompt.len() + opts.max_new_tokens > n_positions {
+        return invalid!("--max-tokens {} is more than the decoder's {} positions take after its start token", opts.max_new_tokens, n_positions - prompt.len());
+    }
     // A prompt longer than the context keeps its most recent tokens.
     let mut input = Tensor::from_slice(&prompt[prompt.len().saturating_sub(n_positions)..]).unsqueeze(0).to_device(device);
     let mut out: Vec<i64> = vec![];
@@ -92,9 +100,25 @@ pub fn generate_streaming(model: &Model, prompt: &[i64], opts: &GenerateOptions,
     Ok(out)
 }
 
-/// Checks that `model` is a decoder and `prompt` a non-empty run of its token ids.
+/// The cache a generation starts with and the decoder's first ids: for a decoder, an
+/// empty cache and the prompt; for an encoder–decoder, the prompt encoded as the source
+/// and the decoder's start id.
+pub(crate) fn start(model: &Model, prompt: &[i64]) -> Result<(KvCache, Vec<i64>)> {
+    if model.task() != Task::Seq2Seq {
+        return Ok((KvCache::default(), prompt.to_vec()));
+    }
+    let Some(first) = model.config().decoder_start_token_id() else {
+        return invalid!("this encoder–decoder's config names no `decoder_start_token_id`, the id its decoder starts from");
+    };
+    let ids = Tensor::from_slice(prompt).unsqueeze(0).to_device(model.device());
+    let hidden = tch::no_grad(|| model.encode(&ids, None, &ForwardOptions::default()))?;
+    Ok((KvCache::for_source(Source { hidden, mask: None }), vec![first]))
+}
+
+/// Checks that `model` generates (a decoder or an encoder–decoder) and `prompt` is a
+/// non-empty run of its token ids.
 pub(crate) fn check_prompt(model: &Model, prompt: &[i64]) -> Result<()> {
-    if model.task() != Task::LanguageModel {
+    if !matches!(model.task(), Task::LanguageModel | Task::Seq2Seq) {
         return invalid!("generation needs a decoder (a language model); this model is a {} encoder", model.config().model_type());
     }
     if prompt.is_empty() {

@@ -132,7 +132,7 @@ pub fn text_batch(ids: &Tensor) -> Result<Batch> {
     let t = ids.size()[1];
     let next = ids.f_narrow(1, 1, t - 1)?;
     let none = Tensor::f_full([ids.size()[0], 1], -100, (Kind::Int64, ids.device()))?;
-    Ok(Batch { inputs: ids.shallow_clone(), targets: Tensor::f_cat(&[next, none], 1)?, mask: None })
+    Ok(Batch::plain(ids.shallow_clone(), Tensor::f_cat(&[next, none], 1)?))
 }
 
 /// The logit lens: what each layer's residual stream would predict if it were the last.

@@ -53,11 +53,11 @@ fn truncated_safetensors_is_reported_as_corrupt() {
 
 #[test]
 fn unknown_model_type_lists_the_known_ones() {
-    let dir = scratch("t5");
-    std::fs::write(dir.join("config.json"), r#"{"model_type": "t5", "d_model": 8}"#).unwrap();
+    let dir = scratch("mamba");
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "mamba", "d_model": 8}"#).unwrap();
     std::fs::copy(fixtures().join("gpt-a/model.safetensors"), dir.join("model.safetensors")).unwrap();
     let err = error_text(checkpoint::load(&dir, Device::Cpu));
-    assert!(err.contains("config.json") && err.contains("\"t5\"") && err.contains("gpt2") && err.contains("qwen3"), "{err}");
+    assert!(err.contains("config.json") && err.contains("\"mamba\"") && err.contains("gpt2") && err.contains("qwen3") && err.contains("t5"), "{err}");
 }
 
 #[test]

@@ -22,7 +22,7 @@ fn train_on_cuda(precision: &str) -> (f64, f64) {
     let tokenizer = task.tokenizer();
     let model =
         Model::new(GptConfig::tiny(tokenizer.vocab_size() as i64, task.example_len() as i64), tchlab::models::Task::LanguageModel, Device::Cuda(0)).unwrap();
-    let spec = DataSpec::Synth { task: "reverse".into(), length: 6, symbols: 10 };
+    let spec = DataSpec::Synth { task: "reverse".into(), length: 6, symbols: 10, seq2seq: false };
     let mut trainer = Trainer::new(model, tokenizer, spec, HParams { lr: 3e-3, batch: 64, ..Default::default() }, 0).unwrap();
     trainer.set("precision", precision).unwrap();
     let kind = trainer.model().named_tensors()[0].1.kind();

@@ -797,3 +797,81 @@ fn a_sweep_writes_its_study_as_trials_finish_and_show_draws_it_again() {
     assert!(e.message.contains("line 3") && e.message.contains("study.jsonl"), "{e}");
     assert!(fail(&mut s, &format!("%sweep --show {}", dir.join("nowhere").display())).message.contains("nowhere"));
 }
+
+#[test]
+fn an_encoder_decoder_generates_and_searches_as_transformers_does_and_refuses_what_it_cannot_run() {
+    let _serial = serial();
+    let dir = common::fixtures().join("t5-v1");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("session.json")).unwrap()).unwrap();
+    let ids = |v: &Value| -> Vec<i64> {
+        let all: Vec<i64> = v.as_array().unwrap().iter().map(|i| i.as_i64().unwrap()).collect();
+        // transformers fills a row that ended early with T5's end token (1): keep the first.
+        all.iter().position(|&i| i == 1).map_or(all.clone(), |end| all[..=end].to_vec())
+    };
+    let mut s = Session::new();
+    ok(&mut s, &format!("%device cpu\n%load {}", dir.display()));
+    let text = reference["text"].as_str().unwrap();
+    let greedy = ok(&mut s, &format!("%generate \"{text}\" --max-tokens 8"));
+    assert_eq!(greedy["prompt_ids"], reference["ids"], "the source is tokenized with T5's end token");
+    assert_eq!(serde_json::from_value::<Vec<i64>>(greedy["generated_ids"].clone()).unwrap(), ids(&reference["greedy"]));
+    let searched = ok(&mut s, &format!("%generate \"{text}\" --max-tokens 8 --beams 3"));
+    let (found, want) = (searched["beams"].as_array().unwrap(), reference["beams"].as_array().unwrap());
+    assert_eq!(found.len(), want.len());
+    for (f, w) in found.iter().zip(want) {
+        assert_eq!(serde_json::from_value::<Vec<i64>>(f["ids"].clone()).unwrap(), ids(&w["ids"]));
+        assert!((f["score"].as_f64().unwrap() - w["score"].as_f64().unwrap()).abs() < 1e-5, "{f} vs {w}");
+    }
+    // peft's default targets for T5, `q` and `v`, match the cross-attention's too.
+    let lora = ok(&mut s, "%lora r=4");
+    let adapted: Vec<&str> = lora["layers"].as_array().unwrap().iter().map(|l| l["layer"].as_str().unwrap()).collect();
+    assert_eq!(adapted.len(), 12, "{adapted:?}");
+    assert!(adapted.contains(&"decoder.block.1.layer.1.EncDecAttention.v") && adapted.contains(&"encoder.block.0.layer.0.SelfAttention.q"));
+    ok(&mut s, "%lora drop");
+    for (cell, says) in [("%attention \"w5 w6\"", "encoder–decoder"), ("%logit-lens \"w5 w6\"", "this t5 model has none")] {
+        let before = ok(&mut s, "%status --checksum")["weights_checksum"].clone();
+        let e = fail(&mut s, cell);
+        assert!(e.message.contains(says), "{cell}: {}", e.message);
+        assert_eq!(ok(&mut s, "%status --checksum")["weights_checksum"], before, "{cell} changed the model");
+    }
+    let data = common::scratch("session-t5");
+    std::fs::write(data.join("words.txt"), "w5 w6 w7 w8 w9 w10\n".repeat(40)).unwrap();
+    let e = fail(&mut s, &format!("%data text {}/words.txt", data.display()));
+    assert!(e.message.contains("source → target pairs"), "{}", e.message);
+}
+
+#[test]
+fn a_t5_from_scratch_learns_source_to_target_pairs_and_resumes_exactly() {
+    let _serial = serial();
+    let mut s = Session::new();
+    ok(&mut s, "%device cpu\n%seed 0\n%data synth sort --length 4 --symbols 6 --seq2seq");
+    let built = ok(&mut s, "%model t5 --layers 2 --decoder-layers 2 --heads 4 --dim 32");
+    assert_eq!(built["model_type"], "t5");
+    // The decoder starts from `=`, which the pairs' targets begin with (training checks it).
+    assert!(built["config"]["decoder_start_token_id"].is_i64(), "{built}");
+    ok(&mut s, "%set batch=32 lr=1e-2 warmup=0 eval_every=0");
+    let before = ok(&mut s, "%eval")["loss"].as_f64().unwrap();
+    ok(&mut s, "%train 150");
+    let after = ok(&mut s, "%eval")["loss"].as_f64().unwrap();
+    assert!(after < 0.25 * before, "sorting pairs: validation loss {before} → {after}");
+    let sorted = ok(&mut s, "%generate \"3120\" --max-tokens 4");
+    assert_eq!(sorted["text"], "0123", "{sorted}");
+    let searched = ok(&mut s, "%generate \"5241\" --max-tokens 4 --beams 2");
+    assert_eq!(searched["beams"][0]["text"], "1245", "{searched}");
+
+    // Checkpoints of encoder–decoders resume bit for bit, their data spec included.
+    let dir = common::scratch("session-t5-resume");
+    ok(&mut s, &format!("%save {}", dir.display()));
+    ok(&mut s, "%train 3");
+    let trained = ok(&mut s, "%status --checksum")["weights_checksum"].clone();
+    let mut resumed = Session::new();
+    ok(&mut resumed, &format!("%device cpu\n%load {}", dir.display()));
+    ok(&mut resumed, "%train 3");
+    assert_eq!(ok(&mut resumed, "%status --checksum")["weights_checksum"], trained);
+
+    // Pairs need an encoder–decoder, and an encoder–decoder needs pairs.
+    let e = fail(&mut s, "%data synth sort --length 4 --symbols 6");
+    assert!(e.message.contains("source → target pairs"), "{}", e.message);
+    ok(&mut s, "%model gpt --layers 1 --heads 2 --dim 16");
+    let e = fail(&mut s, "%data synth sort --length 4 --symbols 6 --seq2seq");
+    assert!(e.message.contains("train an encoder–decoder"), "{}", e.message);
+}

@@ -24,7 +24,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn reverse_spec() -> DataSpec {
-    DataSpec::Synth { task: "reverse".into(), length: 5, symbols: 8 }
+    DataSpec::Synth { task: "reverse".into(), length: 5, symbols: 8, seq2seq: false }
 }
 
 /// A tiny GPT on the reverse task, with dropout so that RNG state matters.

@@ -289,6 +289,27 @@ def test_sliding_windows_that_cannot_work_are_refused_by_name(lab, tmp_path, nam
     refused(kc, f"%load {d}", "FileError", *contains)
 
 
+T5 = {"model_type": "t5", "vocab_size": 16, "d_model": 8, "d_kv": 4, "d_ff": 16, "num_layers": 1, "num_heads": 2}
+
+
+@pytest.mark.parametrize(
+    "name, config, contains",
+    [
+        ("t5-activation", dict(T5, feed_forward_proj="gated-gelu-tanh"), ["feed_forward_proj", "gated-ACT"]),
+        ("t5-unknown-activation", dict(T5, feed_forward_proj="gated-swoosh"), ["swoosh"]),
+        ("t5-buckets", dict(T5, relative_attention_num_buckets=2), ["relative_attention_num_buckets", "at least 4"]),
+        ("t5-distance", dict(T5, relative_attention_max_distance=3), ["relative_attention_max_distance"]),
+        ("t5-start", dict(T5, decoder_start_token_id=16), ["decoder_start_token_id", "0..15"]),
+        ("t5-decoder-layers", dict(T5, num_decoder_layers=-1), ["num_decoder_layers", "positive"]),
+        ("t5-d-kv", dict(T5, d_kv="eight"), ["d_kv"]),
+    ],
+)
+def test_t5_configs_that_cannot_work_are_refused_by_name(lab, tmp_path, name, config, contains):
+    _, kc = lab
+    d = model_dir(tmp_path, name, "pytorch_model.bin", saved({"w": torch.ones(2)}), config)
+    refused(kc, f"%load {d}", "FileError", *contains)
+
+
 def test_bad_configs_and_formats_are_refused_before_anything_is_built(lab, tmp_path):
     km, kc = lab
     tiny = saved({"w": torch.ones(2)})

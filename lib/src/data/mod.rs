@@ -55,6 +55,10 @@ pub enum DataSpec {
         length: usize,
         /// Distinct symbols.
         symbols: usize,
+        /// Source → target pairs for an encoder–decoder (`abc` → `cba`, the decoder
+        /// starting from `=`) instead of one text to continue (`abc=cba`).
+        #[serde(default)]
+        seq2seq: bool,
     },
     /// A language-model corpus.
     Text {
@@ -99,8 +103,10 @@ pub enum Dataset {
     Synth {
         /// The task.
         task: synth::Synth,
+        /// Examples are source → target pairs ([`DataSpec::Synth::seq2seq`]).
+        seq2seq: bool,
         /// Validation batches, drawn once from a fixed seed.
-        val: Vec<(Tensor, Tensor)>,
+        val: Vec<Batch>,
     },
     /// A language-model corpus.
     Text(text::TextCorpus),
@@ -112,16 +118,29 @@ pub enum Dataset {
 
 /// One batch of training or validation data.
 pub struct Batch {
-    /// Token ids `(B, T)`.
+    /// Token ids `(B, T)`: an encoder–decoder's decoder inputs.
     pub inputs: Tensor,
     /// Next-token ids `(B, T)` (-100 where ignored) for language models; class ids `(B)`
     /// for classifiers.
     pub targets: Tensor,
     /// Attention mask `(B, T)` for padded classification batches.
     pub mask: Option<Tensor>,
+    /// An encoder–decoder's source ids `(B, S)`.
+    pub source: Option<Tensor>,
 }
 
 impl Batch {
+    /// A batch of `inputs` and `targets` with no mask or source.
+    pub fn plain(inputs: Tensor, targets: Tensor) -> Self {
+        Batch { inputs, targets, mask: None, source: None }
+    }
+
+    /// A copy sharing the tensors.
+    pub fn shallow_clone(&self) -> Self {
+        let copy = |t: &Option<Tensor>| t.as_ref().map(Tensor::shallow_clone);
+        Batch { inputs: self.inputs.shallow_clone(), targets: self.targets.shallow_clone(), mask: copy(&self.mask), source: copy(&self.source) }
+    }
+
     /// Number of input tokens, for throughput.
     pub fn tokens(&self) -> i64 {
         match &self.mask {
@@ -141,11 +160,11 @@ impl Dataset {
     /// than `max_len` tokens (the model's context) are cut.
     pub fn from_spec(spec: &DataSpec, tokenizer: &Tokenizer, pad_id: i64, max_len: usize) -> Result<Self> {
         Ok(match spec {
-            DataSpec::Synth { task, length, symbols } => {
+            DataSpec::Synth { task, length, symbols, seq2seq } => {
                 let task = synth::Synth::new(synth::Task::parse(task)?, *length, *symbols)?;
                 let mut rng = Rng::new(SYNTH_VAL_SEED);
-                let val = (0..SYNTH_VAL_EXAMPLES / 64).map(|_| task.batch(64, tokenizer, &mut rng)).collect::<Result<_>>()?;
-                Dataset::Synth { task, val }
+                let val = (0..SYNTH_VAL_EXAMPLES / 64).map(|_| task.batch(64, *seq2seq, tokenizer, &mut rng)).collect::<Result<_>>()?;
+                Dataset::Synth { task, seq2seq: *seq2seq, val }
             }
             DataSpec::Text { path, val_fraction } => Dataset::Text(text::TextCorpus::from_file(path, tokenizer, *val_fraction)?),
             DataSpec::Classify { path, text_field, label_field, val_fraction, seed } => {
@@ -156,6 +175,11 @@ impl Dataset {
                 Dataset::Chat(chat::ChatData::from_file(path, &reading, *val_fraction, *seed)?)
             }
         })
+    }
+
+    /// True for source → target pairs (an encoder–decoder's data).
+    pub fn is_seq2seq(&self) -> bool {
+        matches!(self, Dataset::Synth { seq2seq: true, .. })
     }
 
     /// True for classification data.
@@ -169,21 +193,18 @@ impl Dataset {
             return invalid!("the batch size must be at least 1");
         }
         Ok(match self {
-            Dataset::Synth { task, .. } => {
-                let (inputs, targets) = task.batch(batch, tokenizer, rng)?;
-                Batch { inputs, targets, mask: None }
-            }
+            Dataset::Synth { task, seq2seq, .. } => task.batch(batch, *seq2seq, tokenizer, rng)?,
             Dataset::Text(corpus) => {
                 let (inputs, targets) = corpus.batch(batch, ctx, rng)?;
-                Batch { inputs, targets, mask: None }
+                Batch::plain(inputs, targets)
             }
             Dataset::Classify(data) => {
                 let (inputs, mask, targets) = data.batch(batch, rng)?;
-                Batch { inputs, targets, mask: Some(mask) }
+                Batch { mask: Some(mask), ..Batch::plain(inputs, targets) }
             }
             Dataset::Chat(data) => {
                 let (inputs, targets) = data.batch(batch, ctx, rng)?;
-                Batch { inputs, targets, mask: None }
+                Batch::plain(inputs, targets)
             }
         })
     }
@@ -191,18 +212,15 @@ impl Dataset {
     /// The validation batches, always the same ones, at most `max_batches`.
     pub fn val_batches(&self, batch: usize, ctx: usize, max_batches: usize) -> Vec<Batch> {
         match self {
-            Dataset::Synth { val, .. } => {
-                val.iter().take(max_batches).map(|(x, y)| Batch { inputs: x.shallow_clone(), targets: y.shallow_clone(), mask: None }).collect()
-            }
-            Dataset::Text(corpus) => {
-                corpus.val_batches(batch, ctx, max_batches).into_iter().map(|(inputs, targets)| Batch { inputs, targets, mask: None }).collect()
-            }
-            Dataset::Classify(data) => {
-                data.val_batches(batch).into_iter().take(max_batches).map(|(inputs, mask, targets)| Batch { inputs, targets, mask: Some(mask) }).collect()
-            }
-            Dataset::Chat(data) => {
-                data.val_batches(batch, ctx).into_iter().take(max_batches).map(|(inputs, targets)| Batch { inputs, targets, mask: None }).collect()
-            }
+            Dataset::Synth { val, .. } => val.iter().take(max_batches).map(Batch::shallow_clone).collect(),
+            Dataset::Text(corpus) => corpus.val_batches(batch, ctx, max_batches).into_iter().map(|(inputs, targets)| Batch::plain(inputs, targets)).collect(),
+            Dataset::Classify(data) => data
+                .val_batches(batch)
+                .into_iter()
+                .take(max_batches)
+                .map(|(inputs, mask, targets)| Batch { mask: Some(mask), ..Batch::plain(inputs, targets) })
+                .collect(),
+            Dataset::Chat(data) => data.val_batches(batch, ctx).into_iter().take(max_batches).map(|(inputs, targets)| Batch::plain(inputs, targets)).collect(),
         }
     }
 

@@ -5,7 +5,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::Rng;
+use super::{Batch, Rng};
 use crate::error::{invalid, Result};
 use crate::tokenize::Tokenizer;
 
@@ -111,29 +111,43 @@ impl Synth {
         }
     }
 
-    /// A batch of `batch` examples as next-token training pairs `(inputs, targets)`,
-    /// both `(batch, example_len - 1)`; targets on the prompt are -100 (ignored), so
-    /// only the answer is learnt.
-    pub fn batch(&self, batch: usize, tokenizer: &Tokenizer, rng: &mut Rng) -> Result<(Tensor, Tensor)> {
-        let t = self.example_len() - 1;
-        let (mut inputs, mut targets) = (Vec::with_capacity(batch * t), Vec::with_capacity(batch * t));
-        for _ in 0..batch {
-            let (prompt, answer) = self.example(rng);
+    /// A batch of `batch` examples. As next-token training pairs, inputs and targets
+    /// `(batch, example_len - 1)` with targets on the prompt -100 (ignored), so only the
+    /// answer is learnt. With `seq2seq`, as an encoder–decoder learns them: the prompt
+    /// before its `=` is the source, and the decoder reads `=` and the answer but its
+    /// last symbol, to give the answer.
+    pub fn batch(&self, batch: usize, seq2seq: bool, tokenizer: &Tokenizer, rng: &mut Rng) -> Result<Batch> {
+        let ids_of = |text: &str| -> Result<Vec<i64>> {
             // The whole example is data, so no truncation to the model's input length.
-            let ids = tokenizer.encode_corpus(&format!("{prompt}{answer}"))?;
-            if ids.len() != t + 1 {
+            let ids = tokenizer.encode_corpus(text)?;
+            if ids.len() != text.chars().count() {
                 return invalid!(
                     "this tokenizer reads a {}-character example as {} tokens; synthetic tasks need one token per character (their own tokenizer)",
-                    t + 1,
+                    text.chars().count(),
                     ids.len()
                 );
             }
-            inputs.extend_from_slice(&ids[..t]);
-            let answer_from = prompt.len() - 1;
-            targets.extend((1..=t).map(|i| if i - 1 >= answer_from { ids[i] } else { -100 }));
+            Ok(ids)
+        };
+        let (mut sources, mut inputs, mut targets) = (vec![], vec![], vec![]);
+        for _ in 0..batch {
+            let (prompt, answer) = self.example(rng);
+            if seq2seq {
+                sources.extend(ids_of(&prompt[..prompt.len() - 1])?);
+                let target = ids_of(&format!("={answer}"))?;
+                inputs.extend_from_slice(&target[..target.len() - 1]);
+                targets.extend_from_slice(&target[1..]);
+            } else {
+                let ids = ids_of(&format!("{prompt}{answer}"))?;
+                let t = ids.len() - 1;
+                inputs.extend_from_slice(&ids[..t]);
+                let answer_from = prompt.len() - 1;
+                targets.extend((1..=t).map(|i| if i - 1 >= answer_from { ids[i] } else { -100 }));
+            }
         }
-        let shape = [batch as i64, t as i64];
-        Ok((Tensor::from_slice(&inputs).view(shape).to_kind(Kind::Int64), Tensor::from_slice(&targets).view(shape)))
+        let rows = |ids: Vec<i64>| Tensor::from_slice(&ids).view([batch as i64, -1]).to_kind(Kind::Int64);
+        let source = (!sources.is_empty()).then(|| rows(sources));
+        Ok(Batch { source, ..Batch::plain(rows(inputs), rows(targets)) })
     }
 }
 
@@ -164,12 +178,28 @@ mod tests {
     fn batch_masks_the_prompt() {
         let s = Synth::new(Task::Sort, 4, 6).unwrap();
         let tok = s.tokenizer();
-        let (x, y) = s.batch(2, &tok, &mut Rng::new(3)).unwrap();
-        assert_eq!(x.size(), vec![2, 8]);
-        let row: Vec<i64> = Vec::try_from(y.get(0)).unwrap();
+        let batch = s.batch(2, false, &tok, &mut Rng::new(3)).unwrap();
+        assert_eq!(batch.inputs.size(), vec![2, 8]);
+        assert!(batch.source.is_none());
+        let row: Vec<i64> = Vec::try_from(batch.targets.get(0)).unwrap();
         // "abcd=" then four answer characters: the answer's first one is predicted at position 4.
         assert_eq!(&row[..4], &[-100, -100, -100, -100]);
         assert!(row[4..].iter().all(|&t| t >= 0));
+    }
+
+    #[test]
+    fn seq2seq_batches_are_the_same_examples_as_source_and_target() {
+        let s = Synth::new(Task::Add, 3, 10).unwrap();
+        let tok = s.tokenizer();
+        let (plain, pairs) = (s.batch(4, false, &tok, &mut Rng::new(9)).unwrap(), s.batch(4, true, &tok, &mut Rng::new(9)).unwrap());
+        let text = |t: Tensor| tok.decode(&Vec::<i64>::try_from(t).unwrap()).unwrap();
+        let source = pairs.source.unwrap();
+        assert_eq!((source.size(), pairs.inputs.size(), pairs.targets.size()), (vec![4, 7], vec![4, 4], vec![4, 4]));
+        for row in 0..4 {
+            let (prompt, input, answer) = (text(source.get(row)), text(pairs.inputs.get(row)), text(pairs.targets.get(row)));
+            assert_eq!(text(plain.inputs.get(row)), format!("{prompt}={}", &answer[..3]), "the same example either way");
+            assert_eq!(input, format!("={}", &answer[..3]), "the decoder reads `=` and the answer but its last symbol");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::hooks::{Point, Site};
+use super::hooks::{BlockId, Site};
 use super::linear::Linear;
 use super::ForwardOptions;
 use crate::error::Result;
@@ -34,31 +34,35 @@ pub enum Mask<'a> {
 
 /// One block's attention from projected heads to its output: `q: (B, nh, tq, hs)`,
 /// `k, v: (B, nkv, tk, hs)` where `nkv` divides `nh` (query head `h` reads key/value head
-/// `h / (nh / nkv)`), through the output projection `o_proj`. Runs the hook points
-/// `hook_pattern`, `hook_z` and (when asked for) `hook_result` of block `layer`. Returns
+/// `h / (nh / nkv)`), through the output projection `o_proj`. Scores are scaled by
+/// `scale`, `1/√hs` when `None` (T5 does not scale: `Some(1.0)`). Runs the hook points
+/// `hook_pattern`, `hook_z` and (when asked for) `hook_result` of block `at`. Returns
 /// the output `(B, tq, C)` and, when `opts.capture_attention`, the probabilities
 /// `(B, nh, tq, tk)` before dropout.
+#[allow(clippy::too_many_arguments)]
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: Mask,
+    scale: Option<f64>,
     dropout: f64,
     o_proj: &Linear,
-    layer: usize,
+    at: impl Into<BlockId>,
     opts: &ForwardOptions,
 ) -> Result<(Tensor, Option<Tensor>)> {
+    let at = at.into();
     let (b, nh, tq, hs) = q.size4()?;
-    let pattern = Point::block(layer, Site::Pattern);
+    let pattern = at.at(Site::Pattern);
     let (z, probs) = if opts.capture_attention || opts.touches(pattern) {
         let groups = nh / k.size()[1];
-        let probs = opts.hook(pattern, probabilities(q, &repeat_kv(k, groups)?, mask))?;
+        let probs = opts.hook(pattern, probabilities(q, &repeat_kv(k, groups)?, mask, scale))?;
         (probs.dropout(dropout, dropout > 0.0).matmul(&repeat_kv(v, groups)?), Some(probs))
     } else {
-        (fused(q, k, v, mask, dropout), None)
+        (fused(q, k, v, mask, scale, dropout), None)
     };
-    let z = opts.hook(Point::block(layer, Site::Z), z)?; // (B, nh, tq, hs)
-    let result = Point::block(layer, Site::HeadResult);
+    let z = opts.hook(at.at(Site::Z), z)?; // (B, nh, tq, hs)
+    let result = at.at(Site::HeadResult);
     let out = if opts.touches(result) {
         // Each head's share of the output: its slice of the projection's columns.
         let w = o_proj.effective_weight()?.f_view([-1, nh, hs])?; // (C, nh, hs)
@@ -76,29 +80,30 @@ pub fn attend(
 
 /// libtorch's fused kernel (flash / memory-efficient where available; grouped-query
 /// without copying keys and values).
-fn fused(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask, dropout: f64) -> Tensor {
+fn fused(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask, scale: Option<f64>, dropout: f64) -> Tensor {
     let (tq, tk) = (q.size()[2], k.size()[2]);
     let gqa = q.size()[1] != k.size()[1];
     match mask {
-        Mask::Full => Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, dropout, false, None, gqa),
+        Mask::Full => Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, dropout, false, scale, gqa),
         // libtorch's `is_causal` aligns the mask top-left, which is only right when
         // queries and keys are the same positions; a single new query sees all keys.
-        Mask::Causal if tq == tk => Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, dropout, true, None, gqa),
-        Mask::Causal if tq == 1 => Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, dropout, false, None, gqa),
+        Mask::Causal if tq == tk => Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, dropout, true, scale, gqa),
+        Mask::Causal if tq == 1 => Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, dropout, false, scale, gqa),
         // A window that reaches the first key masks nothing causal masking does not.
-        Mask::SlidingWindow(w) if w >= tk => fused(q, k, v, Mask::Causal, dropout),
+        Mask::SlidingWindow(w) if w >= tk => fused(q, k, v, Mask::Causal, scale, dropout),
         Mask::Causal | Mask::SlidingWindow(_) => {
             let allowed = allowed(mask, tq, tk, q.device());
-            Tensor::scaled_dot_product_attention(q, k, v, Some(allowed), dropout, false, None, gqa)
+            Tensor::scaled_dot_product_attention(q, k, v, Some(allowed), dropout, false, scale, gqa)
         }
-        Mask::Additive(m) => Tensor::scaled_dot_product_attention(q, k, v, Some(m.to_kind(q.kind())), dropout, false, None, gqa),
+        Mask::Additive(m) => Tensor::scaled_dot_product_attention(q, k, v, Some(m.to_kind(q.kind())), dropout, false, scale, gqa),
     }
 }
 
 /// The attention probabilities, step by step, for `q` and `k` with the same heads.
-fn probabilities(q: &Tensor, k: &Tensor, mask: Mask) -> Tensor {
+fn probabilities(q: &Tensor, k: &Tensor, mask: Mask, scale: Option<f64>) -> Tensor {
     let (tq, tk, hs) = (q.size()[2], k.size()[2], q.size()[3]);
-    let mut scores = q.matmul(&k.transpose(-2, -1)) * (1.0 / (hs as f64).sqrt()); // (B, nh, tq, tk)
+    let scale = scale.unwrap_or(1.0 / (hs as f64).sqrt());
+    let mut scores = q.matmul(&k.transpose(-2, -1)) * scale; // (B, nh, tq, tk)
     match mask {
         Mask::Full => {}
         Mask::Causal | Mask::SlidingWindow(_) => {

@@ -26,13 +26,13 @@ use super::checkpointing::run_blocks;
 use super::hooks::{Point, Site};
 use super::linear::Linear;
 use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Task, TaskKind};
-use crate::error::{invalid, Error, Result};
+use crate::error::{invalid, Result};
 
 /// The registry entry.
 pub const FAMILY: Family = Family {
     name: "bert",
     model_types: &["bert"],
-    from_json: |json| Ok(Box::new(serde_json::from_value::<BertConfig>(json.clone()).map_err(|e| Error::Invalid(format!("BERT config: {e}")))?)),
+    from_json: |json| Ok(Box::new(super::read_config::<BertConfig>(json, "BERT")?)),
     tasks: &[TaskKind::Encoder, TaskKind::Classification],
     gguf: None,
     lora_targets: &["query", "value"],
@@ -264,7 +264,7 @@ impl Bert {
                 heads(layer.key.forward_t(&x, opts.train)?, Site::K)?,
                 heads(layer.value.forward_t(&x, opts.train)?, Site::V)?,
             );
-            let (a, probs) = attend(&q, &k, &v, mask, attn_dropout, &layer.attention_output, i, opts)?;
+            let (a, probs) = attend(&q, &k, &v, mask, None, attn_dropout, &layer.attention_output, i, opts)?;
             let mid = hook(Site::ResidMid, hook(Site::AttnOut, a)?.dropout(dropout, opts.train) + &x)?;
             let y = hook(Site::Ln1Normalized, layer.attention_norm.forward(&mid))?;
             let pre = hook(Site::MlpPre, layer.intermediate.forward_t(&y, opts.train)?)?;
@@ -311,7 +311,7 @@ impl BertHeads {
         match task {
             Task::Classification { classes } => BertHeads { pooler: true, classes: Some(classes) },
             Task::Encoder { pooler } => BertHeads { pooler, classes: None },
-            Task::LanguageModel => BertHeads::default(),
+            Task::LanguageModel | Task::Seq2Seq => BertHeads::default(),
         }
     }
 

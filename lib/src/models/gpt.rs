@@ -33,13 +33,13 @@ use super::checkpointing::run_blocks;
 use super::hooks::{Point, Site};
 use super::linear::Linear;
 use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Readout, Task, TaskKind};
-use crate::error::{invalid, Error, Result};
+use crate::error::{invalid, Result};
 
 /// The registry entry.
 pub const FAMILY: Family = Family {
     name: "gpt",
     model_types: &["gpt2"],
-    from_json: |json| Ok(Box::new(serde_json::from_value::<GptConfig>(json.clone()).map_err(|e| Error::Invalid(format!("GPT-2 config: {e}")))?)),
+    from_json: |json| Ok(Box::new(super::read_config::<GptConfig>(json, "GPT-2")?)),
     tasks: &[TaskKind::LanguageModel],
     gguf: None,
     lora_targets: &["c_attn"],
@@ -175,7 +175,7 @@ impl Attention {
         let q = heads(&qkv[0], Site::Q)?;
         let (k, v) = super::layers::cached(cache, layer, heads(&qkv[1], Site::K)?, heads(&qkv[2], Site::V)?);
         let dropout = if opts.train { self.dropout } else { 0.0 };
-        attend(&q, &k, &v, Mask::Causal, dropout, &self.c_proj, layer, opts)
+        attend(&q, &k, &v, Mask::Causal, None, dropout, &self.c_proj, layer, opts)
     }
 }
 

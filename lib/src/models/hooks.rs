@@ -73,6 +73,19 @@ pub enum Site {
     ResidPost,
     /// `ln_final.hook_normalized`: the final norm's output, read by the unembedding.
     LnFinal,
+    /// `decoder.L.ln2.hook_normalized` is the cross-attention's normalised input in an
+    /// encoder–decoder; `decoder.L.ln3.hook_normalized` is the MLP's.
+    Ln3Normalized,
+    /// `decoder.L.hook_cross_attn_out`: the cross-attention's output.
+    CrossAttnOut,
+    /// `decoder.L.hook_resid_mid_cross`: the stream after the cross-attention's add.
+    ResidMidCross,
+    /// `encoder_final_ln.hook_normalized`: the encoder's output, which the decoder's
+    /// cross-attention reads.
+    EncoderFinalLn,
+    /// `decoder_final_ln.hook_normalized`: the decoder's final norm, read by the
+    /// unembedding.
+    DecoderFinalLn,
 }
 
 /// How a site's tensor is laid out, as hooks see it.
@@ -113,6 +126,11 @@ impl Site {
             Site::MlpOut => "hook_mlp_out",
             Site::ResidPost => "hook_resid_post",
             Site::LnFinal => "ln_final.hook_normalized",
+            Site::Ln3Normalized => "ln3.hook_normalized",
+            Site::CrossAttnOut => "hook_cross_attn_out",
+            Site::ResidMidCross => "hook_resid_mid_cross",
+            Site::EncoderFinalLn => "encoder_final_ln.hook_normalized",
+            Site::DecoderFinalLn => "decoder_final_ln.hook_normalized",
         }
     }
 
@@ -126,9 +144,50 @@ impl Site {
     }
 }
 
+/// Which stack of blocks a point is in: the one stack of a decoder or an encoder
+/// (`blocks.L`), or one of an encoder–decoder's two (`encoder.L`, `decoder.L`, and the
+/// decoder's cross-attention `decoder.L.cross_attn`), as TransformerLens's
+/// `HookedEncoderDecoder` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    /// `blocks.L`.
+    Blocks,
+    /// `encoder.L`.
+    Encoder,
+    /// `decoder.L`.
+    Decoder,
+    /// `decoder.L`, with the attention sites under `cross_attn` instead of `attn`.
+    Cross,
+}
+
+/// A block of a stack: where an attention or a block's sites are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockId {
+    /// The stack.
+    pub stack: Stack,
+    /// The block, from 0.
+    pub layer: usize,
+}
+
+impl BlockId {
+    /// The point at `site` in this block.
+    pub fn at(self, site: Site) -> Point {
+        Point { stack: self.stack, layer: Some(self.layer), site }
+    }
+}
+
+impl From<usize> for BlockId {
+    /// Block `layer` of the one stack.
+    fn from(layer: usize) -> Self {
+        BlockId { stack: Stack::Blocks, layer }
+    }
+}
+
 /// One hook point: a site, in a block or outside the blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Point {
+    /// The stack the block is in.
+    pub stack: Stack,
     /// The block, for sites inside one.
     pub layer: Option<usize>,
     /// What the activation is.
@@ -138,19 +197,22 @@ pub struct Point {
 impl Point {
     /// A point outside the blocks (embeddings, the final norm).
     pub fn outside(site: Site) -> Self {
-        Point { layer: None, site }
+        Point { stack: Stack::Blocks, layer: None, site }
     }
 
     /// A point in block `layer`.
     pub fn block(layer: usize, site: Site) -> Self {
-        Point { layer: Some(layer), site }
+        Point { stack: Stack::Blocks, layer: Some(layer), site }
     }
 
     /// Its TransformerLens name.
     pub fn name(self) -> String {
-        match self.layer {
-            Some(l) => format!("blocks.{l}.{}", self.site.suffix()),
-            None => self.site.suffix().to_string(),
+        let Some(l) = self.layer else { return self.site.suffix().to_string() };
+        match self.stack {
+            Stack::Blocks => format!("blocks.{l}.{}", self.site.suffix()),
+            Stack::Encoder => format!("encoder.{l}.{}", self.site.suffix()),
+            Stack::Decoder => format!("decoder.{l}.{}", self.site.suffix()),
+            Stack::Cross => format!("decoder.{l}.cross_{}", self.site.suffix()),
         }
     }
 

@@ -14,10 +14,22 @@ use super::Activation;
 use crate::error::Result;
 
 /// Keys and values of earlier positions, one pair per layer, so that generation runs
-/// each token once.
+/// each token once. For an encoder–decoder it also holds what the decoder reads of the
+/// source: the encoder's output, and each layer's cross-attention keys and values,
+/// computed from it once per generation.
 #[derive(Default)]
 pub struct KvCache {
     layers: Vec<(Tensor, Tensor)>, // per layer: (B, kv_heads, T_past, head_dim)
+    source: Option<Source>,
+    cross: Vec<(Tensor, Tensor)>, // per layer: (B, heads, S, head_dim)
+}
+
+/// An encoder's output as the decoder's cross-attention reads it.
+pub struct Source {
+    /// The encoder's final hidden states `(B, S, C)`.
+    pub hidden: Tensor,
+    /// `(B, S)`: 1 on source tokens, 0 on padding; `None` when nothing is padded.
+    pub mask: Option<Tensor>,
 }
 
 impl KvCache {
@@ -31,16 +43,49 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// A cache for decoding from `source`, the encoder's output.
+    pub fn for_source(source: Source) -> Self {
+        KvCache { source: Some(source), ..Default::default() }
+    }
+
+    /// The encoder's output the decoder reads, in an encoder–decoder's cache.
+    pub fn source(&self) -> Option<&Source> {
+        self.source.as_ref()
+    }
+
     /// Keeps, for each row of the next batch, the cached row `rows[i]` (beam search
-    /// continuing some beams twice and others not at all).
+    /// continuing some beams twice and others not at all; at its start, one source
+    /// copied to every beam).
     pub fn reorder(&mut self, rows: &Tensor) -> Result<()> {
-        for (k, v) in &mut self.layers {
+        for (k, v) in self.layers.iter_mut().chain(&mut self.cross) {
             if k.numel() > 0 {
                 *k = k.f_index_select(0, rows)?;
                 *v = v.f_index_select(0, rows)?;
             }
         }
+        if let Some(source) = &mut self.source {
+            source.hidden = source.hidden.f_index_select(0, rows)?;
+            if let Some(mask) = &mut source.mask {
+                *mask = mask.f_index_select(0, rows)?;
+            }
+        }
         Ok(())
+    }
+
+    /// `layer`'s cross-attention keys and values: `project` computes them from the
+    /// source the first time, the cache keeps them after.
+    pub fn cross(&mut self, layer: usize, project: impl FnOnce(&Tensor) -> Result<(Tensor, Tensor)>) -> Result<(Tensor, Tensor)> {
+        let Some(source) = &self.source else {
+            return crate::error::invalid!("an encoder–decoder's decoder reads the encoder's output, and this cache holds none");
+        };
+        if self.cross.len() <= layer {
+            self.cross.resize_with(layer + 1, || (Tensor::new(), Tensor::new()));
+        }
+        if self.cross[layer].0.numel() == 0 {
+            self.cross[layer] = project(&source.hidden)?;
+        }
+        let (k, v) = &self.cross[layer];
+        Ok((k.shallow_clone(), v.shallow_clone()))
     }
 
     /// Appends this step's `k, v: (B, heads, T, head_dim)` to `layer`'s and returns

@@ -175,7 +175,7 @@ impl LlamaConfig {
 
     /// Reads a parsed `config.json` of either transformers generation.
     pub fn from_json(json: &Value) -> Result<Self> {
-        let mut config: LlamaConfig = serde_json::from_value(json.clone()).map_err(|e| Error::Invalid(format!("Llama-style config: {e}")))?;
+        let mut config: LlamaConfig = super::read_config(json, "Llama-style")?;
         // The dtype the weights were saved in says nothing about the model; saves write their own.
         config.other.remove("torch_dtype");
         config.other.remove("dtype");
@@ -401,7 +401,7 @@ impl Attention {
         let (k, v) = cached(cache, layer, k, v);
         let dropout = if opts.train { self.dropout } else { 0.0 };
         let mask = self.window.map_or(Mask::Causal, Mask::SlidingWindow);
-        attend(&q, &k, &v, mask, dropout, &self.o_proj, layer, opts)
+        attend(&q, &k, &v, mask, None, dropout, &self.o_proj, layer, opts)
     }
 }
 

@@ -2,7 +2,7 @@
 //! configuration read from `config.json`, a model that owns its variables, the task a
 //! model serves, forward options and outputs.
 //!
-//! One file per family ([`gpt`], [`bert`], [`llama`]), each readable top to bottom,
+//! One file per family ([`gpt`], [`bert`], [`llama`], [`t5`]), each readable top to bottom,
 //! built from the shared layers in [`layers`] and [`attention`]. Adding a family is one
 //! file that implements [`Architecture`] and [`Network`], and one line in [`FAMILIES`].
 //! Everything outside this module (checkpoints, the trainer, generation, embeddings,
@@ -21,6 +21,7 @@ pub mod llama;
 pub mod lora;
 pub mod prune;
 pub mod quantize;
+pub mod t5;
 
 use std::path::Path;
 
@@ -34,7 +35,7 @@ use crate::error::{invalid, Error, Result};
 
 /// Every model family tchlab builds and loads. A checkpoint's `model_type` (or its
 /// GGUF `general.architecture`) picks the entry.
-pub const FAMILIES: &[&Family] = &[&gpt::FAMILY, &bert::FAMILY, &llama::FAMILY];
+pub const FAMILIES: &[&Family] = &[&gpt::FAMILY, &bert::FAMILY, &llama::FAMILY, &t5::FAMILY];
 
 /// One entry of the registry: the names a family answers to and how to read its
 /// configuration. How to build it and name its weights is on its [`Architecture`].
@@ -76,6 +77,9 @@ pub enum Task {
         /// Number of classes.
         classes: i64,
     },
+    /// An encoder–decoder: the encoder reads a source ([`Network::encode`]), the decoder
+    /// gives logits over the vocabulary at every target position.
+    Seq2Seq,
 }
 
 /// A [`Task`] without its numbers, for what a family supports.
@@ -87,6 +91,8 @@ pub enum TaskKind {
     Encoder,
     /// [`Task::Classification`].
     Classification,
+    /// [`Task::Seq2Seq`].
+    Seq2Seq,
 }
 
 impl Task {
@@ -96,6 +102,7 @@ impl Task {
             Task::LanguageModel => TaskKind::LanguageModel,
             Task::Encoder { .. } => TaskKind::Encoder,
             Task::Classification { .. } => TaskKind::Classification,
+            Task::Seq2Seq => TaskKind::Seq2Seq,
         }
     }
 
@@ -248,6 +255,10 @@ pub trait Architecture: std::fmt::Debug + Send + Sync {
     fn labels(&self) -> Option<Vec<String>> {
         None
     }
+    /// The id an encoder–decoder's decoder starts from; `None` for other models.
+    fn decoder_start_token_id(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// A built network: the forward pass and the names of its weights in checkpoints.
@@ -258,7 +269,14 @@ pub trait Network: Send {
     fn task(&self) -> Task;
     /// Runs `ids: (B, T)`. `mask: (B, T)` marks real tokens (1) and padding (0) for
     /// encoders; decoders take a [`KvCache`] instead, holding the positions before `ids`.
+    /// An encoder–decoder runs its decoder here, over target ids, with a cache that holds
+    /// the encoder's output ([`KvCache::for_source`]).
     fn forward(&self, ids: &Tensor, mask: Option<&Tensor>, opts: &ForwardOptions, cache: Option<&mut KvCache>) -> Result<Output>;
+    /// An encoder–decoder's encoder: the final hidden states `(B, S, C)` of source ids
+    /// `(B, S)` with their padding mask.
+    fn encode(&self, _ids: &Tensor, _mask: Option<&Tensor>, _opts: &ForwardOptions) -> Result<Tensor> {
+        invalid!("only an encoder–decoder encodes a source; this model reads its input in one pass")
+    }
     /// The variable a Hugging Face checkpoint key fills, and whether it is stored
     /// transposed; `None` for keys that hold no parameter (buffers, a tied head).
     fn var_for_key(&self, key: &str) -> Option<(String, bool)>;
@@ -436,6 +454,28 @@ pub(crate) const MAX_DIMENSION: i64 = 1 << 24;
 /// The most blocks a configuration may give.
 pub(crate) const MAX_LAYERS: i64 = 1 << 12;
 
+/// Reads a family's `config.json` into its configuration type; the message says which
+/// family (`what`) and names the key whose value does not fit — found as the key without
+/// which the file reads (or, for a required key, misses only that key), since serde's
+/// messages do not name it.
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(json: &Value, what: &str) -> Result<T> {
+    let error = match serde_json::from_value::<T>(json.clone()) {
+        Ok(config) => return Ok(config),
+        Err(e) => e.to_string(),
+    };
+    let culprit = json.as_object().and_then(|fields| {
+        fields.keys().find(|key| {
+            let mut without = fields.clone();
+            without.remove(*key);
+            serde_json::from_value::<T>(Value::Object(without)).map_or_else(|e| e.to_string().starts_with(&format!("missing field `{key}`")), |_| true)
+        })
+    });
+    match culprit {
+        Some(key) => invalid!("{what} config: `{key}`: {error}"),
+        None => invalid!("{what} config: {error}"),
+    }
+}
+
 /// Checks that each `(key, value)` is in `1..=max`; the message names the key.
 pub(crate) fn check_dimensions(dimensions: &[(&str, i64, i64)]) -> Result<()> {
     for &(key, value, max) in dimensions {
@@ -548,6 +588,11 @@ impl Model {
     /// The task the model serves.
     pub fn task(&self) -> Task {
         self.network.task()
+    }
+
+    /// An encoder–decoder's encoder (see [`Network::encode`]).
+    pub fn encode(&self, ids: &Tensor, mask: Option<&Tensor>, opts: &ForwardOptions) -> Result<Tensor> {
+        self.network.encode(ids, mask, opts)
     }
 
     /// The forward pass (see [`Network::forward`]).

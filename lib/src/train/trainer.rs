@@ -596,7 +596,15 @@ impl Trainer {
         let device = self.model.device();
         let inputs = batch.inputs.to_device(device);
         let mask = batch.mask.as_ref().map(|m| m.to_device(device));
-        self.model.forward(&inputs, mask.as_ref(), opts, None)
+        match &batch.source {
+            // An encoder–decoder: the encoder reads the source, the decoder the target.
+            Some(source) => {
+                let hidden = self.model.encode(&source.to_device(device), mask.as_ref(), opts)?;
+                let mut cache = crate::models::KvCache::for_source(crate::models::layers::Source { hidden, mask });
+                self.model.forward(&inputs, None, opts, Some(&mut cache))
+            }
+            None => self.model.forward(&inputs, mask.as_ref(), opts, None),
+        }
     }
 
     /// The logits of an evaluation pass.
@@ -609,7 +617,7 @@ impl Trainer {
     fn loss_of(&self, logits: &Tensor, batch: &Batch) -> Tensor {
         let targets = batch.targets.to_device(logits.device());
         match self.model.task() {
-            Task::LanguageModel => super::lm_loss(logits, &targets),
+            Task::LanguageModel | Task::Seq2Seq => super::lm_loss(logits, &targets),
             Task::Classification { .. } | Task::Encoder { .. } => logits.to_kind(Kind::Float).cross_entropy_for_logits(&targets),
         }
     }
@@ -867,6 +875,24 @@ pub(super) fn check_fit(model: &Model, tokenizer: &Tokenizer, data: &Dataset, hp
         );
     }
     match (model.task(), data) {
+        (Task::Seq2Seq, Dataset::Synth { seq2seq: true, .. }) => {
+            let start = tokenizer.encode_corpus("=")?;
+            if config.decoder_start_token_id().map(|id| vec![id]) != Some(start.clone()) {
+                return invalid!(
+                    "the synthetic pairs start the decoder from `=` (id {start:?}) but this model's decoder starts from id {:?}; build it for this data with `%model t5`",
+                    config.decoder_start_token_id()
+                );
+            }
+        }
+        (Task::Seq2Seq, _) => {
+            return invalid!(
+                "a {} encoder–decoder trains on source → target pairs: `%data synth reverse --seq2seq` (other data sets are one text, not pairs)",
+                config.model_type()
+            )
+        }
+        (_, Dataset::Synth { seq2seq: true, .. }) => {
+            return invalid!("source → target pairs (`--seq2seq`) train an encoder–decoder (`%model t5`); this model is a {}", config.model_type())
+        }
         (Task::LanguageModel, Dataset::Synth { .. }) => {
             let needed = data.example_len().unwrap_or(0) as i64 - 1;
             if needed > config.max_positions() {

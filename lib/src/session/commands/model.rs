@@ -23,10 +23,11 @@ use crate::train::Trainer;
 
 pub const MODEL: Command = Command {
     name: "model",
-    summary: "build a new GPT, BERT or Llama-style model, or show the current one",
+    summary: "build a new GPT, BERT, Llama-style or T5 model, or show the current one",
     args: &[
-        opt_pos("family", "gpt | bert | llama").choices(&["gpt", "bert", "llama"]),
-        option("layers", "N", "blocks (default 2)"),
+        opt_pos("family", "gpt | bert | llama | t5").choices(&["gpt", "bert", "llama", "t5"]),
+        option("layers", "N", "blocks (default 2; T5: the encoder's)"),
+        option("decoder-layers", "N", "T5: the decoder's blocks (default: --layers)"),
         option("heads", "N", "attention heads (default 4)"),
         option("kv-heads", "N", "llama: key/value heads, dividing --heads (default: --heads; fewer is grouped-query attention)"),
         option("dim", "N", "width (default 64)"),
@@ -35,7 +36,9 @@ pub const MODEL: Command = Command {
         option("dropout", "P", "dropout probability (default 0)"),
         option("classes", "N", "BERT: a classification head (default: the data's labels)"),
     ],
-    details: "Without arguments, a summary: modules, parameters, dtype, device, memory.",
+    details: "Without arguments, a summary: modules, parameters, dtype, device, memory. \
+              T5 is the encoder–decoder (v1.1's gated-GELU MLP, relative positions); it trains on source → target pairs \
+              (`%data synth reverse --seq2seq`), its decoder starting from `=` when the tokenizer has one.",
     example: "%model gpt --layers 2 --heads 4 --dim 64",
     returns: returns::<ModelSummary>(),
     run: model,
@@ -65,7 +68,7 @@ fn model(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         (None, None) => return Err(args.usage_error("no tokenizer to size the vocabulary: give --vocab N, or load data or a tokenizer first")),
     };
     let needed_ctx = match &s.data {
-        Some(DataSpec::Synth { task, length, symbols }) => {
+        Some(DataSpec::Synth { task, length, symbols, .. }) => {
             crate::data::synth::Synth::new(crate::data::synth::Task::parse(task)?, *length, *symbols)?.example_len() as i64 - 1
         }
         _ => 128,
@@ -88,6 +91,16 @@ fn model(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
                 ..GptConfig::tiny(vocab, ctx_len)
             };
             Model::new(config, Task::LanguageModel, s.device)
+        }
+        "t5" => {
+            let decoder_layers = number("decoder-layers", layers)?;
+            let start = match s.tokenizer().map(|t| t.encode_corpus("=")) {
+                Some(Ok(ids)) if ids.len() == 1 => ids[0],
+                _ => 0,
+            };
+            let mut config = crate::models::t5::T5Config::small(vocab, layers, decoder_layers, heads, dim, start, ctx_len);
+            config.dropout_rate = dropout;
+            Model::new(config, Task::Seq2Seq, s.device)
         }
         "llama" => {
             let kv_heads = number("kv-heads", heads)?;
@@ -424,6 +437,7 @@ fn save_adapter(s: &mut Session, path: &std::path::Path, ctx: &mut Ctx) -> Resul
         crate::models::Task::LanguageModel => "CAUSAL_LM",
         crate::models::Task::Classification { .. } => "SEQ_CLS",
         crate::models::Task::Encoder { .. } => "FEATURE_EXTRACTION",
+        crate::models::Task::Seq2Seq => "SEQ_2_SEQ_LM",
     };
     let (config, weights) = model.peft_adapter(s.model_source.clone(), task_type)?;
     checkpoint::peft::write(path, &config, &weights)?;

@@ -31,6 +31,7 @@ pub const DATA: Command = Command {
         option("text", "FIELD", "classify: the text column or field (default text)"),
         option("label", "FIELD", "classify: the label column or field (default label)"),
         flag("all-tokens", "chat: every token carries loss, not only the assistant's replies (or the completions)"),
+        flag("seq2seq", "synth: source → target pairs for an encoder–decoder (`abc` → `cba`) instead of one text (`abc=cba`)"),
     ],
     details: "A text corpus without a tokenizer gets a character tokenizer built from it. Classification files are CSV with a header, or JSONL. \
               Chat files are JSON lines in TRL's formats: {\"messages\": [{\"role\", \"content\"}, ...]} or {\"prompt\", \"completion\"} (strings, or message lists), \
@@ -49,7 +50,7 @@ fn data(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
             let task = crate::data::synth::Task::parse(source)?;
             let (length, symbols) = (args.parse_as("length")?.unwrap_or(6), args.parse_as("symbols")?.unwrap_or(10));
             let synth = crate::data::synth::Synth::new(task, length, symbols)?;
-            (DataSpec::Synth { task: source.to_string(), length, symbols }, synth.tokenizer())
+            (DataSpec::Synth { task: source.to_string(), length, symbols, seq2seq: args.flag("seq2seq") }, synth.tokenizer())
         }
         "text" => {
             let path = expand_home(source);
@@ -100,7 +101,7 @@ fn data(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
         Some(crate::data::Dataset::Chat(c)) => return chat_ready(c, vocab, s.trainer.as_ref().map(Trainer::sizing), ctx),
         _ => {
             let example = match &s.data {
-                Some(DataSpec::Synth { task, length, symbols }) => {
+                Some(DataSpec::Synth { task, length, symbols, .. }) => {
                     let synth = crate::data::synth::Synth::new(crate::data::synth::Task::parse(task)?, *length, *symbols)?;
                     let (p, a) = synth.example(&mut crate::data::Rng::new(s.seed));
                     format!("; an example: {p}{a}")
