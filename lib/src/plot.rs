@@ -613,15 +613,15 @@ impl Drawing for ParallelDrawing<'_> {
 }
 
 /// One head's attention `(queries, keys)` as a heatmap with the tokens on both axes.
-pub fn attention_map(probs: &[Vec<f64>], tokens: &[String], title: &str) -> Result<Figure> {
-    if probs.len() != tokens.len() {
-        return invalid!("an attention map needs a square matrix with one token per row");
+pub fn attention_map(probs: &[Vec<f64>], queries: &[String], keys: &[String], title: &str) -> Result<Figure> {
+    if probs.len() != queries.len() || probs.iter().any(|row| row.len() != keys.len()) {
+        return invalid!("an attention map needs one row per query token and one column per key token");
     }
     heatmap(&Heatmap {
         title,
         values: probs,
-        rows: tokens,
-        columns: tokens,
+        rows: queries,
+        columns: keys,
         row_axis: "query",
         column_axis: "key",
         scale: ColourScale::Sequential { lo: 0.0, hi: 1.0 },
@@ -631,32 +631,38 @@ pub fn attention_map(probs: &[Vec<f64>], tokens: &[String], title: &str) -> Resu
 }
 
 /// Every layer's and head's attention `[layer][head][query][key]` as a grid of small
-/// maps, with a colour bar; up to 32 tokens, each layer's first map has the query tokens
-/// beside it and the first layer's maps have the key tokens above them.
-pub fn attention_grid(maps: &[Vec<Vec<Vec<f64>>>], tokens: &[String], title: &str) -> Result<Figure> {
+/// maps, with a colour bar; up to 32 tokens a side, each layer's first map has the query
+/// tokens beside it and the first layer's maps have the key tokens above them (the same
+/// tokens for self-attention; a target's and a source's for cross-attention).
+pub fn attention_grid(maps: &[Vec<Vec<Vec<f64>>>], queries: &[String], keys: &[String], title: &str) -> Result<Figure> {
     let layers = maps.len();
     let heads = maps.first().map_or(0, Vec::len);
-    let n = maps.first().and_then(|l| l.first()).map_or(0, Vec::len);
-    if layers == 0 || heads == 0 || n == 0 || tokens.len() != n {
-        return invalid!("no attention to draw, or not one token per row");
+    let (nq, nk) = (queries.len(), keys.len());
+    let fits = maps.iter().flatten().all(|map| map.len() == nq && map.iter().all(|row| row.len() == nk));
+    if layers == 0 || heads == 0 || nq == 0 || nk == 0 || !fits {
+        return invalid!("no attention to draw, or not one row per query token and one column per key token");
     }
+    let n = nq.max(nk);
     let labelled = n <= 32;
     let cell = if labelled { (96 / n as u32).max(12) } else { (96 / n as u32).max(1) };
-    let tile = cell * n as u32;
+    let tile = (cell * nk as u32, cell * nq as u32);
     let gap = 8;
-    let label_room = if labelled { 10 + 7 * tokens.iter().map(|t| t.chars().count().min(LABEL_CHARS)).max().unwrap_or(1) as u32 } else { 0 };
-    let (left, top) = (34 + label_room, 40 + label_room + 16);
-    let width = (left + heads as u32 * (tile + gap) + 90).max(16 + 9 * title.chars().count() as u32);
-    let height = (top + layers as u32 * (tile + gap) + 10).max(top + 170);
-    render(width, height, &GridDrawing { maps, tokens, title, cell, tile, gap, left, top, labelled })
+    let longest = |tokens: &[String]| tokens.iter().map(|t| t.chars().count().min(LABEL_CHARS)).max().unwrap_or(1) as u32;
+    let (row_labels, column_labels) = if labelled { (10 + 7 * longest(queries), 10 + 7 * longest(keys)) } else { (0, 0) };
+    let (left, top) = (34 + row_labels, 40 + column_labels + 16);
+    let width = (left + heads as u32 * (tile.0 + gap) + 90).max(16 + 9 * title.chars().count() as u32);
+    let height = (top + layers as u32 * (tile.1 + gap) + 10).max(top + 170);
+    render(width, height, &GridDrawing { maps, queries, keys, title, cell, tile, gap, left, top, labelled })
 }
 
 struct GridDrawing<'a> {
     maps: &'a [Vec<Vec<Vec<f64>>>],
-    tokens: &'a [String],
+    queries: &'a [String],
+    keys: &'a [String],
     title: &'a str,
     cell: u32,
-    tile: u32,
+    /// A map's width and height.
+    tile: (u32, u32),
     gap: u32,
     left: u32,
     top: u32,
@@ -665,7 +671,7 @@ struct GridDrawing<'a> {
 
 impl Drawing for GridDrawing<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>, scale: f64) -> std::result::Result<(), String> {
-        let (tile, gap) = (f64::from(self.tile), f64::from(self.gap));
+        let ((tile_w, tile_h), gap) = ((f64::from(self.tile.0), f64::from(self.tile.1)), f64::from(self.gap));
         let px = |v: f64| (v * scale) as i32;
         let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
         let short = |t: &String| t.chars().take(LABEL_CHARS).collect::<String>();
@@ -678,19 +684,19 @@ impl Drawing for GridDrawing<'_> {
         let c = px(f64::from(self.cell));
         let colours = ColourScale::Sequential { lo: 0.0, hi: 1.0 };
         for (l, layer) in self.maps.iter().enumerate() {
-            let y0 = px(top + l as f64 * (tile + gap));
-            root.draw(&Text::new(format!("L{l}"), (px(4.0), y0 + px(tile / 2.0 - 6.0)), font.clone())).map_err(e)?;
+            let y0 = px(top + l as f64 * (tile_h + gap));
+            root.draw(&Text::new(format!("L{l}"), (px(4.0), y0 + px(tile_h / 2.0 - 6.0)), font.clone())).map_err(e)?;
             if self.labelled {
-                for (i, t) in self.tokens.iter().enumerate() {
+                for (i, t) in self.queries.iter().enumerate() {
                     root.draw(&Text::new(short(t), (px(30.0), y0 + i as i32 * c + c / 2 - px(6.0)), font.clone())).map_err(e)?;
                 }
             }
             for (h, head) in layer.iter().enumerate() {
-                let x0 = px(left + h as f64 * (tile + gap));
+                let x0 = px(left + h as f64 * (tile_w + gap));
                 if l == 0 {
-                    root.draw(&Text::new(format!("H{h}"), (x0 + px(tile / 2.0 - 8.0), px(38.0)), font.clone())).map_err(e)?;
+                    root.draw(&Text::new(format!("H{h}"), (x0 + px(tile_w / 2.0 - 8.0), px(38.0)), font.clone())).map_err(e)?;
                     if self.labelled {
-                        for (j, t) in self.tokens.iter().enumerate() {
+                        for (j, t) in self.keys.iter().enumerate() {
                             root.draw(&Text::new(short(t), (x0 + j as i32 * c + c / 2 - px(6.0), y0 - px(4.0)), upright.clone())).map_err(e)?;
                         }
                     }
@@ -703,7 +709,7 @@ impl Drawing for GridDrawing<'_> {
                 }
             }
         }
-        let bar_x = px(left + self.maps[0].len() as f64 * (tile + gap) + 8.0);
+        let bar_x = px(left + self.maps[0].len() as f64 * (tile_w + gap) + 8.0);
         colour_bar(root, colours, "attention", (bar_x, px(top)), scale)
     }
 }
@@ -782,13 +788,22 @@ mod tests {
     fn attention_figures_have_the_expected_size() {
         let probs = vec![vec![1.0, 0.0, 0.0], vec![0.5, 0.5, 0.0], vec![0.2, 0.3, 0.5]];
         let tokens: Vec<String> = ["the", "cat", "sat"].iter().map(|s| s.to_string()).collect();
-        let f = attention_map(&probs, &tokens, "layer 0, head 0").unwrap();
+        let f = attention_map(&probs, &tokens, &tokens, "layer 0, head 0").unwrap();
         assert_eq!(png_size(&f.png), (2 * f.width, 2 * f.height));
-        let grid = attention_grid(&vec![vec![probs.clone(); 4]; 2], &tokens, "all heads").unwrap();
+        let grid = attention_grid(&vec![vec![probs.clone(); 4]; 2], &tokens, &tokens, "all heads").unwrap();
         assert_eq!(png_size(&grid.png), (2 * grid.width, 2 * grid.height));
         assert!(grid.width > grid.height, "4 heads across, 2 layers down");
         let text = |svg: &str, t: &str| svg.contains(&format!("\n{t}\n</text>"));
         assert!(text(&grid.svg, "cat") && text(&grid.svg, "attention") && text(&grid.svg, "H3"), "token labels, the colour bar's caption, head labels");
         assert!(text(&f.svg, "attention"), "the single map has the colour bar too");
+        // Cross-attention: 2 target tokens (rows) over the 3 source tokens (columns).
+        let source = tokens.clone();
+        let target: Vec<String> = ["=", "a"].iter().map(|s| s.to_string()).collect();
+        let cross = vec![vec![0.2, 0.3, 0.5], vec![0.9, 0.05, 0.05]];
+        let f = attention_map(&cross, &target, &source, "cross").unwrap();
+        assert!(text(&f.svg, "cat") && text(&f.svg, "="), "source tokens label the columns, target tokens the rows");
+        let grid = attention_grid(&vec![vec![cross.clone(); 2]], &target, &source, "cross").unwrap();
+        assert!(text(&grid.svg, "sat") && text(&grid.svg, "="));
+        assert!(attention_map(&cross, &source, &target, "swapped").is_err(), "rows and columns must match the tokens");
     }
 }

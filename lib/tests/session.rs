@@ -827,7 +827,26 @@ fn an_encoder_decoder_generates_and_searches_as_transformers_does_and_refuses_wh
     assert_eq!(adapted.len(), 12, "{adapted:?}");
     assert!(adapted.contains(&"decoder.block.1.layer.1.EncDecAttention.v") && adapted.contains(&"encoder.block.0.layer.0.SelfAttention.q"));
     ok(&mut s, "%lora drop");
-    for (cell, says) in [("%attention \"w5 w6\"", "encoder–decoder"), ("%logit-lens \"w5 w6\"", "this t5 model has none")] {
+    // Attention on the source: the encoder's over it, and the cross-attention's rows — the
+    // decoder's start token, then what it wrote greedily — over its tokens.
+    let cross = ok(&mut s, &format!("%attention \"{text}\" --layer 1 --head 2"));
+    let source: Vec<String> = text.split(' ').map(String::from).chain(["</s>".to_string()]).collect();
+    assert_eq!(cross["kind"], "cross");
+    assert_eq!(serde_json::from_value::<Vec<String>>(cross["keys"].clone()).unwrap(), source);
+    // The decoder writes until its end token (at most 32 tokens); the reference has 8.
+    let rows = serde_json::from_value::<Vec<String>>(cross["tokens"].clone()).unwrap();
+    let written: Vec<String> = ids(&reference["greedy"]).iter().map(|id| format!("w{id}")).collect();
+    assert!((9..=32).contains(&rows.len()), "{rows:?}");
+    assert_eq!(rows[..9], *std::iter::once("<pad>".to_string()).chain(written).collect::<Vec<_>>(), "the rows begin as transformers' greedy reply");
+    let map: Vec<Vec<f64>> = serde_json::from_value(cross["attention"].clone()).unwrap();
+    assert!(map.len() == rows.len() && map.iter().all(|r| r.len() == source.len() && (r.iter().sum::<f64>() - 1.0).abs() < 1e-5));
+    let encoder = ok(&mut s, &format!("%attention \"{text}\" --kind encoder"));
+    assert_eq!((encoder["kind"].as_str(), encoder["layers"].as_i64()), (Some("encoder"), Some(2)));
+    assert_eq!(encoder["tokens"], encoder["keys"]);
+    let decoder = ok(&mut s, &format!("%attention \"{text}\" --kind decoder --layer 0 --head 0"));
+    let map: Vec<Vec<f64>> = serde_json::from_value(decoder["attention"].clone()).unwrap();
+    assert!(map.iter().enumerate().all(|(i, r)| r[i + 1..].iter().all(|&p| p == 0.0)), "the decoder attends causally: {map:?}");
+    for (cell, says) in [("%logit-lens \"w5 w6\"", "this t5 model has none"), ("%attention \"w5\" --kind sideways", "encoder, decoder or cross")] {
         let before = ok(&mut s, "%status --checksum")["weights_checksum"].clone();
         let e = fail(&mut s, cell);
         assert!(e.message.contains(says), "{cell}: {}", e.message);

@@ -205,7 +205,7 @@ impl Explorer {
 
     /// `%explore attention TEXT`: layer and head sliders over an attention map.
     pub fn attention(s: &Session, text: &str) -> Result<Self, CellError> {
-        let maps = AttentionMaps::of(s.model_or_err()?, s.tokenizer_or_err()?, text)?;
+        let maps = AttentionMaps::of(s.model_or_err()?, s.tokenizer_or_err()?, text, None)?;
         let controls = vec![
             Control::new("layer", "layer", ControlKind::Int { min: 0, max: maps.layers() - 1, step: 1 }, number(0.0)),
             Control::new("head", "head", ControlKind::Int { min: 0, max: maps.heads() - 1, step: 1 }, number(0.0)),
@@ -289,7 +289,7 @@ impl Explorer {
                 ))
             }
             Subject::Attention { text } => {
-                let maps = AttentionMaps::of(s.model_or_err()?, s.tokenizer_or_err()?, text)?;
+                let maps = AttentionMaps::of(s.model_or_err()?, s.tokenizer_or_err()?, text, None)?;
                 let layer = (self.number("layer") as i64).min(maps.layers() - 1);
                 let head = (self.number("head") as i64).min(maps.heads() - 1);
                 if self.flag("grid") {

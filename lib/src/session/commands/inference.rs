@@ -10,7 +10,7 @@ use super::{option, pos, rest, returns, Command};
 use crate::beam::{BeamOptions, EarlyStopping};
 use crate::embedding::{embed, pad_batch};
 use crate::models::{ForwardOptions, Task};
-use crate::session::figures::AttentionMaps;
+use crate::session::figures::{AttentionKind, AttentionMaps};
 use crate::session::output::{Bundle, CellError, Table};
 use crate::session::parse::Args;
 use crate::session::{Ctx, Session};
@@ -132,9 +132,13 @@ pub const ATTENTION: Command = Command {
         pos("text", "the text (quote it)"),
         option("layer", "L", "one layer (with --head: one map)"),
         option("head", "H", "one head"),
+        option("kind", "KIND", "encoder–decoders: encoder, decoder or cross (the default: target tokens over source tokens)")
+            .choices(&["encoder", "decoder", "cross"]),
         option("save", "PATH", "also write the figure to a .png or .svg file"),
     ],
-    details: "Rows are queries, columns keys; each row sums to one. Without --layer and --head, every head of every layer.",
+    details: "Rows are queries, columns keys; each row sums to one. Without --layer and --head, every head of every layer. \
+              On an encoder–decoder (T5) the text is the source: the decoder writes a target greedily, and --kind chooses the encoder's \
+              self-attention over the source, the decoder's over the target, or the cross-attention, each target token's row over the source tokens.",
     example: "%attention \"the cat sat on the mat\" --layer 0 --head 1",
     returns: returns::<Attention>(),
     run: attention,
@@ -142,7 +146,8 @@ pub const ATTENTION: Command = Command {
 
 fn attention(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let text = args.get("text").expect("required");
-    let maps = AttentionMaps::of(s.model_or_err()?, s.tokenizer_or_err()?, text)?;
+    let kind = args.get("kind").map(AttentionKind::parse).transpose()?;
+    let maps = AttentionMaps::of(s.model_or_err()?, s.tokenizer_or_err()?, text, kind)?;
     let (layers, heads) = (maps.layers(), maps.heads());
     let check = |name: &str, limit: i64| -> Result<Option<i64>, CellError> {
         match args.parse_as::<i64>(name)? {
@@ -158,6 +163,8 @@ fn attention(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
             Attention {
                 tokens: maps.tokens.clone(),
                 pieces: maps.pieces.clone(),
+                keys: maps.keys.clone(),
+                kind: maps.kind.map(|k| k.name().to_string()),
                 layers: None,
                 heads: None,
                 layer: Some(l),
@@ -174,6 +181,8 @@ fn attention(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellErro
                 Attention {
                     tokens: maps.tokens.clone(),
                     pieces: maps.pieces.clone(),
+                    keys: maps.keys.clone(),
+                    kind: maps.kind.map(|k| k.name().to_string()),
                     layers: Some(layers),
                     heads: Some(heads),
                     layer: None,
@@ -198,6 +207,11 @@ pub struct Attention {
     pub tokens: Vec<String>,
     /// The same tokens as the vocabulary spells them (`Ġcat`).
     pub pieces: Vec<String>,
+    /// The columns' tokens: the source's in cross-attention, else the rows'.
+    pub keys: Vec<String>,
+    /// On an encoder–decoder, which attention: encoder, decoder or cross.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     /// Grid: the model's layers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layers: Option<i64>,
