@@ -165,3 +165,54 @@ assert diff < 1e-4, f"max difference {diff}"
         common::python_agrees(script, &out);
     }
 }
+
+#[test]
+fn pairs_are_batched_and_scored_as_transformers_does_with_labels() {
+    use tchlab::data::pairs::{Pairs, PairsFit};
+    let dir = fixtures().join("t5-v1");
+    let loaded = checkpoint::load(&dir, Device::Cpu).unwrap();
+    let tokenizer = loaded.tokenizer.as_ref().expect("the fixture has a tokenizer.json");
+    // Sources and targets of different lengths, so that both are padded.
+    let out = common::scratch("t5-pairs");
+    let mut lines = String::new();
+    for i in 0..12 {
+        let source: Vec<String> = (0..3 + i % 5).map(|j| format!("w{}", 3 + (7 * i + 5 * j) % 90)).collect();
+        let target: Vec<String> = (0..1 + i % 4).map(|j| format!("w{}", 3 + (11 * i + 3 * j) % 90)).collect();
+        lines.push_str(&serde_json::json!({"en": source.join(" "), "de": target.join(" ")}).to_string());
+        lines.push('\n');
+    }
+    std::fs::write(out.join("pairs.jsonl"), &lines).unwrap();
+    let fit = PairsFit { pad_id: 0, start: 0, max_len: 64 };
+    let pairs = Pairs::from_file(&out.join("pairs.jsonl"), ("en", "de"), tokenizer, &fit, 0.5, 3).unwrap();
+    assert_eq!(pairs.sizes(), (6, 6));
+    let batch = pairs.val_batches(64).pop().unwrap();
+    let (source, mask) = (batch.source.unwrap(), batch.mask.unwrap());
+    let hidden = tch::no_grad(|| loaded.model.encode(&source, Some(&mask), &ForwardOptions::default()).unwrap());
+    let (logits, _) = decode(&loaded.model, &hidden, Some(&mask), &batch.inputs, &ForwardOptions::default());
+    let loss = tchlab::train::lm_loss(&logits, &batch.targets);
+    let tensors = [("source".into(), source), ("mask".into(), mask), ("inputs".into(), batch.inputs), ("targets".into(), batch.targets), ("loss".into(), loss)];
+    safetensors::write(&out.join("batch.safetensors"), &tensors, &BTreeMap::new()).unwrap();
+    std::fs::copy(dir.join("tokenizer.json"), out.join("tokenizer.json")).unwrap();
+    let script = r#"
+import json, sys, torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+from transformers import AutoModelForSeq2SeqLM
+d = sys.argv[1]
+ours = load_file(d + "/batch.safetensors")
+tok = Tokenizer.from_file(d + "/tokenizer.json")
+records = [json.loads(l) for l in open(d + "/pairs.jsonl")]
+examples = {tuple(tok.encode(r["en"]).ids): tok.encode(r["de"]).ids for r in records}
+model = AutoModelForSeq2SeqLM.from_pretrained(open(d + "/model.txt").read()).eval()
+for source, mask, target in zip(ours["source"], ours["mask"], ours["targets"]):
+    ids = tuple(source[mask.bool()].tolist())
+    assert ids in examples, f"source {ids} is no record's tokenised source"
+    assert target[target != -100].tolist() == examples[ids], "the target is the record's tokenised target, end token included"
+assert torch.equal(ours["inputs"], model._shift_right(ours["targets"])), "decoder inputs are transformers' labels shifted right"
+with torch.no_grad():
+    theirs = model(input_ids=ours["source"], attention_mask=ours["mask"], labels=ours["targets"]).loss
+assert abs(theirs.item() - ours["loss"].item()) < 1e-5, f"loss {ours['loss'].item()} vs transformers' {theirs.item()}"
+"#;
+    std::fs::write(out.join("model.txt"), dir.display().to_string()).unwrap();
+    common::python_agrees(script, &out);
+}

@@ -852,7 +852,23 @@ fn an_encoder_decoder_generates_and_searches_as_transformers_does_and_refuses_wh
         assert!(e.message.contains(says), "{cell}: {}", e.message);
         assert_eq!(ok(&mut s, "%status --checksum")["weights_checksum"], before, "{cell} changed the model");
     }
+    // Pairs from a TSV file fine-tune it: reversing three words.
     let data = common::scratch("session-t5");
+    let mut tsv = String::from("en\tde\n");
+    for i in 0..40 {
+        let words: Vec<String> = (0..3).map(|j| format!("w{}", 3 + (13 * i + 29 * j) % 90)).collect();
+        tsv.push_str(&format!("{}\t{}\n", words.join(" "), words.iter().rev().cloned().collect::<Vec<_>>().join(" ")));
+    }
+    std::fs::write(data.join("pairs.tsv"), tsv).unwrap();
+    let ready = ok(&mut s, &format!("%data pairs {}/pairs.tsv --source en --target de --val 0.2", data.display()));
+    assert_eq!((ready["kind"].as_str(), ready["train"].as_u64(), ready["val"].as_u64()), (Some("pairs"), Some(32), Some(8)));
+    ok(&mut s, "%set batch=8 lr=1e-2 warmup=0 eval_every=0");
+    let before = ok(&mut s, "%eval")["loss"].as_f64().unwrap();
+    ok(&mut s, "%train 30");
+    let after = ok(&mut s, "%eval")["loss"].as_f64().unwrap();
+    assert!(after < 0.95 * before, "fine-tuning on pairs: validation loss {before} → {after}");
+    let e = fail(&mut s, &format!("%data pairs {}/pairs.tsv --source english", data.display()));
+    assert!(e.message.contains("no column `english`") && e.message.contains("en, de"), "{}", e.message);
     std::fs::write(data.join("words.txt"), "w5 w6 w7 w8 w9 w10\n".repeat(40)).unwrap();
     let e = fail(&mut s, &format!("%data text {}/words.txt", data.display()));
     assert!(e.message.contains("source → target pairs"), "{}", e.message);

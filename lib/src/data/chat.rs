@@ -127,12 +127,7 @@ impl ChatData {
         if examples.is_empty() {
             return Err(Error::format(path, if dropped > 0 { "no example has a token to learn (all were cut away by the context)" } else { "no examples" }));
         }
-        let mut rng = Rng::new(seed);
-        for i in (1..examples.len()).rev() {
-            examples.swap(i, rng.below(i as u64 + 1) as usize);
-        }
-        let n_val = (examples.len() as f64 * val_fraction).round() as usize;
-        let val = examples.split_off(examples.len() - n_val);
+        let (examples, val) = super::shuffle_split(examples, val_fraction, seed);
         Ok(ChatData { path: path.to_path_buf(), train: examples, val, truncated, dropped, shown, pad_id: reading.pad_id })
     }
 

@@ -29,27 +29,18 @@ impl Classification {
         if !(0.0..1.0).contains(&val_fraction) {
             return invalid!("--val must be a fraction in [0, 1), got {val_fraction}");
         }
-        let records = match path.extension().and_then(|e| e.to_str()) {
-            Some("csv") => read_csv(path, text_field, label_field)?,
-            Some("jsonl") | Some("json") => read_jsonl(path, text_field, label_field)?,
-            _ => return Err(Error::format(path, "classification data must be .csv (with a header row) or .jsonl")),
-        };
+        let records = super::records::read(path, text_field, label_field)?;
         if records.is_empty() {
             return Err(Error::format(path, "no records"));
         }
         let mut labels: Vec<String> = records.iter().map(|(_, l)| l.clone()).collect();
         labels.sort();
         labels.dedup();
-        let mut examples = records
+        let examples = records
             .iter()
             .map(|(text, label)| Ok((tokenizer.encode(text)?, labels.binary_search(label).expect("label is in the vocabulary") as i64)))
             .collect::<Result<Vec<_>>>()?;
-        let mut rng = Rng::new(seed);
-        for i in (1..examples.len()).rev() {
-            examples.swap(i, rng.below(i as u64 + 1) as usize);
-        }
-        let n_val = (examples.len() as f64 * val_fraction).round() as usize;
-        let val = examples.split_off(examples.len() - n_val);
+        let (examples, val) = super::shuffle_split(examples, val_fraction, seed);
         Ok(Classification { path: path.to_path_buf(), labels, train: examples, val, pad_id })
     }
 
@@ -83,42 +74,4 @@ impl Classification {
         let labels: Vec<i64> = examples.iter().map(|(_, l)| *l).collect();
         (ids, mask, Tensor::from_slice(&labels))
     }
-}
-
-fn read_csv(path: &Path, text_field: &str, label_field: &str) -> Result<Vec<(String, String)>> {
-    let text = crate::limits::read_bytes(path, crate::limits::MAX_TEXT_BYTES)?;
-    let mut reader = csv::Reader::from_reader(text.as_slice());
-    let headers = reader.headers().map_err(|e| Error::format(path, e.to_string()))?.clone();
-    let column = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| Error::format(path, format!("no column `{name}`; the header has {}", headers.iter().collect::<Vec<_>>().join(", "))))
-    };
-    let (t, l) = (column(text_field)?, column(label_field)?);
-    reader
-        .records()
-        .enumerate()
-        .map(|(i, r)| {
-            let r = r.map_err(|e| Error::format(path, format!("record {}: {e}", i + 1)))?;
-            Ok((r.get(t).unwrap_or("").to_string(), r.get(l).unwrap_or("").to_string()))
-        })
-        .collect()
-}
-
-fn read_jsonl(path: &Path, text_field: &str, label_field: &str) -> Result<Vec<(String, String)>> {
-    let text = crate::limits::read_text(path, crate::limits::MAX_TEXT_BYTES)?;
-    let mut out = vec![];
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let record: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))?;
-        let field = |name: &str| -> Result<String> {
-            match &record[name] {
-                serde_json::Value::String(s) => Ok(s.clone()),
-                serde_json::Value::Null => Err(Error::format(path, format!("line {}: no field `{name}`", i + 1))),
-                other => Ok(other.to_string()),
-            }
-        };
-        out.push((field(text_field)?, field(label_field)?));
-    }
-    Ok(out)
 }

@@ -5,6 +5,8 @@
 
 pub mod chat;
 pub mod classify;
+pub mod pairs;
+pub mod records;
 pub mod synth;
 pub mod text;
 
@@ -41,6 +43,18 @@ impl Rng {
         // Multiply-shift: unbiased enough for data generation, and branch-free.
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
+}
+
+/// `examples` shuffled with `seed` (Fisher–Yates), then split: the last `val_fraction`
+/// of them (rounded) for validation.
+pub(crate) fn shuffle_split<T>(mut examples: Vec<T>, val_fraction: f64, seed: u64) -> (Vec<T>, Vec<T>) {
+    let mut rng = Rng::new(seed);
+    for i in (1..examples.len()).rev() {
+        examples.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let n_val = (examples.len() as f64 * val_fraction).round() as usize;
+    let val = examples.split_off(examples.len() - n_val);
+    (examples, val)
 }
 
 /// How a data set was made: enough to make it again (checkpoints store this).
@@ -80,6 +94,19 @@ pub enum DataSpec {
         /// Seed of the split.
         seed: u64,
     },
+    /// Source → target pairs for an encoder–decoder.
+    Pairs {
+        /// The CSV, TSV or JSONL file.
+        path: PathBuf,
+        /// The field holding the source.
+        source_field: String,
+        /// The field holding the target.
+        target_field: String,
+        /// Fraction held out for validation.
+        val_fraction: f64,
+        /// Seed of the split.
+        seed: u64,
+    },
     /// Conversations or prompt–completion pairs (TRL's formats).
     Chat {
         /// The JSON-lines file.
@@ -114,6 +141,8 @@ pub enum Dataset {
     Classify(classify::Classification),
     /// Conversations or prompt–completion pairs.
     Chat(chat::ChatData),
+    /// Source → target pairs.
+    Pairs(pairs::Pairs),
 }
 
 /// One batch of training or validation data.
@@ -157,8 +186,9 @@ const SYNTH_VAL_SEED: u64 = 0x5EED_0F_DA7A;
 
 impl Dataset {
     /// Makes the data set `spec` describes, tokenised with `tokenizer`; examples longer
-    /// than `max_len` tokens (the model's context) are cut.
-    pub fn from_spec(spec: &DataSpec, tokenizer: &Tokenizer, pad_id: i64, max_len: usize) -> Result<Self> {
+    /// than `max_len` tokens (the model's context) are cut. Pairs need the decoder's
+    /// `start` id, which only an encoder–decoder has.
+    pub fn from_spec(spec: &DataSpec, tokenizer: &Tokenizer, pad_id: i64, max_len: usize, start: Option<i64>) -> Result<Self> {
         Ok(match spec {
             DataSpec::Synth { task, length, symbols, seq2seq } => {
                 let task = synth::Synth::new(synth::Task::parse(task)?, *length, *symbols)?;
@@ -170,6 +200,13 @@ impl Dataset {
             DataSpec::Classify { path, text_field, label_field, val_fraction, seed } => {
                 Dataset::Classify(classify::Classification::from_file(path, text_field, label_field, tokenizer, pad_id, *val_fraction, *seed)?)
             }
+            DataSpec::Pairs { path, source_field, target_field, val_fraction, seed } => {
+                let Some(start) = start else {
+                    return invalid!("source → target pairs train an encoder–decoder (`%model t5`, or `%load` a T5); this model reads one text");
+                };
+                let fit = pairs::PairsFit { pad_id, start, max_len };
+                Dataset::Pairs(pairs::Pairs::from_file(path, (source_field, target_field), tokenizer, &fit, *val_fraction, *seed)?)
+            }
             DataSpec::Chat { path, val_fraction, seed, all_tokens, template, eos } => {
                 let reading = chat::Reading { tokenizer, template: template.as_ref(), eos: eos.clone(), all_tokens: *all_tokens, max_len, pad_id };
                 Dataset::Chat(chat::ChatData::from_file(path, &reading, *val_fraction, *seed)?)
@@ -179,7 +216,7 @@ impl Dataset {
 
     /// True for source → target pairs (an encoder–decoder's data).
     pub fn is_seq2seq(&self) -> bool {
-        matches!(self, Dataset::Synth { seq2seq: true, .. })
+        matches!(self, Dataset::Synth { seq2seq: true, .. } | Dataset::Pairs(_))
     }
 
     /// True for classification data.
@@ -206,6 +243,7 @@ impl Dataset {
                 let (inputs, targets) = data.batch(batch, ctx, rng)?;
                 Batch::plain(inputs, targets)
             }
+            Dataset::Pairs(data) => data.batch(batch, rng)?,
         })
     }
 
@@ -221,6 +259,7 @@ impl Dataset {
                 .map(|(inputs, mask, targets)| Batch { mask: Some(mask), ..Batch::plain(inputs, targets) })
                 .collect(),
             Dataset::Chat(data) => data.val_batches(batch, ctx).into_iter().take(max_batches).map(|(inputs, targets)| Batch::plain(inputs, targets)).collect(),
+            Dataset::Pairs(data) => data.val_batches(batch).into_iter().take(max_batches).collect(),
         }
     }
 

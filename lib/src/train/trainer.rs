@@ -114,7 +114,8 @@ impl Trainer {
     /// a caller that must not lose the model on error calls this, then [`Trainer::assemble`].
     pub fn prepare(model: &Model, tokenizer: &Tokenizer, spec: &DataSpec, hp: &HParams) -> Result<Dataset> {
         let pad_id = model.config().pad_token_id();
-        let data = Dataset::from_spec(spec, tokenizer, pad_id, model.config().max_positions().max(1) as usize)?;
+        let config = model.config();
+        let data = Dataset::from_spec(spec, tokenizer, pad_id, config.max_positions().max(1) as usize, config.decoder_start_token_id())?;
         check_fit(model, tokenizer, &data, hp)?;
         Ok(data)
     }
@@ -884,13 +885,14 @@ pub(super) fn check_fit(model: &Model, tokenizer: &Tokenizer, data: &Dataset, hp
                 );
             }
         }
+        (Task::Seq2Seq, Dataset::Pairs(_)) => {}
         (Task::Seq2Seq, _) => {
             return invalid!(
-                "a {} encoder–decoder trains on source → target pairs: `%data synth reverse --seq2seq` (other data sets are one text, not pairs)",
+                "a {} encoder–decoder trains on source → target pairs: `%data pairs FILE --source F --target F`, or `%data synth reverse --seq2seq` (other data sets are one text, not pairs)",
                 config.model_type()
             )
         }
-        (_, Dataset::Synth { seq2seq: true, .. }) => {
+        (_, Dataset::Synth { seq2seq: true, .. } | Dataset::Pairs(_)) => {
             return invalid!("source → target pairs (`--seq2seq`) train an encoder–decoder (`%model t5`); this model is a {}", config.model_type())
         }
         (Task::LanguageModel, Dataset::Synth { .. }) => {
@@ -973,6 +975,7 @@ fn size_step(model: &Model, data: &Dataset, hp: &HParams) -> Result<Sizing> {
         }
         Dataset::Classify(c) => (c.longest().max(1), "the longest example".to_string()),
         Dataset::Chat(c) => asked("the longest example", c.longest()),
+        Dataset::Pairs(p) => (p.longest().max(1), "the longest source or target".to_string()),
     };
     let estimate = |micro: usize| config.activation_estimate(micro, window, hp.checkpointing);
     let usable = crate::limits::usable_bytes(model.device()).unwrap_or(f64::INFINITY);

@@ -21,29 +21,33 @@ use crate::checkpoint::find::expand_home;
 
 pub const DATA: Command = Command {
     name: "data",
-    summary: "choose the data: a synthetic task, a text corpus, labelled texts, or conversations to instruction-tune on",
+    summary: "choose the data: a synthetic task, a text corpus, labelled texts, conversations to instruction-tune on, or source → target pairs",
     args: &[
-        pos("kind", "synth | text | classify | chat").choices(&["synth", "text", "classify", "chat"]),
-        pos("source", "synth: copy | reverse | sort | add; text, classify, chat: a file").path().suggest(&["copy", "reverse", "sort", "add"]),
+        pos("kind", "synth | text | classify | chat | pairs").choices(&["synth", "text", "classify", "chat", "pairs"]),
+        pos("input", "synth: copy | reverse | sort | add; text, classify, chat, pairs: a file").path().suggest(&["copy", "reverse", "sort", "add"]),
         option("length", "N", "synth: symbols per input (default 6)"),
         option("symbols", "N", "synth: distinct symbols (default 10)"),
-        option("val", "F", "text, classify, chat: validation fraction (default 0.1)"),
+        option("val", "F", "text, classify, chat, pairs: validation fraction (default 0.1)"),
         option("text", "FIELD", "classify: the text column or field (default text)"),
         option("label", "FIELD", "classify: the label column or field (default label)"),
+        option("source", "FIELD", "pairs: the source column or field (default source)"),
+        option("target", "FIELD", "pairs: the target column or field (default target)"),
         flag("all-tokens", "chat: every token carries loss, not only the assistant's replies (or the completions)"),
         flag("seq2seq", "synth: source → target pairs for an encoder–decoder (`abc` → `cba`) instead of one text (`abc=cba`)"),
     ],
     details: "A text corpus without a tokenizer gets a character tokenizer built from it. Classification files are CSV with a header, or JSONL. \
               Chat files are JSON lines in TRL's formats: {\"messages\": [{\"role\", \"content\"}, ...]} or {\"prompt\", \"completion\"} (strings, or message lists), \
               rendered with the model's chat template; by default only the assistant's tokens (with each reply's end-of-turn token) carry loss, \
-              as TRL's assistant_only_loss and completion_only_loss. The result shows one example with the tokens that carry loss marked.",
+              as TRL's assistant_only_loss and completion_only_loss. The result shows one example with the tokens that carry loss marked. \
+              Pairs (.csv, .tsv or .jsonl) train an encoder–decoder: each source and target tokenised with the tokenizer's end token, \
+              the decoder reading the target behind its start token.",
     example: "%data synth reverse --length 6",
     returns: returns::<DataReady>(),
     run: data,
 };
 
 fn data(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
-    let source = args.get("source").expect("required");
+    let source = args.get("input").expect("required");
     let val: f64 = args.parse_as("val")?.unwrap_or(0.1);
     let (spec, tokenizer) = match args.get("kind").expect("required") {
         "synth" => {
@@ -74,6 +78,16 @@ fn data(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
             let spec = DataSpec::Chat { path: expand_home(source), val_fraction: val, seed: s.seed, all_tokens: args.flag("all-tokens"), template, eos };
             (spec, tokenizer)
         }
+        "pairs" => {
+            let spec = DataSpec::Pairs {
+                path: expand_home(source),
+                source_field: args.get("source").unwrap_or("source").to_string(),
+                target_field: args.get("target").unwrap_or("target").to_string(),
+                val_fraction: val,
+                seed: s.seed,
+            };
+            (spec, s.tokenizer_or_err()?.clone())
+        }
         _ => {
             let spec = DataSpec::Classify {
                 path: expand_home(source),
@@ -92,6 +106,18 @@ fn data(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
             let (train, val) = c.sizes();
             let ready = DataReady { kind: "text".into(), train: Some(train), val: Some(val), vocab, ..Default::default() };
             (format!("text corpus: {train} training tokens, {val} validation tokens"), ready)
+        }
+        Some(crate::data::Dataset::Pairs(p)) => {
+            let (train, val) = p.sizes();
+            let ready = DataReady { kind: "pairs".into(), train: Some(train), val: Some(val), vocab, ..Default::default() };
+            let mut text = format!("{train} training and {val} validation pairs");
+            if p.truncated > 0 {
+                text.push_str(&format!("; {} longer than the model's {} positions were cut to them", p.truncated, s.model_or_err()?.config().max_positions()));
+            }
+            if p.dropped > 0 {
+                text.push_str(&format!("; {} with an empty source or target were left out", p.dropped));
+            }
+            (text, ready)
         }
         Some(crate::data::Dataset::Classify(c)) => {
             let (train, val) = c.sizes();
