@@ -1,6 +1,6 @@
 //! tchlab: a libtorch transformer library for interactive labs.
 //!
-//! - [`models`]: the registry of model families (GPT-2, BERT, Llama/Qwen2/Qwen3),
+//! - [`models`]: the registry of model families (GPT-2, BERT, Llama/Qwen2/Qwen3/Mistral, T5),
 //!   configured from `config.json`, built from shared layers, with TransformerLens's
 //!   hook points.
 //! - [`checkpoint`]: Hugging Face directories, single weight files and GGUF files in,
@@ -9,7 +9,8 @@
 //! - [`chat`]: conversations rendered by the model's own chat template.
 //! - [`tokenize`]: `tokenizer.json`, character-level, trained BPE.
 //! - [`embedding`]: sentence embeddings as sentence-transformers computes them.
-//! - [`generate`]: greedy and sampled generation with a key/value cache.
+//! - [`generate`]: greedy and sampled generation with a key/value cache; [`beam`]: beam
+//!   search as transformers does it; [`metrics`]: ROUGE and BLEU for what they write.
 //! - [`inspect`]: looking inside through the hook points: caches, logit lens, ablation,
 //!   activation patching, head scores, direct logit attribution.
 //! - [`data`] and [`train`]: data sets and the step-by-step trainer.
@@ -40,6 +41,7 @@ pub mod inspect;
 pub mod interrupt;
 pub mod limits;
 pub mod live;
+pub mod metrics;
 pub mod models;
 pub mod plot;
 pub mod session;

@@ -884,10 +884,19 @@ fn a_t5_from_scratch_learns_source_to_target_pairs_and_resumes_exactly() {
     // The decoder starts from `=`, which the pairs' targets begin with (training checks it).
     assert!(built["config"]["decoder_start_token_id"].is_i64(), "{built}");
     ok(&mut s, "%set batch=32 lr=1e-2 warmup=0 eval_every=0");
-    let before = ok(&mut s, "%eval")["loss"].as_f64().unwrap();
+    let untrained = ok(&mut s, "%eval");
+    let before = untrained["loss"].as_f64().unwrap();
     ok(&mut s, "%train 150");
-    let after = ok(&mut s, "%eval")["loss"].as_f64().unwrap();
+    let trained = ok(&mut s, "%eval");
+    let after = trained["loss"].as_f64().unwrap();
     assert!(after < 0.25 * before, "sorting pairs: validation loss {before} → {after}");
+    // %eval generates for the 256 validation sources and scores the answers.
+    let (g0, g1) = (&untrained["generated"], &trained["generated"]);
+    assert_eq!(g1["examples"], 256);
+    assert!(g1["exact_match"].as_f64().unwrap() > 0.5 && g1["exact_match"].as_f64() > g0["exact_match"].as_f64(), "{g0} → {g1}");
+    let beams = ok(&mut s, "%eval --beams 2")["generated"].clone();
+    assert!(beams["exact_match"].as_f64().unwrap() > 0.5, "{beams}");
+    assert!(fail(&mut s, "%eval --beams 1").message.contains("--beams"));
     let sorted = ok(&mut s, "%generate \"3120\" --max-tokens 4");
     assert_eq!(sorted["text"], "0123", "{sorted}");
     let searched = ok(&mut s, "%generate \"5241\" --max-tokens 4 --beams 2");

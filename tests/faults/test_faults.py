@@ -65,6 +65,7 @@ from hostile import SETUP, TIMEOUT, interrupted, lab, refused, result, rss_mb, s
         ("%attention \"12\" --layer 99", "UsageError", ["--layer"]),
         ("%attention \"12\" --kind cross", "UsageError", ["--kind cross", "encoder–decoders"]),
         ("%attention \"12\" --kind sideways", "UsageError", ["sideways"]),
+        ("%eval --beams 4", "UsageError", ["--beams", "source → target pairs"]),
         ("%data synth sort --seq2seq", "UsageError", ["encoder–decoder"]),
         ("%rewind nowhere", "UsageError", ["nowhere"]),
         ("%echo \"unclosed", "UsageError", ["unclosed"]),

@@ -66,6 +66,8 @@ def test_pair_files_that_are_not_files_are_refused_without_hanging(t5):
         ('%attention "w5 w6" --kind cross --layer 9', "UsageError", ["--layer"]),
         ('%attention "w5 w6" --kind diagonal', "UsageError", ["diagonal"]),
         ("%data synth sort --length 4", "UsageError", ["source → target pairs"]),
+        ("%eval --beams 1000", "UsageError", ["--beams"]),
+        ("%eval --max-tokens 100000000", "UsageError", ["--max-tokens"]),
         ("%set checkpointing=true\n%step", "UsageError", ["checkpointing"]),
     ],
 )

@@ -29,6 +29,10 @@ pub struct EvalMetrics {
     /// Class names, in the confusion matrix's order.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub labels: Option<Vec<String>>,
+    /// On source → target pairs, what the model generates for the validation sources,
+    /// scored against their targets.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub generated: Option<crate::metrics::TextScores>,
 }
 
 impl EvalMetrics {
@@ -55,7 +59,7 @@ impl EvalMetrics {
             macro_f1: Some(if n == 0 { 0.0 } else { f1s.iter().sum::<f64>() / n as f64 }),
             confusion: Some(confusion),
             labels: Some(labels),
-            perplexity: None,
+            ..Default::default()
         }
     }
 }

@@ -562,6 +562,54 @@ impl Trainer {
         })
     }
 
+    /// On source → target pairs, the validation sources' generations — greedy, or the best
+    /// of a beam search with `beams` — scored against their targets (the text of each
+    /// side without special tokens or the stop token), up to `max_new_tokens` each
+    /// (default: the longest validation target).
+    pub fn score_generations(&self, beams: Option<usize>, max_new_tokens: Option<usize>) -> Result<crate::metrics::TextScores> {
+        if !self.data.is_seq2seq() {
+            return invalid!("generation scores are for source → target pairs (`%data pairs ...`, `%data synth TASK --seq2seq`)");
+        }
+        let batches = self.validation_batches();
+        let rows_of = |t: &Tensor| -> Result<Vec<Vec<i64>>> { Ok(Vec::<Vec<i64>>::try_from(t.to_device(tch::Device::Cpu))?) };
+        let mut pairs = vec![];
+        for batch in &batches {
+            let source = batch.source.as_ref().expect("pairs have sources");
+            let masks = match &batch.mask {
+                Some(m) => rows_of(m)?,
+                None => vec![vec![1; source.size()[1] as usize]; source.size()[0] as usize],
+            };
+            for ((source, mask), target) in rows_of(source)?.into_iter().zip(masks).zip(rows_of(&batch.targets)?) {
+                let source: Vec<i64> = source.into_iter().zip(mask).filter(|(_, m)| *m == 1).map(|(id, _)| id).collect();
+                pairs.push((source, target.into_iter().filter(|&id| id != -100).collect::<Vec<i64>>()));
+            }
+        }
+        let longest = pairs.iter().map(|(_, t)| t.len()).max().unwrap_or(1);
+        let stop_ids = self.model.config().eos_token_ids();
+        let max_new_tokens = max_new_tokens.unwrap_or(longest);
+        let text = |ids: &[i64]| -> Result<String> {
+            let end = if ids.last().is_some_and(|id| stop_ids.contains(id)) { ids.len() - 1 } else { ids.len() };
+            self.tokenizer.decode(&ids[..end])
+        };
+        let (mut targets, mut predictions) = (vec![], vec![]);
+        for (source, target) in &pairs {
+            self.check_cancel("generating for the validation sources")?;
+            let ids = match beams {
+                Some(beams) => {
+                    let search = crate::beam::BeamOptions { beams, max_new_tokens, stop_ids: stop_ids.clone(), ..Default::default() };
+                    crate::beam::beam_search(&self.model, source, &search)?.swap_remove(0).ids
+                }
+                None => {
+                    let opts = crate::generate::GenerateOptions { max_new_tokens, stop_ids: stop_ids.clone(), ..Default::default() };
+                    crate::generate::generate(&self.model, source, &opts)?
+                }
+            };
+            targets.push(text(target)?);
+            predictions.push(text(&ids)?);
+        }
+        Ok(crate::metrics::score_texts(&targets, &predictions))
+    }
+
     fn check_cancel(&self, what: &str) -> Result<()> {
         if self.cancel.load(Ordering::SeqCst) {
             return Err(crate::interrupt::cancelled(what));

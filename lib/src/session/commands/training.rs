@@ -438,19 +438,42 @@ pub struct Trained {
 
 pub const EVAL: Command = Command {
     name: "eval",
-    summary: "evaluate on the validation data: loss and perplexity, or accuracy, macro-F1 and a confusion matrix",
-    args: &[],
-    details: "",
+    summary: "evaluate on the validation data: loss and perplexity, or accuracy, macro-F1 and a confusion matrix, or generation scores",
+    args: &[
+        option("beams", "N", "source → target pairs: generate with beam search of N beams (default greedy)"),
+        option("max-tokens", "N", "source → target pairs: the most tokens generated for each (default: the longest target)"),
+    ],
+    details: "On source → target pairs the model also writes a reply to each validation source, scored against its target: \
+              exact match, ROUGE-1, ROUGE-2 and ROUGE-L (F-measure, as Google's rouge_score, no stemmer) and corpus BLEU \
+              (as sacrebleu by default: 13a tokens, exponential smoothing).",
     example: "%eval",
     returns: returns::<EvalMetrics>(),
     run: eval,
 };
 
-fn eval(s: &mut Session, _: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
-    let metrics = s.trainer_or_err()?.evaluate()?;
+fn eval(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
+    let trainer = s.trainer_or_err()?;
+    let mut metrics = trainer.evaluate()?;
+    let (beams, max_tokens) = (args.parse_as::<usize>("beams")?, args.parse_as::<usize>("max-tokens")?);
+    if trainer.data().is_seq2seq() {
+        metrics.generated = Some(trainer.score_generations(beams, max_tokens)?);
+    } else if beams.is_some() || max_tokens.is_some() {
+        return Err(args.usage_error("--beams and --max-tokens are for source → target pairs, whose generations %eval scores"));
+    }
     let mut table = Table::new(["metric", "value"]);
     table.row(["loss".to_string(), format!("{:.4}", metrics.loss)]);
-    for (name, v) in [("perplexity", metrics.perplexity), ("accuracy", metrics.accuracy), ("macro_f1", metrics.macro_f1)] {
+    let generated = metrics.generated.as_ref();
+    let scores = [
+        ("perplexity", metrics.perplexity),
+        ("accuracy", metrics.accuracy),
+        ("macro_f1", metrics.macro_f1),
+        ("exact_match", generated.map(|g| g.exact_match)),
+        ("rouge1", generated.map(|g| g.rouge1)),
+        ("rouge2", generated.map(|g| g.rouge2)),
+        ("rougeL", generated.map(|g| g.rouge_l)),
+        ("bleu", generated.map(|g| g.bleu)),
+    ];
+    for (name, v) in scores {
         if let Some(v) = v {
             table.row([name.to_string(), format!("{v:.4}")]);
         }
@@ -462,6 +485,18 @@ fn eval(s: &mut Session, _: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
             c.row(std::iter::once(label.clone()).chain(row.iter().map(u64::to_string)));
         }
         bundle = Bundle::text(format!("{}\n\n{}", table.to_text(), c.to_text())).html(format!("{}<p>confusion matrix</p>{}", table.to_html(), c.to_html()));
+    }
+    if let Some(g) = &metrics.generated {
+        let mut samples = Table::new(["target", "generated"]);
+        for (target, prediction) in &g.samples {
+            samples.row([target.clone(), prediction.clone()]);
+        }
+        let head = format!("{} validation sources generated for", g.examples);
+        bundle = Bundle::text(format!("{}\n\n{head}\n{}", table.to_text(), samples.to_text())).html(format!(
+            "{}<p>{head}</p>{}",
+            table.to_html(),
+            samples.to_html()
+        ));
     }
     ctx.returns(bundle, &metrics);
     Ok(())
