@@ -43,7 +43,8 @@ TCHLAB_FIXTURES. Everything is made offline from fixed seeds:
   over a padded batch, eager self- and cross-attention probabilities, greedy ids and
   beam searches (reference.safetensors, beams.json); a word-level tokenizer.json
   (`<pad>`, `</s>`, `<unk>`, then w3 … w95; `</s>` appended as T5's tokenizer does) and
-  transformers' greedy and 3-beam replies to a text through it (session.json).
+  transformers' greedy and 3-beam replies to a text through it (session.json);
+  t5_adamw_step.safetensors is one AdamW step of t5-v11 on random pairs.
 """
 
 import json
@@ -342,11 +343,18 @@ def make_quants(out: Path) -> None:
 
 
 def make_adamw_step(out: Path, model: torch.nn.Module, seed: int, lr: float, name: str) -> None:
-    """One AdamW step (decay on matrices only) on random ids, with the loss and every updated weight."""
+    """One AdamW step (decay on matrices only) on random ids, with the loss and every updated
+    weight; an encoder–decoder reads random sources and learns random targets (its
+    decoder reading them shifted right)."""
     model = model.train()
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=g)
-    loss = model(ids, labels=ids).loss
+    if model.config.is_encoder_decoder:
+        labels = torch.randint(2, model.config.vocab_size, (4, 9), generator=g)
+        loss = model(input_ids=ids, labels=labels).loss
+    else:
+        labels = None
+        loss = model(ids, labels=ids).loss
     named = list(model.named_parameters())
     decay = [p for _, p in named if p.dim() >= 2]
     no_decay = [p for _, p in named if p.dim() < 2]
@@ -361,6 +369,8 @@ def make_adamw_step(out: Path, model: torch.nn.Module, seed: int, lr: float, nam
     tensors = {f"updated.{n}": p.detach().contiguous() for n, p in named}
     tensors.update(grads)
     tensors["input_ids"] = ids
+    if labels is not None:
+        tensors["labels"] = labels
     tensors["loss"] = loss.detach().reshape(1)
     save_file(tensors, out / name)
 
@@ -813,6 +823,7 @@ def main() -> None:
     make_llama_v5(out)
     for name in T5_MODELS:
         make_t5(out, name)
+    make_adamw_step(out, T5ForConditionalGeneration.from_pretrained(out / "t5-v11"), 23, 1e-3, "t5_adamw_step.safetensors")
     make_adamw_step(out, LlamaForCausalLM.from_pretrained(out / "llama-gqa"), 13, 1e-3, "llama_adamw_step.safetensors")
     make_quants(out)
     make_smollm2(out)

@@ -3,7 +3,8 @@
 //! heads × d_kv ≠ d_model and fewer decoder than encoder blocks): the encoder's output
 //! and the logits over a padded batch, eager self- and cross-attention probabilities
 //! through the hook points, the cache against the whole target, greedy generation, beam
-//! searches in four settings (sequences and scores), and a save transformers reads back.
+//! searches in four settings (sequences and scores), one AdamW step, pairs batched as
+//! transformers batches labels, and a save transformers reads back.
 
 mod common;
 
@@ -17,6 +18,7 @@ use tchlab::generate::{generate, GenerateOptions};
 use tchlab::models::hooks::{Hooks, Names};
 use tchlab::models::layers::Source;
 use tchlab::models::{ForwardOptions, KvCache, Model};
+use tchlab::train::optim::{Method, Optimizer};
 
 const MODELS: &[&str] = &["t5-v1", "t5-v11"];
 
@@ -136,6 +138,29 @@ fn greedy_generation_and_beam_search_match_transformers() {
             }
         }
     }
+}
+
+#[test]
+fn one_adamw_step_matches_pytorch() {
+    let loaded = checkpoint::load(fixtures().join("t5-v11"), Device::Cpu).unwrap();
+    let file = fixtures().join("t5_adamw_step.safetensors");
+    let (source, labels) = (fixture_tensor(&file, "input_ids"), fixture_tensor(&file, "labels"));
+    // The decoder reads the labels shifted right behind the start id (0), as transformers does.
+    let inputs = Tensor::cat(&[labels.zeros_like().narrow(1, 0, 1), labels.narrow(1, 0, labels.size()[1] - 1)], 1);
+    let train = ForwardOptions { train: true, ..Default::default() };
+    let hidden = loaded.model.encode(&source, None, &train).unwrap();
+    let mut cache = KvCache::for_source(Source { hidden, mask: None });
+    let logits = loaded.model.forward(&inputs, None, &train, Some(&mut cache)).unwrap().logits.unwrap();
+    let loss = tchlab::train::lm_loss(&logits, &labels);
+    let reference_loss = fixture_tensor(&file, "loss").double_value(&[0]);
+    assert!((loss.double_value(&[]) - reference_loss).abs() / reference_loss < 1e-5, "loss {} vs PyTorch {reference_loss}", loss.double_value(&[]));
+    let mut opt = Optimizer::new(&loaded.model.vars, Method::adamw(), 1e-3, 0.1).unwrap();
+    opt.zero_grad();
+    loss.backward();
+    opt.step().unwrap();
+    let updated = checkpoint::hf_state_dict(&loaded.model).unwrap();
+    assert!(updated.iter().any(|(n, _)| n == "decoder.block.0.layer.1.EncDecAttention.q.weight") && updated.iter().any(|(n, _)| n == "lm_head.weight"));
+    common::assert_updated_like(updated, &file, Some(1e-3));
 }
 
 #[test]

@@ -817,6 +817,8 @@ fn an_encoder_decoder_generates_and_searches_as_transformers_does_and_refuses_wh
     let searched = ok(&mut s, &format!("%generate \"{text}\" --max-tokens 8 --beams 3"));
     let (found, want) = (searched["beams"].as_array().unwrap(), reference["beams"].as_array().unwrap());
     assert_eq!(found.len(), want.len());
+    let best = ok(&mut s, &format!("%generate \"{text}\" --max-tokens 8 --beams 3 --return 1"));
+    assert_eq!(best["beams"].as_array().unwrap().as_slice(), &found[..1], "--return 1 keeps the best");
     for (f, w) in found.iter().zip(want) {
         assert_eq!(serde_json::from_value::<Vec<i64>>(f["ids"].clone()).unwrap(), ids(&w["ids"]));
         assert!((f["score"].as_f64().unwrap() - w["score"].as_f64().unwrap()).abs() < 1e-5, "{f} vs {w}");

@@ -66,6 +66,8 @@ from hostile import SETUP, TIMEOUT, interrupted, lab, refused, result, rss_mb, s
         ("%attention \"12\" --kind cross", "UsageError", ["--kind cross", "encoder–decoders"]),
         ("%attention \"12\" --kind sideways", "UsageError", ["sideways"]),
         ("%eval --beams 4", "UsageError", ["--beams", "source → target pairs"]),
+        ("%generate \"12\" --beams 3 --return 4", "UsageError", ["3 beams", "between 1 and 3"]),
+        ("%generate \"12\" --return 2", "UsageError", ["--return", "--beams"]),
         ("%data synth sort --seq2seq", "UsageError", ["encoder–decoder"]),
         ("%rewind nowhere", "UsageError", ["nowhere"]),
         ("%echo \"unclosed", "UsageError", ["unclosed"]),

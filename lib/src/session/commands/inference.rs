@@ -17,7 +17,7 @@ use crate::session::{Ctx, Session};
 
 pub const GENERATE: Command = Command {
     name: "generate",
-    summary: "continue a prompt with the GPT model; temperature 0 is greedy",
+    summary: "continue a prompt (an encoder–decoder answers it as its source): greedy, sampled or beam search",
     args: &[
         pos("prompt", "the text to continue (quote it)"),
         option("max-tokens", "N", "the most tokens to add (default 32)"),
@@ -32,6 +32,7 @@ pub const GENERATE: Command = Command {
             "beam search: a hypothesis's log-probability is divided by its length to the power L (default 1; above 0 favours longer ones)",
         ),
         option("no-repeat-ngram", "N", "beam search: never repeat an n-gram of N tokens, the prompt's included"),
+        option("return", "N", "beam search: how many finished hypotheses to show, best first (default: all N)"),
         option("early-stopping", "WHEN", "beam search: false (the default heuristic), true (once N hypotheses end) or never"),
     ],
     details: "Stops at the end-of-text token or after --max-tokens. The text appears as it is made; the result says how many tokens came, how fast. \
@@ -67,7 +68,7 @@ fn generate(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError
             length_penalty: args.parse_as("length-penalty")?.unwrap_or(1.0),
             early_stopping,
             no_repeat_ngram: args.parse_as("no-repeat-ngram")?.unwrap_or(0),
-            returns: beams.clamp(1, crate::beam::MAX_BEAMS),
+            returns: args.parse_as("return")?.unwrap_or(beams.clamp(1, crate::beam::MAX_BEAMS)),
             stop_ids: opts.stop_ids.clone(),
         };
         let started = std::time::Instant::now();
@@ -89,7 +90,7 @@ fn generate(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError
         ctx.returns(table.bundle_under(&head), &result);
         return Ok(());
     }
-    for beam_only in ["length-penalty", "no-repeat-ngram", "early-stopping"] {
+    for beam_only in ["length-penalty", "no-repeat-ngram", "early-stopping", "return"] {
         if args.get(beam_only).is_some() {
             return Err(args.usage_error(format!("--{beam_only} is for beam search: add --beams N")));
         }
