@@ -18,7 +18,6 @@ use tchlab::generate::{generate, GenerateOptions};
 use tchlab::models::hooks::{Hooks, Names};
 use tchlab::models::layers::Source;
 use tchlab::models::{ForwardOptions, KvCache, Model};
-use tchlab::train::optim::{Method, Optimizer};
 
 const MODELS: &[&str] = &["t5-v1", "t5-v11"];
 
@@ -151,14 +150,7 @@ fn one_adamw_step_matches_pytorch() {
     let hidden = loaded.model.encode(&source, None, &train).unwrap();
     let mut cache = KvCache::for_source(Source { hidden, mask: None });
     let logits = loaded.model.forward(&inputs, None, &train, Some(&mut cache)).unwrap().logits.unwrap();
-    let loss = tchlab::train::lm_loss(&logits, &labels);
-    let reference_loss = fixture_tensor(&file, "loss").double_value(&[0]);
-    assert!((loss.double_value(&[]) - reference_loss).abs() / reference_loss < 1e-5, "loss {} vs PyTorch {reference_loss}", loss.double_value(&[]));
-    let mut opt = Optimizer::new(&loaded.model.vars, Method::adamw(), 1e-3, 0.1).unwrap();
-    opt.zero_grad();
-    loss.backward();
-    opt.step().unwrap();
-    let updated = checkpoint::hf_state_dict(&loaded.model).unwrap();
+    let updated = common::adamw_step_like_pytorch(&loaded.model, tchlab::train::lm_loss(&logits, &labels), &file, 1e-3);
     assert!(updated.iter().any(|(n, _)| n == "decoder.block.0.layer.1.EncDecAttention.q.weight") && updated.iter().any(|(n, _)| n == "lm_head.weight"));
     common::assert_updated_like(updated, &file, Some(1e-3));
 }

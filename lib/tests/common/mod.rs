@@ -103,6 +103,21 @@ pub fn assert_updated_like(updated: Vec<(String, Tensor)>, file: &std::path::Pat
     }
 }
 
+/// Checks `loss` against the PyTorch fixture `file`, takes one AdamW step from it (`lr`,
+/// weight decay 0.1 on matrices, as the fixture's), and returns the model's weights after
+/// it under their Hugging Face names, for [`assert_updated_like`].
+pub fn adamw_step_like_pytorch(model: &tchlab::models::Model, loss: Tensor, file: &std::path::Path, lr: f64) -> Vec<(String, Tensor)> {
+    use tchlab::train::optim::{Method, Optimizer};
+    let reference = fixture_tensor(file, "loss").double_value(&[0]);
+    let relative = (loss.double_value(&[]) - reference).abs() / reference.abs();
+    assert!(relative < 1e-5, "loss {} vs PyTorch {reference}", loss.double_value(&[]));
+    let mut opt = Optimizer::new(&model.vars, Method::adamw(), lr, 0.1).unwrap();
+    opt.zero_grad();
+    loss.backward();
+    opt.step().unwrap();
+    tchlab::checkpoint::hf_state_dict(model).unwrap()
+}
+
 // ---- sessions: cells as a notebook sends them ----
 
 /// Runs a cell, returning its outputs and its result.
