@@ -364,7 +364,9 @@ def test_lora_trials_in_worker_processes_give_the_in_process_losses_bit_for_bit(
 
 def test_a_killed_worker_fails_its_trial_and_the_sweep_goes_on(tmp_path):
     script = tmp_path / "sweep.tchlab"
-    script.write_text(SWEEP_SETUP + f"%sweep lr=log(1e-4,1e-2) --trials 6 --steps 400 --jobs 2 --study {tmp_path / 'study'}\n")
+    # Small on purpose: two workers on two cores spin against each other (OpenMP's active
+    # wait), and a longer sweep once ran past the 120 s below on a loaded CI machine.
+    script.write_text(SWEEP_SETUP + f"%sweep lr=log(1e-4,1e-2) --trials 4 --steps 150 --jobs 2 --study {tmp_path / 'study'}\n")
     sweep = subprocess.Popen([str(TCHLAB), "run", str(script), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(tmp_path))
     deadline = time.time() + 60
     victim = None
@@ -385,7 +387,7 @@ def test_a_killed_worker_fails_its_trial_and_the_sweep_goes_on(tmp_path):
     assert sweep.returncode == 0, err
     result = json.loads(out.splitlines()[-1])
     statuses = [t["status"] for t in result["trials"]]
-    assert statuses.count("failed") == 1 and statuses.count("done") == 5, statuses
+    assert statuses.count("failed") == 1 and statuses.count("done") == 3, statuses
     assert "worker process failed" in err and "signal: 9" in err
     shown = run("-c", f"%sweep --show {tmp_path / 'study'}", "--json")
     assert [t["status"] for t in json.loads(shown.stdout.splitlines()[-1])["trials"]] == statuses

@@ -257,16 +257,14 @@ impl Executor for Pool {
         let file = self.workspace.write_task(job)?;
         // To a file, not a pipe: a pipe nobody reads until the end could fill and stall the worker.
         let said = std::fs::File::create(stderr_path(&file)).map_err(|e| Error::io(&file, e))?;
-        let mut command = Command::new(this_program()?);
-        command.arg(WORKER_ARG).arg(&file).stdin(Stdio::null()).stdout(Stdio::null()).stderr(said);
-        // Each worker keeps the session's thread count, so that its trial computes what
-        // the same trial in process computes, bit for bit; but OpenMP's threads spin while
-        // they wait, and two workers' spinning on two cores ran a sweep 4–12× slower than
-        // one worker. Waiting threads that sleep instead cost the workers nothing.
-        if self.jobs > 1 && std::env::var_os("OMP_WAIT_POLICY").is_none() {
-            command.env("OMP_WAIT_POLICY", "PASSIVE");
-        }
-        let child = command.spawn().map_err(|e| Error::Invalid(format!("starting a sweep worker: {e}")))?;
+        let child = Command::new(this_program()?)
+            .arg(WORKER_ARG)
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(said)
+            .spawn()
+            .map_err(|e| Error::Invalid(format!("starting a sweep worker: {e}")))?;
         self.running.push((child, job.trial, file));
         Ok(None)
     }
