@@ -12,7 +12,6 @@
 use tch::{Kind, Tensor};
 
 use crate::error::{invalid, Result};
-use crate::models::layers::Source;
 use crate::models::{ForwardOptions, KvCache, Model, Task};
 
 /// How to generate.
@@ -111,8 +110,7 @@ pub(crate) fn start(model: &Model, prompt: &[i64]) -> Result<(KvCache, Vec<i64>)
         return invalid!("this encoder–decoder's config names no `decoder_start_token_id`, the id its decoder starts from");
     };
     let ids = Tensor::from_slice(prompt).unsqueeze(0).to_device(model.device());
-    let hidden = tch::no_grad(|| model.encode(&ids, None, &ForwardOptions::default()))?;
-    Ok((KvCache::for_source(Source { hidden, mask: None }), vec![first]))
+    Ok((tch::no_grad(|| model.encode_source(&ids, None, &ForwardOptions::default()))?, vec![first]))
 }
 
 /// Checks that `model` generates (a decoder or an encoder–decoder) and `prompt` is a

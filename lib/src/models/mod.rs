@@ -595,6 +595,13 @@ impl Model {
         self.network.encode(ids, mask, opts)
     }
 
+    /// An encoder–decoder's encoder over the source `ids` with their padding `mask`, as
+    /// the cache its decoder reads the source through ([`KvCache::for_source`]).
+    pub fn encode_source(&self, ids: &Tensor, mask: Option<&Tensor>, opts: &ForwardOptions) -> Result<KvCache> {
+        let hidden = self.encode(ids, mask, opts)?;
+        Ok(KvCache::for_source(layers::Source { hidden, mask: mask.map(Tensor::shallow_clone) }))
+    }
+
     /// The forward pass (see [`Network::forward`]).
     pub fn forward(&self, ids: &Tensor, mask: Option<&Tensor>, opts: &ForwardOptions, cache: Option<&mut KvCache>) -> Result<Output> {
         self.network.forward(ids, mask, opts, cache)

@@ -143,8 +143,7 @@ impl AttentionMaps {
         let opts = crate::models::ForwardOptions { capture_attention: kind == AttentionKind::Decoder, hooks: Some(&hooks), ..Default::default() };
         let device = model.device();
         let decoder_maps = tch::no_grad(|| -> crate::Result<Vec<tch::Tensor>> {
-            let hidden = model.encode(&tch::Tensor::from_slice(source).unsqueeze(0).to_device(device), None, &opts)?;
-            let mut cache = crate::models::KvCache::for_source(crate::models::layers::Source { hidden, mask: None });
+            let mut cache = model.encode_source(&tch::Tensor::from_slice(source).unsqueeze(0).to_device(device), None, &opts)?;
             let out = model.forward(&tch::Tensor::from_slice(&target).unsqueeze(0).to_device(device), None, &opts, Some(&mut cache))?;
             Ok(out.attentions.unwrap_or_default())
         })?;

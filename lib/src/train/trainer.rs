@@ -648,8 +648,7 @@ impl Trainer {
         match &batch.source {
             // An encoder–decoder: the encoder reads the source, the decoder the target.
             Some(source) => {
-                let hidden = self.model.encode(&source.to_device(device), mask.as_ref(), opts)?;
-                let mut cache = crate::models::KvCache::for_source(crate::models::layers::Source { hidden, mask });
+                let mut cache = self.model.encode_source(&source.to_device(device), mask.as_ref(), opts)?;
                 self.model.forward(&inputs, None, opts, Some(&mut cache))
             }
             None => self.model.forward(&inputs, mask.as_ref(), opts, None),
