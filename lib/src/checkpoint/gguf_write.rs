@@ -126,6 +126,10 @@ fn tensor_bytes(gguf: &GgufFamily, arch: &str, meta: &Metadata, planned: &Planne
     if let Some(heads) = (gguf.unpermute)(arch, &planned.name, meta) {
         t = gguf::permute(&t, heads).map_err(|e| Error::Invalid(format!("tensor `{}`: {e}", planned.hf_name)))?;
     }
+    let shift = (gguf.shift)(&planned.name);
+    if shift != 0.0 {
+        t = t.f_add_scalar(shift)?;
+    }
     let values = Vec::<f32>::try_from(t.f_flatten(0, -1)?)?;
     quant::quantize(planned.kind, &values).map_err(|e| Error::Invalid(format!("tensor `{}`: {e}", planned.hf_name)))
 }

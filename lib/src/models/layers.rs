@@ -110,22 +110,34 @@ pub fn cached(cache: &mut Option<&mut KvCache>, layer: usize, k: Tensor, v: Tens
 }
 
 /// Root-mean-square normalisation with a learned scale (`LlamaRMSNorm`): computed in
-/// float32 whatever the input's dtype, scaled after casting back.
+/// float32 whatever the input's dtype, scaled after casting back. Gemma's variant
+/// ([`RmsNorm::gemma`]) stores the scale as an offset from one and applies it before
+/// casting back (`Gemma3RMSNorm`).
 #[derive(Debug)]
 pub struct RmsNorm {
     weight: Tensor,
     eps: f64,
+    /// What the stored weight is an offset from: 0 (Llama), 1 (Gemma).
+    offset: f64,
 }
 
 impl RmsNorm {
     /// A norm over the last `size` features, its scale starting at one.
     pub fn new(p: nn::Path, size: i64, eps: f64) -> Self {
-        RmsNorm { weight: p.var("weight", &[size], nn::Init::Const(1.0)), eps }
+        RmsNorm { weight: p.var("weight", &[size], nn::Init::Const(1.0)), eps, offset: 0.0 }
     }
 
-    /// The learned scale.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// Gemma's norm: it multiplies by `1 + weight` in float32, the weight starting at zero.
+    pub fn gemma(p: nn::Path, size: i64, eps: f64) -> Self {
+        RmsNorm { weight: p.var("weight", &[size], nn::Init::Const(0.0)), eps, offset: 1.0 }
+    }
+
+    /// The scale it multiplies by (the learned weight, plus one for Gemma's).
+    pub fn scale(&self) -> Tensor {
+        match self.offset {
+            0.0 => self.weight.shallow_clone(),
+            offset => self.weight.to_kind(Kind::Float) + offset,
+        }
     }
 }
 
@@ -135,7 +147,10 @@ impl Module for RmsNorm {
         let h = x.to_kind(Kind::Float);
         let variance = h.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
         let h = h * (variance + self.eps).rsqrt();
-        &self.weight * h.to_kind(kind)
+        match self.offset {
+            0.0 => &self.weight * h.to_kind(kind),
+            offset => (h * (self.weight.to_kind(Kind::Float) + offset)).to_kind(kind),
+        }
     }
 }
 
@@ -176,6 +191,12 @@ impl Rotary {
             inv_freq = smoothed.where_self(&medium, &scaled);
         }
         Rotary { inv_freq }
+    }
+
+    /// The same frequencies divided by `factor` (`rope_type: linear`, as Gemma 3's larger
+    /// models scale their global layers): positions read as `factor` times closer.
+    pub fn linear(self, factor: f64) -> Self {
+        Rotary { inv_freq: self.inv_freq / factor }
     }
 
     /// `cos, sin: (T, head_dim)` for positions `start..start + t`.

@@ -512,7 +512,7 @@ impl Network for Llama {
     }
     fn readout(&self) -> Option<Readout> {
         let unembed = self.lm_head.effective_weight().ok()?;
-        Some(Readout { weight: self.norm.weight().shallow_clone(), bias: None, centred: false, eps: self.config.rms_norm_eps, unembed })
+        Some(Readout { weight: self.norm.scale(), bias: None, centred: false, eps: self.config.rms_norm_eps, unembed })
     }
     fn architecture(&self) -> &'static str {
         match self.config.variant() {
@@ -535,6 +535,7 @@ pub const GGUF: GgufFamily = GgufFamily {
     config: gguf_config,
     tensor_name: gguf_tensor_name,
     unpermute: gguf_unpermute,
+    shift: |_| 0.0,
     metadata: gguf_metadata,
     gguf_name: gguf_name_for,
 };
@@ -597,28 +598,12 @@ const GGUF_BLOCK_MODULES: [(&str, &str); 11] = [
     ("ffn_down", "mlp.down_proj"),
 ];
 
-/// The Hugging Face name of a llama.cpp tensor name.
 fn gguf_tensor_name(name: &str) -> Option<String> {
-    if let Some((_, hf)) = GGUF_TOP_TENSORS.iter().find(|(gguf, _)| *gguf == name) {
-        return Some(hf.to_string());
-    }
-    let (layer, rest) = name.strip_prefix("blk.")?.split_once('.')?;
-    layer.parse::<u32>().ok()?;
-    let (module, suffix) = rest.rsplit_once('.')?;
-    let (_, hf) = GGUF_BLOCK_MODULES.iter().find(|(gguf, _)| *gguf == module)?;
-    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+    crate::checkpoint::gguf::hf_name(name, &GGUF_TOP_TENSORS, &GGUF_BLOCK_MODULES)
 }
 
-/// The llama.cpp name of a Hugging Face tensor name.
 fn gguf_name_for(name: &str) -> Option<String> {
-    if let Some((gguf, _)) = GGUF_TOP_TENSORS.iter().find(|(_, hf)| *hf == name) {
-        return Some(gguf.to_string());
-    }
-    let (layer, rest) = name.strip_prefix("model.layers.")?.split_once('.')?;
-    layer.parse::<u32>().ok()?;
-    let (module, suffix) = rest.rsplit_once('.')?;
-    let (gguf, _) = GGUF_BLOCK_MODULES.iter().find(|(_, hf)| *hf == module)?;
-    Some(format!("blk.{layer}.{gguf}.{suffix}"))
+    crate::checkpoint::gguf::gguf_name(name, &GGUF_TOP_TENSORS, &GGUF_BLOCK_MODULES)
 }
 
 /// The model's metadata in a GGUF file, as llama.cpp's converter writes it (the inverse
