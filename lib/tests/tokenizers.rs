@@ -1,6 +1,7 @@
 //! Tokenizers against Hugging Face `tokenizers` (Python): a byte-level BPE trained by
 //! tchlab encodes every text exactly as the Python library encodes it from the saved
-//! `tokenizer.json`, and decodes back to the text.
+//! `tokenizer.json`, and decodes back to the text; SentencePiece vocabularies in GGUF files
+//! give llama.cpp's ids.
 
 mod common;
 
@@ -46,4 +47,25 @@ fn bpe_training_errors_name_the_problem() {
     std::fs::write(dir.join("c.txt"), "abc").unwrap();
     let err = Tokenizer::train_bpe(dir.join("c.txt"), 100).err().unwrap().to_string();
     assert!(err.contains("--vocab 100"), "{err}");
+}
+
+#[test]
+fn sentencepiece_gguf_vocabularies_give_llama_cpps_ids() {
+    // Scores order the merges, characters outside the vocabulary fall back to bytes, the
+    // control and user-defined tokens are matched whole, and llama.cpp's space prefix
+    // goes before the text and after each of them unless the file turns it off.
+    let dir = common::fixtures().join("sp-gguf");
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("llama_cpp_ids.json")).unwrap()).unwrap();
+    let texts: Vec<String> = serde_json::from_value(reference["texts"].clone()).unwrap();
+    for name in ["prefix", "no-prefix"] {
+        let meta = tchlab::checkpoint::gguf::read_metadata(&dir.join(format!("{name}.gguf"))).unwrap();
+        let tokenizer = Tokenizer::from_gguf(&meta, 256).unwrap();
+        let expected: Vec<Vec<i64>> = serde_json::from_value(reference[name].clone()).unwrap();
+        for (text, ids) in texts.iter().zip(&expected) {
+            assert_eq!(&tokenizer.encode(text).unwrap(), ids, "{name}: ids of {text:?}");
+            if !text.contains('<') {
+                assert_eq!(&tokenizer.decode(ids).unwrap(), text, "{name}: decoding {text:?}");
+            }
+        }
+    }
 }
