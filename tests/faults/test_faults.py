@@ -316,6 +316,75 @@ def test_t5_configs_that_cannot_work_are_refused_by_name(lab, tmp_path, name, co
     refused(kc, f"%load {d}", "FileError", *contains)
 
 
+GEMMA3 = {"model_type": "gemma3_text", "vocab_size": 16, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+          "num_key_value_heads": 1, "head_dim": 4, "max_position_embeddings": 16, "sliding_window": 4}
+
+
+@pytest.mark.parametrize(
+    "name, config, contains",
+    [
+        ("gemma3-no-heads", dict(GEMMA3, num_attention_heads=0), ["num_attention_heads"]),
+        ("gemma3-kv-heads", dict(GEMMA3, num_attention_heads=4, num_key_value_heads=3), ["num_key_value_heads", "multiple"]),
+        ("gemma3-window-zero", dict(GEMMA3, sliding_window=0), ["sliding_window", "at least 1"]),
+        ("gemma3-window-negative", dict(GEMMA3, sliding_window=-512), ["sliding_window", "at least 1"]),
+        ("gemma3-layer-types", dict(GEMMA3, layer_types=["sliding_attention"]), ["layer_types", "1 entries for 2 layers"]),
+        ("gemma3-layer-kind", dict(GEMMA3, layer_types=["sliding_attention", "chunked_attention"]), ["chunked_attention"]),
+        ("gemma3-pattern", dict(GEMMA3, sliding_window_pattern=0), ["sliding_window_pattern"]),
+        ("gemma3-yarn", dict(GEMMA3, rope_scaling={"rope_type": "yarn", "factor": 4.0}), ["yarn", "not supported"]),
+        ("gemma3-linear", dict(GEMMA3, rope_scaling={"rope_type": "linear", "factor": -8}), ["factor"]),
+        ("gemma3-softcap", dict(GEMMA3, attn_logit_softcapping=50.0), ["attn_logit_softcapping"]),
+        ("gemma3-final-softcap", dict(GEMMA3, final_logit_softcapping=0), ["final_logit_softcapping"]),
+        ("gemma3-head-dim", dict(GEMMA3, head_dim=5), ["head_dim", "even"]),
+        ("gemma3-activation", dict(GEMMA3, hidden_activation="swoosh"), ["swoosh"]),
+    ],
+)
+def test_gemma3_configs_that_cannot_work_are_refused_by_name(lab, tmp_path, name, config, contains):
+    _, kc = lab
+    d = model_dir(tmp_path, name, "pytorch_model.bin", saved({"w": torch.ones(2)}), config)
+    refused(kc, f"%load {d}", "FileError", *contains)
+
+
+def sentencepiece_gguf(path, tokens=None, scores="default", types="default", bos=1):
+    """A GGUF file of a one-block Llama with a SentencePiece vocabulary, written by the gguf package."""
+    import gguf
+    import numpy as np
+
+    tokens = tokens or ["<unk>", "<s>", "</s>", "\u2581", "a", "\u2581a"]
+    w = gguf.GGUFWriter(str(path), "llama")
+    for add, value in [(w.add_context_length, 16), (w.add_embedding_length, 8), (w.add_block_count, 1), (w.add_feed_forward_length, 16),
+                       (w.add_head_count, 2), (w.add_head_count_kv, 2), (w.add_layer_norm_rms_eps, 1e-5)]:
+        add(value)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    if scores is not None:
+        w.add_token_scores([-float(i) for i in range(len(tokens))] if scores == "default" else scores)
+    w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3) if types == "default" else types)
+    w.add_bos_token_id(bos)
+    w.add_tensor("token_embd.weight", np.zeros((len(tokens), 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, contains",
+    [
+        ("no-scores", dict(scores=None), ["tokenizer.ggml.scores"]),
+        ("few-scores", dict(scores=[0.0, -1.0]), ["6 tokens but 2 scores"]),
+        ("many-types", dict(types=[1] * 9), ["6 tokens", "9 token types"]),
+        ("text-scores", dict(scores=["a"] * 6), ["tokenizer.ggml.scores"]),
+        ("duplicates", dict(tokens=["<unk>", "<s>", "</s>", "a", "b", "a"]), ["\"a\" twice", "ids 3 and 5"]),
+        ("bos-past", dict(bos=600), ["bos_token_id", "600", "outside"]),
+    ],
+)
+def test_hostile_sentencepiece_vocabularies_are_refused_by_name(lab, tmp_path, name, kwargs, contains):
+    _, kc = lab
+    path = sentencepiece_gguf(tmp_path / f"{name}.gguf", **kwargs)
+    refused(kc, f"%load {path}", "FileError", f"{name}.gguf", *contains)
+
+
 def test_bad_configs_and_formats_are_refused_before_anything_is_built(lab, tmp_path):
     km, kc = lab
     tiny = saved({"w": torch.ones(2)})

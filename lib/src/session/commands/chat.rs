@@ -48,7 +48,8 @@ fn chat(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let message = args.get("message").map(|m| Message::new("user", m));
     if args.flag("show") || message.is_none() {
         let prompt = conversation.prompt(message.as_ref())?;
-        let ids = s.tokenizer_or_err()?.encode(&prompt)?;
+        // As the reply reads it: the template writes its own special tokens.
+        let ids = s.tokenizer_or_err()?.encode_corpus(&prompt)?;
         let text = format!("{prompt}\n({} tokens)", ids.len());
         let shown = ChatResult { text: None, prompt: Some(prompt), ids: Some(ids), messages: conversation.messages(message.as_ref()) };
         ctx.returns(Bundle::text(text), &shown);

@@ -63,8 +63,9 @@ fn single_token(tokenizer: &Tokenizer, model: &Model, word: &str, what: &str) ->
         }
         return Ok(id);
     }
+    // The word's own tokens, without the BOS a tokenizer such as Gemma's puts first.
     for candidate in [format!(" {word}"), word.to_string()] {
-        if let Ok([id]) = tokenizer.encode(&candidate).as_deref() {
+        if let Ok([(id, _, _)]) = tokenizer.encode_offsets(&candidate, false).as_deref() {
             return Ok(*id);
         }
     }
