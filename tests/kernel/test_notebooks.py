@@ -79,4 +79,18 @@ def made_small(code):
 
 
 # What some notebooks must show besides running: their own lesson.
-CHECKS = {"10-teach-it-something": taught, "11-make-it-small": made_small}
+def two_models(code):
+    """12-two-models: Gemma's tokenizer puts its BOS first and keeps more of the text whole;
+    both models have an induction head and predict the repeat far better than the first
+    copy; Gemma's strongest sits in a global layer (5, 11 or 17), as the notebook says."""
+    by_source = lambda text: [result(c) for c in code if c.source.strip().endswith(text)]
+    smol_tokens, gemma_tokens = by_source('%tokenize "naïve café 😀 Schrödinger"')
+    assert gemma_tokens["ids"][0] == 2 and smol_tokens["ids"][0] != 2, (smol_tokens, gemma_tokens)
+    assert len(gemma_tokens["ids"]) - 1 < len(smol_tokens["ids"]), (smol_tokens, gemma_tokens)
+    smol, gemma = by_source("%heads induction")
+    for heads in (smol, gemma):
+        assert heads["top"][0]["score"] > 0.5 and heads["repeat_loss"] < heads["first_loss"] / 3, heads["top"][:3]
+    assert gemma["top"][0]["head"].split(".")[0] in ("5", "11", "17"), gemma["top"][:3]
+
+
+CHECKS = {"10-teach-it-something": taught, "11-make-it-small": made_small, "12-two-models": two_models}

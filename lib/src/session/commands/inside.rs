@@ -492,7 +492,14 @@ fn heads(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let seed = args.parse_as::<u64>("seed")?.unwrap_or(0);
     let model = s.model_or_err()?;
     let config = model.config();
-    let prefix = s.tokenizer_or_err()?.token_id(crate::tokenize::END_OF_TEXT).filter(|&id| id < config.vocab_size());
+    // Each sequence starts as the model's texts start: after GPT-2's end-of-text, or the
+    // BOS a tokenizer such as Gemma's puts first (what an empty text encodes to).
+    let tokenizer = s.tokenizer_or_err()?;
+    let bos = match tokenizer.encode("").as_deref() {
+        Ok([bos]) => Some(*bos),
+        _ => None,
+    };
+    let prefix = tokenizer.token_id(crate::tokenize::END_OF_TEXT).or(bos).filter(|&id| id < config.vocab_size());
     let total = 2 * length + i64::from(prefix.is_some());
     if !(2..=4096).contains(&length) || total > config.max_positions() {
         return Err(args.usage_error(format!("--length must be at least 2 and fit twice in the model's {} positions, got {length}", config.max_positions())));
