@@ -397,6 +397,22 @@ pub fn read_tensors(meta: &Metadata, gguf: &GgufFamily) -> Result<Vec<(String, T
     Ok(out)
 }
 
+/// llama.cpp's tensors outside a decoder's blocks, and transformers' names for them.
+pub const DECODER_TOP_TENSORS: [(&str, &str); 3] =
+    [("token_embd.weight", "model.embed_tokens.weight"), ("output_norm.weight", "model.norm.weight"), ("output.weight", "lm_head.weight")];
+
+/// Sets `bos_token_id`, `eos_token_id` and `pad_token_id` in a `config.json` made from a
+/// GGUF file, where its tokenizer metadata names them.
+pub fn set_special_token_ids(meta: &Metadata, config: &mut Value) {
+    for (gguf_key, config_key) in
+        [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id"), ("tokenizer.ggml.padding_token_id", "pad_token_id")]
+    {
+        if let Ok(id) = meta.int(gguf_key) {
+            config[config_key] = id.into();
+        }
+    }
+}
+
 /// The Hugging Face name of a llama.cpp tensor name, given a family's tensors outside
 /// the blocks (`token_embd.weight`) and its block modules (`attn_q` ↔
 /// `self_attn.q_proj`) as (llama.cpp, transformers) pairs.

@@ -11,10 +11,73 @@
 
 use tch::{Kind, Tensor};
 
-use super::hooks::{BlockId, Site};
+use super::hooks::{BlockId, Point, Site};
+use super::layers::{cached, RmsNorm, Rotary};
 use super::linear::Linear;
-use super::ForwardOptions;
+use super::{ForwardOptions, KvCache};
 use crate::error::Result;
+
+/// The self-attention of rotary decoders (Llama-style, Gemma 3): query, key and value
+/// projections, optional per-head norms of queries and keys (Qwen3, Gemma 3), rotary
+/// positions, grouped-query heads over the past or a sliding window of it, through the
+/// hook points `hook_q`, `hook_k`, `hook_v`, `hook_rot_q`, `hook_rot_k` and [`attend`]'s.
+pub struct RotaryAttention {
+    /// Hidden → query heads.
+    pub q_proj: Linear,
+    /// Hidden → key heads.
+    pub k_proj: Linear,
+    /// Hidden → value heads.
+    pub v_proj: Linear,
+    /// Concatenated heads → hidden.
+    pub o_proj: Linear,
+    /// RMSNorm of each query head, before rotation.
+    pub q_norm: Option<RmsNorm>,
+    /// RMSNorm of each key head, before rotation.
+    pub k_norm: Option<RmsNorm>,
+    /// Query heads.
+    pub heads: i64,
+    /// Key/value heads (dividing `heads`).
+    pub kv_heads: i64,
+    /// Width of one head.
+    pub head_dim: i64,
+    /// Scores' scale; `1/√head_dim` when `None`.
+    pub scale: Option<f64>,
+    /// Dropout on the probabilities in training.
+    pub dropout: f64,
+    /// A query sees its own position and the `window − 1` before it; `None`: the whole past.
+    pub window: Option<i64>,
+}
+
+impl RotaryAttention {
+    /// Attention of `x: (B, T, C)` at block `layer`, rotated by `rotary = (cos, sin)`,
+    /// extending the cache when there is one.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rotary: (&Tensor, &Tensor),
+        cache: &mut Option<&mut KvCache>,
+        layer: usize,
+        opts: &ForwardOptions,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (b, t, _) = x.size3()?;
+        let hook = |site, x| opts.hook(Point::block(layer, site), x);
+        let heads = |z: Tensor, n: i64, norm: &Option<RmsNorm>| {
+            let z = z.view([b, t, n, self.head_dim]);
+            norm.as_ref().map_or(z.shallow_clone(), |norm| tch::nn::Module::forward(norm, &z)).transpose(1, 2)
+            // (B, n, T, head_dim)
+        };
+        let (cos, sin) = rotary;
+        let q = hook(Site::Q, heads(self.q_proj.forward_t(x, opts.train)?, self.heads, &self.q_norm))?;
+        let k = hook(Site::K, heads(self.k_proj.forward_t(x, opts.train)?, self.kv_heads, &self.k_norm))?;
+        let v = hook(Site::V, heads(self.v_proj.forward_t(x, opts.train)?, self.kv_heads, &None))?;
+        let q = hook(Site::RotQ, Rotary::apply(&q, cos, sin))?;
+        let k = hook(Site::RotK, Rotary::apply(&k, cos, sin))?;
+        let (k, v) = cached(cache, layer, k, v);
+        let dropout = if opts.train { self.dropout } else { 0.0 };
+        let mask = self.window.map_or(Mask::Causal, Mask::SlidingWindow);
+        attend(&q, &k, &v, mask, self.scale, dropout, &self.o_proj, layer, opts)
+    }
+}
 
 /// Which positions a query may attend to.
 #[derive(Clone, Copy)]

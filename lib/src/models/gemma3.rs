@@ -19,10 +19,10 @@ use serde_json::{json, Map, Value};
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use super::attention::{attend, Mask};
+use super::attention::RotaryAttention;
 use super::checkpointing::run_blocks;
 use super::hooks::{Point, Site};
-use super::layers::{cached, GatedMlp, RmsNorm, Rotary};
+use super::layers::{GatedMlp, RmsNorm, Rotary};
 use super::linear::Linear;
 use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Readout, Task, TaskKind};
 use crate::checkpoint::gguf::{GgufFamily, MetaValue, Metadata};
@@ -319,74 +319,31 @@ impl Architecture for Gemma3Config {
     }
 }
 
-struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
-    q_norm: RmsNorm,
-    k_norm: RmsNorm,
-    heads: i64,
-    kv_heads: i64,
-    head_dim: i64,
-    scale: f64,
-    dropout: f64,
-    /// The sliding window of a local layer; `None` on a global one.
-    window: Option<i64>,
-}
-
-impl Attention {
-    fn new(p: &nn::Path, c: &Gemma3Config, local: bool) -> Self {
-        let (h, hd) = (c.hidden_size, c.head_dim);
-        let config = nn::LinearConfig { ws_init: super::normal(c.initializer_range), bs_init: Some(nn::Init::Const(0.0)), bias: c.attention_bias };
-        let linear = |name: &str, i, o| Linear::new(&(p / name), i, o, config);
-        Attention {
-            q_proj: linear("q_proj", h, c.num_attention_heads * hd),
-            k_proj: linear("k_proj", h, c.num_key_value_heads * hd),
-            v_proj: linear("v_proj", h, c.num_key_value_heads * hd),
-            o_proj: linear("o_proj", c.num_attention_heads * hd, h),
-            q_norm: RmsNorm::gemma(p / "q_norm", hd, c.rms_norm_eps),
-            k_norm: RmsNorm::gemma(p / "k_norm", hd, c.rms_norm_eps),
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
-            head_dim: hd,
-            scale: (c.query_pre_attn_scalar as f64).powf(-0.5),
-            dropout: c.attention_dropout,
-            window: local.then_some(c.sliding_window),
-        }
-    }
-
-    fn forward(
-        &self,
-        x: &Tensor,
-        rotary: (&Tensor, &Tensor),
-        cache: &mut Option<&mut KvCache>,
-        layer: usize,
-        opts: &ForwardOptions,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        let (b, t, _) = x.size3()?;
-        let hook = |site, x| opts.hook(Point::block(layer, site), x);
-        let heads = |z: Tensor, n: i64, norm: Option<&RmsNorm>| {
-            let z = z.view([b, t, n, self.head_dim]);
-            norm.map_or(z.shallow_clone(), |norm| norm.forward(&z)).transpose(1, 2)
-            // (B, n, T, head_dim)
-        };
-        let (cos, sin) = rotary;
-        let q = hook(Site::Q, heads(self.q_proj.forward_t(x, opts.train)?, self.heads, Some(&self.q_norm)))?;
-        let k = hook(Site::K, heads(self.k_proj.forward_t(x, opts.train)?, self.kv_heads, Some(&self.k_norm)))?;
-        let v = hook(Site::V, heads(self.v_proj.forward_t(x, opts.train)?, self.kv_heads, None))?;
-        let q = hook(Site::RotQ, Rotary::apply(&q, cos, sin))?;
-        let k = hook(Site::RotK, Rotary::apply(&k, cos, sin))?;
-        let (k, v) = cached(cache, layer, k, v);
-        let dropout = if opts.train { self.dropout } else { 0.0 };
-        let mask = self.window.map_or(Mask::Causal, Mask::SlidingWindow);
-        attend(&q, &k, &v, mask, Some(self.scale), dropout, &self.o_proj, layer, opts)
+/// A block's attention: q/k norms always, scores scaled by `query_pre_attn_scalar^-½`,
+/// the sliding window on a local layer.
+fn attention(p: &nn::Path, c: &Gemma3Config, local: bool) -> RotaryAttention {
+    let (h, hd) = (c.hidden_size, c.head_dim);
+    let config = nn::LinearConfig { ws_init: super::normal(c.initializer_range), bs_init: Some(nn::Init::Const(0.0)), bias: c.attention_bias };
+    let linear = |name: &str, i, o| Linear::new(&(p / name), i, o, config);
+    RotaryAttention {
+        q_proj: linear("q_proj", h, c.num_attention_heads * hd),
+        k_proj: linear("k_proj", h, c.num_key_value_heads * hd),
+        v_proj: linear("v_proj", h, c.num_key_value_heads * hd),
+        o_proj: linear("o_proj", c.num_attention_heads * hd, h),
+        q_norm: Some(RmsNorm::gemma(p / "q_norm", hd, c.rms_norm_eps)),
+        k_norm: Some(RmsNorm::gemma(p / "k_norm", hd, c.rms_norm_eps)),
+        heads: c.num_attention_heads,
+        kv_heads: c.num_key_value_heads,
+        head_dim: hd,
+        scale: Some((c.query_pre_attn_scalar as f64).powf(-0.5)),
+        dropout: c.attention_dropout,
+        window: local.then_some(c.sliding_window),
     }
 }
 
 struct Block {
     input_layernorm: RmsNorm,
-    self_attn: Attention,
+    self_attn: RotaryAttention,
     post_attention_layernorm: RmsNorm,
     pre_feedforward_layernorm: RmsNorm,
     mlp: GatedMlp,
@@ -419,7 +376,7 @@ impl Gemma3 {
                 let l = &(m / "layers" / i);
                 Block {
                     input_layernorm: RmsNorm::gemma(l / "input_layernorm", width, eps),
-                    self_attn: Attention::new(&(l / "self_attn"), config, config.is_local(i)),
+                    self_attn: attention(&(l / "self_attn"), config, config.is_local(i)),
                     post_attention_layernorm: RmsNorm::gemma(l / "post_attention_layernorm", width, eps),
                     pre_feedforward_layernorm: RmsNorm::gemma(l / "pre_feedforward_layernorm", width, eps),
                     mlp: GatedMlp::new(&(l / "mlp"), width, config.intermediate_size, activation, false, init),
@@ -460,22 +417,8 @@ impl Network for Gemma3 {
         Task::LanguageModel
     }
     fn forward(&self, ids: &Tensor, mask: Option<&Tensor>, opts: &ForwardOptions, mut cache: Option<&mut KvCache>) -> Result<Output> {
-        let t = match ids.size().as_slice() {
-            &[_, t] => t,
-            shape => return invalid!("input ids must be (batch, time), got shape {shape:?}"),
-        };
-        if mask.is_some() {
-            return invalid!("a Gemma 3 model takes no padding mask here: it reads every position causally");
-        }
-        let past = cache.as_ref().map_or(0, |c| c.len());
-        if past + t > self.config.max_position_embeddings {
-            return invalid!(
-                "{} tokens do not fit the model's context of {} positions; shorten the input or build a model with a larger context",
-                past + t,
-                self.config.max_position_embeddings
-            );
-        }
-        super::check_ids(ids, self.config.vocab_size)?;
+        let c = &self.config;
+        let (t, past) = super::causal_input(ids, mask, cache.as_deref(), c.max_position_embeddings, c.vocab_size, "Gemma 3")?;
         let global = self.global_rotary.cos_sin(past, t);
         let local = self.local_rotary.cos_sin(past, t);
         // √hidden in float32, then in the weights' dtype, as transformers rounds it.
@@ -571,19 +514,9 @@ fn gguf_config(meta: &Metadata) -> Result<Value> {
     if let (Ok(kind), Ok(factor)) = (meta.string("gemma3.rope.scaling.type"), meta.float("gemma3.rope.scaling.factor")) {
         json["rope_scaling"] = json!({"rope_type": kind, "factor": factor});
     }
-    for (gguf_key, config_key) in
-        [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id"), ("tokenizer.ggml.padding_token_id", "pad_token_id")]
-    {
-        if let Ok(id) = meta.int(gguf_key) {
-            json[config_key] = id.into();
-        }
-    }
+    crate::checkpoint::gguf::set_special_token_ids(meta, &mut json);
     Ok(json)
 }
-
-/// llama.cpp's tensors outside the blocks, and transformers' names for them.
-const GGUF_TOP_TENSORS: [(&str, &str); 3] =
-    [("token_embd.weight", "model.embed_tokens.weight"), ("output_norm.weight", "model.norm.weight"), ("output.weight", "lm_head.weight")];
 
 /// A block's modules in llama.cpp and transformers. Unlike Llama's, `ffn_norm` is the
 /// norm before the MLP, and two norms follow the attention and the MLP.
@@ -604,11 +537,11 @@ const GGUF_BLOCK_MODULES: [(&str, &str); 13] = [
 ];
 
 fn gguf_tensor_name(name: &str) -> Option<String> {
-    crate::checkpoint::gguf::hf_name(name, &GGUF_TOP_TENSORS, &GGUF_BLOCK_MODULES)
+    crate::checkpoint::gguf::hf_name(name, &crate::checkpoint::gguf::DECODER_TOP_TENSORS, &GGUF_BLOCK_MODULES)
 }
 
 fn gguf_name_for(name: &str) -> Option<String> {
-    crate::checkpoint::gguf::gguf_name(name, &GGUF_TOP_TENSORS, &GGUF_BLOCK_MODULES)
+    crate::checkpoint::gguf::gguf_name(name, &crate::checkpoint::gguf::DECODER_TOP_TENSORS, &GGUF_BLOCK_MODULES)
 }
 
 /// llama.cpp's converter stores every Gemma norm as `1 + w` (`norm_shift`); transformers'

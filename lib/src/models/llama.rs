@@ -25,10 +25,10 @@ use serde_json::{json, Map, Value};
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use super::attention::{attend, Mask};
+use super::attention::RotaryAttention;
 use super::checkpointing::run_blocks;
 use super::hooks::{Point, Site};
-use super::layers::{cached, GatedMlp, Llama3Scaling, RmsNorm, Rotary};
+use super::layers::{GatedMlp, Llama3Scaling, RmsNorm, Rotary};
 use super::linear::Linear;
 use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Readout, Task, TaskKind};
 use crate::checkpoint::gguf::{GgufFamily, MetaValue, Metadata};
@@ -339,75 +339,32 @@ impl Architecture for LlamaConfig {
     }
 }
 
-struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
-    /// Qwen3's per-head norms of queries and keys.
-    q_norm: Option<RmsNorm>,
-    k_norm: Option<RmsNorm>,
-    heads: i64,
-    kv_heads: i64,
-    head_dim: i64,
-    dropout: f64,
-    /// Mistral's sliding window.
-    window: Option<i64>,
-}
-
-impl Attention {
-    fn new(p: &nn::Path, c: &LlamaConfig) -> Self {
-        let (h, hd) = (c.hidden_size, c.head_dim());
-        let variant = c.variant();
-        let qkv_bias = c.attention_bias || variant == Variant::Qwen2;
-        let linear = |name: &str, i, o, bias| Linear::new(&(p / name), i, o, linear_init(c, bias));
-        let norm = |name: &str| (variant == Variant::Qwen3).then(|| RmsNorm::new(p / name, hd, c.rms_norm_eps));
-        Attention {
-            q_proj: linear("q_proj", h, c.num_attention_heads * hd, qkv_bias),
-            k_proj: linear("k_proj", h, c.kv_heads() * hd, qkv_bias),
-            v_proj: linear("v_proj", h, c.kv_heads() * hd, qkv_bias),
-            o_proj: linear("o_proj", c.num_attention_heads * hd, h, c.attention_bias),
-            q_norm: norm("q_norm"),
-            k_norm: norm("k_norm"),
-            heads: c.num_attention_heads,
-            kv_heads: c.kv_heads(),
-            head_dim: hd,
-            dropout: c.attention_dropout,
-            window: c.window(),
-        }
-    }
-
-    fn forward(
-        &self,
-        x: &Tensor,
-        rotary: (&Tensor, &Tensor),
-        cache: &mut Option<&mut KvCache>,
-        layer: usize,
-        opts: &ForwardOptions,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        let (b, t, _) = x.size3()?;
-        let hook = |site, x| opts.hook(Point::block(layer, site), x);
-        let split = |z: Tensor, n: i64, norm: &Option<RmsNorm>| {
-            let z = z.view([b, t, n, self.head_dim]);
-            let z = norm.as_ref().map_or(z.shallow_clone(), |n| n.forward(&z));
-            z.transpose(1, 2) // (B, n, T, head_dim)
-        };
-        let (cos, sin) = rotary;
-        let q = hook(Site::Q, split(self.q_proj.forward_t(x, opts.train)?, self.heads, &self.q_norm))?;
-        let k = hook(Site::K, split(self.k_proj.forward_t(x, opts.train)?, self.kv_heads, &self.k_norm))?;
-        let v = hook(Site::V, split(self.v_proj.forward_t(x, opts.train)?, self.kv_heads, &None))?;
-        let q = hook(Site::RotQ, Rotary::apply(&q, cos, sin))?;
-        let k = hook(Site::RotK, Rotary::apply(&k, cos, sin))?;
-        let (k, v) = cached(cache, layer, k, v);
-        let dropout = if opts.train { self.dropout } else { 0.0 };
-        let mask = self.window.map_or(Mask::Causal, Mask::SlidingWindow);
-        attend(&q, &k, &v, mask, None, dropout, &self.o_proj, layer, opts)
+/// The block's attention as this variant builds it.
+fn attention(p: &nn::Path, c: &LlamaConfig) -> RotaryAttention {
+    let (h, hd) = (c.hidden_size, c.head_dim());
+    let variant = c.variant();
+    let qkv_bias = c.attention_bias || variant == Variant::Qwen2;
+    let linear = |name: &str, i, o, bias| Linear::new(&(p / name), i, o, linear_init(c, bias));
+    let norm = |name: &str| (variant == Variant::Qwen3).then(|| RmsNorm::new(p / name, hd, c.rms_norm_eps));
+    RotaryAttention {
+        q_proj: linear("q_proj", h, c.num_attention_heads * hd, qkv_bias),
+        k_proj: linear("k_proj", h, c.kv_heads() * hd, qkv_bias),
+        v_proj: linear("v_proj", h, c.kv_heads() * hd, qkv_bias),
+        o_proj: linear("o_proj", c.num_attention_heads * hd, h, c.attention_bias),
+        q_norm: norm("q_norm"),
+        k_norm: norm("k_norm"),
+        heads: c.num_attention_heads,
+        kv_heads: c.kv_heads(),
+        head_dim: hd,
+        scale: None,
+        dropout: c.attention_dropout,
+        window: c.window(),
     }
 }
 
 struct Block {
     input_layernorm: RmsNorm,
-    self_attn: Attention,
+    self_attn: RotaryAttention,
     post_attention_layernorm: RmsNorm,
     mlp: GatedMlp,
 }
@@ -436,7 +393,7 @@ impl Llama {
                 let l = &(m / "layers" / i);
                 Block {
                     input_layernorm: RmsNorm::new(l / "input_layernorm", config.hidden_size, config.rms_norm_eps),
-                    self_attn: Attention::new(&(l / "self_attn"), config),
+                    self_attn: attention(&(l / "self_attn"), config),
                     post_attention_layernorm: RmsNorm::new(l / "post_attention_layernorm", config.hidden_size, config.rms_norm_eps),
                     mlp: GatedMlp::new(&(l / "mlp"), config.hidden_size, config.intermediate_size, activation, config.mlp_bias, init),
                 }
@@ -468,22 +425,8 @@ impl Network for Llama {
         Task::LanguageModel
     }
     fn forward(&self, ids: &Tensor, mask: Option<&Tensor>, opts: &ForwardOptions, mut cache: Option<&mut KvCache>) -> Result<Output> {
-        let t = match ids.size().as_slice() {
-            &[_, t] => t,
-            shape => return invalid!("input ids must be (batch, time), got shape {shape:?}"),
-        };
-        if mask.is_some() {
-            return invalid!("a {} model takes no padding mask here: it reads every position causally", self.config.model_type);
-        }
-        let past = cache.as_ref().map_or(0, |c| c.len());
-        if past + t > self.config.max_position_embeddings {
-            return invalid!(
-                "{} tokens do not fit the model's context of {} positions; shorten the input or build a model with a larger context",
-                past + t,
-                self.config.max_position_embeddings
-            );
-        }
-        super::check_ids(ids, self.config.vocab_size)?;
+        let c = &self.config;
+        let (t, past) = super::causal_input(ids, mask, cache.as_deref(), c.max_position_embeddings, c.vocab_size, &self.config.model_type)?;
         let (cos, sin) = self.rotary.cos_sin(past, t);
         let x = opts.hook(Point::outside(Site::Embed), self.embed_tokens.forward(ids))?; // (B, T, C)
         let block = |i: usize, x: Tensor| {
@@ -569,19 +512,9 @@ fn gguf_config(meta: &Metadata) -> Result<Value> {
     if let Ok(head_dim) = meta.int(&key("attention.key_length")) {
         json["head_dim"] = head_dim.into();
     }
-    for (gguf_key, config_key) in
-        [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id"), ("tokenizer.ggml.padding_token_id", "pad_token_id")]
-    {
-        if let Ok(id) = meta.int(gguf_key) {
-            json[config_key] = id.into();
-        }
-    }
+    crate::checkpoint::gguf::set_special_token_ids(meta, &mut json);
     Ok(json)
 }
-
-/// llama.cpp's tensors outside the blocks, and transformers' names for them.
-const GGUF_TOP_TENSORS: [(&str, &str); 3] =
-    [("token_embd.weight", "model.embed_tokens.weight"), ("output_norm.weight", "model.norm.weight"), ("output.weight", "lm_head.weight")];
 
 /// A block's modules in llama.cpp (`blk.N.attn_q`) and transformers (`model.layers.N.self_attn.q_proj`).
 const GGUF_BLOCK_MODULES: [(&str, &str); 11] = [
@@ -599,11 +532,11 @@ const GGUF_BLOCK_MODULES: [(&str, &str); 11] = [
 ];
 
 fn gguf_tensor_name(name: &str) -> Option<String> {
-    crate::checkpoint::gguf::hf_name(name, &GGUF_TOP_TENSORS, &GGUF_BLOCK_MODULES)
+    crate::checkpoint::gguf::hf_name(name, &crate::checkpoint::gguf::DECODER_TOP_TENSORS, &GGUF_BLOCK_MODULES)
 }
 
 fn gguf_name_for(name: &str) -> Option<String> {
-    crate::checkpoint::gguf::gguf_name(name, &GGUF_TOP_TENSORS, &GGUF_BLOCK_MODULES)
+    crate::checkpoint::gguf::gguf_name(name, &crate::checkpoint::gguf::DECODER_TOP_TENSORS, &GGUF_BLOCK_MODULES)
 }
 
 /// The model's metadata in a GGUF file, as llama.cpp's converter writes it (the inverse

@@ -493,6 +493,35 @@ pub(crate) fn check_dimensions(dimensions: &[(&str, i64, i64)]) -> Result<()> {
 /// Checks that every id in `ids` has an embedding row: a tokenizer larger than the
 /// model's vocabulary is an error naming both, before any forward pass indexes past
 /// the table.
+/// Checks what a causal decoder without padding is given: `ids: (B, T)` whose ids are in
+/// its vocabulary, no mask, and the cache's `past` positions plus `T` within its context.
+/// Returns `(T, past)`.
+pub(crate) fn causal_input(
+    ids: &Tensor,
+    mask: Option<&Tensor>,
+    cache: Option<&KvCache>,
+    max_positions: i64,
+    vocab_size: i64,
+    model: &str,
+) -> Result<(i64, i64)> {
+    let t = match ids.size().as_slice() {
+        &[_, t] => t,
+        shape => return invalid!("input ids must be (batch, time), got shape {shape:?}"),
+    };
+    if mask.is_some() {
+        return invalid!("a {model} model takes no padding mask here: it reads every position causally");
+    }
+    let past = cache.map_or(0, |c| c.len());
+    if past + t > max_positions {
+        return invalid!(
+            "{} tokens do not fit the model's context of {max_positions} positions; shorten the input or build a model with a larger context",
+            past + t
+        );
+    }
+    check_ids(ids, vocab_size)?;
+    Ok((t, past))
+}
+
 pub(crate) fn check_ids(ids: &Tensor, vocab_size: i64) -> Result<()> {
     if ids.numel() == 0 {
         return Ok(());
