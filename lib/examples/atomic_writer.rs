@@ -20,5 +20,5 @@ fn main() -> tchlab::Result<()> {
         (0..8).map(|i| (format!("w{i}"), tch::Tensor::full([per_tensor], value, (tch::Kind::Float, tch::Device::Cpu)))).collect();
     println!("writing");
     std::io::stdout().flush().expect("stdout");
-    tchlab::checkpoint::safetensors::write(std::path::Path::new(path), &tensors, &BTreeMap::new())
+    tchlab::formats::safetensors::write(std::path::Path::new(path), &tensors, &BTreeMap::new())
 }

@@ -1,10 +1,13 @@
 //! tchlab: a libtorch transformer library for interactive labs.
 //!
-//! - [`models`]: the registry of model families (GPT-2, BERT, Llama/Qwen2/Qwen3/Mistral, T5),
+//! - [`models`]: the registry of model families (GPT-2, BERT, Llama/Qwen2/Qwen3/Mistral,
+//!   Gemma 3, T5),
 //!   configured from `config.json`, built from shared layers, with TransformerLens's
 //!   hook points.
-//! - [`checkpoint`]: Hugging Face directories, single weight files and GGUF files in,
-//!   Hugging Face directories out; strict and atomic.
+//! - [`formats`]: the file formats (safetensors, `torch.save` pickles, GGUF and its
+//!   quantisation types), knowing no model.
+//! - [`checkpoint`]: the loader above formats and families: Hugging Face directories,
+//!   single weight files and GGUF files in, Hugging Face directories out; strict and atomic.
 //! - [`atomic`]: files replaced whole or not at all.
 //! - [`chat`]: conversations rendered by the model's own chat template.
 //! - [`tokenize`]: `tokenizer.json`, character-level, trained BPE.
@@ -16,7 +19,8 @@
 //! - [`data`] and [`train`]: data sets and the step-by-step trainer.
 //! - [`sweep`]: search in parts — spaces, samplers (grid, random, TPE), schedules (to
 //!   the end, successive halving) — run from snapshots; the learning-rate range test.
-//! - [`plot`]: training curves and attention maps as PNG and SVG.
+//! - [`plot`]: training curves and attention maps as PNG and SVG; [`display`]: how a
+//!   value shows itself (MIME bundles, tables); [`device`]: devices by name.
 //! - [`session`]: the command language (`%train 200`, `%plot loss`) that front ends drive.
 //! - [`live`]: Rust cells in another process reaching the live session.
 //! - [`cuda`]: libtorch's CUDA half, opened only where there is a GPU.
@@ -24,7 +28,9 @@
 //! - [`interrupt`] and [`limits`]: what keeps a session alive — interrupts, panics
 //!   caught at the boundary, and bounds checked before anything is allocated.
 //!
-//! The library knows nothing of Jupyter or terminals: front ends drive it.
+//! The modules import each other downward only, without a cycle, and nothing below
+//! [`session`] imports from it (`tests/layout.rs`). The library knows nothing of Jupyter
+//! or terminals: front ends drive it.
 
 #![deny(missing_docs)]
 
@@ -34,8 +40,11 @@ pub mod chat;
 pub mod checkpoint;
 pub mod cuda;
 pub mod data;
+pub mod device;
+pub mod display;
 pub mod embedding;
 pub mod error;
+pub mod formats;
 pub mod generate;
 pub mod inspect;
 pub mod interrupt;

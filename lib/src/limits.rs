@@ -95,7 +95,7 @@ pub fn ensure_fits(what: &str, bytes: f64, device: Device, advice: &str) -> Resu
         return Err(Error::TooLarge(format!(
             "{what} needs about {} but {} has {} available; {advice}",
             format_bytes(bytes),
-            crate::session::format::device_name(device),
+            crate::device::device_name(device),
             format_bytes(available as f64)
         )));
     }

@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::tokenize::Tokenizer;
 use crate::train::History;
 
-pub use crate::session::output::Show;
+pub use crate::display::Show;
 
 /// The environment variable naming the session's socket.
 pub const SOCKET_VAR: &str = "TCHLAB_LIVE";
@@ -219,7 +219,7 @@ fn fetch_tensors(request: impl FnOnce(PathBuf) -> Request) -> Result<Vec<(String
 
 fn device_of(reply: &Value) -> Result<Device> {
     let name = reply["device"].as_str().unwrap_or("cpu");
-    crate::session::format::parse_device(name).ok_or_else(|| Error::Invalid(format!("the session is on `{name}`, which this process cannot use")))
+    crate::device::parse_device(name).ok_or_else(|| Error::Invalid(format!("the session is on `{name}`, which this process cannot use")))
 }
 
 /// Sends one request and waits for the answer.

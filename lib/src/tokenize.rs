@@ -78,7 +78,7 @@ impl Tokenizer {
 
     /// The tokenizer a GGUF file describes: byte-level BPE (`tokenizer.ggml.model =
     /// gpt2`: Llama 3, SmolLM2, Qwen) or SentencePiece (`llama`: Gemma, Llama 2, Mistral).
-    pub fn from_gguf(meta: &crate::checkpoint::gguf::Metadata, max_positions: i64) -> Result<Self> {
+    pub fn from_gguf(meta: &crate::formats::gguf::Metadata, max_positions: i64) -> Result<Self> {
         let mut tokenizer = match meta.string("tokenizer.ggml.model")? {
             "gpt2" => Self::byte_level_from_gguf(meta)?,
             "llama" => Self::sentencepiece_from_gguf(meta)?,
@@ -97,7 +97,7 @@ impl Tokenizer {
     /// control tokens (type 3) as special tokens, byte-level pre-tokenizer and decoder.
     /// It adds no BOS token: the files tchlab reads say `add_bos_token = false`, and
     /// llama.cpp honours it (transformers' loader prepends one regardless).
-    fn byte_level_from_gguf(meta: &crate::checkpoint::gguf::Metadata) -> Result<Self> {
+    fn byte_level_from_gguf(meta: &crate::formats::gguf::Metadata) -> Result<Self> {
         let tokens = meta.strings("tokenizer.ggml.tokens")?;
         let merges = meta.strings("tokenizer.ggml.merges")?;
         let types = meta.ints("tokenizer.ggml.token_type").unwrap_or_default();
@@ -141,7 +141,7 @@ impl Tokenizer {
     /// transformers 4.x reads Gemma's vocabulary as a Unigram model instead, which the
     /// file's scores (the piece order, not log-probabilities) do not support: it splits
     /// `Hello world` into `Hello ▁w or ld` where llama.cpp gives `Hello ▁world`.
-    fn sentencepiece_from_gguf(meta: &crate::checkpoint::gguf::Metadata) -> Result<Self> {
+    fn sentencepiece_from_gguf(meta: &crate::formats::gguf::Metadata) -> Result<Self> {
         use tokenizers::models::bpe::BPE;
         let path = &meta.path;
         let tokens = meta.strings("tokenizer.ggml.tokens")?;

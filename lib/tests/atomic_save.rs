@@ -70,6 +70,6 @@ fn finished_save_replaces_the_file_and_cleans_up() {
 fn saving_into_a_missing_directory_is_an_error_naming_it() {
     let target = Path::new("/nonexistent-dir/model.safetensors");
     let t = tch::Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu));
-    let err = tchlab::checkpoint::safetensors::write(target, &[("w".into(), t)], &Default::default()).unwrap_err().to_string();
+    let err = tchlab::formats::safetensors::write(target, &[("w".into(), t)], &Default::default()).unwrap_err().to_string();
     assert!(err.contains("/nonexistent-dir/model.safetensors"), "{err}");
 }

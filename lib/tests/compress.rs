@@ -42,7 +42,7 @@ fn each_kernel_equals_the_pytorch_operator_on_the_same_packed_weights() {
         }
     }
     let dir = common::scratch("quantize-kernels");
-    tchlab::checkpoint::safetensors::write(&dir.join("k.safetensors"), &tensors, &BTreeMap::new()).unwrap();
+    tchlab::formats::safetensors::write(&dir.join("k.safetensors"), &tensors, &BTreeMap::new()).unwrap();
     common::python_agrees(
         r#"
 import sys, warnings, torch
@@ -147,7 +147,7 @@ fn lora_adapters_train_over_an_int4_base_and_leave_it_as_it_was() {
 /// transformers checkpoint the session writes into `dir/name`.
 fn projections(s: &mut Session, dir: &std::path::Path, name: &str) -> Vec<(String, Tensor)> {
     ok(s, &format!("%save {} --hf", dir.join(name).display()));
-    let mut weights = tchlab::checkpoint::safetensors::read(&dir.join(name).join("model.safetensors")).unwrap();
+    let mut weights = tchlab::formats::safetensors::read(&dir.join(name).join("model.safetensors")).unwrap();
     weights.retain(|(n, _)| n.ends_with("proj.weight"));
     weights.sort_by(|a, b| a.0.cmp(&b.0));
     weights

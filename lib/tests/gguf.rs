@@ -8,7 +8,8 @@ mod common;
 
 use common::{fixture_tensor, fixtures, scratch};
 use tch::Device;
-use tchlab::checkpoint::{self, gguf};
+use tchlab::checkpoint;
+use tchlab::formats::gguf;
 
 #[test]
 fn every_type_dequantises_as_the_gguf_package_does() {

@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 
 use common::{assert_close, fixture_tensor, fixtures};
 use tch::{Device, Tensor};
-use tchlab::checkpoint::{self, safetensors};
+use tchlab::checkpoint;
+use tchlab::formats::safetensors;
 use tchlab::generate::{generate, GenerateOptions};
 use tchlab::models::{ForwardOptions, KvCache};
 

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 
 use common::{fixture_tensor, fixtures};
 use tch::{Device, Tensor};
-use tchlab::checkpoint::{self, peft};
+use tchlab::checkpoint;
+use tchlab::checkpoint::peft;
 use tchlab::models::lora::{Init, LoraConfig, Targets};
 use tchlab::models::{ForwardOptions, Model};
 use tchlab::train::optim::{Method, Optimizer};
@@ -134,7 +135,7 @@ fn an_adapter_saved_here_loads_in_peft_with_the_same_logits() {
         peft::write(&out, &config, &weights).unwrap();
         let ids = expected(case, "input_ids");
         let ours = logits(&model, &ids);
-        tchlab::checkpoint::safetensors::write(&out.join("expected.safetensors"), &[("ids".into(), ids), ("logits".into(), ours)], &BTreeMap::new()).unwrap();
+        tchlab::formats::safetensors::write(&out.join("expected.safetensors"), &[("ids".into(), ids), ("logits".into(), ours)], &BTreeMap::new()).unwrap();
         let base = fixtures().join(case).join("base");
         let peft_file = fixtures().join(case).join("adapter").join("adapter_model.safetensors");
         common::python_agrees(
@@ -170,7 +171,7 @@ assert {{k: (v.shape, v.dtype) for k, v in ours.items()}} == {{k: (v.shape, v.dt
 fn adapters_that_do_not_fit_are_refused_by_name_and_change_nothing() {
     let mut model = checkpoint::load(fixtures().join("lora-llama").join("base"), Device::Cpu).unwrap().model;
     let checksum = model.checksum().unwrap();
-    let mut refuse = |adapter: peft::Adapter, says: &str| {
+    let mut refuse = |adapter: tchlab::models::lora::Adapter, says: &str| {
         let e = model.load_peft(adapter).unwrap_err().to_string();
         assert!(e.contains(says), "expected {says:?} in: {e}");
         assert!(model.adapters().is_none());
@@ -216,7 +217,7 @@ fn an_adapter_trained_on_smollm2_from_its_gguf_loads_in_peft_over_transformers_r
     let dir = common::scratch("lora-smollm2");
     let (config, weights) = model.peft_adapter(Some(file.to_string()), "CAUSAL_LM").unwrap();
     peft::write(&dir.join("adapter"), &config, &weights).unwrap();
-    tchlab::checkpoint::safetensors::write(&dir.join("expected.safetensors"), &[("ids".into(), ids), ("logits".into(), ours)], &BTreeMap::new()).unwrap();
+    tchlab::formats::safetensors::write(&dir.join("expected.safetensors"), &[("ids".into(), ids), ("logits".into(), ours)], &BTreeMap::new()).unwrap();
     common::python_agrees(
         &format!(
             r#"

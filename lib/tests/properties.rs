@@ -99,11 +99,11 @@ fn small_gguf() -> Vec<u8> {
 fn the_small_gguf_file_is_valid() {
     let path = std::env::temp_dir().join(format!("tchlab-small-{}.gguf", std::process::id()));
     std::fs::write(&path, small_gguf()).unwrap();
-    let meta = tchlab::checkpoint::gguf::read_metadata(&path).unwrap();
+    let meta = tchlab::formats::gguf::read_metadata(&path).unwrap();
     assert_eq!(meta.tensors.len(), 3);
     let handle = std::fs::File::open(&path).unwrap();
     for info in &meta.tensors {
-        let _tensor = tchlab::checkpoint::gguf::read_tensor(&handle, &meta, info).unwrap();
+        let _tensor = tchlab::formats::gguf::read_tensor(&handle, &meta, info).unwrap();
     }
     assert_eq!(meta.strings("tokenizer.ggml.tokens").unwrap(), ["a", "b", "<|im_end|>"]);
 }
@@ -139,18 +139,18 @@ proptest! {
         std::fs::create_dir_all(&dir).unwrap();
         let random = dir.join("random.safetensors");
         std::fs::write(&random, &bytes).unwrap();
-        let _ = tchlab::checkpoint::safetensors::read(&random);
+        let _ = tchlab::formats::safetensors::read(&random);
         // A valid file with a few bytes changed: headers, offsets and dtypes go wrong.
         let valid = dir.join("valid.safetensors");
         let t = tch::Tensor::arange(12, (tch::Kind::Float, tch::Device::Cpu)).view([3, 4]);
-        tchlab::checkpoint::safetensors::write(&valid, &[("w".into(), t)], &Default::default()).unwrap();
+        tchlab::formats::safetensors::write(&valid, &[("w".into(), t)], &Default::default()).unwrap();
         let mut file = std::fs::read(&valid).unwrap();
         for (at, value) in flips {
             let at = at % file.len();
             file[at] = value;
         }
         std::fs::write(&random, &file).unwrap();
-        let _ = tchlab::checkpoint::safetensors::read(&random);
+        let _ = tchlab::formats::safetensors::read(&random);
     }
 
     #[test]
@@ -170,15 +170,15 @@ proptest! {
             file.truncate(cut % (file.len() + 1));
         }
         std::fs::write(&path, &file).unwrap();
-        if let Ok(meta) = tchlab::checkpoint::gguf::read_metadata(&path) {
+        if let Ok(meta) = tchlab::formats::gguf::read_metadata(&path) {
             let handle = std::fs::File::open(&path).unwrap();
             for info in &meta.tensors {
                 // A flipped dimension can claim gigabytes that the file does not hold:
                 // the header check refuses those, so what passes is small.
                 prop_assert!(info.bytes <= file.len() as u64);
-                let _ = tchlab::checkpoint::gguf::read_tensor(&handle, &meta, info);
+                let _ = tchlab::formats::gguf::read_tensor(&handle, &meta, info);
             }
-            let _ = meta.family();
+            let _ = tchlab::checkpoint::gguf_family(&meta);
             let _ = meta.strings("tokenizer.ggml.tokens");
         }
     }

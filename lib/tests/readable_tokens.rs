@@ -17,7 +17,7 @@ fn cases() -> Value {
 fn tokenizer(case: &Value) -> Tokenizer {
     let path = std::path::Path::new(case["path"].as_str().unwrap());
     if path.extension().is_some_and(|e| e == "gguf") {
-        Tokenizer::from_gguf(&tchlab::checkpoint::gguf::read_metadata(path).unwrap(), 8192).unwrap()
+        Tokenizer::from_gguf(&tchlab::formats::gguf::read_metadata(path).unwrap(), 8192).unwrap()
     } else if path.is_dir() {
         Tokenizer::from_model_dir(path, 512).unwrap()
     } else {

@@ -6,7 +6,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use tch::{Device, Kind, Tensor};
-use tchlab::checkpoint::{self, safetensors};
+use tchlab::checkpoint;
+use tchlab::formats::safetensors;
 use tchlab::models::bert::BertConfig;
 use tchlab::models::{ForwardOptions, Model, Task};
 

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use tchlab::chat::Template;
-use tchlab::checkpoint::gguf;
 use tchlab::data::chat::{ChatData, Reading, IGNORE};
+use tchlab::formats::gguf;
 use tchlab::tokenize::Tokenizer;
 
 fn smollm2() -> (Tokenizer, Template) {

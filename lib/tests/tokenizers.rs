@@ -58,7 +58,7 @@ fn sentencepiece_gguf_vocabularies_give_llama_cpps_ids() {
     let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("llama_cpp_ids.json")).unwrap()).unwrap();
     let texts: Vec<String> = serde_json::from_value(reference["texts"].clone()).unwrap();
     for name in ["prefix", "no-prefix"] {
-        let meta = tchlab::checkpoint::gguf::read_metadata(&dir.join(format!("{name}.gguf"))).unwrap();
+        let meta = tchlab::formats::gguf::read_metadata(&dir.join(format!("{name}.gguf"))).unwrap();
         let tokenizer = Tokenizer::from_gguf(&meta, 256).unwrap();
         let expected: Vec<Vec<i64>> = serde_json::from_value(reference[name].clone()).unwrap();
         for (text, ids) in texts.iter().zip(&expected) {

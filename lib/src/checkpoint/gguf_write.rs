@@ -13,10 +13,10 @@ use std::path::Path;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
-use super::gguf::{self, GgufFamily, MetaValue, Metadata};
-use super::quant::{self, GgmlType};
 use crate::chat::Template;
 use crate::error::{Error, Result};
+use crate::formats::gguf::{self, GgufFamily, MetaValue, Metadata};
+use crate::formats::quant::{self, GgmlType};
 use crate::models::Model;
 use crate::tokenize::Tokenizer;
 

@@ -13,12 +13,8 @@
 //! checkpoints add on top of these files.
 
 pub mod find;
-pub mod gguf;
 pub mod gguf_write;
 pub mod peft;
-mod pickle;
-pub mod quant;
-pub mod safetensors;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -28,6 +24,7 @@ use tch::{Device, Tensor};
 
 use crate::embedding::Pooling;
 use crate::error::{Error, Result};
+use crate::formats::{gguf, pickle, safetensors};
 use crate::models::{Model, ModelConfig, Task, TaskKind};
 use crate::tokenize::Tokenizer;
 
@@ -111,11 +108,21 @@ fn chat_template(dir: &Path) -> Option<crate::chat::Template> {
     Some(crate::chat::Template { source, bos_token: token("bos_token"), eos_token: token("eos_token") })
 }
 
+/// The registry's way of reading a GGUF file's architecture, or an error naming it.
+pub fn gguf_family(meta: &gguf::Metadata) -> Result<&'static gguf::GgufFamily> {
+    let arch = meta.string("general.architecture")?;
+    if let Some(gguf) = crate::models::FAMILIES.iter().filter_map(|f| f.gguf).find(|g| g.architectures.contains(&arch)) {
+        return Ok(gguf);
+    }
+    let known: Vec<&str> = crate::models::FAMILIES.iter().filter_map(|f| f.gguf).flat_map(|g| g.architectures.iter().copied()).collect();
+    Err(Error::format(&meta.path, format!("its architecture is `{arch}`, which tchlab does not build; GGUF files of {} load", known.join(", "))))
+}
+
 /// Loads a GGUF file: the family from `general.architecture`, its config, tokenizer and
 /// chat template from the metadata, the weights dequantised to float32.
 pub fn load_gguf(path: &Path, device: Device) -> Result<Loaded> {
     let meta = gguf::read_metadata(path)?;
-    let (_, family) = meta.family()?;
+    let family = gguf_family(&meta)?;
     let config = ModelConfig::from_json(&(family.config)(&meta)?).map_err(|e| match e {
         Error::Invalid(message) => Error::format(path, format!("its metadata gives an unusable config: {message}")),
         other => other,

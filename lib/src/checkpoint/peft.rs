@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use tch::Tensor;
 
 use crate::error::{Error, Result};
+use crate::models::lora::{Adapter, PeftConfig, TargetModules, MAX_RANK};
 
 /// The configuration file.
 pub const CONFIG: &str = "adapter_config.json";
@@ -30,53 +31,6 @@ pub const CONFIG: &str = "adapter_config.json";
 pub const WEIGHTS: &str = "adapter_model.safetensors";
 /// The prefix peft's wrapper puts before the model's own module paths.
 const PREFIX: &str = "base_model.model.";
-/// The largest rank read from a file (the same bound `%lora` has).
-pub const MAX_RANK: i64 = 1 << 14;
-
-/// `target_modules` as the file has it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TargetModules {
-    /// A list: exact names or path suffixes.
-    Names(Vec<String>),
-    /// A string: a regular expression the whole path must match (or `all-linear`).
-    Pattern(String),
-}
-
-/// What `adapter_config.json` says, in peft's names.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PeftConfig {
-    /// The rank.
-    pub r: i64,
-    /// The scale's numerator.
-    pub lora_alpha: f64,
-    /// Dropout on the adapter's input.
-    pub lora_dropout: f64,
-    /// Which modules.
-    pub target_modules: TargetModules,
-    /// Scale by `alpha / √r`.
-    pub use_rslora: bool,
-    /// Per-module ranks.
-    pub rank_pattern: BTreeMap<String, i64>,
-    /// Per-module alphas.
-    pub alpha_pattern: BTreeMap<String, f64>,
-    /// Only these blocks.
-    pub layers_to_transform: Option<Vec<i64>>,
-    /// The base layer stores its weight `(in, out)` (GPT-2's Conv1D).
-    pub fan_in_fan_out: bool,
-    /// Where the base model came from.
-    pub base_model_name_or_path: Option<String>,
-    /// `CAUSAL_LM`, `SEQ_CLS`, ...
-    pub task_type: Option<String>,
-}
-
-/// An adapter as read: its settings and each module's `(A, B)`.
-pub struct Adapter {
-    /// The settings.
-    pub config: PeftConfig,
-    /// Each module's weights, by its path in the Hugging Face model.
-    pub weights: BTreeMap<String, (Tensor, Tensor)>,
-}
-
 /// Whether `dir` holds an adapter (its configuration file).
 pub fn is_adapter(dir: &Path) -> bool {
     dir.join(CONFIG).is_file()

@@ -25,8 +25,8 @@ use super::hooks::{Point, Site};
 use super::layers::{GatedMlp, RmsNorm, Rotary};
 use super::linear::Linear;
 use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Readout, Task, TaskKind};
-use crate::checkpoint::gguf::{GgufFamily, MetaValue, Metadata};
 use crate::error::{invalid, Error, Result};
+use crate::formats::gguf::{GgufFamily, MetaValue, Metadata};
 
 /// The registry entry.
 pub const FAMILY: Family = Family {
@@ -514,7 +514,7 @@ fn gguf_config(meta: &Metadata) -> Result<Value> {
     if let (Ok(kind), Ok(factor)) = (meta.string("gemma3.rope.scaling.type"), meta.float("gemma3.rope.scaling.factor")) {
         json["rope_scaling"] = json!({"rope_type": kind, "factor": factor});
     }
-    crate::checkpoint::gguf::set_special_token_ids(meta, &mut json);
+    crate::formats::gguf::set_special_token_ids(meta, &mut json);
     Ok(json)
 }
 
@@ -537,11 +537,11 @@ const GGUF_BLOCK_MODULES: [(&str, &str); 13] = [
 ];
 
 fn gguf_tensor_name(name: &str) -> Option<String> {
-    crate::checkpoint::gguf::hf_name(name, &crate::checkpoint::gguf::DECODER_TOP_TENSORS, &GGUF_BLOCK_MODULES)
+    crate::formats::gguf::hf_name(name, &crate::formats::gguf::DECODER_TOP_TENSORS, &GGUF_BLOCK_MODULES)
 }
 
 fn gguf_name_for(name: &str) -> Option<String> {
-    crate::checkpoint::gguf::gguf_name(name, &crate::checkpoint::gguf::DECODER_TOP_TENSORS, &GGUF_BLOCK_MODULES)
+    crate::formats::gguf::gguf_name(name, &crate::formats::gguf::DECODER_TOP_TENSORS, &GGUF_BLOCK_MODULES)
 }
 
 /// llama.cpp's converter stores every Gemma norm as `1 + w` (`norm_shift`); transformers'

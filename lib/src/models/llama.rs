@@ -31,8 +31,8 @@ use super::hooks::{Point, Site};
 use super::layers::{GatedMlp, Llama3Scaling, RmsNorm, Rotary};
 use super::linear::Linear;
 use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Readout, Task, TaskKind};
-use crate::checkpoint::gguf::{GgufFamily, MetaValue, Metadata};
 use crate::error::{invalid, Error, Result};
+use crate::formats::gguf::{GgufFamily, MetaValue, Metadata};
 
 /// The registry entry.
 pub const FAMILY: Family = Family {
@@ -512,7 +512,7 @@ fn gguf_config(meta: &Metadata) -> Result<Value> {
     if let Ok(head_dim) = meta.int(&key("attention.key_length")) {
         json["head_dim"] = head_dim.into();
     }
-    crate::checkpoint::gguf::set_special_token_ids(meta, &mut json);
+    crate::formats::gguf::set_special_token_ids(meta, &mut json);
     Ok(json)
 }
 
@@ -532,11 +532,11 @@ const GGUF_BLOCK_MODULES: [(&str, &str); 11] = [
 ];
 
 fn gguf_tensor_name(name: &str) -> Option<String> {
-    crate::checkpoint::gguf::hf_name(name, &crate::checkpoint::gguf::DECODER_TOP_TENSORS, &GGUF_BLOCK_MODULES)
+    crate::formats::gguf::hf_name(name, &crate::formats::gguf::DECODER_TOP_TENSORS, &GGUF_BLOCK_MODULES)
 }
 
 fn gguf_name_for(name: &str) -> Option<String> {
-    crate::checkpoint::gguf::gguf_name(name, &crate::checkpoint::gguf::DECODER_TOP_TENSORS, &GGUF_BLOCK_MODULES)
+    crate::formats::gguf::gguf_name(name, &crate::formats::gguf::DECODER_TOP_TENSORS, &GGUF_BLOCK_MODULES)
 }
 
 /// The model's metadata in a GGUF file, as llama.cpp's converter writes it (the inverse

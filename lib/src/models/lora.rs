@@ -23,10 +23,54 @@ use tch::{Kind, Tensor};
 
 use super::linear::{LinearHandle, LoraWeights, Role};
 use super::Model;
-use crate::checkpoint::peft::{self, PeftConfig, TargetModules};
 use crate::error::{invalid, Error, Result};
 
-pub use crate::checkpoint::peft::MAX_RANK;
+/// The largest rank read from a file (the same bound `%lora` has).
+pub const MAX_RANK: i64 = 1 << 14;
+
+/// `target_modules` as the file has it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetModules {
+    /// A list: exact names or path suffixes.
+    Names(Vec<String>),
+    /// A string: a regular expression the whole path must match (or `all-linear`).
+    Pattern(String),
+}
+
+/// What `adapter_config.json` says, in peft's names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeftConfig {
+    /// The rank.
+    pub r: i64,
+    /// The scale's numerator.
+    pub lora_alpha: f64,
+    /// Dropout on the adapter's input.
+    pub lora_dropout: f64,
+    /// Which modules.
+    pub target_modules: TargetModules,
+    /// Scale by `alpha / √r`.
+    pub use_rslora: bool,
+    /// Per-module ranks.
+    pub rank_pattern: BTreeMap<String, i64>,
+    /// Per-module alphas.
+    pub alpha_pattern: BTreeMap<String, f64>,
+    /// Only these blocks.
+    pub layers_to_transform: Option<Vec<i64>>,
+    /// The base layer stores its weight `(in, out)` (GPT-2's Conv1D).
+    pub fan_in_fan_out: bool,
+    /// Where the base model came from.
+    pub base_model_name_or_path: Option<String>,
+    /// `CAUSAL_LM`, `SEQ_CLS`, ...
+    pub task_type: Option<String>,
+}
+
+/// An adapter as read: its settings and each module's `(A, B)`.
+pub struct Adapter {
+    /// The settings.
+    pub config: PeftConfig,
+    /// Each module's weights, by its path in the Hugging Face model.
+    pub weights: BTreeMap<String, (Tensor, Tensor)>,
+}
 
 /// Which layers get adapters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -598,16 +642,16 @@ impl Model {
         self.drop_lora()
     }
 
-    /// Adds the adapter peft saved (read by [`peft::read`]), its module paths those of
+    /// Adds the adapter peft saved (read by `checkpoint::peft::read`), its module paths those of
     /// this model's Hugging Face class; refused, changing nothing, when it does not fit.
-    pub fn load_peft(&mut self, adapter: peft::Adapter) -> Result<Vec<AdaptedLayer>> {
+    pub fn load_peft(&mut self, adapter: Adapter) -> Result<Vec<AdaptedLayer>> {
         let config = LoraConfig::from_peft(&adapter.config);
         self.load_peft_as(&config, adapter)
     }
 
     /// [`Model::load_peft`] with the settings `config` rather than the file's (a
     /// training checkpoint keeps tchlab's own, `all-linear` included).
-    pub fn load_peft_as(&mut self, config: &LoraConfig, adapter: peft::Adapter) -> Result<Vec<AdaptedLayer>> {
+    pub fn load_peft_as(&mut self, config: &LoraConfig, adapter: Adapter) -> Result<Vec<AdaptedLayer>> {
         let mut weights = BTreeMap::new();
         for (module, pair) in adapter.weights {
             let path = match self.network.var_for_key(&format!("{module}.weight")) {

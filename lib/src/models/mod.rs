@@ -50,7 +50,7 @@ pub struct Family {
     /// The tasks a model of this family can serve.
     pub tasks: &'static [TaskKind],
     /// GGUF architectures (`general.architecture`) this family reads, with how.
-    pub gguf: Option<&'static crate::checkpoint::gguf::GgufFamily>,
+    pub gguf: Option<&'static crate::formats::gguf::GgufFamily>,
     /// The layers `%lora` adapts when not told (peft's defaults for the architecture,
     /// `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
     pub lora_targets: &'static [&'static str],

@@ -61,7 +61,7 @@ impl Session {
             }
             Ok(())
         };
-        let device = json!({ "device": super::format::device_name(self.device) });
+        let device = json!({ "device": crate::device::device_name(self.device) });
         match request {
             Request::Info => {
                 let model = self.model_or_err()?;
@@ -71,7 +71,7 @@ impl Session {
                     model_type: model.config().model_type().into(),
                     config: crate::checkpoint::hf_config(model),
                     parameters,
-                    device: super::format::device_name(self.device),
+                    device: crate::device::device_name(self.device),
                     step: self.trainer.as_ref().map_or(0, |t| t.step_count()),
                     branch: self.trainer.as_ref().map(|t| t.branch().to_string()),
                 };

@@ -341,7 +341,7 @@ impl Session {
     pub fn glance(&self) -> Glance {
         let position = self.trainer.as_ref().map(|t| (t.branch().to_string(), t.step_count()));
         Glance {
-            device: format::device_name(self.device),
+            device: crate::device::device_name(self.device),
             step: position.as_ref().map_or(0, |p| p.1),
             unsaved: position.is_some_and(|p| p.1 > 0 && Some(&p) != self.saved_at.as_ref()),
         }

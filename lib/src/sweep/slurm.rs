@@ -224,7 +224,7 @@ impl Slurm {
         if sweep_file.symlink_metadata().is_ok() {
             return Err(Error::Invalid(format!("{} holds a Slurm sweep already: `%sweep --attach {}` follows it", dir.display(), dir.display())));
         }
-        let workspace = Workspace::new(dir, crate::session::format::device_name(trainer.model().device()));
+        let workspace = Workspace::new(dir, crate::device::device_name(trainer.model().device()));
         let program = worker::this_program()?;
         let file =
             SweepFile { tchlab_slurm_sweep: 1, plan: plan.clone(), options: options.clone(), program: program.clone(), device: workspace.device().into() };

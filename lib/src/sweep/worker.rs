@@ -82,7 +82,7 @@ fn run_task(task_file: &Path) -> Result<()> {
     let text = crate::limits::read_text(task_file, crate::limits::MAX_JSON_BYTES)?;
     let task: Task = serde_json::from_str(&text).map_err(|e| Error::format(task_file, format!("not a sweep task: {e}")))?;
     tch::set_num_threads(task.threads);
-    let device = crate::session::format::parse_device(&task.device).ok_or_else(|| Error::Invalid(format!("unknown device {}", task.device)))?;
+    let device = crate::device::parse_device(&task.device).ok_or_else(|| Error::Invalid(format!("unknown device {}", task.device)))?;
     crate::cuda::prepare(device);
     let mut trainer = Trainer::load(&task.from, device)?;
     for (k, v) in &task.set {
@@ -203,7 +203,7 @@ impl Workspace {
 
     /// Loads a kept state.
     pub fn load(&self, state: State) -> Result<Trainer> {
-        let device = crate::session::format::parse_device(&self.device).ok_or_else(|| Error::Invalid(format!("unknown device {}", self.device)))?;
+        let device = crate::device::parse_device(&self.device).ok_or_else(|| Error::Invalid(format!("unknown device {}", self.device)))?;
         Trainer::load(self.state(state), device)
     }
 }
@@ -229,7 +229,7 @@ impl Pool {
         let dir = std::env::temp_dir().join(format!("tchlab-sweep-{}-{}", std::process::id(), POOLS.fetch_add(1, Ordering::Relaxed)));
         // A new directory, made here and only by this pool: what it holds is its own to remove.
         std::fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-        let pool = Pool { workspace: Workspace::new(dir, crate::session::format::device_name(trainer.model().device())), jobs, running: vec![] };
+        let pool = Pool { workspace: Workspace::new(dir, crate::device::device_name(trainer.model().device())), jobs, running: vec![] };
         pool.workspace.save_start(trainer)?;
         Ok(pool)
     }

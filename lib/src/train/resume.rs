@@ -30,9 +30,10 @@ use super::history::History;
 use super::hparams::{HParams, Precision};
 use super::timeline::Timeline;
 use super::trainer::Trainer;
-use crate::checkpoint::{self, safetensors};
+use crate::checkpoint;
 use crate::data::{DataSpec, Rng};
 use crate::error::{Error, Result};
+use crate::formats::safetensors;
 use crate::models::lora::LoraConfig;
 
 const FORMAT: &str = "tchlab-trainer/1";

@@ -7,7 +7,8 @@ use serde::Serialize;
 use tch::Device;
 
 use super::{flag, opt_pos, option, pairs, pos, rest, returns, Command, COMMANDS};
-use crate::session::format::{device_name, format_seconds, parse_device};
+use crate::device::{device_name, parse_device};
+use crate::session::format::format_seconds;
 use crate::session::output::{Bundle, CellError, Table};
 use crate::session::parse::{split_cell, Args, Cell, Invocation};
 use crate::session::{Ctx, Session};

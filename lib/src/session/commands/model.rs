@@ -168,14 +168,14 @@ fn summary(s: &Session, ctx: &mut Ctx) -> Result<(), CellError> {
         model.config().model_type(),
         group_digits(total),
         kind,
-        crate::session::format::device_name(model.device()),
+        crate::device::device_name(model.device()),
         bytes as f64 / (1 << 20) as f64
     );
     let summary = ModelSummary {
         model_type: model.config().model_type().to_string(),
         parameters: total,
         dtype: format!("{kind:?}"),
-        device: crate::session::format::device_name(model.device()),
+        device: crate::device::device_name(model.device()),
         memory_mb: bytes as f64 / (1 << 20) as f64,
         config,
         modules: order.iter().map(|k| ModuleSize { name: k.clone(), parameters: groups[k] }).collect(),
@@ -416,8 +416,8 @@ fn save_gguf(s: &mut Session, args: &Args, path: &std::path::Path, ctx: &mut Ctx
         return Err(args.usage_error("a .gguf path writes a GGUF file; --hf and --adapter write directories: choose one"));
     }
     let name = args.get("type").unwrap_or("f32");
-    let Some((_, kind)) = checkpoint::quant::WRITABLE.iter().find(|(n, _)| *n == name) else {
-        return Err(args.usage_error(format!("--type must be one of {}, got `{name}`", checkpoint::quant::WRITABLE.map(|(n, _)| n).join(", "))));
+    let Some((_, kind)) = crate::formats::quant::WRITABLE.iter().find(|(n, _)| *n == name) else {
+        return Err(args.usage_error(format!("--type must be one of {}, got `{name}`", crate::formats::quant::WRITABLE.map(|(n, _)| n).join(", "))));
     };
     let source = s.model_source.as_deref().map(std::path::Path::new);
     let written = checkpoint::gguf_write::save(s.model_or_err()?, s.tokenizer(), s.conversation.template.as_ref(), source, path, *kind)?;

@@ -7,8 +7,8 @@
 //! mapped: a mapped file that another process truncates raises SIGBUS, which would end
 //! the session; a short read is an error naming the file.
 //!
-//! Which architectures load, and how their names map, is the family's
-//! [`GgufFamily`] in the registry ([`crate::models::FAMILIES`]).
+//! Which architectures load, and how their names map, is each family's [`GgufFamily`]
+//! (in `crate::models`); the loader (`crate::checkpoint`) picks it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -188,18 +188,6 @@ impl Metadata {
     /// Whether the file has a tensor of this (llama.cpp) name.
     pub fn has_tensor(&self, name: &str) -> bool {
         self.tensors.iter().any(|t| t.name == name)
-    }
-
-    /// The registry's family for this file's architecture, or an error naming it.
-    pub fn family(&self) -> Result<(&'static crate::models::Family, &'static GgufFamily)> {
-        let arch = self.string("general.architecture")?;
-        for family in crate::models::FAMILIES {
-            if let Some(gguf) = family.gguf.filter(|g| g.architectures.contains(&arch)) {
-                return Ok((family, gguf));
-            }
-        }
-        let known: Vec<&str> = crate::models::FAMILIES.iter().filter_map(|f| f.gguf).flat_map(|g| g.architectures.iter().copied()).collect();
-        Err(Error::format(&self.path, format!("its architecture is `{arch}`, which tchlab does not build; GGUF files of {} load", known.join(", "))))
     }
 }
 
@@ -455,7 +443,7 @@ fn reverse_permute(w: &Tensor, heads: i64) -> Result<Tensor> {
 
 /// Rows of `w: (out, ...)` in llama.cpp's rotary interleaving over `heads` heads, as its
 /// converter permutes them (`LlamaModel.permute`).
-pub(super) fn permute(w: &Tensor, heads: i64) -> Result<Tensor> {
+pub fn permute(w: &Tensor, heads: i64) -> Result<Tensor> {
     rotary_rows(w, heads, true)
 }
 
