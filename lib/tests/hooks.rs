@@ -1,6 +1,6 @@
 //! Hook points and the analyses on them, against PyTorch: activations cached under
 //! TransformerLens names equal what forward hooks take from the transformers models
-//! (GPT-2, BERT, Llama-style, Gemma 3, SmolLM2); ablated forward passes equal the same ablation
+//! (GPT-2, BERT, Llama-style, Gemma 3, GPT-NeoX, SmolLM2); ablated forward passes equal the same ablation
 //! done with hooks in PyTorch; the patching heatmap and SmolLM2's induction scores equal
 //! the fixture script's.
 
@@ -74,6 +74,12 @@ fn gemma3_activations_equal_pytorch_forward_hooks() {
 }
 
 #[test]
+fn gpt_neox_activations_equal_pytorch_forward_hooks() {
+    // Parallel residual: no hook_resid_mid; the fused projection's queries and keys, rotated in part.
+    activations_match("neox", 2 + 2 * 16);
+}
+
+#[test]
 fn smollm2_activations_equal_pytorch_forward_hooks() {
     activations_match("smollm2", 2 + 30 * 18);
 }
@@ -85,7 +91,7 @@ fn bert_activations_equal_pytorch_forward_hooks() {
 
 #[test]
 fn ablations_equal_the_same_ablations_in_pytorch() {
-    for name in ["gpt-a", "llama-gqa", "gemma3-small", "smollm2"] {
+    for name in ["gpt-a", "llama-gqa", "gemma3-small", "neox", "smollm2"] {
         let model = load(name);
         let reference = reference(name);
         let tensor = |n: &str| reference.iter().find(|(k, _)| k == n).unwrap().1.shallow_clone();

@@ -344,6 +344,30 @@ def test_gemma3_configs_that_cannot_work_are_refused_by_name(lab, tmp_path, name
     refused(kc, f"%load {d}", "FileError", *contains)
 
 
+NEOX = {"model_type": "gpt_neox", "vocab_size": 16, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "max_position_embeddings": 16, "rotary_pct": 0.5}
+
+
+@pytest.mark.parametrize(
+    "name, config, contains",
+    [
+        ("neox-no-heads", dict(NEOX, num_attention_heads=0), ["num_attention_heads"]),
+        ("neox-heads", dict(NEOX, num_attention_heads=3), ["hidden_size", "multiple"]),
+        ("neox-rotary-zero", dict(NEOX, rotary_pct=0), ["rotary_pct", "(0, 1]"]),
+        ("neox-rotary-over", dict(NEOX, rotary_pct=1.5), ["rotary_pct", "(0, 1]"]),
+        ("neox-rotary-negative", dict(NEOX, rotary_pct=-0.25), ["rotary_pct"]),
+        ("neox-rotary-odd", dict(NEOX, rotary_pct=0.375), ["rotary_pct", "even"]),
+        ("neox-base", dict(NEOX, rotary_emb_base=0.5), ["rotary_emb_base"]),
+        ("neox-scaling", dict(NEOX, rope_scaling={"type": "dynamic", "factor": 2.0}), ["rope_scaling", "not supported"]),
+        ("neox-dropout", dict(NEOX, hidden_dropout=1.0), ["hidden_dropout"]),
+    ],
+)
+def test_gpt_neox_configs_that_cannot_work_are_refused_by_name(lab, tmp_path, name, config, contains):
+    _, kc = lab
+    d = model_dir(tmp_path, name, "pytorch_model.bin", saved({"w": torch.ones(2)}), config)
+    refused(kc, f"%load {d}", "FileError", *contains)
+
+
 def sentencepiece_gguf(path, tokens=None, scores="default", types="default", bos=1):
     """A GGUF file of a one-block Llama with a SentencePiece vocabulary, written by the gguf package."""
     import gguf

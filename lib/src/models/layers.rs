@@ -208,8 +208,14 @@ impl Rotary {
         (emb.cos(), emb.sin())
     }
 
-    /// Rotates `x: (B, heads, T, head_dim)` by the positions' angles.
+    /// Rotates `x: (B, heads, T, head_dim)` by the positions' angles; when `cos, sin`
+    /// are narrower than a head (GPT-NeoX's `rotary_pct`), only its first features turn.
     pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let (turned, width) = (cos.size()[1], x.size()[3]);
+        if turned < width {
+            let rotated = Self::apply(&x.narrow(-1, 0, turned), cos, sin);
+            return Tensor::cat(&[&rotated, &x.narrow(-1, turned, width - turned)], -1);
+        }
         let kind = x.kind();
         let half = x.size()[3] / 2;
         let (x1, x2) = (x.narrow(-1, 0, half), x.narrow(-1, half, half));
