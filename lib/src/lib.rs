@@ -1,7 +1,7 @@
 //! tchlab: a libtorch transformer library for interactive labs.
 //!
 //! - [`models`]: the registry of model families (GPT-2, BERT, Llama/Qwen2/Qwen3/Mistral,
-//!   Gemma 3, GPT-NeoX, T5),
+//!   Gemma 3, GPT-NeoX, Phi-3, T5),
 //!   configured from `config.json`, built from shared layers, with TransformerLens's
 //!   hook points.
 //! - [`formats`]: the file formats (safetensors, `torch.save` pickles, GGUF and its

@@ -2,7 +2,8 @@
 //! (grouped-query attention, `llama3` rope scaling, tied and untied heads),
 //! `Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `MistralForCausalLM` (a window of 4 positions)
 //! `Gemma3ForCausalLM` (local and global layers, a window of 8) and `GPTNeoXForCausalLM`
-//! (Pythia's parallel residual and the sequential form, partial rotary) checkpoints,
+//! (Pythia's parallel residual and the sequential form, partial rotary) and `Phi3ForCausalLM`
+//! (fused projections, partial rotary, a window of 6) checkpoints,
 //! config.json of transformers 4.x and 5.x: logits,
 //! greedy generation, eager attention probabilities, one AdamW step, and a save that
 //! transformers reads back.
@@ -18,7 +19,7 @@ use tchlab::formats::safetensors;
 use tchlab::generate::{generate, GenerateOptions};
 use tchlab::models::{ForwardOptions, KvCache};
 
-const MODELS: &[&str] = &["llama-gqa", "llama-tied", "qwen2", "qwen3", "llama-v5", "mistral", "gemma3-small", "neox", "neox-sequential"];
+const MODELS: &[&str] = &["llama-gqa", "llama-tied", "qwen2", "qwen3", "llama-v5", "mistral", "gemma3-small", "neox", "neox-sequential", "phi3"];
 
 #[test]
 fn logits_greedy_generation_and_attention_match_transformers() {
@@ -58,7 +59,7 @@ fn a_tied_checkpoint_has_no_lm_head_and_an_untied_one_does() {
 fn the_cache_gives_the_logits_of_the_whole_sequence() {
     // Mistral's window (4) is shorter than both parts: the cached keys it no longer sees
     // must stay out of the attention, one new query or several.
-    for dir in ["llama-gqa", "mistral", "gemma3-small", "neox"] {
+    for dir in ["llama-gqa", "mistral", "gemma3-small", "neox", "phi3"] {
         let loaded = checkpoint::load(fixtures().join(dir), Device::Cpu).unwrap();
         let ids = fixture_tensor(&fixtures().join(dir).join("reference.safetensors"), "input_ids").narrow(0, 0, 1);
         let opts = ForwardOptions::default();
@@ -93,11 +94,14 @@ fn one_adamw_step_matches_pytorch() {
 
 #[test]
 fn what_tchlab_saves_transformers_loads_with_the_same_logits() {
-    for dir in ["llama-gqa", "qwen3", "mistral", "gemma3-small", "neox", "neox-sequential"] {
+    for dir in ["llama-gqa", "qwen3", "mistral", "gemma3-small", "neox", "neox-sequential", "phi3"] {
         let loaded = checkpoint::load(fixtures().join(dir), Device::Cpu).unwrap();
         // A change of the first block's queries, so that the save is not the file read.
         let variables = loaded.model.vars.variables();
-        let queries = ["model.layers.0.self_attn.q_proj.weight", "gpt_neox.layers.0.attention.query_key_value.weight"].iter().find_map(|n| variables.get(*n));
+        let queries =
+            ["model.layers.0.self_attn.q_proj.weight", "gpt_neox.layers.0.attention.query_key_value.weight", "model.layers.0.self_attn.qkv_proj.weight"]
+                .iter()
+                .find_map(|n| variables.get(*n));
         let _ = tch::no_grad(|| queries.unwrap().shallow_clone().g_mul_scalar_(1.5));
         let out = common::scratch(&format!("save-{dir}"));
         checkpoint::save_hf(&loaded.model, None, &out).unwrap();

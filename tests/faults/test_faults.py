@@ -368,6 +368,27 @@ def test_gpt_neox_configs_that_cannot_work_are_refused_by_name(lab, tmp_path, na
     refused(kc, f"%load {d}", "FileError", *contains)
 
 
+PHI3 = {"model_type": "phi3", "vocab_size": 16, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "max_position_embeddings": 16}
+
+
+@pytest.mark.parametrize(
+    "name, config, contains",
+    [
+        ("phi3-longrope", dict(PHI3, rope_scaling={"type": "longrope", "long_factor": [1.0] * 4, "short_factor": [1.0] * 4}), ["longrope", "not supported"]),
+        ("phi3-su", dict(PHI3, rope_scaling={"type": "su", "long_factor": [1.0], "short_factor": [1.0]}), ["`su`", "not supported"]),
+        ("phi3-partial", dict(PHI3, partial_rotary_factor=0.0), ["partial_rotary_factor", "(0, 1]"]),
+        ("phi3-partial-odd", dict(PHI3, partial_rotary_factor=0.375), ["partial_rotary_factor", "even"]),
+        ("phi3-window", dict(PHI3, sliding_window=0), ["sliding_window", "at least 1"]),
+        ("phi3-kv-heads", dict(PHI3, num_key_value_heads=3), ["num_key_value_heads"]),
+    ],
+)
+def test_phi3_configs_that_cannot_work_are_refused_by_name(lab, tmp_path, name, config, contains):
+    _, kc = lab
+    d = model_dir(tmp_path, name, "pytorch_model.bin", saved({"w": torch.ones(2)}), config)
+    refused(kc, f"%load {d}", "FileError", *contains)
+
+
 def sentencepiece_gguf(path, tokens=None, scores="default", types="default", bos=1):
     """A GGUF file of a one-block Llama with a SentencePiece vocabulary, written by the gguf package."""
     import gguf

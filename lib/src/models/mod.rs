@@ -2,7 +2,7 @@
 //! configuration read from `config.json`, a model that owns its variables, the task a
 //! model serves, forward options and outputs.
 //!
-//! One file per family ([`gpt`], [`bert`], [`llama`], [`gemma3`], [`gpt_neox`], [`t5`]), each readable top to bottom,
+//! One file per family ([`gpt`], [`bert`], [`llama`], [`gemma3`], [`gpt_neox`], [`phi3`], [`t5`]), each readable top to bottom,
 //! built from the shared layers in [`layers`] and [`attention`]. Adding a family is one
 //! file that implements [`Architecture`] and [`Network`], and one line in [`FAMILIES`].
 //! Everything outside this module (checkpoints, the trainer, generation, embeddings,
@@ -21,6 +21,7 @@ pub mod layers;
 pub mod linear;
 pub mod llama;
 pub mod lora;
+pub mod phi3;
 pub mod prune;
 pub mod quantize;
 pub mod t5;
@@ -37,7 +38,7 @@ use crate::error::{invalid, Error, Result};
 
 /// Every model family tchlab builds and loads. A checkpoint's `model_type` (or its
 /// GGUF `general.architecture`) picks the entry.
-pub const FAMILIES: &[&Family] = &[&gpt::FAMILY, &bert::FAMILY, &llama::FAMILY, &gemma3::FAMILY, &gpt_neox::FAMILY, &t5::FAMILY];
+pub const FAMILIES: &[&Family] = &[&gpt::FAMILY, &bert::FAMILY, &llama::FAMILY, &gemma3::FAMILY, &gpt_neox::FAMILY, &phi3::FAMILY, &t5::FAMILY];
 
 /// One entry of the registry: the names a family answers to and how to read its
 /// configuration. How to build it and name its weights is on its [`Architecture`].
