@@ -107,14 +107,14 @@ pub struct Gemma3Config {
     #[serde(default = "default_init")]
     pub initializer_range: f64,
     /// Beginning-of-sequence id.
-    #[serde(default = "default_bos")]
-    pub bos_token_id: i64,
+    #[serde(default = "default_bos", skip_serializing_if = "Option::is_none")]
+    pub bos_token_id: Option<i64>,
     /// End-of-sequence id, or a list of them.
     #[serde(default = "default_eos")]
     pub eos_token_id: Value,
     /// Padding id.
-    #[serde(default)]
-    pub pad_token_id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad_token_id: Option<i64>,
     /// Every other key of the file, kept so that a save writes them back.
     #[serde(flatten)]
     pub other: Map<String, Value>,
@@ -144,8 +144,8 @@ fn default_true() -> bool {
 fn default_init() -> f64 {
     0.02
 }
-fn default_bos() -> i64 {
-    2
+fn default_bos() -> Option<i64> {
+    Some(2)
 }
 fn default_eos() -> Value {
     1.into()
@@ -277,8 +277,8 @@ impl Architecture for Gemma3Config {
                 return invalid!("`{what}` must be a finite number > 1, got {}", rope.theta);
             }
         }
-        if !(0..self.vocab_size).contains(&self.pad_token_id) {
-            return invalid!("`pad_token_id` is {} but the vocabulary has ids 0..{}", self.pad_token_id, self.vocab_size - 1);
+        if let Some(pad) = self.pad_token_id.filter(|p| !(0..self.vocab_size).contains(p)) {
+            return invalid!("`pad_token_id` is {pad} but the vocabulary has ids 0..{}", self.vocab_size - 1);
         }
         Activation::parse(&self.hidden_activation)?;
         Ok(())
@@ -312,7 +312,7 @@ impl Architecture for Gemma3Config {
         Box::new(self.clone())
     }
     fn pad_token_id(&self) -> i64 {
-        self.pad_token_id
+        self.pad_token_id.unwrap_or(0)
     }
     fn eos_token_ids(&self) -> Vec<i64> {
         self.eos_ids()
