@@ -208,13 +208,6 @@ impl Gemma3Config {
             None => Ok((read(self.rope_scaling.as_ref(), global_theta, "global")?, Rope { theta: local_theta, linear: None })),
         }
     }
-
-    fn eos_ids(&self) -> Vec<i64> {
-        match &self.eos_token_id {
-            Value::Array(ids) => ids.iter().filter_map(Value::as_i64).collect(),
-            v => v.as_i64().into_iter().collect(),
-        }
-    }
 }
 
 impl Architecture for Gemma3Config {
@@ -315,7 +308,7 @@ impl Architecture for Gemma3Config {
         self.pad_token_id.unwrap_or(0)
     }
     fn eos_token_ids(&self) -> Vec<i64> {
-        self.eos_ids()
+        super::token_ids(Some(&self.eos_token_id))
     }
 }
 
@@ -447,10 +440,7 @@ impl Network for Gemma3 {
         })
     }
     fn var_for_key(&self, key: &str) -> Option<(String, bool)> {
-        if key.ends_with("rotary_emb.inv_freq") || (key == "lm_head.weight" && self.config.tie_word_embeddings) {
-            return None;
-        }
-        Some((key.to_string(), false))
+        super::rotary_decoder_var(key, self.config.tie_word_embeddings)
     }
     fn key_for_var(&self, var: &str) -> (String, bool) {
         (var.to_string(), false)

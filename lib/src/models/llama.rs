@@ -239,15 +239,6 @@ impl LlamaConfig {
             other => invalid!("rope scaling of type `{other}` is not supported; tchlab reads `default` and `llama3`"),
         }
     }
-
-    /// The ids that end generation: `eos_token_id`, a number or a list.
-    fn eos_ids(&self) -> Vec<i64> {
-        match &self.eos_token_id {
-            Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_i64).collect(),
-            Some(v) => v.as_i64().into_iter().collect(),
-            None => vec![],
-        }
-    }
 }
 
 impl Architecture for LlamaConfig {
@@ -335,7 +326,7 @@ impl Architecture for LlamaConfig {
         self.pad_token_id.unwrap_or(0)
     }
     fn eos_token_ids(&self) -> Vec<i64> {
-        self.eos_ids()
+        super::token_ids(self.eos_token_id.as_ref())
     }
 }
 
@@ -445,10 +436,7 @@ impl Network for Llama {
         })
     }
     fn var_for_key(&self, key: &str) -> Option<(String, bool)> {
-        if key.ends_with("rotary_emb.inv_freq") || (key == "lm_head.weight" && self.config.tie_word_embeddings) {
-            return None;
-        }
-        Some((key.to_string(), false))
+        super::rotary_decoder_var(key, self.config.tie_word_embeddings)
     }
     fn key_for_var(&self, var: &str) -> (String, bool) {
         (var.to_string(), false)

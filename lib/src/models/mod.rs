@@ -495,6 +495,24 @@ pub(crate) fn check_dimensions(dimensions: &[(&str, i64, i64)]) -> Result<()> {
 /// Checks that every id in `ids` has an embedding row: a tokenizer larger than the
 /// model's vocabulary is an error naming both, before any forward pass indexes past
 /// the table.
+/// The ids a config's `eos_token_id` holds: a number, a list of them, or none.
+pub(crate) fn token_ids(value: Option<&Value>) -> Vec<i64> {
+    match value {
+        Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_i64).collect(),
+        Some(v) => v.as_i64().into_iter().collect(),
+        None => vec![],
+    }
+}
+
+/// `var_for_key` of the rotary decoders: every key is a variable of its own name, except
+/// the rotary table transformers once saved and, when the head is tied, the head.
+pub(crate) fn rotary_decoder_var(key: &str, tied_head: bool) -> Option<(String, bool)> {
+    if key.ends_with("rotary_emb.inv_freq") || (key == "lm_head.weight" && tied_head) {
+        return None;
+    }
+    Some((key.to_string(), false))
+}
+
 /// Checks what a causal decoder without padding is given: `ids: (B, T)` whose ids are in
 /// its vocabulary, no mask, and the cache's `past` positions plus `T` within its context.
 /// Returns `(T, past)`.

@@ -237,11 +237,7 @@ impl Architecture for Phi3Config {
         self.pad_token_id.filter(|p| (0..self.vocab_size).contains(p)).unwrap_or(0)
     }
     fn eos_token_ids(&self) -> Vec<i64> {
-        match &self.eos_token_id {
-            Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_i64).collect(),
-            Some(v) => v.as_i64().into_iter().collect(),
-            None => vec![],
-        }
+        super::token_ids(self.eos_token_id.as_ref())
     }
 }
 
@@ -380,10 +376,7 @@ impl Network for Phi3 {
         })
     }
     fn var_for_key(&self, key: &str) -> Option<(String, bool)> {
-        if key.ends_with("rotary_emb.inv_freq") || (key == "lm_head.weight" && self.config.tie_word_embeddings) {
-            return None;
-        }
-        Some((key.to_string(), false))
+        super::rotary_decoder_var(key, self.config.tie_word_embeddings)
     }
     fn key_for_var(&self, var: &str) -> (String, bool) {
         (var.to_string(), false)
