@@ -60,6 +60,14 @@ TCHLAB_FIXTURES. Everything is made offline from fixed seeds:
   (`<pad>`, `</s>`, `<unk>`, then w3 … w95; `</s>` appended as T5's tokenizer does) and
   transformers' greedy and 3-beam replies to a text through it (session.json);
   t5_adamw_step.safetensors is one AdamW step of t5-v11 on random pairs.
+- bart (BART as the CNN summarisers are set up: forced first and last tokens, 4 beams,
+  no repeated trigram) and marian (OPUS-MT's: swish, scaled embeddings, sinusoids, the
+  padding id banned, renormalised scores): random models saved by transformers with a
+  generation_config.json, a word-level tokenizer.json and T5's references, the beam
+  searches over the generation config (beams.json) and transformers' default
+  `generate()` of a text (session.json); bart-model is bart saved as `BartModel` (no
+  `model.` prefix, no head bias); bart_adamw_step / marian_adamw_step.safetensors are
+  one AdamW step each.
 """
 
 import json
@@ -273,6 +281,128 @@ def t5_word_tokenizer(vocab_size: int):
     return tokenizer
 
 
+SEQ2SEQ_BASE = dict(vocab_size=96, d_model=32, encoder_layers=3, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                    encoder_ffn_dim=48, decoder_ffn_dim=40, max_position_embeddings=64, dropout=0.0, attn_implementation="eager")
+# name: (config class, config, seed, generation_config.json, the tokenizer's special tokens by id)
+SEQ2SEQ_MODELS = {
+    # BART as the CNN summarisers are set up: a forced <s> first and </s> last, 4 beams,
+    # no repeated trigram, a minimum length.
+    "bart": ("BartConfig", dict(SEQ2SEQ_BASE, activation_function="gelu", pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                                decoder_start_token_id=2, forced_bos_token_id=0, forced_eos_token_id=2), 31,
+             dict(num_beams=4, max_length=14, min_length=6, no_repeat_ngram_size=3, early_stopping=True, length_penalty=2.0,
+                  forced_bos_token_id=0, forced_eos_token_id=2, decoder_start_token_id=2, bos_token_id=0, eos_token_id=2, pad_token_id=1),
+             {0: "<s>", 1: "<pad>", 2: "</s>", 3: "<unk>"}),
+    # Marian as OPUS-MT is set up: swish, scaled embeddings, sinusoidal positions, the
+    # padding id banned, renormalised log-probabilities.
+    "marian": ("MarianConfig", dict(SEQ2SEQ_BASE, activation_function="swish", scale_embedding=True, pad_token_id=95, eos_token_id=0,
+                                    decoder_start_token_id=95, forced_eos_token_id=0, share_encoder_decoder_embeddings=True), 32,
+               dict(num_beams=3, max_length=12, bad_words_ids=[[95]], renormalize_logits=True, forced_eos_token_id=0,
+                    decoder_start_token_id=95, eos_token_id=0, pad_token_id=95),
+               {0: "</s>", 1: "<unk>", 95: "<pad>"}),
+}
+# Searches over each model's generation config: (num_beams, num_return_sequences, length_penalty, early_stopping, no_repeat_ngram_size).
+SEQ2SEQ_BEAMS = [(None, 1, None, None, None), (4, 2, 1.0, False, 0), (3, 3, 0.0, "never", 2), (5, 2, -1.0, True, None)]
+
+
+def make_seq2seq(out: Path, name: str) -> None:
+    """A random BART or Marian model saved by transformers, with its generation config and
+    the references T5's fixtures have; bart-model is the BART one saved as `BartModel`
+    (no `model.` prefix, no head bias), as bart-base is on the hub."""
+    import transformers
+    from transformers import GenerationConfig
+    kind, spec, seed, generation, specials = SEQ2SEQ_MODELS[name]
+    torch.manual_seed(seed)
+    config = getattr(transformers, kind)(**spec)
+    model_class = transformers.BartForConditionalGeneration if kind == "BartConfig" else transformers.MarianMTModel
+    model = model_class(config).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "embed_positions" in pname and kind == "MarianConfig":
+                continue  # the sinusoids
+            if "layer_norm" in pname or "layernorm" in pname:
+                p.normal_(1.0 if pname.endswith("weight") else 0.0, 0.1)
+            else:
+                p.normal_(0.0, 0.3)
+        model.final_logits_bias.normal_(0.0, 0.5)
+    model.generation_config = GenerationConfig(**generation)
+    model.save_pretrained(out / name, safe_serialization=True)
+    vocab = spec["vocab_size"]
+    words = {i: specials.get(i, f"w{i}") for i in range(vocab)}
+    tokenizer = seq2seq_word_tokenizer(words, "<s> $A </s>" if kind == "BartConfig" else "$A </s>", specials)
+    tokenizer.save(str(out / name / "tokenizer.json"))
+    pad, eos = spec["pad_token_id"], spec["eos_token_id"]
+    g = torch.Generator().manual_seed(seed)
+    ordinary = [i for i in range(vocab) if i not in specials]
+    pick = lambda *shape: torch.tensor(ordinary)[torch.randint(0, len(ordinary), shape, generator=g)]  # noqa: E731
+    source, target = pick(3, 25), pick(3, 22)
+    source_mask = torch.ones_like(source)
+    source_mask[2, 9:] = 0
+    source[2, 9:] = pad
+    target[:, 0] = spec["decoder_start_token_id"]
+    with torch.no_grad():
+        out_ = model(input_ids=source, attention_mask=source_mask, decoder_input_ids=target, output_attentions=True)
+        tensors = {"source": source, "source_mask": source_mask, "target": target, "logits": out_.logits.contiguous(),
+                   "encoder_hidden": out_.encoder_last_hidden_state.contiguous()}
+        for prefix, maps in [("encoder", out_.encoder_attentions), ("decoder", out_.decoder_attentions), ("cross", out_.cross_attentions)]:
+            tensors.update({f"{prefix}_attention.{i}": p.contiguous() for i, p in enumerate(maps)})
+        prompt = source[0, :11].clone()
+        mask = torch.ones_like(prompt)[None]
+        gen = model.generate(prompt[None], attention_mask=mask, num_beams=1, max_new_tokens=16, do_sample=False,
+                             output_scores=True, return_dict_in_generate=True)
+        for step, scores in enumerate(gen.scores):
+            top = scores[0].topk(2).values
+            assert top[0] - top[1] > 1e-3 or top[1] == float("-inf"), f"{name}: greedy step {step} is nearly a tie; change the seed"
+        greedy = gen.sequences[0, 1:].tolist()
+        tensors.update({"prompt": prompt, "greedy": torch.tensor(greedy)})
+        # The searches end on the token greedy decoding repeats most (random weights seldom
+        # choose the real end token), so that hypotheses end at different lengths; the
+        # generation config's forced tokens, bans and lengths stay on.
+        frequent = max(set(greedy[1:-1]), key=greedy.count)
+        beams = []
+        for beams_, returns, penalty, early, ngram in SEQ2SEQ_BEAMS:
+            asked = {k: v for k, v in dict(num_beams=beams_, length_penalty=penalty, early_stopping=early, no_repeat_ngram_size=ngram).items() if v is not None}
+            stop = eos if beams_ is None else frequent
+            found = model.generate(prompt[None], attention_mask=mask, num_return_sequences=returns, eos_token_id=stop, do_sample=False,
+                                   output_scores=True, return_dict_in_generate=True, **asked)
+            rows = []
+            for seq, score in zip(found.sequences.tolist(), found.sequences_scores.tolist()):
+                ids = seq[1:]
+                if stop in ids:
+                    ids = ids[: ids.index(stop) + 1]
+                rows.append({"ids": ids, "score": score})
+            beams.append({"eos": stop, "returns": returns, "asked": asked, "hypotheses": rows})
+    save_file(tensors, out / name / "reference.safetensors")
+    (out / name / "beams.json").write_text(json.dumps(beams, indent=1))
+    text = " ".join(words[i] for i in prompt[:7].tolist())
+    ids = torch.tensor([tokenizer.encode(text).ids])
+    with torch.no_grad():
+        default = model.generate(ids, attention_mask=torch.ones_like(ids), output_scores=True, return_dict_in_generate=True,
+                                 num_return_sequences=generation["num_beams"])
+    (out / name / "session.json").write_text(json.dumps({
+        "text": text, "ids": ids[0].tolist(),
+        "beams": [{"ids": s[1:], "score": v} for s, v in zip(default.sequences.tolist(), default.sequences_scores.tolist())],
+    }))
+    if kind == "BartConfig":
+        model.model.save_pretrained(out / "bart-model", safe_serialization=True)
+        with torch.no_grad():
+            logits = model_class.from_pretrained(out / "bart-model").eval()(input_ids=source, attention_mask=source_mask, decoder_input_ids=target).logits
+        save_file({"source": source, "source_mask": source_mask, "target": target, "logits": logits.contiguous()}, out / "bart-model" / "reference.safetensors")
+
+
+def seq2seq_word_tokenizer(words: dict, template: str, specials: dict):
+    """A word-level tokenizer.json over `words` (id → token) whose post-processor adds
+    `template`'s special tokens, as BART's (`<s> … </s>`) and Marian's (`… </s>`) do."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    vocab = {token: i for i, token in words.items()}
+    unk = "<unk>"
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=unk))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    used = [(t, vocab[t]) for t in ("<s>", "</s>") if t in template]
+    tokenizer.post_processor = processors.TemplateProcessing(single=template, special_tokens=used)
+    tokenizer.add_special_tokens(list(specials.values()))
+    return tokenizer
+
+
 def make_llama_v5(out: Path) -> None:
     """llama-gqa with config.json as transformers 5.x writes it."""
     shutil.copytree(out / "llama-gqa", out / "llama-v5")
@@ -451,7 +581,7 @@ def make_adamw_step(out: Path, model: torch.nn.Module, seed: int, lr: float, nam
     else:
         labels = None
         loss = model(ids, labels=ids).loss
-    named = list(model.named_parameters())
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # not Marian's sinusoids
     decay = [p for _, p in named if p.dim() >= 2]
     no_decay = [p for _, p in named if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -1015,6 +1145,11 @@ def main() -> None:
     for name in T5_MODELS:
         make_t5(out, name)
     make_adamw_step(out, T5ForConditionalGeneration.from_pretrained(out / "t5-v11"), 23, 1e-3, "t5_adamw_step.safetensors")
+    for name in SEQ2SEQ_MODELS:
+        make_seq2seq(out, name)
+    from transformers import BartForConditionalGeneration, MarianMTModel
+    make_adamw_step(out, BartForConditionalGeneration.from_pretrained(out / "bart"), 24, 1e-3, "bart_adamw_step.safetensors")
+    make_adamw_step(out, MarianMTModel.from_pretrained(out / "marian"), 25, 1e-3, "marian_adamw_step.safetensors")
     make_adamw_step(out, LlamaForCausalLM.from_pretrained(out / "llama-gqa"), 13, 1e-3, "llama_adamw_step.safetensors")
     make_adamw_step(out, Gemma3ForCausalLM.from_pretrained(out / "gemma3-small"), 14, 1e-3, "gemma3_adamw_step.safetensors")
     make_quants(out)

@@ -15,20 +15,9 @@
 use tch::{Kind, Tensor};
 
 use crate::error::{invalid, Result};
+use crate::generation_config::Constraints;
+pub use crate::generation_config::EarlyStopping;
 use crate::models::{ForwardOptions, Model};
-
-/// When a search may stop before the length limit (`early_stopping` in transformers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EarlyStopping {
-    /// `False`, the default: stop once `N` hypotheses are finished and the best running
-    /// beam, scored at its current length, cannot beat the worst of them.
-    Heuristic,
-    /// `True`: stop as soon as `N` hypotheses are finished.
-    AtOnce,
-    /// `"never"`: as the heuristic, but with a positive length penalty the best running
-    /// beam is scored at the longest length it could reach (canonical beam search).
-    Never,
-}
 
 /// How to search.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,12 +31,13 @@ pub struct BeamOptions {
     pub length_penalty: f64,
     /// When to stop.
     pub early_stopping: EarlyStopping,
-    /// Forbid repeating any n-gram of this size (0: no rule), counted over the prompt too.
-    pub no_repeat_ngram: usize,
     /// How many hypotheses to return, best first (at most `beams`).
     pub returns: usize,
     /// Tokens that end a hypothesis.
     pub stop_ids: Vec<i64>,
+    /// The logits processors: the n-gram ban, forced tokens, bad words, a minimum
+    /// length, renormalisation.
+    pub constraints: Constraints,
 }
 
 impl Default for BeamOptions {
@@ -57,9 +47,9 @@ impl Default for BeamOptions {
             max_new_tokens: 32,
             length_penalty: 1.0,
             early_stopping: EarlyStopping::Heuristic,
-            no_repeat_ngram: 0,
             returns: 1,
             stop_ids: vec![],
+            constraints: Constraints::default(),
         }
     }
 }
@@ -123,13 +113,7 @@ pub fn beam_search(model: &Model, prompt: &[i64], opts: &BeamOptions) -> Result<
             crate::interrupt::check("searching")?;
             let logits = model.forward(&input, None, &ForwardOptions::default(), Some(&mut cache))?.logits.expect("a language model has logits");
             let logp = logits.f_select(1, -1)?.f_to_kind(Kind::Float)?.f_log_softmax(-1, Kind::Float)?.f_to_device(tch::Device::Cpu)?;
-            if opts.no_repeat_ngram > 0 {
-                for (row, seq) in running.iter().enumerate() {
-                    for token in banned_by_ngrams(seq, opts.no_repeat_ngram) {
-                        let _ = logp.f_get(row as i64)?.f_get(token)?.f_fill_(f64::NEG_INFINITY)?;
-                    }
-                }
-            }
+            let logp = opts.constraints.apply(&running, logp, max_length, &opts.stop_ids)?;
             let scores = logp.f_add(&running_score.f_unsqueeze(1)?)?.f_reshape([-1])?;
             let (top_v, top_i) = scores.f_topk(keep, 0, true, true)?;
             let top_v = Vec::<f32>::try_from(&top_v)?;
@@ -188,14 +172,4 @@ pub fn beam_search(model: &Model, prompt: &[i64], opts: &BeamOptions) -> Result<
         }
     })?;
     Ok(finished.into_iter().take(opts.returns).map(|(score, seq)| Hypothesis { ids: seq[p..].to_vec(), score }).collect())
-}
-
-/// The tokens that would complete an n-gram of `seq` already in it
-/// (`NoRepeatNGramLogitsProcessor`).
-fn banned_by_ngrams(seq: &[i64], n: usize) -> Vec<i64> {
-    if seq.len() < n {
-        return vec![];
-    }
-    let prefix = &seq[seq.len() + 1 - n..];
-    (0..=seq.len() - n).filter(|&i| seq[i..i + n - 1] == *prefix).map(|i| seq[i + n - 1]).collect()
 }

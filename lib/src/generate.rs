@@ -12,6 +12,7 @@
 use tch::{Kind, Tensor};
 
 use crate::error::{invalid, Result};
+use crate::generation_config::Constraints;
 use crate::models::{ForwardOptions, KvCache, Model, Task};
 
 /// How to generate.
@@ -30,11 +31,14 @@ pub struct GenerateOptions {
     pub seed: Option<u64>,
     /// Stop after any of these tokens (end of text, end of turn).
     pub stop_ids: Vec<i64>,
+    /// The generation config's other processors (forced tokens, bad words, a minimum
+    /// length).
+    pub constraints: Constraints,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new_tokens: 32, temperature: 0.0, top_k: None, top_p: None, seed: None, stop_ids: vec![] }
+        GenerateOptions { max_new_tokens: 32, temperature: 0.0, top_k: None, top_p: None, seed: None, stop_ids: vec![], constraints: Constraints::default() }
     }
 }
 
@@ -86,6 +90,18 @@ pub fn generate_streaming(model: &Model, prompt: &[i64], opts: &GenerateOptions,
             }
             let logits = model.forward(&input, None, &ForwardOptions::default(), Some(&mut cache))?.logits.expect("a language model has logits");
             let last = logits.f_select(1, -1)?.f_to_kind(Kind::Float)?; // (1, V)
+            if !bool::try_from(last.f_isfinite()?.f_all()?)? {
+                return invalid!(
+                    "the model's logits hold NaN or infinite values, so there is nothing to sample from; its weights may have diverged (`%weights` shows them)"
+                );
+            }
+            let last = match opts.constraints.is_active() {
+                true => {
+                    let sequence = [prompt.iter().chain(&out).copied().collect::<Vec<i64>>()];
+                    opts.constraints.apply(&sequence, last, prompt.len() + opts.max_new_tokens, &opts.stop_ids)?
+                }
+                false => last,
+            };
             let next = pick(&last, opts)?;
             out.push(next);
             on_token(next)?;
@@ -139,15 +155,10 @@ pub const MAX_NEW_TOKENS: usize = 1 << 20;
 /// overflows to infinity, and the distribution is one-hot to float precision anyway.
 pub const GREEDY_BELOW: f64 = 1e-4;
 
-/// Chooses the next id from `logits: (1, V)`. Sampling works on log-probabilities
-/// (`log_softmax` subtracts the maximum first), so large logits or small temperatures
-/// do not overflow; a model whose logits are not finite is an error, not a draw.
+/// Chooses the next id from `logits: (1, V)`, finite but where the processors put −∞.
+/// Sampling works on log-probabilities (`log_softmax` subtracts the maximum first), so
+/// large logits or small temperatures do not overflow.
 fn pick(logits: &Tensor, opts: &GenerateOptions) -> Result<i64> {
-    if !bool::try_from(logits.f_isfinite()?.f_all()?)? {
-        return invalid!(
-            "the model's logits hold NaN or infinite values, so there is nothing to sample from; its weights may have diverged (`%weights` shows them)"
-        );
-    }
     if opts.temperature < GREEDY_BELOW {
         return Ok(logits.f_argmax(-1, false)?.int64_value(&[0]));
     }

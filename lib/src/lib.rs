@@ -46,6 +46,7 @@ pub mod embedding;
 pub mod error;
 pub mod formats;
 pub mod generate;
+pub mod generation_config;
 pub mod inspect;
 pub mod interrupt;
 pub mod limits;

@@ -8,6 +8,7 @@ use common::{assert_close, fixture_tensor, fixtures};
 use tch::{Device, Kind, Tensor};
 use tchlab::checkpoint;
 use tchlab::generate::{generate, GenerateOptions};
+use tchlab::generation_config::Constraints;
 use tchlab::models::ForwardOptions;
 use tchlab::train::optim::{Method, Optimizer};
 
@@ -156,8 +157,9 @@ fn beam_search_finds_what_transformers_finds() {
             for (early_stopping, early_name) in [(EarlyStopping::Heuristic, "false"), (EarlyStopping::AtOnce, "true"), (EarlyStopping::Never, "never")] {
                 for no_repeat_ngram in [0, 2] {
                     for max_new_tokens in [6, 14] {
+                        let constraints = Constraints { no_repeat_ngram, ..Default::default() };
                         let opts =
-                            BeamOptions { beams: 4, max_new_tokens, length_penalty, early_stopping, no_repeat_ngram, returns: 2, stop_ids: stop_ids.clone() };
+                            BeamOptions { beams: 4, max_new_tokens, length_penalty, early_stopping, returns: 2, stop_ids: stop_ids.clone(), constraints };
                         let found = beam_search(&loaded.model, &prompt, &opts).unwrap();
                         cases.push(serde_json::json!({
                             "model": model, "prompt": prompt, "eos": stop_ids, "length_penalty": length_penalty, "early_stopping": early_name,

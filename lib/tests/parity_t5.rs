@@ -10,67 +10,22 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{assert_close, fixture_tensor, fixtures};
+use common::{fixture_tensor, fixtures, seq2seq};
 use tch::{Device, Tensor};
 use tchlab::beam::{beam_search, BeamOptions, EarlyStopping};
 use tchlab::checkpoint;
 use tchlab::formats::safetensors;
 use tchlab::generate::{generate, GenerateOptions};
-use tchlab::models::hooks::{Hooks, Names};
+use tchlab::generation_config::Constraints;
 use tchlab::models::layers::Source;
-use tchlab::models::{ForwardOptions, KvCache, Model};
+use tchlab::models::{ForwardOptions, KvCache};
 
 const MODELS: &[&str] = &["t5-v1", "t5-v11"];
 
-/// The decoder's logits for `target` over the encoded `source`, with a cache the
-/// caller may continue.
-fn decode(model: &Model, hidden: &Tensor, mask: Option<&Tensor>, target: &Tensor, opts: &ForwardOptions) -> (Tensor, KvCache) {
-    let mut cache = KvCache::for_source(Source { hidden: hidden.shallow_clone(), mask: mask.map(Tensor::shallow_clone) });
-    let logits = tch::no_grad(|| model.forward(target, None, opts, Some(&mut cache)).unwrap().logits.unwrap());
-    (logits, cache)
-}
-
 #[test]
 fn encoder_output_logits_and_attention_match_transformers() {
-    for dir in MODELS {
-        let path = fixtures().join(dir);
-        let loaded = checkpoint::load(&path, Device::Cpu).unwrap();
-        assert!(loaded.report.missing.is_empty() && loaded.report.unexpected.is_empty(), "{dir}: {:?}", loaded.report);
-        let model = &loaded.model;
-        let reference = path.join("reference.safetensors");
-        let (source, mask, target) = (fixture_tensor(&reference, "source"), fixture_tensor(&reference, "source_mask"), fixture_tensor(&reference, "target"));
-
-        let hidden = tch::no_grad(|| model.encode(&source, Some(&mask), &ForwardOptions::default()).unwrap());
-        assert_close(&hidden, &fixture_tensor(&reference, "encoder_hidden"), 1e-4, &format!("{dir} encoder output"));
-        let (logits, _) = decode(model, &hidden, Some(&mask), &target, &ForwardOptions::default());
-        assert_close(&logits, &fixture_tensor(&reference, "logits"), 1e-4, &format!("{dir} logits"));
-
-        // Attention maps: the decoder's self-attention as captured maps, the encoder's and
-        // the cross-attention through their TransformerLens hook names.
-        let hooks = Hooks::new().cache(Names::parse("encoder.*.attn.hook_pattern,decoder.*.cross_attn.hook_pattern").unwrap(), 1 << 30);
-        let opts = ForwardOptions { capture_attention: true, hooks: Some(&hooks), ..Default::default() };
-        let hidden = tch::no_grad(|| model.encode(&source, Some(&mask), &opts).unwrap());
-        let mut cache = KvCache::for_source(Source { hidden, mask: Some(mask.shallow_clone()) });
-        let out = tch::no_grad(|| model.forward(&target, None, &opts, Some(&mut cache)).unwrap());
-        let decoder_maps = out.attentions.unwrap();
-        let collected = hooks.finish().unwrap();
-        let config = model.config();
-        for (layer, probs) in decoder_maps.iter().enumerate() {
-            assert_close(probs, &fixture_tensor(&reference, &format!("decoder_attention.{layer}")), 1e-4, &format!("{dir} decoder attention {layer}"));
-        }
-        let cached =
-            |name: &str| collected.cache.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{dir}: no {name} in the hook cache")).1.shallow_clone();
-        let encoder_blocks = collected.cache.iter().filter(|(n, _)| n.starts_with("encoder.")).count();
-        assert_eq!(encoder_blocks as i64, serde_json::from_value::<i64>(config.to_json()["num_layers"].clone()).unwrap(), "{dir}: one encoder map per block");
-        for layer in 0..encoder_blocks {
-            let want = fixture_tensor(&reference, &format!("encoder_attention.{layer}"));
-            assert_close(&cached(&format!("encoder.{layer}.attn.hook_pattern")), &want, 1e-4, &format!("{dir} encoder attention {layer}"));
-        }
-        for layer in 0..decoder_maps.len() {
-            let want = fixture_tensor(&reference, &format!("cross_attention.{layer}"));
-            assert_close(&cached(&format!("decoder.{layer}.cross_attn.hook_pattern")), &want, 1e-4, &format!("{dir} cross attention {layer}"));
-        }
-    }
+    seq2seq::outputs_and_attention_match("t5-v1", 2);
+    seq2seq::outputs_and_attention_match("t5-v11", 3);
 }
 
 #[test]
@@ -86,16 +41,7 @@ fn a_tied_checkpoint_has_no_lm_head_and_the_v1_1_one_does() {
 #[test]
 fn the_cache_gives_the_logits_of_the_whole_target() {
     for dir in MODELS {
-        let loaded = checkpoint::load(fixtures().join(dir), Device::Cpu).unwrap();
-        let reference = fixtures().join(dir).join("reference.safetensors");
-        let (source, target) = (fixture_tensor(&reference, "source").narrow(0, 0, 2), fixture_tensor(&reference, "target").narrow(0, 0, 2));
-        let opts = ForwardOptions::default();
-        let hidden = tch::no_grad(|| loaded.model.encode(&source, None, &opts).unwrap());
-        let (whole, _) = decode(&loaded.model, &hidden, None, &target, &opts);
-        let (first, mut cache) = decode(&loaded.model, &hidden, None, &target.narrow(1, 0, 10), &opts);
-        let mut rest = |ids: Tensor| tch::no_grad(|| loaded.model.forward(&ids, None, &opts, Some(&mut cache)).unwrap().logits.unwrap());
-        let (one, last) = (rest(target.narrow(1, 10, 1)), rest(target.narrow(1, 11, 11)));
-        assert_close(&Tensor::cat(&[first, one, last], 1), &whole, 1e-4, &format!("{dir}: cached vs whole"));
+        seq2seq::the_cache_gives_the_whole_targets_logits(dir);
     }
 }
 
@@ -124,8 +70,8 @@ fn greedy_generation_and_beam_search_match_transformers() {
                 max_new_tokens: number("max_new_tokens") as usize,
                 length_penalty: number("length_penalty"),
                 early_stopping,
-                no_repeat_ngram: number("no_repeat_ngram") as usize,
                 stop_ids: vec![number("eos") as i64],
+                constraints: Constraints { no_repeat_ngram: number("no_repeat_ngram") as usize, ..Default::default() },
             };
             let found = beam_search(&loaded.model, &prompt, &opts).unwrap();
             let want = search["hypotheses"].as_array().unwrap();
@@ -159,28 +105,7 @@ fn one_adamw_step_matches_pytorch() {
 #[test]
 fn what_tchlab_saves_transformers_loads_with_the_same_logits() {
     for dir in MODELS {
-        let loaded = checkpoint::load(fixtures().join(dir), Device::Cpu).unwrap();
-        let _ = tch::no_grad(|| loaded.model.vars.variables()["decoder.block.0.layer.1.EncDecAttention.q.weight"].shallow_clone().g_mul_scalar_(1.5));
-        let out = common::scratch(&format!("save-{dir}"));
-        checkpoint::save_hf(&loaded.model, None, &out).unwrap();
-        let (source, target) = (Tensor::from_slice(&[5i64, 17, 3, 90, 12, 7, 1]).unsqueeze(0), Tensor::from_slice(&[0i64, 9, 44, 3]).unsqueeze(0));
-        let hidden = tch::no_grad(|| loaded.model.encode(&source, None, &ForwardOptions::default()).unwrap());
-        let (logits, _) = decode(&loaded.model, &hidden, None, &target, &ForwardOptions::default());
-        let tensors = [("source".into(), source), ("target".into(), target), ("logits".into(), logits)];
-        safetensors::write(&out.join("ours.safetensors"), &tensors, &BTreeMap::new()).unwrap();
-        let script = r#"
-import sys, torch
-from safetensors.torch import load_file
-from transformers import AutoModelForSeq2SeqLM
-d = sys.argv[1]
-ours = load_file(d + "/ours.safetensors")
-model = AutoModelForSeq2SeqLM.from_pretrained(d).eval()
-with torch.no_grad():
-    theirs = model(input_ids=ours["source"], decoder_input_ids=ours["target"]).logits
-diff = (theirs - ours["logits"]).abs().max().item()
-assert diff < 1e-4, f"max difference {diff}"
-"#;
-        common::python_agrees(script, &out);
+        seq2seq::transformers_reads_back_what_is_saved(dir, "decoder.block.0.layer.1.EncDecAttention.q.weight", 0, "");
     }
 }
 
@@ -206,7 +131,7 @@ fn pairs_are_batched_and_scored_as_transformers_does_with_labels() {
     let batch = pairs.val_batches(64).pop().unwrap();
     let (source, mask) = (batch.source.unwrap(), batch.mask.unwrap());
     let hidden = tch::no_grad(|| loaded.model.encode(&source, Some(&mask), &ForwardOptions::default()).unwrap());
-    let (logits, _) = decode(&loaded.model, &hidden, Some(&mask), &batch.inputs, &ForwardOptions::default());
+    let (logits, _) = seq2seq::decode(&loaded.model, &hidden, Some(&mask), &batch.inputs, &ForwardOptions::default());
     let loss = tchlab::train::lm_loss(&logits, &batch.targets);
     let tensors = [("source".into(), source), ("mask".into(), mask), ("inputs".into(), batch.inputs), ("targets".into(), batch.targets), ("loss".into(), loss)];
     safetensors::write(&out.join("batch.safetensors"), &tensors, &BTreeMap::new()).unwrap();

@@ -78,8 +78,10 @@ pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
     let files = if meta.is_dir() { weight_files(path)? } else { vec![path.to_path_buf()] };
     let tensors = read_files(&files)?;
     let task = config.task_for_checkpoint(&tensors);
-    let model = Model::for_checkpoint(config.clone(), task, device)?;
+    let mut model = Model::for_checkpoint(config.clone(), task, device)?;
     let mut report = assign(&model, tensors, path, true)?;
+    let config_json: serde_json::Value = serde_json::from_str(&crate::limits::read_text(&config_path, crate::limits::MAX_JSON_BYTES)?).unwrap_or_default();
+    model.generation = crate::generation_config::GenerationConfig::from_model_dir(&dir, &config_json)?;
     report.files = files;
     let tokenizer = match dir.join("tokenizer.json") {
         p if p.exists() => Some(Tokenizer::from_model_dir(&dir, config.max_positions())?),
@@ -259,7 +261,7 @@ fn assign(model: &Model, tensors: Vec<(String, Tensor)>, origin: &Path, strict: 
         plan.push((var.shallow_clone(), tensor));
         filled.insert(var_name);
     }
-    let mut missing: Vec<String> = vars.keys().filter(|k| !filled.contains(*k)).cloned().collect();
+    let mut missing: Vec<String> = vars.keys().filter(|k| !filled.contains(*k) && !model.network.may_be_missing(k)).cloned().collect();
     missing.sort();
     if strict && !missing.is_empty() {
         let shown = missing.iter().take(5).map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ");
@@ -357,6 +359,10 @@ pub fn save_hf(model: &Model, tokenizer: Option<&Tokenizer>, dir: impl AsRef<Pat
     safetensors::write(&dir.join("model.safetensors"), &hf_state_dict(model)?, &metadata)?;
     if let Some(t) = tokenizer {
         t.save(&dir.join("tokenizer.json"))?;
+    }
+    if !model.generation.is_empty() {
+        let generation = serde_json::to_vec_pretty(&model.generation).expect("JSON");
+        crate::atomic::write(&dir.join("generation_config.json"), |w| w.write_all(&generation))?;
     }
     mark(dir)
 }

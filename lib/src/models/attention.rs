@@ -196,3 +196,10 @@ fn repeat_kv(x: &Tensor, groups: i64) -> Result<Tensor> {
     let (b, kv, t, d) = x.size4()?;
     Ok(x.unsqueeze(2).expand([b, kv, groups, t, d], false).reshape([b, kv * groups, t, d]))
 }
+
+/// `(B, S)` ones and zeros as an additive mask `(B, 1, 1, S)`: 0 where a key may be
+/// seen, float32's lowest where it is padding (as transformers 5.x).
+pub(crate) fn padding_bias(mask: &Tensor) -> Result<Tensor> {
+    let hidden = mask.f_to_kind(Kind::Float)?.f_neg()?.f_add_scalar(1.0)?.f_mul_scalar(f64::from(f32::MIN))?;
+    Ok(hidden.f_unsqueeze(1)?.f_unsqueeze(1)?)
+}

@@ -11,6 +11,7 @@
 //! [`crate::train`]).
 
 pub mod attention;
+pub mod bart;
 pub mod bert;
 pub mod checkpointing;
 pub mod gemma3;
@@ -21,6 +22,7 @@ pub mod layers;
 pub mod linear;
 pub mod llama;
 pub mod lora;
+pub mod marian;
 pub mod phi3;
 pub mod prune;
 pub mod quantize;
@@ -38,7 +40,8 @@ use crate::error::{invalid, Error, Result};
 
 /// Every model family tchlab builds and loads. A checkpoint's `model_type` (or its
 /// GGUF `general.architecture`) picks the entry.
-pub const FAMILIES: &[&Family] = &[&gpt::FAMILY, &bert::FAMILY, &llama::FAMILY, &gemma3::FAMILY, &gpt_neox::FAMILY, &phi3::FAMILY, &t5::FAMILY];
+pub const FAMILIES: &[&Family] =
+    &[&gpt::FAMILY, &bert::FAMILY, &llama::FAMILY, &gemma3::FAMILY, &gpt_neox::FAMILY, &phi3::FAMILY, &t5::FAMILY, &bart::FAMILY, &marian::FAMILY];
 
 /// One entry of the registry: the names a family answers to and how to read its
 /// configuration. How to build it and name its weights is on its [`Architecture`].
@@ -285,6 +288,11 @@ pub trait Network: Send {
     fn var_for_key(&self, key: &str) -> Option<(String, bool)>;
     /// The Hugging Face key of a variable, and whether it is saved transposed.
     fn key_for_var(&self, var: &str) -> (String, bool);
+    /// A variable a checkpoint may lack, keeping its initial value (BART's
+    /// `final_logits_bias`, zeros, which `BartModel` files do not hold).
+    fn may_be_missing(&self, _var: &str) -> bool {
+        false
+    }
     /// `architectures[0]` in the `config.json` saved for it (`GPT2LMHeadModel`).
     fn architecture(&self) -> &'static str;
     /// The final norm and unembedding of a language model; `None` for encoders.
@@ -446,6 +454,9 @@ pub struct Model {
     /// (trained, merged into, set from outside), so that a snapshot that holds only the
     /// adapters is restored onto the base it was taken on and no other.
     base_version: std::sync::atomic::AtomicU64,
+    /// How `generate` runs without being told: the checkpoint's
+    /// `generation_config.json`, else its `config.json`'s generation keys.
+    pub generation: crate::generation_config::GenerationConfig,
 }
 
 /// Versions of base weights, unique in the process.
@@ -542,6 +553,34 @@ pub(crate) fn causal_input(
     Ok((t, past))
 }
 
+/// What both calls of an encoder–decoder check first: `ids: (B, T)` of its vocabulary,
+/// and no gradient checkpointing, which does not cover these models. Returns `T`.
+pub(crate) fn seq2seq_ids(ids: &Tensor, vocab_size: i64, what: &str, opts: &ForwardOptions) -> Result<i64> {
+    let t = match ids.size().as_slice() {
+        &[_, t] => t,
+        shape => return invalid!("{what} ids must be (batch, time), got shape {shape:?}"),
+    };
+    if opts.checkpoint.is_some() {
+        return invalid!("gradient checkpointing does not cover encoder–decoder models yet; `%set checkpointing=false`");
+    }
+    check_ids(ids, vocab_size)?;
+    Ok(t)
+}
+
+/// The encoder's output an encoder–decoder's decoder reads from `cache`, or the error
+/// saying where such a model runs; `mask` is the decoder's, which it does not take.
+pub(crate) fn seq2seq_source<'a>(cache: Option<&'a KvCache>, mask: Option<&Tensor>, model: &str) -> Result<&'a layers::Source> {
+    if mask.is_some() {
+        return invalid!("{model}'s decoder takes no padding mask: it reads the target causally (the source's mask goes with the encoder)");
+    }
+    match cache.and_then(KvCache::source) {
+        Some(source) => Ok(source),
+        None => invalid!(
+            "{model} is an encoder–decoder: it reads a source and writes a target, so it runs where there is a source (`%generate TEXT` reads TEXT as the source); what reads one text through one stack (training on text, `%attention`, `%logit-lens`, perplexity) does not run on it yet"
+        ),
+    }
+}
+
 pub(crate) fn check_ids(ids: &Tensor, vocab_size: i64) -> Result<()> {
     if ids.numel() == 0 {
         return Ok(());
@@ -597,7 +636,8 @@ impl Model {
         let vars = VarStore::new(device);
         let (network, linears) = linear::collect(|| config.build(&vars.root(), task));
         let base_version = BASE_VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed).into();
-        Ok(Model { network: network?, vars, linears, adapters: None, base_version })
+        let generation = crate::generation_config::GenerationConfig::from_model_config(&config.to_json());
+        Ok(Model { network: network?, vars, linears, adapters: None, base_version, generation })
     }
 
     /// A model whose every weight a strict load is about to fill: built as

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::attention::{attend, Mask};
+use super::attention::{attend, padding_bias, Mask};
 use super::checkpointing::run_blocks;
 use super::hooks::{BlockId, Point, Site, Stack};
 use super::layers::{cached, RmsNorm};
@@ -506,15 +506,6 @@ impl T5 {
         x.dropout(self.config.dropout_rate, opts.train)
     }
 
-    fn check_ids(&self, ids: &Tensor, what: &str) -> Result<i64> {
-        let t = match ids.size().as_slice() {
-            &[_, t] => t,
-            shape => return invalid!("{what} ids must be (batch, time), got shape {shape:?}"),
-        };
-        super::check_ids(ids, self.config.vocab_size)?;
-        Ok(t)
-    }
-
     /// One block's self-attention sublayer, through its hook points: `bias` is the
     /// stack's position bias plus the mask.
     fn self_attention(
@@ -554,13 +545,6 @@ impl T5 {
     }
 }
 
-/// `(B, S)` ones and zeros as an additive mask `(B, 1, 1, S)`: 0 where a key may be
-/// seen, float32's lowest where it is padding (as transformers 5.x).
-fn additive_padding(mask: &Tensor) -> Result<Tensor> {
-    let hidden = mask.f_to_kind(Kind::Float)?.f_neg()?.f_add_scalar(1.0)?.f_mul_scalar(f64::from(f32::MIN))?;
-    Ok(hidden.f_unsqueeze(1)?.f_unsqueeze(1)?)
-}
-
 impl Network for T5 {
     fn config(&self) -> ModelConfig {
         self.config.clone().into()
@@ -569,19 +553,16 @@ impl Network for T5 {
         Task::Seq2Seq
     }
     fn encode(&self, ids: &Tensor, mask: Option<&Tensor>, opts: &ForwardOptions) -> Result<Tensor> {
-        let s = self.check_ids(ids, "source")?;
+        let s = super::seq2seq_ids(ids, self.config.vocab_size, "source", opts)?;
         if s > self.config.max_positions() {
             return invalid!("a source of {s} tokens is longer than the model's {} positions; shorten it", self.config.max_positions());
         }
         if let Some(m) = mask.filter(|m| m.size() != ids.size()) {
             return invalid!("the source's mask has shape {:?}, its ids {:?}", m.size(), ids.size());
         }
-        if opts.checkpoint.is_some() {
-            return invalid!("gradient checkpointing does not cover encoder–decoder models yet; `%set checkpointing=false`");
-        }
         let position = self.encoder[0].self_attn.bias(&self.config, s, s, 0, true)?;
         let bias = match mask {
-            Some(m) => position.f_add(&additive_padding(m)?)?,
+            Some(m) => position.f_add(&padding_bias(m)?)?,
             None => position,
         };
         let x = self.dropout(self.shared.forward(ids), opts);
@@ -599,20 +580,10 @@ impl Network for T5 {
         Ok(out.hidden)
     }
     fn forward(&self, ids: &Tensor, mask: Option<&Tensor>, opts: &ForwardOptions, mut cache: Option<&mut KvCache>) -> Result<Output> {
-        let t = self.check_ids(ids, "target")?;
-        if mask.is_some() {
-            return invalid!("T5's decoder takes no padding mask: it reads the target causally (the source's mask goes with the encoder)");
-        }
-        if opts.checkpoint.is_some() {
-            return invalid!("gradient checkpointing does not cover encoder–decoder models yet; `%set checkpointing=false`");
-        }
-        let Some(source) = cache.as_deref().and_then(KvCache::source) else {
-            return invalid!(
-                "T5 is an encoder–decoder: it reads a source and writes a target, so it runs where there is a source (`%generate TEXT` reads TEXT as the source); what reads one text through one stack (training on text, `%attention`, `%logit-lens`, perplexity) does not run on it yet"
-            );
-        };
+        let t = super::seq2seq_ids(ids, self.config.vocab_size, "target", opts)?;
+        let source = super::seq2seq_source(cache.as_deref(), mask, "T5")?;
         let cross_bias = match &source.mask {
-            Some(m) => additive_padding(m)?,
+            Some(m) => padding_bias(m)?,
             None => Tensor::zeros([1, 1, 1, 1], (Kind::Float, ids.device())),
         };
         let past = cache.as_ref().map_or(0, |c| c.len());

@@ -11,22 +11,30 @@ use crate::session::Ctx;
 use crate::tokenize::Tokenizer;
 
 /// The sampling options of a generating command, stopping at `stop_ids`, adding at most
-/// `default_max` tokens unless `--max-tokens` says otherwise.
-pub(crate) fn generation_options(args: &Args, stop_ids: Vec<i64>, default_max: usize) -> Result<GenerateOptions, CellError> {
+/// `default_max` tokens unless `--max-tokens` or the model's generation config says
+/// otherwise, with the processors that config turns on and `--no-repeat-ngram`'s ban.
+pub(crate) fn generation_options(args: &Args, model: &Model, stop_ids: Vec<i64>, default_max: usize) -> Result<GenerateOptions, CellError> {
+    let defaults = &model.generation;
+    let decoder_prompt = if model.task() == crate::models::Task::Seq2Seq { 1 } else { 0 };
+    let mut constraints = defaults.constraints(&stop_ids, model.config().vocab_size())?;
+    if let Some(n) = args.parse_as::<usize>("no-repeat-ngram")? {
+        constraints.no_repeat_ngram = n;
+    }
     Ok(GenerateOptions {
-        max_new_tokens: args.parse_as("max-tokens")?.unwrap_or(default_max),
+        max_new_tokens: args.parse_as("max-tokens")?.or(defaults.max_new_tokens(decoder_prompt)).unwrap_or(default_max),
         temperature: args.parse_as("temperature")?.unwrap_or(0.0),
         top_k: args.parse_as("top-k")?,
         top_p: args.parse_as("top-p")?,
         seed: args.parse_as("seed")?,
         stop_ids,
+        constraints,
     })
 }
 
-/// Where a continuation of plain text stops: the model's end-of-sequence ids and the
-/// tokenizer's end-of-text token.
+/// Where a continuation of plain text stops: the model's end-of-sequence ids (its
+/// generation config's, else its config's) and the tokenizer's end-of-text token.
 pub(crate) fn text_stop_ids(model: &Model, tokenizer: &Tokenizer) -> Vec<i64> {
-    let mut stop = model.config().eos_token_ids();
+    let mut stop = model.generation.eos_token_ids().unwrap_or_else(|| model.config().eos_token_ids());
     stop.extend(tokenizer.token_id(crate::tokenize::END_OF_TEXT));
     stop
 }

@@ -277,6 +277,7 @@ impl Explorer {
                     top_p: (top_p < 1.0).then_some(top_p),
                     seed: Some(self.number("seed") as u64),
                     stop_ids: stop_ids.clone(),
+                    constraints: model.generation.constraints(&stop_ids, model.config().vocab_size())?,
                 };
                 let prompt_ids = tokenizer.encode(prompt)?;
                 let ids = generate_streaming(model, &prompt_ids, &opts, &mut |_| Ok(()))?;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod seq2seq;
+
 use std::path::PathBuf;
 
 use serde_json::Value;

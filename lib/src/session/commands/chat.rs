@@ -66,7 +66,7 @@ fn chat(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
             args.usage_error(format!("the conversation is {} tokens, and the model reads at most {limit}; `%chat --reset` starts over", prompt_ids.len()))
         );
     }
-    let opts = generation_options(args, stop_ids(&model.config().eos_token_ids(), tokenizer), 256)?;
+    let opts = generation_options(args, model, stop_ids(&model.config().eos_token_ids(), tokenizer), 256)?;
     let reply = stream(model, tokenizer, "", &prompt_ids, &opts, ctx)?;
     let text = reply.text.trim().to_string();
     conversation.turns.push(message);

@@ -25,19 +25,25 @@ pub const GENERATE: Command = Command {
         option("top-k", "K", "sample among the K likeliest tokens"),
         option("top-p", "P", "sample among the likeliest tokens totalling P"),
         option("seed", "S", "seed for sampling"),
-        option("beams", "N", "beam search with N beams (2 to 64), as transformers' num_beams, instead of greedy or sampling"),
+        option(
+            "beams",
+            "N",
+            "beam search with N beams (2 to 64), as transformers' num_beams, instead of greedy or sampling (default: the model's generation config; 1 for greedy)",
+        ),
         option(
             "length-penalty",
             "L",
             "beam search: a hypothesis's log-probability is divided by its length to the power L (default 1; above 0 favours longer ones)",
         ),
-        option("no-repeat-ngram", "N", "beam search: never repeat an n-gram of N tokens, the prompt's included"),
+        option("no-repeat-ngram", "N", "never repeat an n-gram of N tokens, the prompt's included (default: the model's generation config)"),
         option("return", "N", "beam search: how many finished hypotheses to show, best first (default: all N)"),
         option("early-stopping", "WHEN", "beam search: false (the default heuristic), true (once N hypotheses end) or never"),
     ],
     details: "Stops at the end-of-text token or after --max-tokens. The text appears as it is made; the result says how many tokens came, how fast. \
               With --beams N the search keeps the N best continuations at every step and shows the N best finished ones with their scores \
-              (summed log-probability / length^L), exactly as transformers' generate(num_beams=N) finds them.",
+              (summed log-probability / length^L), exactly as transformers' generate(num_beams=N) finds them. \
+              What the command does not say comes from the model's generation_config.json, as for transformers' generate(): \
+              beams, lengths, the length penalty, early stopping, n-gram bans, bad words, forced first and last tokens.",
     example: "%generate \"314159=\" --max-tokens 6",
     returns: returns::<Generated>(),
     run: generate,
@@ -48,28 +54,36 @@ fn generate(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError
     let tokenizer = s.tokenizer_or_err()?;
     let model = s.model_or_err()?;
     let stop = crate::session::generation::text_stop_ids(model, tokenizer);
-    let opts = crate::session::generation::generation_options(args, stop, 32)?;
+    let opts = crate::session::generation::generation_options(args, model, stop, 32)?;
     let prompt_ids = tokenizer.encode(prompt)?;
-    if let Some(beams) = args.parse_as::<usize>("beams")? {
-        for sampling in ["temperature", "top-k", "top-p", "seed"] {
-            if args.get(sampling).is_some() {
-                return Err(args.usage_error(format!("beam search does not sample: --{sampling} is for sampling without --beams")));
-            }
+    let sampling = ["temperature", "top-k", "top-p", "seed"].into_iter().find(|option| args.get(option).is_some());
+    let defaults = &model.generation;
+    // The config's beams are the default unless the command asks for sampling.
+    let beams = match args.parse_as::<usize>("beams")? {
+        Some(beams) => Some(beams),
+        None if sampling.is_none() => defaults.num_beams.filter(|&n| n > 1).map(|n| n as usize),
+        None => None,
+    };
+    if let Some(beams) = beams.filter(|&n| n != 1) {
+        if let Some(sampling) = sampling {
+            return Err(args.usage_error(format!("beam search does not sample: --{sampling} is for sampling without --beams")));
         }
-        let early_stopping = match args.get("early-stopping").unwrap_or("false") {
-            "false" => EarlyStopping::Heuristic,
-            "true" => EarlyStopping::AtOnce,
-            "never" => EarlyStopping::Never,
-            other => return Err(args.usage_error(format!("--early-stopping is false, true or never, got `{other}`"))),
+        let early_stopping = match args.get("early-stopping") {
+            None => defaults.early_stopping().unwrap_or(EarlyStopping::Heuristic),
+            Some("false") => EarlyStopping::Heuristic,
+            Some("true") => EarlyStopping::AtOnce,
+            Some("never") => EarlyStopping::Never,
+            Some(other) => return Err(args.usage_error(format!("--early-stopping is false, true or never, got `{other}`"))),
         };
+        let constraints = opts.constraints.clone();
         let search = BeamOptions {
             beams,
             max_new_tokens: opts.max_new_tokens,
-            length_penalty: args.parse_as("length-penalty")?.unwrap_or(1.0),
+            length_penalty: args.parse_as("length-penalty")?.or(defaults.length_penalty).unwrap_or(1.0),
             early_stopping,
-            no_repeat_ngram: args.parse_as("no-repeat-ngram")?.unwrap_or(0),
             returns: args.parse_as("return")?.unwrap_or(beams.clamp(1, crate::beam::MAX_BEAMS)),
             stop_ids: opts.stop_ids.clone(),
+            constraints,
         };
         let started = std::time::Instant::now();
         let found = crate::beam::beam_search(model, &prompt_ids, &search)?;
@@ -90,7 +104,7 @@ fn generate(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError
         ctx.returns(table.bundle_under(&head), &result);
         return Ok(());
     }
-    for beam_only in ["length-penalty", "no-repeat-ngram", "early-stopping", "return"] {
+    for beam_only in ["length-penalty", "early-stopping", "return"] {
         if args.get(beam_only).is_some() {
             return Err(args.usage_error(format!("--{beam_only} is for beam search: add --beams N")));
         }
