@@ -115,7 +115,18 @@ impl GenerationConfig {
             return Ok(Self::from_model_config(config));
         }
         let text = crate::limits::read_text(&path, crate::limits::MAX_JSON_BYTES)?;
-        let parsed: GenerationConfig = serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("not a generation config: {e}")))?;
+        let not_one = |e: String| Error::format(&path, format!("not a generation config: {e}"));
+        let json: Value = serde_json::from_str(&text).map_err(|e| not_one(e.to_string()))?;
+        let parsed: GenerationConfig = serde_json::from_value(json.clone()).map_err(|e| {
+            // serde does not say which key: the first that does not read alone is the one.
+            let key = json.as_object().and_then(|map| {
+                map.iter().find(|(k, v)| serde_json::from_value::<GenerationConfig>(Value::Object(Map::from_iter([((*k).clone(), (*v).clone())]))).is_err())
+            });
+            not_one(match key {
+                Some((key, value)) => format!("`{key}` is {value}: {e}"),
+                None => e.to_string(),
+            })
+        })?;
         parsed.check().map_err(|message| Error::format(&path, message))?;
         Ok(parsed)
     }

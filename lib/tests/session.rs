@@ -921,3 +921,58 @@ fn a_t5_from_scratch_learns_source_to_target_pairs_and_resumes_exactly() {
     let e = fail(&mut s, "%data synth sort --length 4 --symbols 6 --seq2seq");
     assert!(e.message.contains("train an encoder–decoder"), "{}", e.message);
 }
+
+#[test]
+fn bart_generates_by_its_generation_config_as_transformers_generate_does() {
+    let _serial = serial();
+    let dir = common::fixtures().join("bart");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("session.json")).unwrap()).unwrap();
+    let ids = |v: &Value| -> Vec<i64> {
+        let all: Vec<i64> = v.as_array().unwrap().iter().map(|i| i.as_i64().unwrap()).collect();
+        all.iter().position(|&i| i == 2).map_or(all.clone(), |end| all[..=end].to_vec())
+    };
+    let mut s = Session::new();
+    ok(&mut s, &format!("%device cpu\n%load {}", dir.display()));
+    let text = reference["text"].as_str().unwrap();
+    // No options: the generation config's 4 beams, lengths, penalty, n-gram ban and forced
+    // tokens, as `model.generate(ids)` in transformers.
+    let searched = ok(&mut s, &format!("%generate \"{text}\""));
+    assert_eq!(searched["prompt_ids"], reference["ids"], "the source is tokenized with BART's <s> … </s>");
+    let (found, want) = (searched["beams"].as_array().unwrap(), reference["beams"].as_array().unwrap());
+    assert_eq!(found.len(), want.len(), "{searched}");
+    for (f, w) in found.iter().zip(want) {
+        assert_eq!(serde_json::from_value::<Vec<i64>>(f["ids"].clone()).unwrap(), ids(&w["ids"]));
+        assert!((f["score"].as_f64().unwrap() - w["score"].as_f64().unwrap()).abs() < 1e-5, "{f} vs {w}");
+    }
+    // Greedy still obeys the forced first and last tokens.
+    let greedy = ok(&mut s, &format!("%generate \"{text}\" --beams 1 --max-tokens 5"));
+    let generated: Vec<i64> = serde_json::from_value(greedy["generated_ids"].clone()).unwrap();
+    assert_eq!((generated.len(), generated[0], generated[4]), (5, 0, 2), "forced <s> first and </s> last: {generated:?}");
+    assert!(fail(&mut s, &format!("%generate \"{text}\" --beams 0")).message.contains("at least 1"));
+    // LoRA finds BART's attention projections; a save keeps the generation config.
+    assert_eq!(ok(&mut s, "%lora r=2")["layers"].as_array().unwrap().len(), 2 * (3 + 2 * 2), "q_proj and v_proj of 3 + 2×2 attentions");
+    ok(&mut s, "%lora drop");
+    let saved = common::scratch("session-bart-save");
+    ok(&mut s, &format!("%save {} --hf", saved.display()));
+    let generation: Value = serde_json::from_str(&std::fs::read_to_string(saved.join("generation_config.json")).unwrap()).unwrap();
+    assert_eq!((generation["num_beams"].as_i64(), generation["forced_bos_token_id"].as_i64()), (Some(4), Some(0)));
+
+    // A BART from scratch learns to sort.
+    let mut s = Session::new();
+    ok(&mut s, "%device cpu\n%seed 0\n%data synth sort --length 4 --symbols 6 --seq2seq");
+    assert_eq!(ok(&mut s, "%model bart --layers 2 --decoder-layers 2 --heads 4 --dim 32")["model_type"], "bart");
+    ok(&mut s, "%set batch=32 lr=3e-3 warmup=0 eval_every=0");
+    let before = ok(&mut s, "%eval")["loss"].as_f64().unwrap();
+    ok(&mut s, "%train 150");
+    let after = ok(&mut s, "%eval")["loss"].as_f64().unwrap();
+    assert!(after < 0.25 * before, "sorting pairs: validation loss {before} → {after}");
+
+    // Marian's two SentencePiece files are not a tokenizer tchlab reads: refused, saying how.
+    let marian = common::scratch("session-marian-spm");
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(common::fixtures().join("marian").join(file), marian.join(file)).unwrap();
+    }
+    std::fs::write(marian.join("source.spm"), b"not read").unwrap();
+    let e = fail(&mut s, &format!("%load {}", marian.display()));
+    assert!(e.message.contains("source.spm") && e.message.contains("tokenizer.json"), "{}", e.message);
+}

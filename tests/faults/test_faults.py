@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 import stat
 import struct
 import time
@@ -314,6 +315,65 @@ def test_t5_configs_that_cannot_work_are_refused_by_name(lab, tmp_path, name, co
     _, kc = lab
     d = model_dir(tmp_path, name, "pytorch_model.bin", saved({"w": torch.ones(2)}), config)
     refused(kc, f"%load {d}", "FileError", *contains)
+
+
+BART = {"model_type": "bart", "vocab_size": 16, "d_model": 8, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2, "encoder_ffn_dim": 16, "decoder_ffn_dim": 16, "max_position_embeddings": 8}
+MARIAN = dict(BART, model_type="marian", pad_token_id=15, decoder_start_token_id=15, eos_token_id=0, forced_eos_token_id=0)
+
+
+@pytest.mark.parametrize(
+    "name, config, contains",
+    [
+        ("bart-no-heads", dict(BART, encoder_attention_heads=0), ["encoder_attention_heads", "positive"]),
+        ("bart-heads", dict(BART, decoder_attention_heads=3), ["decoder_attention_heads", "divisible"]),
+        ("bart-dropout", dict(BART, dropout=1.5), ["dropout", "[0, 1)"]),
+        ("bart-start", dict(BART, decoder_start_token_id=16), ["decoder_start_token_id", "0..15"]),
+        ("bart-forced-bos", dict(BART, forced_bos_token_id=-3), ["forced_bos_token_id", "0..15"]),
+        ("bart-activation", dict(BART, activation_function="swoosh"), ["swoosh"]),
+        ("bart-positions", dict(BART, max_position_embeddings=0), ["max_position_embeddings", "positive"]),
+        ("bart-width", dict(BART, d_model="wide"), ["d_model"]),
+        ("marian-two-vocabularies", dict(MARIAN, share_encoder_decoder_embeddings=False, decoder_vocab_size=20), ["separate source and target vocabularies"]),
+        # MarianConfig's own padding id (58100) where the file does not give one.
+        ("marian-default-pad", dict(BART, model_type="marian"), ["pad_token_id", "58100"]),
+    ],
+)
+def test_bart_and_marian_configs_that_cannot_work_are_refused_by_name(lab, tmp_path, name, config, contains):
+    _, kc = lab
+    d = model_dir(tmp_path, name, "pytorch_model.bin", saved({"w": torch.ones(2)}), config)
+    refused(kc, f"%load {d}", "FileError", *contains)
+
+
+GENERATION_CONFIGS = [
+    ("beams-zero", '{"num_beams": 0}', ["num_beams", "at least 1"]),
+    ("penalty-word", '{"length_penalty": "long"}', ["not a generation config", "length_penalty"]),
+    ("early-sometimes", '{"early_stopping": "sometimes"}', ["early_stopping", "never"]),
+    ("bad-words-empty", '{"bad_words_ids": [[]]}', ["bad_words_ids"]),
+    ("bad-words-negative", '{"bad_words_ids": [[-4]]}', ["bad_words_ids"]),
+    ("eos-words", '{"eos_token_id": ["two"]}', ["eos_token_id", "list of ids"]),
+    ("max-length-negative", '{"max_length": -1}', ["max_length"]),
+    ("not-json", "num_beams = 4", ["not a generation config"]),
+]
+
+
+@pytest.mark.parametrize("name, text, contains", GENERATION_CONFIGS, ids=[g[0] for g in GENERATION_CONFIGS])
+def test_hostile_generation_configs_are_refused_naming_the_file_and_key(lab, tmp_path, name, text, contains):
+    _, kc = lab
+    d = tmp_path / name
+    shutil.copytree(os.path.join(os.environ["TCHLAB_FIXTURES"], "bart"), d)
+    (d / "generation_config.json").write_text(text)
+    refused(kc, f"%load {d}", "FileError", "generation_config.json", *contains)
+
+
+def test_generation_config_ids_outside_the_vocabulary_are_refused_when_generating(lab, tmp_path):
+    _, kc = lab
+    for key, value in [("forced_bos_token_id", 1000), ("bad_words_ids", [[5, 96]]), ("forced_eos_token_id", [2, 4096])]:
+        d = tmp_path / key
+        shutil.copytree(os.path.join(os.environ["TCHLAB_FIXTURES"], "bart"), d)
+        (d / "generation_config.json").write_text(json.dumps({key: value, "num_beams": 2, "max_length": 6}))
+        reply, _ = execute(kc, f"%load {d}", timeout=TIMEOUT)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        refused(kc, '%generate "w5 w6"', "UsageError", key, "outside the vocabulary of 96 ids")
 
 
 GEMMA3 = {"model_type": "gemma3_text", "vocab_size": 16, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,

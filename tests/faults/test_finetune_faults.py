@@ -413,7 +413,8 @@ def test_gguf_saves_refuse_what_they_cannot_write_and_never_replace_what_is_not_
 @pytest.mark.parametrize(
     "code, ename, contains",
     [
-        ('%generate "12" --beams 1', "UsageError", ["--beams must be between 2 and 64, got 1"]),
+        ('%generate "12" --beams 0', "UsageError", ["--beams must be at least 1", "got 0"]),
+        ('%generate "12" --beams 65', "UsageError", ["--beams must be between 2 and 64, got 65"]),
         ('%generate "12" --beams 65', "UsageError", ["--beams must be between 2 and 64"]),
         ('%generate "12" --beams -2', "UsageError", ["--beams expects"]),
         ('%generate "12" --beams 99999999999999999999', "UsageError", ["--beams expects"]),

@@ -85,6 +85,14 @@ pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Loaded> {
     report.files = files;
     let tokenizer = match dir.join("tokenizer.json") {
         p if p.exists() => Some(Tokenizer::from_model_dir(&dir, config.max_positions())?),
+        _ if dir.join("source.spm").exists() => {
+            return Err(Error::format(
+                &dir,
+                "its tokenizer is Marian's two SentencePiece files (source.spm, target.spm) with vocab.json, and tchlab reads tokenizer.json: \
+                 convert the source side with candle's marian-mt `convert_slow_tokenizer.py` (a Unigram model re-indexed through vocab.json), \
+                 save it here as tokenizer.json, and load again",
+            ))
+        }
         _ => None,
     };
     let pooling = Pooling::from_model_dir(&dir)?;

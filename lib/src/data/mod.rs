@@ -202,7 +202,7 @@ impl Dataset {
             }
             DataSpec::Pairs { path, source_field, target_field, val_fraction, seed } => {
                 let Some(start) = start else {
-                    return invalid!("source → target pairs train an encoder–decoder (`%model t5`, or `%load` a T5); this model reads one text");
+                    return invalid!("source → target pairs train an encoder–decoder (`%model t5`, `%model bart`, or `%load` a T5, BART or Marian model); this model reads one text");
                 };
                 let fit = pairs::PairsFit { pad_id, start, max_len };
                 Dataset::Pairs(pairs::Pairs::from_file(path, (source_field, target_field), tokenizer, &fit, *val_fraction, *seed)?)

@@ -927,7 +927,7 @@ pub(super) fn check_fit(model: &Model, tokenizer: &Tokenizer, data: &Dataset, hp
             let start = tokenizer.encode_corpus("=")?;
             if config.decoder_start_token_id().map(|id| vec![id]) != Some(start.clone()) {
                 return invalid!(
-                    "the synthetic pairs start the decoder from `=` (id {start:?}) but this model's decoder starts from id {:?}; build it for this data with `%model t5`",
+                    "the synthetic pairs start the decoder from `=` (id {start:?}) but this model's decoder starts from id {:?}; build it for this data with `%model t5` or `%model bart`",
                     config.decoder_start_token_id()
                 );
             }
@@ -940,7 +940,7 @@ pub(super) fn check_fit(model: &Model, tokenizer: &Tokenizer, data: &Dataset, hp
             )
         }
         (_, Dataset::Synth { seq2seq: true, .. } | Dataset::Pairs(_)) => {
-            return invalid!("source → target pairs (`--seq2seq`) train an encoder–decoder (`%model t5`); this model is a {}", config.model_type())
+            return invalid!("source → target pairs (`--seq2seq`) train an encoder–decoder (`%model t5` or `%model bart`); this model is a {}", config.model_type())
         }
         (Task::LanguageModel, Dataset::Synth { .. }) => {
             let needed = data.example_len().unwrap_or(0) as i64 - 1;

@@ -64,6 +64,9 @@ fn generate(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError
         None if sampling.is_none() => defaults.num_beams.filter(|&n| n > 1).map(|n| n as usize),
         None => None,
     };
+    if beams == Some(0) {
+        return Err(args.usage_error("--beams must be at least 1 (1: greedy or sampling, 2 to 64: beam search), got 0"));
+    }
     if let Some(beams) = beams.filter(|&n| n != 1) {
         if let Some(sampling) = sampling {
             return Err(args.usage_error(format!("beam search does not sample: --{sampling} is for sampling without --beams")));
@@ -152,7 +155,7 @@ pub const ATTENTION: Command = Command {
         option("save", "PATH", "also write the figure to a .png or .svg file"),
     ],
     details: "Rows are queries, columns keys; each row sums to one. Without --layer and --head, every head of every layer. \
-              On an encoder–decoder (T5) the text is the source: the decoder writes a target greedily, and --kind chooses the encoder's \
+              On an encoder–decoder (T5, BART, Marian) the text is the source: the decoder writes a target greedily, and --kind chooses the encoder's \
               self-attention over the source, the decoder's over the target, or the cross-attention, each target token's row over the source tokens.",
     example: "%attention \"the cat sat on the mat\" --layer 0 --head 1",
     returns: returns::<Attention>(),

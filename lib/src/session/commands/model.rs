@@ -23,11 +23,11 @@ use crate::train::Trainer;
 
 pub const MODEL: Command = Command {
     name: "model",
-    summary: "build a new GPT, BERT, Llama-style or T5 model, or show the current one",
+    summary: "build a new GPT, BERT, Llama-style, T5 or BART model, or show the current one",
     args: &[
-        opt_pos("family", "gpt | bert | llama | t5").choices(&["gpt", "bert", "llama", "t5"]),
-        option("layers", "N", "blocks (default 2; T5: the encoder's)"),
-        option("decoder-layers", "N", "T5: the decoder's blocks (default: --layers)"),
+        opt_pos("family", "gpt | bert | llama | t5 | bart").choices(&["gpt", "bert", "llama", "t5", "bart"]),
+        option("layers", "N", "blocks (default 2; T5, BART: the encoder's)"),
+        option("decoder-layers", "N", "T5, BART: the decoder's blocks (default: --layers)"),
         option("heads", "N", "attention heads (default 4)"),
         option("kv-heads", "N", "llama: key/value heads, dividing --heads (default: --heads; fewer is grouped-query attention)"),
         option("dim", "N", "width (default 64)"),
@@ -37,8 +37,9 @@ pub const MODEL: Command = Command {
         option("classes", "N", "BERT: a classification head (default: the data's labels)"),
     ],
     details: "Without arguments, a summary: modules, parameters, dtype, device, memory. \
-              T5 is the encoder–decoder (v1.1's gated-GELU MLP, relative positions); it trains on source → target pairs \
-              (`%data synth reverse --seq2seq`), its decoder starting from `=` when the tokenizer has one.",
+              T5 and BART are encoder–decoders (T5: v1.1's gated-GELU MLP, relative positions; BART: post-norm blocks, learned positions, \
+              a GELU MLP of 4 × width); they train on source → target pairs (`%data synth reverse --seq2seq`), \
+              the decoder starting from `=` when the tokenizer has one.",
     example: "%model gpt --layers 2 --heads 4 --dim 64",
     returns: returns::<ModelSummary>(),
     run: model,
@@ -92,15 +93,21 @@ fn model(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
             };
             Model::new(config, Task::LanguageModel, s.device)
         }
-        "t5" => {
+        "t5" | "bart" => {
             let decoder_layers = number("decoder-layers", layers)?;
             let start = match s.tokenizer().map(|t| t.encode_corpus("=")) {
                 Some(Ok(ids)) if ids.len() == 1 => ids[0],
                 _ => 0,
             };
-            let mut config = crate::models::t5::T5Config::small(vocab, layers, decoder_layers, heads, dim, start, ctx_len);
-            config.dropout_rate = dropout;
-            Model::new(config, Task::Seq2Seq, s.device)
+            if family == "t5" {
+                let mut config = crate::models::t5::T5Config::small(vocab, layers, decoder_layers, heads, dim, start, ctx_len);
+                config.dropout_rate = dropout;
+                Model::new(config, Task::Seq2Seq, s.device)
+            } else {
+                let mut config = crate::models::bart::BartConfig::small(vocab, layers, decoder_layers, heads, dim, start, ctx_len);
+                config.dropout = dropout;
+                Model::new(config, Task::Seq2Seq, s.device)
+            }
         }
         "llama" => {
             let kv_heads = number("kv-heads", heads)?;
