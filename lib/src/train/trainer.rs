@@ -565,8 +565,8 @@ impl Trainer {
     /// On source → target pairs, the validation sources' generations — greedy, or the best
     /// of a beam search with `beams` — scored against their targets (the text of each
     /// side without special tokens or the stop token), up to `max_new_tokens` each
-    /// (default: the longest validation target).
-    pub fn score_generations(&self, beams: Option<usize>, max_new_tokens: Option<usize>) -> Result<crate::metrics::TextScores> {
+    /// (default: the longest validation target); ROUGE stems its tokens with `stemmer`.
+    pub fn score_generations(&self, beams: Option<usize>, max_new_tokens: Option<usize>, stemmer: bool) -> Result<crate::metrics::TextScores> {
         if !self.data.is_seq2seq() {
             return invalid!("generation scores are for source → target pairs (`%data pairs ...`, `%data synth TASK --seq2seq`)");
         }
@@ -607,7 +607,7 @@ impl Trainer {
             targets.push(text(target)?);
             predictions.push(text(&ids)?);
         }
-        Ok(crate::metrics::score_texts(&targets, &predictions))
+        Ok(crate::metrics::score_texts(&targets, &predictions, stemmer))
     }
 
     fn check_cancel(&self, what: &str) -> Result<()> {

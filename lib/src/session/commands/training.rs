@@ -442,9 +442,10 @@ pub const EVAL: Command = Command {
     args: &[
         option("beams", "N", "source → target pairs: generate with beam search of N beams (default greedy)"),
         option("max-tokens", "N", "source → target pairs: the most tokens generated for each (default: the longest target)"),
+        flag("stem", "source → target pairs: ROUGE stems words with the Porter stemmer, as rouge_score's use_stemmer=True"),
     ],
     details: "On source → target pairs the model also writes a reply to each validation source, scored against its target: \
-              exact match, ROUGE-1, ROUGE-2 and ROUGE-L (F-measure, as Google's rouge_score, no stemmer) and corpus BLEU \
+              exact match, ROUGE-1, ROUGE-2 and ROUGE-L (F-measure, as Google's rouge_score; with --stem, its Porter stemmer) and corpus BLEU \
               (as sacrebleu by default: 13a tokens, exponential smoothing).",
     example: "%eval",
     returns: returns::<EvalMetrics>(),
@@ -456,9 +457,9 @@ fn eval(s: &mut Session, args: &Args, ctx: &mut Ctx) -> Result<(), CellError> {
     let mut metrics = trainer.evaluate()?;
     let (beams, max_tokens) = (args.parse_as::<usize>("beams")?, args.parse_as::<usize>("max-tokens")?);
     if trainer.data().is_seq2seq() {
-        metrics.generated = Some(trainer.score_generations(beams, max_tokens)?);
-    } else if beams.is_some() || max_tokens.is_some() {
-        return Err(args.usage_error("--beams and --max-tokens are for source → target pairs, whose generations %eval scores"));
+        metrics.generated = Some(trainer.score_generations(beams, max_tokens, args.flag("stem"))?);
+    } else if beams.is_some() || max_tokens.is_some() || args.flag("stem") {
+        return Err(args.usage_error("--beams, --max-tokens and --stem are for source → target pairs, whose generations %eval scores"));
     }
     let mut table = Table::new(["metric", "value"]);
     table.row(["loss".to_string(), format!("{:.4}", metrics.loss)]);

@@ -3,9 +3,10 @@
 //! BLEU as `sacrebleu.corpus_bleu` computes it by default (the 13a tokeniser, exponential
 //! smoothing, the brevity penalty against the closest reference length), and exact match.
 //! Facts in `../shared/NOTES-encoder-decoder.md` §5; tests hold them to those packages.
-//!
-//! ROUGE here has no stemmer: `rouge_score`'s `use_stemmer=True` runs NLTK's Porter
-//! stemmer (its `NLTK_EXTENSIONS` mode), which is not ported yet.
+//! With `stemmer`, ROUGE stems the tokens longer than three letters as `rouge_score`'s
+//! `use_stemmer=True` does, with NLTK's Porter stemmer ([`porter`]).
+
+pub mod porter;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -32,10 +33,12 @@ impl Score {
 }
 
 /// `rouge_score`'s tokens: lower case, every run of characters other than `a-z0-9` a
-/// separator (so letters outside ASCII are dropped, as there).
-pub fn rouge_tokens(text: &str) -> Vec<String> {
+/// separator (so letters outside ASCII are dropped, as there); with `stemmer`, those
+/// longer than three letters stemmed.
+pub fn rouge_tokens(text: &str, stemmer: bool) -> Vec<String> {
     let lower = text.to_lowercase();
-    lower.split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit())).filter(|t| !t.is_empty()).map(str::to_string).collect()
+    let tokens = lower.split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit())).filter(|t| !t.is_empty());
+    tokens.map(|t| if stemmer && t.len() > 3 { porter::stem(t) } else { t.to_string() }).collect()
 }
 
 fn ngrams(tokens: &[String], n: usize) -> HashMap<&[String], usize> {
@@ -49,8 +52,8 @@ fn ngrams(tokens: &[String], n: usize) -> HashMap<&[String], usize> {
 }
 
 /// ROUGE-N of `prediction` against `target`: overlapping n-grams, clipped by count.
-pub fn rouge_n(target: &str, prediction: &str, n: usize) -> Score {
-    let (t, p) = (rouge_tokens(target), rouge_tokens(prediction));
+pub fn rouge_n(target: &str, prediction: &str, n: usize, stemmer: bool) -> Score {
+    let (t, p) = (rouge_tokens(target, stemmer), rouge_tokens(prediction, stemmer));
     let (tg, pg) = (ngrams(&t, n), ngrams(&p, n));
     let overlap: usize = tg.iter().map(|(g, &c)| c.min(pg.get(g).copied().unwrap_or(0))).sum();
     Score::of(overlap as f64, pg.values().sum::<usize>() as f64, tg.values().sum::<usize>() as f64)
@@ -68,8 +71,8 @@ fn lcs_table(a: &[String], b: &[String]) -> Vec<Vec<usize>> {
 }
 
 /// ROUGE-L: the longest common subsequence of the token lists.
-pub fn rouge_l(target: &str, prediction: &str) -> Score {
-    let (t, p) = (rouge_tokens(target), rouge_tokens(prediction));
+pub fn rouge_l(target: &str, prediction: &str, stemmer: bool) -> Score {
+    let (t, p) = (rouge_tokens(target, stemmer), rouge_tokens(prediction, stemmer));
     if t.is_empty() || p.is_empty() {
         return Score::default();
     }
@@ -97,8 +100,8 @@ fn lcs_indices(reference: &[String], candidate: &[String]) -> Vec<usize> {
 }
 
 /// ROUGE-Lsum: summary-level LCS over newline-separated sentences.
-pub fn rouge_lsum(target: &str, prediction: &str) -> Score {
-    let sentences = |text: &str| -> Vec<Vec<String>> { text.split('\n').filter(|s| !s.is_empty()).map(rouge_tokens).collect() };
+pub fn rouge_lsum(target: &str, prediction: &str, stemmer: bool) -> Score {
+    let sentences = |text: &str| -> Vec<Vec<String>> { text.split('\n').filter(|s| !s.is_empty()).map(|s| rouge_tokens(s, stemmer)).collect() };
     let (reference, candidate) = (sentences(target), sentences(prediction));
     let (m, n): (usize, usize) = (reference.iter().map(Vec::len).sum(), candidate.iter().map(Vec::len).sum());
     if m == 0 || n == 0 {
@@ -243,6 +246,8 @@ pub struct TextScores {
     pub examples: usize,
     /// Share of predictions equal to their target.
     pub exact_match: f64,
+    /// Whether ROUGE stemmed the tokens (`use_stemmer=True`).
+    pub stemmed: bool,
     /// Mean ROUGE-1 F-measure.
     pub rouge1: f64,
     /// Mean ROUGE-2 F-measure.
@@ -258,8 +263,8 @@ pub struct TextScores {
 /// How many pairs [`TextScores::samples`] shows.
 const SAMPLES: usize = 5;
 
-/// Scores `predictions[i]` against `targets[i]`.
-pub fn score_texts(targets: &[String], predictions: &[String]) -> TextScores {
+/// Scores `predictions[i]` against `targets[i]`, ROUGE's tokens stemmed with `stemmer`.
+pub fn score_texts(targets: &[String], predictions: &[String], stemmer: bool) -> TextScores {
     let n = targets.len().min(predictions.len());
     let mean = |f: &dyn Fn(&str, &str) -> f64| -> f64 {
         if n == 0 {
@@ -271,9 +276,10 @@ pub fn score_texts(targets: &[String], predictions: &[String]) -> TextScores {
     TextScores {
         examples: n,
         exact_match: mean(&|t, p| f64::from(u8::from(exact_match(t, p)))),
-        rouge1: mean(&|t, p| rouge_n(t, p, 1).fmeasure),
-        rouge2: mean(&|t, p| rouge_n(t, p, 2).fmeasure),
-        rouge_l: mean(&|t, p| rouge_l(t, p).fmeasure),
+        stemmed: stemmer,
+        rouge1: mean(&|t, p| rouge_n(t, p, 1, stemmer).fmeasure),
+        rouge2: mean(&|t, p| rouge_n(t, p, 2, stemmer).fmeasure),
+        rouge_l: mean(&|t, p| rouge_l(t, p, stemmer).fmeasure),
         bleu: corpus_bleu(&predictions[..n], &references).score,
         samples: targets.iter().zip(predictions).take(SAMPLES).map(|(t, p)| (t.clone(), p.clone())).collect(),
     }
@@ -285,10 +291,11 @@ mod tests {
 
     #[test]
     fn rouge_drops_what_is_not_ascii_letters_or_digits() {
-        assert_eq!(rouge_tokens("The Straße, 3.14 — naïve!"), ["the", "stra", "e", "3", "14", "na", "ve"]);
-        let s = rouge_n("the cat sat on the mat", "the cat on the mat", 2);
+        assert_eq!(rouge_tokens("The Straße, 3.14 — naïve!", false), ["the", "stra", "e", "3", "14", "na", "ve"]);
+        assert_eq!(rouge_tokens("Cats were running", true), ["cat", "were", "run"], "only tokens of four letters or more are stemmed");
+        let s = rouge_n("the cat sat on the mat", "the cat on the mat", 2, false);
         assert!((s.precision - 0.75).abs() < 1e-12 && (s.recall - 0.6).abs() < 1e-12);
-        assert_eq!(rouge_l("", "anything"), Score::default());
+        assert_eq!(rouge_l("", "anything", false), Score::default());
     }
 
     #[test]
