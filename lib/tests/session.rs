@@ -924,6 +924,7 @@ fn a_t5_from_scratch_learns_source_to_target_pairs_and_resumes_exactly() {
 
 #[test]
 fn bart_generates_by_its_generation_config_as_transformers_generate_does() {
+    use tchlab::session::panel::Setting;
     let _serial = serial();
     let dir = common::fixtures().join("bart");
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("session.json")).unwrap()).unwrap();
@@ -949,6 +950,19 @@ fn bart_generates_by_its_generation_config_as_transformers_generate_does() {
     let generated: Vec<i64> = serde_json::from_value(greedy["generated_ids"].clone()).unwrap();
     assert_eq!((generated.len(), generated[0], generated[4]), (5, 0, 2), "forced <s> first and </s> last: {generated:?}");
     assert!(fail(&mut s, &format!("%generate \"{text}\" --beams 0")).message.contains("at least 1"));
+    // The attention explorer chooses among the three attentions; the encoder's 3 layers
+    // are reachable though the decoder has 2.
+    let (outputs, result) = run(&mut s, &format!("%explore attention \"{text}\""));
+    result.unwrap();
+    let Some(Output::Panel(panel)) = outputs.iter().find(|o| matches!(o, Output::Panel(_))) else { panic!() };
+    let panel = panel.clone();
+    assert!(panel.picture.plain().starts_with("cross attention of layer 0"), "{}", panel.picture.plain());
+    event(&mut s, &panel.id, set("kind", Setting::Choice("encoder".into()))).1.unwrap();
+    event(&mut s, &panel.id, set("layer", Setting::Number(2.0))).1.unwrap();
+    let (panels, result) = event(&mut s, &panel.id, set("head", Setting::Number(1.0)));
+    result.unwrap();
+    assert!(panels.last().unwrap().picture.plain().starts_with("encoder attention of layer 2, head 1"), "{}", panels.last().unwrap().picture.plain());
+    assert!(event(&mut s, &panel.id, set("kind", Setting::Choice("sideways".into()))).1.unwrap_err().message.contains("sideways"));
     // LoRA finds BART's attention projections; a save keeps the generation config.
     assert_eq!(ok(&mut s, "%lora r=2")["layers"].as_array().unwrap().len(), 2 * (3 + 2 * 2), "q_proj and v_proj of 3 + 2×2 attentions");
     ok(&mut s, "%lora drop");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::generate::{generate_streaming, GenerateOptions};
 use crate::interrupt;
-use crate::session::figures::{loss_figure, AttentionMaps};
+use crate::session::figures::{loss_figure, AttentionKind, AttentionMaps};
 use crate::session::output::{escape_html, Bundle, CellError, Output};
 use crate::session::{Ctx, Session};
 use crate::train::{Halt, History, Stop, Trainer};
@@ -203,14 +203,23 @@ impl Explorer {
         Explorer::new(next_id(), format!("%explore generate {prompt:?}"), controls, Subject::Generate { prompt: prompt.to_string() })
     }
 
-    /// `%explore attention TEXT`: layer and head sliders over an attention map.
+    /// `%explore attention TEXT`: layer and head sliders over an attention map, and on an
+    /// encoder–decoder a choice of which attention (cross, encoder, decoder).
     pub fn attention(s: &Session, text: &str) -> Result<Self, CellError> {
-        let maps = AttentionMaps::of(s.model_or_err()?, s.tokenizer_or_err()?, text, None)?;
-        let controls = vec![
-            Control::new("layer", "layer", ControlKind::Int { min: 0, max: maps.layers() - 1, step: 1 }, number(0.0)),
+        let (model, tokenizer) = (s.model_or_err()?, s.tokenizer_or_err()?);
+        let maps = AttentionMaps::of(model, tokenizer, text, None)?;
+        let mut layers = maps.layers();
+        let mut controls = vec![];
+        if maps.kind.is_some() {
+            layers = layers.max(AttentionMaps::of(model, tokenizer, text, Some(AttentionKind::Encoder))?.layers());
+            let kinds = [AttentionKind::Cross, AttentionKind::Encoder, AttentionKind::Decoder].map(|k| k.name().to_string()).to_vec();
+            controls.push(Control::new("kind", "attention", ControlKind::Choice(kinds), Setting::Choice("cross".into())));
+        }
+        controls.extend([
+            Control::new("layer", "layer", ControlKind::Int { min: 0, max: layers - 1, step: 1 }, number(0.0)),
             Control::new("head", "head", ControlKind::Int { min: 0, max: maps.heads() - 1, step: 1 }, number(0.0)),
             Control::new("grid", "all heads", ControlKind::Toggle, Setting::Flag(false)),
-        ];
+        ]);
         Ok(Explorer::new(next_id(), format!("%explore attention {text:?}"), controls, Subject::Attention { text: text.to_string() }))
     }
 
@@ -290,14 +299,19 @@ impl Explorer {
                 ))
             }
             Subject::Attention { text } => {
-                let maps = AttentionMaps::of(s.model_or_err()?, s.tokenizer_or_err()?, text, None)?;
+                let kind = match self.panel.controls.iter().find(|c| c.name == "kind").map(|c| &c.value) {
+                    Some(Setting::Choice(kind)) => Some(AttentionKind::parse(kind)?),
+                    _ => None,
+                };
+                let maps = AttentionMaps::of(s.model_or_err()?, s.tokenizer_or_err()?, text, kind)?;
                 let layer = (self.number("layer") as i64).min(maps.layers() - 1);
                 let head = (self.number("head") as i64).min(maps.heads() - 1);
+                let which = maps.kind.map_or(String::new(), |k| format!("{} ", k.name()));
                 if self.flag("grid") {
                     let figure = maps.grid_figure(&[layer], &(0..maps.heads()).collect::<Vec<_>>())?;
-                    Bundle::text(format!("attention of layer {layer}, all {} heads, over {:?}", maps.heads(), maps.tokens)).figure(&figure)
+                    Bundle::text(format!("{which}attention of layer {layer}, all {} heads, over {:?}", maps.heads(), maps.tokens)).figure(&figure)
                 } else {
-                    Bundle::text(format!("attention of layer {layer}, head {head}, over {:?}", maps.tokens)).figure(&maps.head_figure(layer, head)?)
+                    Bundle::text(format!("{which}attention of layer {layer}, head {head}, over {:?}", maps.tokens)).figure(&maps.head_figure(layer, head)?)
                 }
             }
             Subject::Train { origin, tries, .. } => {
