@@ -93,4 +93,20 @@ def two_models(code):
     assert gemma["top"][0]["head"].split(".")[0] in ("5", "11", "17"), gemma["top"][:3]
 
 
-CHECKS = {"10-teach-it-something": taught, "11-make-it-small": made_small, "12-two-models": two_models}
+def encoder_decoder(code):
+    """13-encoder-decoder: the tiny T5 learns to reverse five digits (most held-out answers
+    exact), and in the head the notebook shows, each of the five rows that write the answer
+    puts its largest weight on the source digit it reverses: the anti-diagonal."""
+    by_source = lambda text: result(next(c for c in code if c.source.strip().endswith(text)))
+    evaluated = by_source("%eval")
+    assert evaluated["generated"]["exact_match"] > 0.9, evaluated["generated"]
+    cross = by_source('%attention "31415" --kind cross --layer 0 --head 3')
+    assert cross["kind"] == "cross" and cross["keys"] == list("31415"), cross
+    assert cross["tokens"][:6] == ["="] + list("51413"), cross["tokens"]
+    for row, weights in enumerate(cross["attention"][:5]):
+        assert max(range(5), key=lambda k: weights[k]) == 4 - row, (row, weights)
+    beams = by_source('%generate "27182" --max-tokens 5 --beams 4')
+    assert beams["beams"][0]["text"] == "28172" and beams["beams"][0]["score"] > beams["beams"][1]["score"], beams["beams"]
+
+
+CHECKS = {"10-teach-it-something": taught, "11-make-it-small": made_small, "12-two-models": two_models, "13-encoder-decoder": encoder_decoder}
