@@ -344,6 +344,15 @@ def test_bart_and_marian_configs_that_cannot_work_are_refused_by_name(lab, tmp_p
     refused(kc, f"%load {d}", "FileError", *contains)
 
 
+def test_marian_sinusoids_too_large_for_memory_are_refused_before_they_are_computed(lab, tmp_path):
+    km, kc = lab
+    config = dict(MARIAN, d_model=65536, encoder_attention_heads=16, decoder_attention_heads=16, max_position_embeddings=16_000_000)
+    d = model_dir(tmp_path, "marian-positions", "pytorch_model.bin", saved({"w": torch.ones(2)}), config)
+    before = rss_mb(km)
+    refused(kc, f"%load {d}", "MemoryError", "needs about")
+    assert rss_mb(km) - before < 200, "refused before allocating"
+
+
 GENERATION_CONFIGS = [
     ("beams-zero", '{"num_beams": 0}', ["num_beams", "at least 1"]),
     ("penalty-word", '{"length_penalty": "long"}', ["not a generation config", "length_penalty"]),
