@@ -10,7 +10,7 @@ import os
 import pytest
 
 from cells import execute
-from hostile import TIMEOUT, refused, start
+from hostile import TIMEOUT, interrupted, refused, start, state
 
 FIXTURES = os.environ.get("TCHLAB_FIXTURES", "")
 
@@ -75,3 +75,20 @@ def test_hostile_encoder_decoder_commands_change_nothing(t5, code, ename, contai
     _, kc, _ = t5
     refused(kc, code, ename, *contains)
     execute(kc, "%set checkpointing=false", timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        '%timeit --runs 10000 %generate "w5 w6 w7" --beams 8 --max-tokens 200',
+        "%eval --beams 16 --max-tokens 400",
+    ],
+)
+def test_beam_search_stops_within_a_second_of_an_interrupt_and_changes_nothing(t5, code):
+    km, kc, _ = t5
+    before = state(kc)
+    content, took = interrupted(km, kc, code)
+    assert content["status"] == "error" and content["ename"] == "KeyboardInterrupt", content
+    assert took < 1.0, f"{code}: the interrupt took {took:.2f} s"
+    assert state(kc) == before, f"{code} changed the session"
+    assert execute(kc, "%echo alive")[0]["content"]["status"] == "ok"
