@@ -69,3 +69,52 @@ fn sentencepiece_gguf_vocabularies_give_llama_cpps_ids() {
         }
     }
 }
+
+/// T5's tokenizer as the hub stores it: transformers' `T5TokenizerFast` converts a
+/// SentencePiece Unigram model (trained here by `sentencepiece`) into a `tokenizer.json`
+/// with the model's precompiled normalisation map, its whitespace rules and the `</s>`
+/// post-processor. tchlab reads that file and gives transformers' ids and text back.
+#[test]
+fn a_t5_sentencepiece_unigram_tokenizer_json_gives_transformers_ids() {
+    let dir = common::scratch("t5-unigram");
+    let texts = [
+        "Hello world, the café in 東京 ran quickly!",
+        "  leading and trailing spaces   and   runs of them  ",
+        "ﬁne ＡＢＣ full-width and ligatures ½",
+        "naïve über straße: summer, winter 42!",
+        "emoji 🍕 and tabs\tand\nnewlines",
+        "",
+    ];
+    std::fs::write(dir.join("texts.json"), serde_json::to_string(&texts).unwrap()).unwrap();
+    let script = r#"
+import json, random, sys
+import sentencepiece as spm
+from transformers import T5TokenizerFast
+d = sys.argv[1]
+random.seed(0)
+words = ("the a of to and in is was for on that with as by at from it he she they one two three house river town king queen ran "
+         "walked quickly slowly summer winter café naïve über straße 東京 running runner happy happily hello world fine abc").split()
+with open(d + "/corpus.txt", "w") as f:
+    for i in range(3000):
+        f.write(" ".join(random.choice(words) for _ in range(random.randint(3, 12))) + (". " if i % 3 else ", 42!") + "\n")
+spm.SentencePieceTrainer.train(input=d + "/corpus.txt", model_prefix=d + "/spiece", vocab_size=120, model_type="unigram", pad_id=0, eos_id=1,
+                               unk_id=2, bos_id=-1, character_coverage=1.0, minloglevel=2)
+tokenizer = T5TokenizerFast(vocab_file=d + "/spiece.model", extra_ids=0)
+tokenizer.save_pretrained(d + "/tokenizer")
+texts = json.load(open(d + "/texts.json"))
+expected = [{"ids": tokenizer(t).input_ids, "text": tokenizer.decode(tokenizer(t).input_ids, skip_special_tokens=True)} for t in texts]
+json.dump(expected, open(d + "/expected.json", "w"))
+"#;
+    common::python_agrees(script, &dir);
+    let config = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dir.join("tokenizer/tokenizer.json")).unwrap()).unwrap();
+    assert_eq!(config["model"]["type"], "Unigram");
+    let tokenizer = Tokenizer::from_model_dir(&dir.join("tokenizer"), 512).unwrap();
+    let expected: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    for (text, want) in texts.iter().zip(expected) {
+        let ids = tokenizer.encode(text).unwrap();
+        let want_ids: Vec<i64> = serde_json::from_value(want["ids"].clone()).unwrap();
+        assert_eq!(ids, want_ids, "{text:?}");
+        assert_eq!(ids.last(), Some(&1), "T5 appends </s>");
+        assert_eq!(tokenizer.decode(&ids[..ids.len() - 1]).unwrap(), want["text"].as_str().unwrap(), "{text:?} decoded");
+    }
+}
