@@ -197,3 +197,66 @@ for kind in ["f32", "q8_0"]:
     // About 1.2 GB of files.
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Gemma 3 270M (a SentencePiece vocabulary) written as Q8_0: the file carries the
+/// source's vocabulary key for key, the lab reads it back with the same tokens and
+/// greedy continuations as the quantised model, and llama.cpp itself loads it and, from
+/// the same ids, continues as the lab does.
+#[test]
+fn gemma3_written_as_gguf_keeps_its_sentencepiece_vocabulary_and_llama_cpp_reads_it() {
+    let _serial = common::serial();
+    let dir = scratch("gguf-gemma3");
+    let source: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("gemma3.json")).unwrap()).unwrap();
+    let source = source["file"].as_str().unwrap();
+    let mut s = tchlab::session::Session::new();
+    common::ok(&mut s, &format!("%device cpu\n%load {source}"));
+    let text = "naïve café 😀 Schrödinger\n\n  <b>runs</b>";
+    let tokens = common::ok(&mut s, &format!("%tokenize {text:?}"))["ids"].clone();
+    let saved = common::ok(&mut s, &format!("%save {}/gemma3-q8_0.gguf --type q8_0", dir.display()));
+    assert_eq!(saved["gguf"]["kind"], "q8_0", "{saved}");
+    common::ok(&mut s, &format!("%load {}/gemma3-q8_0.gguf", dir.display()));
+    assert_eq!(common::ok(&mut s, &format!("%tokenize {text:?}"))["ids"], tokens, "the vocabulary read back tokenizes as the source's");
+    let prompts = ["The capital of France is", "def fibonacci(n):"];
+    let q8: Vec<(Vec<i64>, Vec<i64>)> = prompts.iter().map(|p| lab_greedy(&mut s, p, 12)).collect();
+    let lab = serde_json::json!({
+        "source": source,
+        "prompts": q8.iter().map(|(ids, out)| serde_json::json!({"ids": ids, "q8_0": out})).collect::<Vec<_>>(),
+    });
+    std::fs::write(dir.join("lab.json"), lab.to_string()).unwrap();
+    let python_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
+    common::python_agrees(
+        &(format!("import sys; sys.path.insert(0, {:?})\n", python_dir.display().to_string())
+            + r#"
+import json, sys
+import numpy as np
+from gguf import GGUFReader
+d = sys.argv[1]
+lab = json.load(open(d + "/lab.json"))
+source, ours = GGUFReader(lab["source"]), GGUFReader(d + "/gemma3-q8_0.gguf")
+value = lambda r, k: r.fields[k].contents()
+keys = [k for k in source.fields if k.startswith("tokenizer.")]
+assert "tokenizer.ggml.scores" in keys and value(source, "tokenizer.ggml.model") == "llama", keys
+for key in keys:
+    assert key in ours.fields and value(source, key) == value(ours, key), key
+for key in ["gemma3.block_count", "gemma3.attention.sliding_window", "gemma3.attention.key_length", "gemma3.rope.freq_base"]:
+    assert value(source, key) == value(ours, key), key
+import llama_peer
+AGREE = 8
+llm = llama_peer.load(d + "/gemma3-q8_0.gguf", n_ctx=128, n_threads=2, verbose=False, logits_all=True)
+for p in lab["prompts"]:
+    assert llm.tokenize(bytes(0), add_bos=True, special=True)[:1] == p["ids"][:1], "llama.cpp starts with the same <bos>"
+    llm.reset()
+    out = []
+    llm.eval(list(p["ids"]))
+    while len(out) < len(p["q8_0"]):
+        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(nxt)
+        llm.eval([nxt])
+    agree = next((i for i, (a, b) in enumerate(zip(out, p["q8_0"])) if a != b), len(out))
+    print("agree", agree, "of", len(out))
+    assert agree >= min(AGREE, len(out)), (out, p["q8_0"])
+"#),
+        &dir,
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

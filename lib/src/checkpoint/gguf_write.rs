@@ -134,7 +134,10 @@ fn tensor_bytes(gguf: &GgufFamily, arch: &str, meta: &Metadata, planned: &Planne
     quant::quantize(planned.kind, &values).map_err(|e| Error::Invalid(format!("tensor `{}`: {e}", planned.hf_name)))
 }
 
-/// The `tokenizer.*` keys.
+/// The `tokenizer.*` keys: a byte-level BPE written from the tokenizer, or the
+/// SentencePiece vocabulary of the GGUF file the model came from, carried over as it is
+/// (its scores and token types, which a SentencePiece vocabulary cannot be rebuilt
+/// without; such a tokenizer is never retrained in the lab).
 fn tokenizer_metadata(
     tokenizer: &Tokenizer,
     template: Option<&Template>,
@@ -142,8 +145,28 @@ fn tokenizer_metadata(
     config: &serde_json::Value,
     vocab: i64,
 ) -> Result<Vec<(String, MetaValue)>> {
-    let v = tokenizer.gguf_vocabulary(vocab.max(0) as usize)?;
     let source = source.filter(|p| gguf::is_gguf(p)).and_then(|p| gguf::read_metadata(p).ok());
+    if let Some(meta) = source.as_ref().filter(|m| m.string("tokenizer.ggml.model").ok() == Some("llama")) {
+        let tokens = meta.strings("tokenizer.ggml.tokens")?.len();
+        if tokens as i64 != vocab || tokenizer.vocab_size() != tokens {
+            return Err(Error::Invalid(format!(
+                "the SentencePiece vocabulary of {} has {tokens} tokens, the tokenizer {} and the model {vocab} embeddings: it is not this model's any more",
+                meta.path.display(),
+                tokenizer.vocab_size()
+            )));
+        }
+        let mut values: Vec<(String, MetaValue)> = meta
+            .values
+            .iter()
+            .filter(|(key, _)| key.starts_with("tokenizer.") && *key != "tokenizer.chat_template")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(t) = template {
+            values.push(("tokenizer.chat_template".into(), MetaValue::Str(t.source.clone())));
+        }
+        return Ok(values);
+    }
+    let v = tokenizer.gguf_vocabulary(vocab.max(0) as usize)?;
     let pre = match source.as_ref().and_then(|m| m.string("tokenizer.ggml.pre").ok()) {
         Some(pre) => pre.to_string(),
         None if v.gpt2_pre_tokenizer => "gpt2".into(),
