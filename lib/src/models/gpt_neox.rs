@@ -140,8 +140,8 @@ impl GptNeoxConfig {
     }
 
     /// Features per head that rotary embeddings turn (`int(head_dim * rotary_pct)`).
-    fn rotary_dims(&self) -> i64 {
-        (self.head_dim() as f64 * self.rope().1) as i64
+    fn rotary_dims(&self) -> Result<i64> {
+        super::layers::partial_rotary_dims("rotary_pct", self.rope().1, self.head_dim())
     }
 }
 
@@ -165,17 +165,8 @@ impl Architecture for GptNeoxConfig {
         if self.hidden_size % self.num_attention_heads != 0 {
             return invalid!("`hidden_size` ({}) must be a multiple of `num_attention_heads` ({})", self.hidden_size, self.num_attention_heads);
         }
-        let (theta, share) = self.rope();
-        if !(share > 0.0 && share <= 1.0) {
-            return invalid!("`rotary_pct` must be in (0, 1], got {share}");
-        }
-        let dims = self.rotary_dims();
-        if dims < 2 || dims % 2 != 0 {
-            return invalid!(
-                "`rotary_pct` {share} of a head of {} features turns {dims} of them; rotary embeddings turn pairs, so that must be even and at least 2",
-                self.head_dim()
-            );
-        }
+        let (theta, _) = self.rope();
+        self.rotary_dims()?;
         if !(theta > 1.0 && theta.is_finite()) {
             return invalid!("`rotary_emb_base` must be a finite number > 1, got {theta}");
         }
@@ -322,7 +313,7 @@ impl GptNeox {
             layers,
             final_layer_norm: norm(m / "final_layer_norm"),
             embed_out,
-            rotary: Rotary::new(config.rotary_dims(), config.rope().0, None, p.device()),
+            rotary: Rotary::new(config.rotary_dims()?, config.rope().0, None, p.device()),
         })
     }
 }

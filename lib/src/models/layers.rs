@@ -154,6 +154,23 @@ impl Module for RmsNorm {
     }
 }
 
+/// How many features of a head of `head_dim` rotary embeddings turn when they turn the
+/// share `share` of it (`int(head_dim * share)`, as GPT-NeoX's `rotary_pct` and Phi-3's
+/// `partial_rotary_factor` say): the share must be in (0, 1] and the count even and at
+/// least 2, since rotary embeddings turn pairs. `key` names the setting in messages.
+pub fn partial_rotary_dims(key: &str, share: f64, head_dim: i64) -> crate::error::Result<i64> {
+    if !(share > 0.0 && share <= 1.0) {
+        return crate::error::invalid!("`{key}` must be in (0, 1], got {share}");
+    }
+    let dims = (head_dim as f64 * share) as i64;
+    if dims < 2 || dims % 2 != 0 {
+        return crate::error::invalid!(
+            "`{key}` {share} of a head of {head_dim} features turns {dims} of them; rotary embeddings turn pairs, so that must be even and at least 2"
+        );
+    }
+    Ok(dims)
+}
+
 /// Rotary position embeddings (Su et al., "RoFormer", 2021): inverse frequencies per
 /// pair of features, optionally rescaled for long contexts as Llama 3.1 does.
 #[derive(Debug)]

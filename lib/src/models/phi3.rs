@@ -140,8 +140,8 @@ impl Phi3Config {
     }
 
     /// Features per head that rotary embeddings turn.
-    fn rotary_dims(&self) -> i64 {
-        (self.head_dim() as f64 * self.partial_rotary_factor) as i64
+    fn rotary_dims(&self) -> Result<i64> {
+        super::layers::partial_rotary_dims("partial_rotary_factor", self.partial_rotary_factor, self.head_dim())
     }
 }
 
@@ -167,17 +167,7 @@ impl Architecture for Phi3Config {
         if self.num_attention_heads % self.kv_heads() != 0 {
             return invalid!("`num_attention_heads` ({}) must be a multiple of `num_key_value_heads` ({})", self.num_attention_heads, self.kv_heads());
         }
-        if !(self.partial_rotary_factor > 0.0 && self.partial_rotary_factor <= 1.0) {
-            return invalid!("`partial_rotary_factor` must be in (0, 1], got {}", self.partial_rotary_factor);
-        }
-        let dims = self.rotary_dims();
-        if dims < 2 || dims % 2 != 0 {
-            return invalid!(
-                "`partial_rotary_factor` {} of a head of {} features turns {dims}; rotary embeddings turn pairs, so that must be even and at least 2",
-                self.partial_rotary_factor,
-                self.head_dim()
-            );
-        }
+        self.rotary_dims()?;
         let scaling = [&self.rope_scaling, &self.rope_parameters]
             .into_iter()
             .flatten()
@@ -337,7 +327,7 @@ impl Phi3 {
             layers,
             norm: RmsNorm::new(m / "norm", h, eps),
             lm_head,
-            rotary: Rotary::new(config.rotary_dims(), config.theta(), None, p.device()),
+            rotary: Rotary::new(config.rotary_dims()?, config.theta(), None, p.device()),
         })
     }
 }
