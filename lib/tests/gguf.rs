@@ -260,3 +260,68 @@ for p in lab["prompts"]:
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A random Phi-3 (fused `qkv_proj` and `gate_up_proj`, half of each head rotated,
+/// grouped-query heads) with a byte-level BPE tokenizer, written as a `phi3` GGUF file:
+/// the lab reads it back with the same logits, and llama.cpp itself, fed the same ids,
+/// computes the same logits (1e-3 of the largest) at every position.
+#[test]
+fn phi3_written_as_gguf_reads_back_in_tchlab_and_llama_cpp() {
+    let dir = scratch("gguf-phi3");
+    let corpus: String = (0..300).map(|i| format!("the quick brown fox {i} jumps over the lazy dog; naïve café {}\n", i * 7)).collect();
+    std::fs::write(dir.join("corpus.txt"), corpus).unwrap();
+    let tokenizer = tchlab::tokenize::Tokenizer::train_bpe(dir.join("corpus.txt"), 300).unwrap();
+    let config = serde_json::json!({
+        "model_type": "phi3", "vocab_size": tokenizer.vocab_size(), "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64, "partial_rotary_factor": 0.5,
+        "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": false,
+    });
+    tch::manual_seed(7);
+    let model = tchlab::models::Model::new(tchlab::models::ModelConfig::from_json(&config).unwrap(), tchlab::models::Task::LanguageModel, Device::Cpu).unwrap();
+    // Larger weights than the initialisation's, so that logits differ clearly.
+    tch::no_grad(|| {
+        for (_, mut v) in model.vars.variables() {
+            if v.dim() == 2 {
+                let _ = v.g_mul_scalar_(10.0);
+            }
+        }
+    });
+    // Not `phi3.gguf`: llama.cpp gives the tokens `</s>`, `<unk>` and `<s>` special
+    // attributes in any model whose `general.name` (the file's stem, as its converter names
+    // files after models) says Phi-3, and fails to load one whose vocabulary lacks them.
+    let path = dir.join("tiny-random.gguf");
+    let written = checkpoint::gguf_write::save(&model, Some(&tokenizer), None, None, &path, tchlab::formats::quant::GgmlType::F32).unwrap();
+    assert_eq!(written.tensors, 3 + 2 * 6, "embeddings, final norm, head and six tensors a block");
+    let ids = tokenizer.encode("the lazy dog jumps over the quick brown fox 42 naïve").unwrap();
+    let input = tch::Tensor::from_slice(&ids).unsqueeze(0);
+    let logits = |m: &tchlab::models::Model| tch::no_grad(|| common::Lm(m).forward(&input, &Default::default(), None).unwrap().logits);
+    let ours = logits(&model);
+    let read = checkpoint::load(&path, Device::Cpu).unwrap();
+    assert_eq!(read.model.config().model_type(), "phi3");
+    common::assert_close(&logits(&read.model), &ours, 1e-6, "read back from the GGUF file");
+    tchlab::formats::safetensors::write(
+        &dir.join("ours.safetensors"),
+        &[("logits".into(), ours.squeeze_dim(0)), ("ids".into(), input.squeeze_dim(0))],
+        &Default::default(),
+    )
+    .unwrap();
+    let python_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
+    common::python_agrees(
+        &(format!("import sys; sys.path.insert(0, {:?})\n", python_dir.display().to_string())
+            + r#"
+import sys
+import numpy as np
+from safetensors.numpy import load_file
+import llama_peer
+d = sys.argv[1]
+ours = load_file(d + "/ours.safetensors")
+llm = llama_peer.load(d + "/tiny-random.gguf", n_ctx=64, n_threads=2, verbose=False, logits_all=True)
+llm.eval([int(i) for i in ours["ids"]])
+theirs = np.array(llm.scores[: llm.n_tokens])
+scale = np.abs(ours["logits"]).max()
+diff = np.abs(theirs - ours["logits"]).max()
+assert diff < 1e-3 * scale, f"llama.cpp's logits differ by {diff} (largest {scale})"
+"#),
+        &dir,
+    );
+}

@@ -349,7 +349,7 @@ def test_an_interrupt_while_wanda_calibrates_changes_nothing():
 @pytest.mark.parametrize(
     "code, ename, contains",
     [
-        ("%save /tmp/tchlab-faults-gpt.gguf", "UsageError", ["GGUF files are written for Llama-style models", "this is a gpt model", "--hf"]),
+        ("%save /tmp/tchlab-faults-gpt.gguf", "UsageError", ["GGUF files are written for llama, gemma3, phi3 models", "this is a gpt model", "--hf"]),
         ("%save /tmp/tchlab-faults.gguf --type q5_0", "UsageError", ["--type must be one of f32, f16, q8_0, q4_0, q4_1, got `q5_0`"]),
         ("%save /tmp/tchlab-faults.gguf --type ''", "UsageError", ["--type must be one of"]),
         ("%save /tmp/tchlab-faults-dir --type q8_0", "UsageError", ["--type is for GGUF files: name the file FILE.gguf"]),

@@ -47,8 +47,10 @@ pub fn save(model: &Model, tokenizer: Option<&Tokenizer>, template: Option<&Temp
     check_target(path)?;
     let family = model.config().family();
     let Some(gguf) = family.gguf else {
+        let written: Vec<&str> = crate::models::FAMILIES.iter().filter(|f| f.gguf.is_some()).map(|f| f.name).collect();
         return Err(Error::Invalid(format!(
-            "GGUF files are written for Llama-style models (llama, qwen2, qwen3); this is a {} model: `%save DIR --hf` writes the Hugging Face files",
+            "GGUF files are written for {} models; this is a {} model: `%save DIR --hf` writes the Hugging Face files",
+            written.join(", "),
             family.name
         )));
     };
@@ -169,7 +171,7 @@ fn tokenizer_metadata(
     let v = tokenizer.gguf_vocabulary(vocab.max(0) as usize)?;
     let pre = match source.as_ref().and_then(|m| m.string("tokenizer.ggml.pre").ok()) {
         Some(pre) => pre.to_string(),
-        None if v.gpt2_pre_tokenizer => "gpt2".into(),
+        None if v.gpt2_pre_tokenizer => "gpt-2".into(),
         None => {
             return Err(Error::Invalid(
                 "the tokenizer splits text before BPE in a way tchlab cannot name for llama.cpp (it names GPT-2's byte-level split, or carries over the pre-tokenizer of the GGUF file the model came from)"

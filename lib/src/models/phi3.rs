@@ -7,7 +7,9 @@
 //!
 //! Paper: Abdin et al., "Phi-3 Technical Report" (2024). Mirrors
 //! `transformers/models/phi3/modeling_phi3.py` with eager attention. Variables are named
-//! after the Hugging Face keys (`model.layers.0.self_attn.qkv_proj.weight`).
+//! after the Hugging Face keys (`model.layers.0.self_attn.qkv_proj.weight`). llama.cpp's
+//! `phi3` GGUF files keep both fused matrices as they are (`attn_qkv`, `ffn_up`) and turn
+//! rotary pairs as transformers does (NeoX order), so no rows move either way.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -20,7 +22,8 @@ use super::hooks::{Point, Site};
 use super::layers::{cached, RmsNorm, Rotary};
 use super::linear::Linear;
 use super::{Activation, Architecture, Dims, Family, ForwardOptions, KvCache, ModelConfig, Network, Output, Readout, Task, TaskKind};
-use crate::error::{invalid, Result};
+use crate::error::{invalid, Error, Result};
+use crate::formats::gguf::{GgufFamily, MetaValue, Metadata};
 
 /// The registry entry.
 pub const FAMILY: Family = Family {
@@ -28,7 +31,7 @@ pub const FAMILY: Family = Family {
     model_types: &["phi3"],
     from_json: |json| Ok(Box::new(Phi3Config::from_json(json)?)),
     tasks: &[TaskKind::LanguageModel],
-    gguf: None,
+    gguf: Some(&GGUF),
     lora_targets: &["qkv_proj"],
 };
 
@@ -378,4 +381,89 @@ impl Network for Phi3 {
     fn architecture(&self) -> &'static str {
         "Phi3ForCausalLM"
     }
+}
+
+/// How llama.cpp's `phi3` GGUF files map onto this family.
+pub const GGUF: GgufFamily = GgufFamily {
+    architectures: &["phi3"],
+    config: gguf_config,
+    tensor_name: |name| crate::formats::gguf::hf_name(name, &crate::formats::gguf::DECODER_TOP_TENSORS, &GGUF_BLOCK_MODULES),
+    unpermute: |_, _, _| None,
+    shift: |_| 0.0,
+    metadata: gguf_metadata,
+    gguf_name: |name| crate::formats::gguf::gguf_name(name, &crate::formats::gguf::DECODER_TOP_TENSORS, &GGUF_BLOCK_MODULES),
+};
+
+/// A block's modules in llama.cpp and transformers.
+const GGUF_BLOCK_MODULES: [(&str, &str); 6] = [
+    ("attn_norm", "input_layernorm"),
+    ("attn_qkv", "self_attn.qkv_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_up", "mlp.gate_up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// `config.json` from a `phi3` GGUF file's metadata; the rotary share from
+/// `rope.dimension_count`.
+fn gguf_config(meta: &Metadata) -> Result<Value> {
+    let int = |k: &str| meta.int(&format!("phi3.{k}"));
+    let (hidden, heads) = (int("embedding_length")?, int("attention.head_count")?);
+    if heads <= 0 || hidden % heads != 0 {
+        return Err(Error::format(&meta.path, format!("`phi3.attention.head_count` is {heads}, which does not divide the width {hidden}")));
+    }
+    let head_dim = hidden / heads;
+    let vocab = match int("vocab_size") {
+        Ok(v) => v,
+        Err(_) => meta.array_len("tokenizer.ggml.tokens")? as i64,
+    };
+    let mut json = serde_json::json!({
+        "model_type": "phi3",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": int("feed_forward_length")?,
+        "num_hidden_layers": int("block_count")?,
+        "num_attention_heads": heads,
+        "num_key_value_heads": int("attention.head_count_kv").unwrap_or(heads),
+        "max_position_embeddings": int("context_length")?,
+        "rms_norm_eps": meta.float("phi3.attention.layer_norm_rms_epsilon")?,
+        "rope_theta": meta.float("phi3.rope.freq_base").unwrap_or(10_000.0),
+        "partial_rotary_factor": int("rope.dimension_count").unwrap_or(head_dim) as f64 / head_dim as f64,
+        "tie_word_embeddings": !meta.has_tensor("output.weight"),
+    });
+    if let Ok(window) = int("attention.sliding_window") {
+        json["sliding_window"] = window.into();
+    }
+    crate::formats::gguf::set_special_token_ids(meta, &mut json);
+    Ok(json)
+}
+
+/// The model's metadata in a GGUF file, as llama.cpp's converter writes it (the inverse
+/// of [`gguf_config`]).
+fn gguf_metadata(config: &Value) -> Result<Vec<(String, MetaValue)>> {
+    let c: Phi3Config = serde_json::from_value(config.clone()).map_err(|e| Error::Invalid(format!("the model's config: {e}")))?;
+    if c.hidden_act != "silu" {
+        return invalid!("llama.cpp's phi3 files gate the MLP with SiLU; this model's activation is `{}`", c.hidden_act);
+    }
+    if c.head_dim() * c.num_attention_heads != c.hidden_size {
+        return invalid!("llama.cpp's phi3 files have heads of hidden_size / heads features; this model's are {}", c.head_dim());
+    }
+    let uint = |v: i64| MetaValue::Uint(v as u64);
+    let key = |k: &str| format!("phi3.{k}");
+    let mut out = vec![
+        ("general.architecture".into(), MetaValue::Str("phi3".into())),
+        (key("context_length"), uint(c.max_position_embeddings)),
+        (key("embedding_length"), uint(c.hidden_size)),
+        (key("feed_forward_length"), uint(c.intermediate_size)),
+        (key("block_count"), uint(c.num_hidden_layers)),
+        (key("attention.head_count"), uint(c.num_attention_heads)),
+        (key("attention.head_count_kv"), uint(c.kv_heads())),
+        (key("attention.layer_norm_rms_epsilon"), MetaValue::Float(c.rms_norm_eps)),
+        (key("rope.dimension_count"), uint(c.rotary_dims()?)),
+        (key("rope.freq_base"), MetaValue::Float(c.theta())),
+    ];
+    if let Some(window) = c.sliding_window {
+        out.push((key("attention.sliding_window"), uint(window)));
+    }
+    Ok(out)
 }
