@@ -92,3 +92,18 @@ def test_beam_search_stops_within_a_second_of_an_interrupt_and_changes_nothing(t
     assert took < 1.0, f"{code}: the interrupt took {took:.2f} s"
     assert state(kc) == before, f"{code} changed the session"
     assert execute(kc, "%echo alive")[0]["content"]["status"] == "ok"
+
+
+def test_a_ten_megabyte_source_is_cut_to_the_models_positions_in_bounded_memory(t5):
+    km, kc, root = t5
+    from hostile import rss_mb
+    path = root / "huge-source.jsonl"
+    words = " ".join(f"w{3 + i % 90}" for i in range(1_300_000))  # about 5 MB of words, twice
+    with open(path, "w") as f:
+        f.write(json.dumps({"source": words + " " + words, "target": "w5 w6"}) + "\n")
+        f.write("".join(json.dumps({"source": f"w{i} w{i + 1}", "target": f"w{i + 1} w{i}"}) + "\n" for i in range(3, 40)))
+    assert path.stat().st_size > 10_000_000
+    before = rss_mb(km)
+    reply, _ = execute(kc, f"%data pairs {path}\n%train 1", timeout=TIMEOUT)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    assert rss_mb(km) - before < 300, "the long source is cut as it is read, not held whole as tokens"

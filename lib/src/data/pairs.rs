@@ -54,7 +54,7 @@ impl Pairs {
             crate::interrupt::check("tokenizing the pairs")?;
             let (mut s, mut t) = match source.trim().is_empty() || target.trim().is_empty() {
                 true => (vec![], vec![]),
-                false => (tokenizer.encode(source)?, tokenizer.encode(target)?),
+                false => (encode_at_most(tokenizer, source, fit.max_len)?, encode_at_most(tokenizer, target, fit.max_len)?),
             };
             if s.is_empty() || t.is_empty() {
                 dropped += 1;
@@ -112,5 +112,47 @@ impl Pairs {
         }
         let rows = |ids: Vec<i64>| Tensor::from_slice(&ids).view([examples.len() as i64, width as i64]);
         Batch { mask: Some(mask), source: Some(source), ..Batch::plain(rows(inputs), rows(targets)) }
+    }
+}
+
+/// The tokens of `text`, or, when it is far longer than `max_len` tokens can be, of a
+/// prefix of it whose first `max_len` tokens are the text's (the caller keeps those):
+/// tokenising a whole 1 GB record to keep 512 tokens would take tens of gigabytes. The
+/// prefix starts at 16 bytes a token and grows fourfold until two prefixes in a row
+/// agree on the first `max_len` tokens — a cut changes only the tokens next to it, and a
+/// tokenizer that truncates by itself gives `max_len` either way.
+fn encode_at_most(tokenizer: &Tokenizer, text: &str, max_len: usize) -> Result<Vec<i64>> {
+    let mut cut = max_len.saturating_mul(16).max(64);
+    let mut previous: Option<Vec<i64>> = None;
+    loop {
+        if cut >= text.len() {
+            return tokenizer.encode(text);
+        }
+        let end = (0..=cut).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        let ids = tokenizer.encode(&text[..end])?;
+        let kept = &ids[..ids.len().min(max_len)];
+        if kept.len() == max_len && previous.as_deref() == Some(kept) {
+            return Ok(ids);
+        }
+        previous = Some(kept.to_vec());
+        cut = cut.saturating_mul(4);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_text_keeps_the_tokens_the_whole_text_starts_with() {
+        let text: String = (0..20_000).map(|i| format!("{} ", i % 97)).collect();
+        let tokenizer = Tokenizer::char_level(&text).unwrap();
+        let whole = tokenizer.encode(&text).unwrap();
+        for max_len in [1, 7, 64, 500] {
+            let cut = encode_at_most(&tokenizer, &text, max_len).unwrap();
+            assert!(cut.len() >= max_len && cut.len() < whole.len(), "{max_len}: {} of {} tokens", cut.len(), whole.len());
+            assert_eq!(cut[..max_len], whole[..max_len], "{max_len}");
+        }
+        assert_eq!(encode_at_most(&tokenizer, "12 3", 500).unwrap(), tokenizer.encode("12 3").unwrap(), "a short text whole");
     }
 }
