@@ -374,15 +374,20 @@ def test_hostile_generation_configs_are_refused_naming_the_file_and_key(lab, tmp
     refused(kc, f"%load {d}", "FileError", "generation_config.json", *contains)
 
 
-def test_generation_config_ids_outside_the_vocabulary_are_refused_when_generating(lab, tmp_path):
-    _, kc = lab
-    for key, value in [("forced_bos_token_id", 1000), ("bad_words_ids", [[5, 96]]), ("forced_eos_token_id", [2, 4096])]:
-        d = tmp_path / key
-        shutil.copytree(os.path.join(os.environ["TCHLAB_FIXTURES"], "bart"), d)
-        (d / "generation_config.json").write_text(json.dumps({key: value, "num_beams": 2, "max_length": 6}))
-        reply, _ = execute(kc, f"%load {d}", timeout=TIMEOUT)
-        assert reply["content"]["status"] == "ok", reply["content"]
-        refused(kc, '%generate "w5 w6"', "UsageError", key, "outside the vocabulary of 96 ids")
+def test_generation_config_ids_outside_the_vocabulary_are_refused_when_generating(tmp_path):
+    # A kernel of its own: these files load, and the shared lab's model must stay its own.
+    km, kc = start()
+    try:
+        for key, value in [("forced_bos_token_id", 1000), ("bad_words_ids", [[5, 96]]), ("forced_eos_token_id", [2, 4096])]:
+            d = tmp_path / key
+            shutil.copytree(os.path.join(os.environ["TCHLAB_FIXTURES"], "bart"), d)
+            (d / "generation_config.json").write_text(json.dumps({key: value, "num_beams": 2, "max_length": 6}))
+            reply, _ = execute(kc, f"%device cpu\n%load {d}", timeout=TIMEOUT)
+            assert reply["content"]["status"] == "ok", reply["content"]
+            refused(kc, '%generate "w5 w6"', "UsageError", key, "outside the vocabulary of 96 ids")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
 
 
 GEMMA3 = {"model_type": "gemma3_text", "vocab_size": 16, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
